@@ -1,0 +1,548 @@
+//! Stage two: raw model → validated [`Config`]. Collects every problem instead of stopping at the
+//! first, so `seawall check` can list them all.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::ops::Range;
+use std::time::Duration;
+
+use toml::Spanned;
+
+use crate::error::{ConfigError, ConfigErrors};
+use crate::model::*;
+use crate::raw::*;
+use crate::units::{parse_duration, parse_size};
+
+/// Defaults, in one place so docs and code agree.
+pub mod defaults {
+    pub const LISTEN: &str = "127.0.0.1:8080";
+    pub const ADMIN: &str = "127.0.0.1:9901";
+    pub const MAX_CONNECTIONS: usize = 10_000;
+    pub const HEADER_TIMEOUT: &str = "10s";
+    pub const KEEPALIVE_TIMEOUT: &str = "60s";
+    pub const MAX_HEADER_SIZE: usize = 16 * 1024;
+    pub const MAX_HEADERS: usize = 100;
+    pub const MAX_BODY_SIZE: u64 = 100 << 20;
+    pub const DRAIN_TIMEOUT: &str = "30s";
+    pub const CONNECT_TIMEOUT: &str = "1s";
+    pub const TIMEOUT: &str = "30s";
+    pub const POOL_MAX_IDLE: usize = 64;
+    pub const POOL_IDLE_TIMEOUT: &str = "60s";
+    pub const HEALTH_INTERVAL: &str = "5s";
+    pub const HEALTH_TIMEOUT: &str = "1s";
+    pub const HEALTH_AFTER: u32 = 2;
+    pub const PASSIVE_FAILURES: u32 = 5;
+    pub const PASSIVE_BASE: &str = "10s";
+    pub const PASSIVE_MAX: &str = "300s";
+    pub const PASSIVE_PERCENT: u32 = 50;
+}
+
+struct Ctx<'a> {
+    file: &'a str,
+    source: &'a str,
+    errors: Vec<ConfigError>,
+}
+
+impl Ctx<'_> {
+    fn error(&mut self, span: Range<usize>, key: &str, message: impl Into<String>) {
+        self.errors.push(ConfigError::at(self.file, self.source, span.start, key, message.into()));
+    }
+
+    fn duration(&mut self, value: Option<&Text>, key: &str, default: &str) -> Duration {
+        let fallback = parse_duration(default).unwrap_or(Duration::from_secs(1));
+        let Some(v) = value else { return fallback };
+        match parse_duration(v.get_ref()) {
+            Ok(d) if d.is_zero() => {
+                self.error(v.span(), key, "must be greater than zero");
+                fallback
+            }
+            Ok(d) => d,
+            Err(e) => {
+                self.error(v.span(), key, e);
+                fallback
+            }
+        }
+    }
+
+    fn count(
+        &mut self,
+        value: Option<&Spanned<i64>>,
+        key: &str,
+        default: u64,
+        min: i64,
+        max: i64,
+    ) -> u64 {
+        let Some(v) = value else { return default };
+        let n = *v.get_ref();
+        if n < min || n > max {
+            self.error(
+                v.span(),
+                key,
+                format!("expected a whole number from {min} to {max}, got {n}"),
+            );
+            return default;
+        }
+        n as u64
+    }
+
+    fn size(&mut self, value: Option<&Spanned<RawSize>>, key: &str, default: u64) -> u64 {
+        let Some(v) = value else { return default };
+        let parsed = match v.get_ref() {
+            RawSize::Bytes(n) if *n >= 0 => Ok(*n as u64),
+            RawSize::Bytes(n) => Err(format!("expected a size of 0 or more bytes, got {n}")),
+            RawSize::Text(s) => parse_size(s),
+        };
+        parsed.unwrap_or_else(|e| {
+            self.error(v.span(), key, e);
+            default
+        })
+    }
+
+    fn address(&mut self, value: &str, span: Range<usize>, key: &str) -> Option<SocketAddr> {
+        if let Ok(addr) = value.parse() {
+            return Some(addr);
+        }
+        match value.to_socket_addrs().map(|mut a| a.next()) {
+            Ok(Some(addr)) => Some(addr),
+            _ => {
+                self.error(span, key, format!("expected an address like \"127.0.0.1:9000\" or \"host:port\", got {value:?}"));
+                None
+            }
+        }
+    }
+}
+
+/// Validates the raw model.
+pub fn validate(raw: RawConfig, source: &str, file: &str) -> Result<Config, ConfigErrors> {
+    let mut cx = Ctx { file, source, errors: Vec::new() };
+    let server = server(&mut cx, &raw.server);
+    let log = log(&mut cx, &raw.log);
+    let mut upstreams = Vec::new();
+    let mut upstream_names = Vec::new();
+    for (name, up) in &raw.upstreams {
+        upstream_names.push(name.clone());
+        upstreams.push(upstream(&mut cx, name, up));
+    }
+    let mut routes: Vec<Route> = Vec::new();
+    for (i, r) in raw.routes.iter().enumerate() {
+        if let Some(route) = route(&mut cx, i, r, &upstream_names) {
+            if routes.iter().any(|other| other.name == route.name) {
+                cx.error(
+                    r.span(),
+                    &format!("routes[{i}].name"),
+                    format!("route name {:?} is used twice", route.name),
+                );
+            }
+            routes.push(route);
+        }
+    }
+    if cx.errors.is_empty() {
+        Ok(Config { server, log, upstreams, routes })
+    } else {
+        Err(ConfigErrors(cx.errors))
+    }
+}
+
+fn server(cx: &mut Ctx<'_>, raw: &RawServer) -> Server {
+    let listen = spanned_address(cx, raw.listen.as_ref(), "server.listen", defaults::LISTEN);
+    let admin = spanned_address(cx, raw.admin.as_ref(), "server.admin", defaults::ADMIN);
+    let admin_token =
+        raw.admin_token.as_ref().map(|t| t.get_ref().clone()).filter(|t| !t.is_empty());
+    if !admin.ip().is_loopback() && admin_token.is_none() {
+        let span = raw.admin.as_ref().map_or(0..0, |a| a.span());
+        cx.error(
+            span,
+            "server.admin",
+            "a non-loopback admin address needs server.admin_token to be set",
+        );
+    }
+    let workers = cx.count(raw.workers.as_ref(), "server.workers", 0, 0, 1024) as usize;
+    let workers = if workers == 0 {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        workers
+    };
+    let max_header_size = cx.size(
+        raw.max_header_size.as_ref(),
+        "server.max_header_size",
+        defaults::MAX_HEADER_SIZE as u64,
+    );
+    if max_header_size < 8192 {
+        let span = raw.max_header_size.as_ref().map_or(0..0, |s| s.span());
+        cx.error(span, "server.max_header_size", "must be at least 8KiB (8192)");
+    }
+    let max_body =
+        cx.size(raw.max_body_size.as_ref(), "server.max_body_size", defaults::MAX_BODY_SIZE);
+    Server {
+        listen,
+        admin,
+        admin_token,
+        workers,
+        max_connections: cx.count(
+            raw.max_connections.as_ref(),
+            "server.max_connections",
+            defaults::MAX_CONNECTIONS as u64,
+            1,
+            10_000_000,
+        ) as usize,
+        header_timeout: cx.duration(
+            raw.header_timeout.as_ref(),
+            "server.header_timeout",
+            defaults::HEADER_TIMEOUT,
+        ),
+        keepalive_timeout: cx.duration(
+            raw.keepalive_timeout.as_ref(),
+            "server.keepalive_timeout",
+            defaults::KEEPALIVE_TIMEOUT,
+        ),
+        max_header_size: max_header_size.max(8192) as usize,
+        max_headers: cx.count(
+            raw.max_headers.as_ref(),
+            "server.max_headers",
+            defaults::MAX_HEADERS as u64,
+            1,
+            10_000,
+        ) as usize,
+        max_body_size: (max_body > 0).then_some(max_body),
+        drain_timeout: cx.duration(
+            raw.drain_timeout.as_ref(),
+            "server.drain_timeout",
+            defaults::DRAIN_TIMEOUT,
+        ),
+        http2: raw.http2.unwrap_or(true),
+    }
+}
+
+fn spanned_address(cx: &mut Ctx<'_>, value: Option<&Text>, key: &str, default: &str) -> SocketAddr {
+    let fallback: SocketAddr =
+        default.parse().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
+    match value {
+        Some(v) => cx.address(v.get_ref(), v.span(), key).unwrap_or(fallback),
+        None => fallback,
+    }
+}
+
+fn log(cx: &mut Ctx<'_>, raw: &RawLog) -> Log {
+    let format = match raw.format.as_ref().map(|f| (f.get_ref().as_str(), f.span())) {
+        None | Some(("text", _)) => LogFormat::Text,
+        Some(("json", _)) => LogFormat::Json,
+        Some((other, span)) => {
+            cx.error(span, "log.format", format!("expected \"text\" or \"json\", got {other:?}"));
+            LogFormat::Text
+        }
+    };
+    let level = raw.log_level_or_default();
+    if let Some(l) = &raw.level {
+        if !["error", "warn", "info", "debug", "trace"].contains(&l.get_ref().as_str()) {
+            cx.error(
+                l.span(),
+                "log.level",
+                format!("expected one of error, warn, info, debug, trace; got {:?}", l.get_ref()),
+            );
+        }
+    }
+    Log { level, format, access_log: raw.access_log.unwrap_or(false) }
+}
+
+impl RawLog {
+    fn log_level_or_default(&self) -> String {
+        self.level.as_ref().map_or_else(|| "info".to_string(), |l| l.get_ref().clone())
+    }
+}
+
+fn upstream(cx: &mut Ctx<'_>, name: &str, raw: &RawUpstream) -> Upstream {
+    let key = |k: &str| format!("upstreams.{name}.{k}");
+    let mut servers = Vec::new();
+    if raw.servers.get_ref().is_empty() {
+        cx.error(raw.servers.span(), &key("servers"), "an upstream needs at least one server");
+    }
+    for (i, entry) in raw.servers.get_ref().iter().enumerate() {
+        let k = format!("{}[{i}]", key("servers"));
+        let (addr, weight) = match entry.get_ref() {
+            RawServerEntry::Address(a) => (a.clone(), 1),
+            RawServerEntry::Weighted(w) => (w.address.clone(), w.weight.unwrap_or(1)),
+        };
+        if !(1..=1000).contains(&weight) {
+            cx.error(entry.span(), &k, format!("weight must be from 1 to 1000, got {weight}"));
+        }
+        if let Some(address) = cx.address(&addr, entry.span(), &k) {
+            if servers.iter().any(|s: &UpstreamServer| s.name == addr) {
+                cx.error(entry.span(), &k, format!("server {addr:?} is listed twice"));
+            }
+            servers.push(UpstreamServer {
+                name: addr,
+                address,
+                weight: weight.clamp(1, 1000) as u32,
+            });
+        }
+    }
+    let balance_name = raw.balance.as_ref().map_or("round_robin", |b| b.get_ref().as_str());
+    let balance = match balance_name {
+        "round_robin" => Balance::RoundRobin,
+        "least_request" => Balance::LeastRequest,
+        "consistent_hash" => {
+            Balance::ConsistentHash(hash_key(cx, raw.hash_on.as_ref(), &key("hash_on")))
+        }
+        other => {
+            let span = raw.balance.as_ref().map_or(0..0, |b| b.span());
+            cx.error(
+                span,
+                &key("balance"),
+                format!("expected round_robin, least_request or consistent_hash, got {other:?}"),
+            );
+            Balance::RoundRobin
+        }
+    };
+    if let (Some(h), false) = (&raw.hash_on, matches!(balance, Balance::ConsistentHash(_))) {
+        cx.error(
+            h.span(),
+            &key("hash_on"),
+            "hash_on only applies to balance = \"consistent_hash\"",
+        );
+    }
+    let pool = Pool {
+        max_idle: raw.pool.as_ref().map_or(defaults::POOL_MAX_IDLE as u64, |p| {
+            cx.count(
+                p.max_idle.as_ref(),
+                &key("pool.max_idle"),
+                defaults::POOL_MAX_IDLE as u64,
+                0,
+                100_000,
+            )
+        }) as usize,
+        idle_timeout: cx.duration(
+            raw.pool.as_ref().and_then(|p| p.idle_timeout.as_ref()),
+            &key("pool.idle_timeout"),
+            defaults::POOL_IDLE_TIMEOUT,
+        ),
+    };
+    let health = raw.health.as_ref().map(|h| health(cx, h, &key("health")));
+    let passive = passive(cx, raw.passive.as_ref(), &key("passive"));
+    Upstream {
+        name: name.to_string(),
+        servers,
+        balance,
+        connect_timeout: cx.duration(
+            raw.connect_timeout.as_ref(),
+            &key("connect_timeout"),
+            defaults::CONNECT_TIMEOUT,
+        ),
+        timeout: cx.duration(raw.timeout.as_ref(), &key("timeout"), defaults::TIMEOUT),
+        pool,
+        health,
+        passive,
+    }
+}
+
+fn hash_key(cx: &mut Ctx<'_>, raw: Option<&Text>, key: &str) -> HashKey {
+    let Some(v) = raw else { return HashKey::ClientIp };
+    let s = v.get_ref().as_str();
+    if s == "client_ip" {
+        return HashKey::ClientIp;
+    }
+    if let Some(h) = s.strip_prefix("header:").filter(|h| valid_header_name(h)) {
+        return HashKey::Header(h.to_ascii_lowercase());
+    }
+    if let Some(c) = s.strip_prefix("cookie:").filter(|c| !c.is_empty()) {
+        return HashKey::Cookie(c.to_string());
+    }
+    cx.error(
+        v.span(),
+        key,
+        format!("expected \"client_ip\", \"header:NAME\" or \"cookie:NAME\", got {s:?}"),
+    );
+    HashKey::ClientIp
+}
+
+fn valid_header_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+fn health(cx: &mut Ctx<'_>, raw: &Spanned<RawHealth>, key: &str) -> HealthCheck {
+    let h = raw.get_ref();
+    let path = h.path.as_ref().map_or_else(|| "/healthz".to_string(), |p| p.get_ref().clone());
+    if !path.starts_with('/') {
+        let span = h.path.as_ref().map_or(raw.span(), |p| p.span());
+        cx.error(
+            span,
+            &format!("{key}.path"),
+            format!("expected a path starting with '/', got {path:?}"),
+        );
+    }
+    let interval =
+        cx.duration(h.interval.as_ref(), &format!("{key}.interval"), defaults::HEALTH_INTERVAL);
+    let timeout =
+        cx.duration(h.timeout.as_ref(), &format!("{key}.timeout"), defaults::HEALTH_TIMEOUT);
+    let timeout = if h.timeout.is_none() { timeout.min(interval) } else { timeout };
+    if timeout > interval {
+        let span = h.timeout.as_ref().map_or(raw.span(), |t| t.span());
+        cx.error(
+            span,
+            &format!("{key}.timeout"),
+            format!("must not exceed {key}.interval ({interval:?})"),
+        );
+    }
+    HealthCheck {
+        path,
+        host: h.host.as_ref().map(|v| v.get_ref().clone()),
+        interval,
+        timeout,
+        unhealthy_after: cx.count(
+            h.unhealthy_after.as_ref(),
+            &format!("{key}.unhealthy_after"),
+            defaults::HEALTH_AFTER.into(),
+            1,
+            1000,
+        ) as u32,
+        healthy_after: cx.count(
+            h.healthy_after.as_ref(),
+            &format!("{key}.healthy_after"),
+            defaults::HEALTH_AFTER.into(),
+            1,
+            1000,
+        ) as u32,
+    }
+}
+
+fn passive(cx: &mut Ctx<'_>, raw: Option<&RawPassive>, key: &str) -> EjectionPolicy {
+    let field = |f: &str| format!("{key}.{f}");
+    let base = cx.duration(
+        raw.and_then(|p| p.base_ejection.as_ref()),
+        &field("base_ejection"),
+        defaults::PASSIVE_BASE,
+    );
+    let max = cx.duration(
+        raw.and_then(|p| p.max_ejection.as_ref()),
+        &field("max_ejection"),
+        defaults::PASSIVE_MAX,
+    );
+    if max < base {
+        let span = raw.and_then(|p| p.max_ejection.as_ref()).map_or(0..0, |m| m.span());
+        cx.error(
+            span,
+            &field("max_ejection"),
+            format!("must be at least base_ejection ({base:?})"),
+        );
+    }
+    EjectionPolicy {
+        consecutive_failures: cx.count(
+            raw.and_then(|p| p.consecutive_failures.as_ref()),
+            &field("consecutive_failures"),
+            defaults::PASSIVE_FAILURES.into(),
+            0,
+            1_000_000,
+        ) as u32,
+        base_ms: seawall_core::clock::duration_ms(base),
+        max_ms: seawall_core::clock::duration_ms(max),
+        max_ejected_percent: cx.count(
+            raw.and_then(|p| p.max_ejected_percent.as_ref()),
+            &field("max_ejected_percent"),
+            defaults::PASSIVE_PERCENT.into(),
+            0,
+            100,
+        ) as u32,
+    }
+}
+
+fn route(
+    cx: &mut Ctx<'_>,
+    i: usize,
+    raw: &Spanned<RawRoute>,
+    upstreams: &[String],
+) -> Option<Route> {
+    let r = raw.get_ref();
+    let key = |k: &str| format!("routes[{i}].{k}");
+    let name = r.name.as_ref().map_or_else(|| format!("route{i}"), |n| n.get_ref().clone());
+    let host = r.host.as_ref().and_then(|h| {
+        let s = h.get_ref().to_ascii_lowercase();
+        if let Some(suffix) = s.strip_prefix("*.") {
+            if suffix.is_empty() || suffix.contains('*') {
+                cx.error(h.span(), &key("host"), format!("expected \"*.example.com\", got {s:?}"));
+                return None;
+            }
+            return Some(HostMatch::Suffix(format!(".{suffix}")));
+        }
+        if s.is_empty() || s.contains('*') {
+            cx.error(
+                h.span(),
+                &key("host"),
+                format!("expected a host name or \"*.example.com\", got {s:?}"),
+            );
+            return None;
+        }
+        Some(HostMatch::Exact(s))
+    });
+    let path = match (&r.path_prefix, &r.path) {
+        (Some(_), Some(p)) => {
+            cx.error(p.span(), &key("path"), "set path_prefix or path, not both");
+            PathMatch::Prefix("/".into())
+        }
+        (Some(p), None) => PathMatch::Prefix(checked_path(cx, p, &key("path_prefix"))),
+        (None, Some(p)) => PathMatch::Exact(checked_path(cx, p, &key("path"))),
+        (None, None) => PathMatch::Prefix("/".into()),
+    };
+    let mut methods = Vec::new();
+    for m in r.methods.iter().flatten() {
+        let upper = m.get_ref().to_ascii_uppercase();
+        if upper.is_empty() || !upper.bytes().all(|b| b.is_ascii_alphabetic() || b == b'-') {
+            cx.error(
+                m.span(),
+                &key("methods"),
+                format!("expected an HTTP method like \"GET\", got {:?}", m.get_ref()),
+            );
+        }
+        methods.push(upper);
+    }
+    let header = r.header.as_ref().map(|h| {
+        if !valid_header_name(h.name.get_ref()) {
+            cx.error(
+                h.name.span(),
+                &key("header.name"),
+                format!("{:?} is not a valid header name", h.name.get_ref()),
+            );
+        }
+        HeaderMatch {
+            name: h.name.get_ref().to_ascii_lowercase(),
+            value: h.value.as_ref().map(|v| v.get_ref().clone()),
+        }
+    });
+    let max_body_size = r.max_body_size.as_ref().map(|_| {
+        let size = cx.size(r.max_body_size.as_ref(), &key("max_body_size"), 0);
+        (size > 0).then_some(size)
+    });
+    let Some(up) = &r.upstream else {
+        cx.error(raw.span(), &key("upstream"), "a route needs an upstream to send requests to");
+        return None;
+    };
+    let Some(index) = upstreams.iter().position(|u| u == up.get_ref()) else {
+        let known = if upstreams.is_empty() {
+            "none is defined".to_string()
+        } else {
+            format!("expected one of: {}", upstreams.join(", "))
+        };
+        cx.error(
+            up.span(),
+            &key("upstream"),
+            format!("no upstream named {:?} ({known})", up.get_ref()),
+        );
+        return None;
+    };
+    Some(Route {
+        name,
+        matcher: RouteMatch { host, path, methods, header },
+        action: RouteAction::Proxy { upstream: index },
+        preserve_host: r.preserve_host.unwrap_or(true),
+        max_body_size,
+    })
+}
+
+fn checked_path(cx: &mut Ctx<'_>, p: &Text, key: &str) -> String {
+    if !p.get_ref().starts_with('/') {
+        cx.error(
+            p.span(),
+            key,
+            format!("expected a path starting with '/', got {:?}", p.get_ref()),
+        );
+    }
+    p.get_ref().clone()
+}

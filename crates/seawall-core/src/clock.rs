@@ -1,0 +1,24 @@
+//! A coarse monotonic clock in milliseconds since process start.
+//!
+//! Policies store deadlines as plain `u64` milliseconds so that they fit in one atomic and can be
+//! compared without locks; callers pass `now` in, which keeps the primitives free of I/O and lets
+//! tests drive time by hand.
+
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+fn origin() -> Instant {
+    static ORIGIN: OnceLock<Instant> = OnceLock::new();
+    *ORIGIN.get_or_init(Instant::now)
+}
+
+/// Milliseconds elapsed since the first call in this process (never 0 after start-up work).
+pub fn now_ms() -> u64 {
+    // +1 so that 0 can mean "never" in atomics that hold deadlines.
+    origin().elapsed().as_millis() as u64 + 1
+}
+
+/// Converts a duration into whole milliseconds, saturating.
+pub fn duration_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
