@@ -24,6 +24,6 @@ impl FastRng {
 
     /// A value in `0..n` (n > 0), by multiply-shift rather than modulo.
     pub fn below(&mut self, n: usize) -> usize {
-        ((self.next_u64() >> 32) * n as u64 >> 32) as usize
+        ((u128::from(self.next_u64()) * n as u128) >> 64) as usize
     }
 }
