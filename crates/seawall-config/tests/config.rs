@@ -1,4 +1,5 @@
 //! The configuration as a user writes it: the minimal file from the docs, defaults, and errors that
+#![allow(clippy::unwrap_used)]
 //! point at file:line:column and the key.
 
 use std::time::Duration;
