@@ -1,1 +1,20 @@
-//! placeholder
+//! The Seawall HTTP gateway: a reverse proxy built to keep an API answering through a crisis.
+//!
+//! Start with [`Gateway::start`]. The request path is in [`pipeline`]; the proxy action in
+//! [`proxy`]; upstream groups, pools and health checks in [`upstream`]; the process layout (one
+//! single-threaded runtime per worker) in [`server`]; the admin API in [`admin`].
+
+pub mod admin;
+pub mod body;
+pub mod control;
+pub mod headers;
+pub mod metrics;
+pub mod pipeline;
+pub mod problem;
+pub mod proxy;
+pub mod router;
+pub mod server;
+pub mod snapshot;
+pub mod upstream;
+
+pub use server::{Gateway, ReloadError, Shared, StartError};

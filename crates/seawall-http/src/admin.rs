@@ -1,0 +1,264 @@
+//! The admin API, on its own listener (default `127.0.0.1:9901`), served from the control thread.
+//!
+//! | method | path | answer |
+//! |---|---|---|
+//! | GET | `/healthz` | 200 while the process is alive |
+//! | GET | `/readyz` | 200, or 503 while draining |
+//! | GET | `/metrics` | Prometheus text |
+//! | GET | `/api/v1/state` | routes, upstreams and servers with health, as JSON |
+//! | POST | `/api/v1/reload` | re-reads the configuration file (token-protected) |
+//!
+//! Mutating endpoints require `Authorization: Bearer <server.admin_token>` when a token is set.
+
+use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use seawall_config::{Balance, HashKey, HostMatch, PathMatch, RouteAction};
+use serde_json::json;
+
+use crate::metrics::{escape, UpstreamOutcome};
+use crate::problem::problem_with;
+use crate::server::{ReloadError, Shared};
+
+/// Accepts admin connections until the task is aborted.
+pub async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                tracing::warn!(error = %e, "admin accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let shared = Arc::clone(&shared);
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let shared = Arc::clone(&shared);
+                async move { Ok::<_, Infallible>(route(&shared, req).map(Full::new)) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn route(shared: &Shared, req: Request<Incoming>) -> Response<Bytes> {
+    let path = req.uri().path();
+    let method = req.method();
+    let (allowed, response) = match path {
+        "/healthz" => (Method::GET, text(StatusCode::OK, "text/plain", "ok\n".into())),
+        "/readyz" => (Method::GET, readiness(shared)),
+        "/metrics" => {
+            (Method::GET, text(StatusCode::OK, "text/plain; version=0.0.4", metrics(shared)))
+        }
+        "/api/v1/state" => (Method::GET, text(StatusCode::OK, "application/json", state(shared))),
+        "/api/v1/reload" => {
+            if method != Method::POST {
+                return method_not_allowed(Method::POST);
+            }
+            if let Some(refusal) = authorize(shared, &req) {
+                return refusal;
+            }
+            return reload(shared);
+        }
+        _ => {
+            return problem_with(StatusCode::NOT_FOUND, "not_found", "no such admin endpoint", None)
+        }
+    };
+    if method != allowed && !(allowed == Method::GET && method == Method::HEAD) {
+        return method_not_allowed(allowed);
+    }
+    response
+}
+
+fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Bytes> {
+    let mut r = Response::new(Bytes::from(body));
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+fn method_not_allowed(allowed: Method) -> Response<Bytes> {
+    let mut r = problem_with(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        &format!("use {allowed}"),
+        None,
+    );
+    if let Ok(v) = HeaderValue::from_str(allowed.as_str()) {
+        r.headers_mut().insert(header::ALLOW, v);
+    }
+    r
+}
+
+/// `None` when the request may mutate state; otherwise the refusal.
+fn authorize(shared: &Shared, req: &Request<Incoming>) -> Option<Response<Bytes>> {
+    let snapshot = shared.snapshot.load();
+    let token = snapshot.config.server.admin_token.as_deref()?;
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes())) {
+        return None;
+    }
+    let mut r = problem_with(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "this endpoint needs Authorization: Bearer <server.admin_token>",
+        None,
+    );
+    r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    Some(r)
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn readiness(shared: &Shared) -> Response<Bytes> {
+    if shared.draining.load(Relaxed) {
+        text(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "draining\n".into())
+    } else {
+        text(StatusCode::OK, "text/plain", "ready\n".into())
+    }
+}
+
+fn reload(shared: &Shared) -> Response<Bytes> {
+    match shared.reload() {
+        Ok(()) => text(StatusCode::OK, "application/json", json!({"reloaded": true}).to_string()),
+        Err(ReloadError::NoFile) => problem_with(
+            StatusCode::CONFLICT,
+            "no_config_file",
+            "the gateway was not started from a file",
+            None,
+        ),
+        Err(ReloadError::Invalid(errors)) => {
+            let list: Vec<String> = errors.0.iter().map(ToString::to_string).collect();
+            let mut r = problem_with(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_config",
+                &list.join("\n"),
+                None,
+            );
+            *r.body_mut() = Bytes::from(
+                json!({"type": "urn:seawall:problem:invalid_config", "title": "Unprocessable Entity", "status": 422, "reason": "invalid_config", "detail": "the new configuration is invalid; the running one stays", "errors": list})
+                    .to_string(),
+            );
+            r
+        }
+    }
+}
+
+fn metrics(shared: &Shared) -> String {
+    let mut out = String::with_capacity(8192);
+    shared.registry.render_routes(&mut out);
+    shared.registry.render_process(&mut out);
+    let snapshot = shared.snapshot.load();
+    let now = seawall_core::clock::now_ms();
+    out.push_str("# HELP seawall_upstream_requests_total Attempts to use an upstream server, by outcome.\n# TYPE seawall_upstream_requests_total counter\n");
+    for group in &snapshot.upstreams {
+        for s in &group.servers {
+            for outcome in UpstreamOutcome::ALL {
+                let _ = writeln!(out, "seawall_upstream_requests_total{{upstream=\"{}\",server=\"{}\",outcome=\"{}\"}} {}", escape(&group.config.name), escape(&s.name), outcome.label(), s.metrics.get(outcome));
+            }
+        }
+    }
+    out.push_str("# HELP seawall_upstream_healthy Whether a server passes its active health checks (1) or not (0).\n# TYPE seawall_upstream_healthy gauge\n");
+    for group in &snapshot.upstreams {
+        for s in &group.servers {
+            let _ = writeln!(
+                out,
+                "seawall_upstream_healthy{{upstream=\"{}\",server=\"{}\"}} {}",
+                escape(&group.config.name),
+                escape(&s.name),
+                u8::from(s.healthy.load(Relaxed))
+            );
+        }
+    }
+    out.push_str("# HELP seawall_upstream_ejected Whether a server is ejected by passive outlier detection (1) or not (0).\n# TYPE seawall_upstream_ejected gauge\n");
+    for group in &snapshot.upstreams {
+        for s in &group.servers {
+            let _ = writeln!(
+                out,
+                "seawall_upstream_ejected{{upstream=\"{}\",server=\"{}\"}} {}",
+                escape(&group.config.name),
+                escape(&s.name),
+                u8::from(s.outlier.is_ejected(now))
+            );
+        }
+    }
+    out
+}
+
+fn state(shared: &Shared) -> String {
+    let snapshot = shared.snapshot.load();
+    let now = seawall_core::clock::now_ms();
+    let config = &snapshot.config;
+    let routes: Vec<_> = config
+        .routes
+        .iter()
+        .map(|r| {
+            let RouteAction::Proxy { upstream } = r.action;
+            json!({
+                "name": r.name,
+                "host": r.matcher.host.as_ref().map(|h| match h { HostMatch::Exact(h) => h.clone(), HostMatch::Suffix(s) => format!("*{s}") }),
+                "path_prefix": match &r.matcher.path { PathMatch::Prefix(p) => Some(p), PathMatch::Exact(_) => None },
+                "path": match &r.matcher.path { PathMatch::Exact(p) => Some(p), PathMatch::Prefix(_) => None },
+                "methods": r.matcher.methods,
+                "action": "proxy",
+                "upstream": config.upstreams[upstream].name,
+            })
+        })
+        .collect();
+    let upstreams: Vec<_> = snapshot
+        .upstreams
+        .iter()
+        .map(|g| {
+            let balance = match &g.config.balance {
+                Balance::RoundRobin => "round_robin".to_string(),
+                Balance::LeastRequest => "least_request".to_string(),
+                Balance::ConsistentHash(HashKey::ClientIp) => "consistent_hash(client_ip)".to_string(),
+                Balance::ConsistentHash(HashKey::Header(h)) => format!("consistent_hash(header:{h})"),
+                Balance::ConsistentHash(HashKey::Cookie(c)) => format!("consistent_hash(cookie:{c})"),
+            };
+            let servers: Vec<_> = g
+                .servers
+                .iter()
+                .zip(&g.config.servers)
+                .map(|(s, c)| {
+                    json!({
+                        "address": s.name,
+                        "weight": c.weight,
+                        "healthy": s.healthy.load(Relaxed),
+                        "ejected": s.outlier.is_ejected(now),
+                        "available": s.is_available(now),
+                        "consecutive_failures": s.outlier.consecutive_failures(),
+                        "ejections": s.outlier.ejections(),
+                    })
+                })
+                .collect();
+            json!({"name": g.config.name, "balance": balance, "health_checks": g.config.health.is_some(), "servers": servers})
+        })
+        .collect();
+    json!({
+        "draining": shared.draining.load(Relaxed),
+        "listen": config.server.listen.to_string(),
+        "workers": config.server.workers,
+        "connections_open": shared.registry.connections_open.get(),
+        "routes": routes,
+        "upstreams": upstreams,
+    })
+    .to_string()
+}

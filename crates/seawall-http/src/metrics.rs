@@ -1,0 +1,398 @@
+//! Metrics with no shared writes on the request path.
+//!
+//! Every counter is split into one shard per worker thread (plus one for the control thread), each
+//! on its own cache line; a worker only ever writes its own shard, and `/metrics` sums the shards
+//! when it is read. Route metrics live in a [`Registry`] keyed by route name so that their history
+//! survives a configuration reload.
+
+use std::cell::Cell;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Pads a value to its own cache line so that two workers' shards never share one.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub struct Padded<T>(pub T);
+
+impl<T> std::ops::Deref for Padded<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+thread_local! {
+    static SHARD: Cell<usize> = const { Cell::new(usize::MAX) };
+}
+
+/// Marks the current thread as worker `index`; other threads write the last shard.
+pub fn set_worker_shard(index: usize) {
+    SHARD.with(|s| s.set(index));
+}
+
+/// The shard the current thread writes, given `shards` shards.
+#[inline]
+pub fn shard_index(shards: usize) -> usize {
+    SHARD.with(|s| s.get()).min(shards - 1)
+}
+
+/// Upper bounds of the latency histogram buckets, in microseconds.
+pub const BUCKETS_US: [u64; 14] = [
+    500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000,
+    2_500_000, 5_000_000, 10_000_000,
+];
+
+/// HTTP status codes 100..=599 are counted exactly.
+const CODES: usize = 500;
+
+/// One worker's share of a route's metrics.
+#[derive(Debug)]
+pub struct RouteShard {
+    codes: Box<[AtomicU64]>,
+    buckets: [AtomicU64; BUCKETS_US.len() + 1],
+    sum_us: AtomicU64,
+    inflight: AtomicI64,
+}
+
+impl Default for RouteShard {
+    fn default() -> Self {
+        RouteShard {
+            codes: (0..CODES).map(|_| AtomicU64::new(0)).collect(),
+            buckets: Default::default(),
+            sum_us: AtomicU64::new(0),
+            inflight: AtomicI64::new(0),
+        }
+    }
+}
+
+/// Per-route request counters, latency histogram and in-flight gauge.
+#[derive(Debug)]
+pub struct RouteMetrics {
+    shards: Box<[Padded<RouteShard>]>,
+}
+
+impl RouteMetrics {
+    fn new(shards: usize) -> Self {
+        RouteMetrics { shards: (0..shards).map(|_| Padded::default()).collect() }
+    }
+
+    #[inline]
+    fn shard(&self) -> &RouteShard {
+        &self.shards[shard_index(self.shards.len())]
+    }
+
+    /// Counts a response with `status` that took `elapsed` until its head was sent.
+    pub fn record(&self, status: u16, elapsed: Duration) {
+        let shard = self.shard();
+        let code = usize::from(status).saturating_sub(100).min(CODES - 1);
+        shard.codes[code].fetch_add(1, Relaxed);
+        let us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        let bucket = BUCKETS_US.iter().position(|&b| us <= b).unwrap_or(BUCKETS_US.len());
+        shard.buckets[bucket].fetch_add(1, Relaxed);
+        shard.sum_us.fetch_add(us, Relaxed);
+    }
+
+    /// A request started (+1) or finished (-1).
+    pub fn inflight_add(&self, delta: i64) {
+        self.shard().inflight.fetch_add(delta, Relaxed);
+    }
+
+    /// Requests answered with `status` so far, over all workers.
+    pub fn count(&self, status: u16) -> u64 {
+        let code = usize::from(status).saturating_sub(100).min(CODES - 1);
+        self.shards.iter().map(|s| s.codes[code].load(Relaxed)).sum()
+    }
+}
+
+/// A counter sharded per worker.
+#[derive(Debug)]
+pub struct Counter {
+    shards: Box<[Padded<AtomicU64>]>,
+}
+
+impl Counter {
+    /// A counter with `shards` shards.
+    pub fn new(shards: usize) -> Self {
+        Counter { shards: (0..shards).map(|_| Padded::default()).collect() }
+    }
+
+    /// Adds `n` on the current thread's shard.
+    #[inline]
+    pub fn add(&self, n: u64) {
+        self.shards[shard_index(self.shards.len())].fetch_add(n, Relaxed);
+    }
+
+    /// The sum over all shards.
+    pub fn get(&self) -> u64 {
+        self.shards.iter().map(|s| s.load(Relaxed)).sum()
+    }
+}
+
+/// A gauge sharded per worker (each worker adds and subtracts on its own shard).
+#[derive(Debug)]
+pub struct Gauge {
+    shards: Box<[Padded<AtomicI64>]>,
+}
+
+impl Gauge {
+    /// A gauge with `shards` shards.
+    pub fn new(shards: usize) -> Self {
+        Gauge { shards: (0..shards).map(|_| Padded::default()).collect() }
+    }
+
+    /// Adds `delta` on the current thread's shard.
+    #[inline]
+    pub fn add(&self, delta: i64) {
+        self.shards[shard_index(self.shards.len())].fetch_add(delta, Relaxed);
+    }
+
+    /// The sum over all shards.
+    pub fn get(&self) -> i64 {
+        self.shards.iter().map(|s| s.load(Relaxed)).sum()
+    }
+}
+
+/// How an attempt to use an upstream server ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamOutcome {
+    /// A response below 500 came back.
+    Ok,
+    /// A 5xx response came back.
+    Http5xx,
+    /// No connection could be made.
+    ConnectFailure,
+    /// The server did not answer within the upstream's timeout.
+    Timeout,
+    /// The connection broke or the response was not valid HTTP.
+    Error,
+}
+
+impl UpstreamOutcome {
+    /// All outcomes, in metric order.
+    pub const ALL: [UpstreamOutcome; 5] = [
+        UpstreamOutcome::Ok,
+        UpstreamOutcome::Http5xx,
+        UpstreamOutcome::ConnectFailure,
+        UpstreamOutcome::Timeout,
+        UpstreamOutcome::Error,
+    ];
+
+    /// The `outcome` label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            UpstreamOutcome::Ok => "ok",
+            UpstreamOutcome::Http5xx => "http_5xx",
+            UpstreamOutcome::ConnectFailure => "connect_failure",
+            UpstreamOutcome::Timeout => "timeout",
+            UpstreamOutcome::Error => "error",
+        }
+    }
+}
+
+/// Per-server upstream outcome counters.
+#[derive(Debug)]
+pub struct ServerMetrics {
+    shards: Box<[Padded<[AtomicU64; 5]>]>,
+}
+
+impl ServerMetrics {
+    /// Counters with `shards` shards.
+    pub fn new(shards: usize) -> Self {
+        ServerMetrics { shards: (0..shards).map(|_| Padded::default()).collect() }
+    }
+
+    /// Counts one outcome.
+    #[inline]
+    pub fn record(&self, outcome: UpstreamOutcome) {
+        self.shards[shard_index(self.shards.len())][outcome as usize].fetch_add(1, Relaxed);
+    }
+
+    /// Total of one outcome.
+    pub fn get(&self, outcome: UpstreamOutcome) -> u64 {
+        self.shards.iter().map(|s| s[outcome as usize].load(Relaxed)).sum()
+    }
+}
+
+/// Process-wide metrics that are not tied to one route or server.
+#[derive(Debug)]
+pub struct Registry {
+    shards: usize,
+    routes: Mutex<BTreeMap<String, Arc<RouteMetrics>>>,
+    /// Client connections open now.
+    pub connections_open: Gauge,
+    /// Client connections accepted since start.
+    pub connections_total: Counter,
+    /// Connections closed because the client sent its request head too slowly (answered 408).
+    pub header_timeouts: Counter,
+    /// Idle keep-alive connections closed by `keepalive_timeout`.
+    pub idle_timeouts: Counter,
+    /// Reloads that took effect.
+    pub config_reloads: Counter,
+    /// Reloads refused because the new file was invalid.
+    pub config_reload_failures: Counter,
+    /// Upstream connections opened.
+    pub upstream_connects: Counter,
+}
+
+impl Registry {
+    /// A registry for `workers` worker threads (plus the control thread).
+    pub fn new(workers: usize) -> Self {
+        let shards = workers + 1;
+        Registry {
+            shards,
+            routes: Mutex::new(BTreeMap::new()),
+            connections_open: Gauge::new(shards),
+            connections_total: Counter::new(shards),
+            header_timeouts: Counter::new(shards),
+            idle_timeouts: Counter::new(shards),
+            config_reloads: Counter::new(shards),
+            config_reload_failures: Counter::new(shards),
+            upstream_connects: Counter::new(shards),
+        }
+    }
+
+    /// Number of shards per metric.
+    pub fn shards(&self) -> usize {
+        self.shards
+    }
+
+    /// The metrics of route `name`, created on first use and kept across reloads.
+    pub fn route(&self, name: &str) -> Arc<RouteMetrics> {
+        let mut routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
+        routes
+            .entry(name.to_string())
+            .or_insert_with(|| Arc::new(RouteMetrics::new(self.shards)))
+            .clone()
+    }
+
+    /// Writes route metrics in Prometheus text format.
+    pub fn render_routes(&self, out: &mut String) {
+        let routes = self.routes.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        out.push_str(
+            "# HELP seawall_requests_total Requests answered, by route and status code.\n",
+        );
+        out.push_str("# TYPE seawall_requests_total counter\n");
+        for (name, m) in &routes {
+            for code in 0..CODES {
+                let n: u64 = m.shards.iter().map(|s| s.codes[code].load(Relaxed)).sum();
+                if n > 0 {
+                    let _ = writeln!(
+                        out,
+                        "seawall_requests_total{{route=\"{}\",code=\"{}\"}} {n}",
+                        escape(name),
+                        code + 100
+                    );
+                }
+            }
+        }
+        out.push_str("# HELP seawall_request_duration_seconds Time from request head received to response head sent.\n");
+        out.push_str("# TYPE seawall_request_duration_seconds histogram\n");
+        for (name, m) in &routes {
+            let name = escape(name);
+            let mut cumulative = 0u64;
+            for (i, bound) in BUCKETS_US.iter().enumerate() {
+                cumulative += m.shards.iter().map(|s| s.buckets[i].load(Relaxed)).sum::<u64>();
+                let _ = writeln!(out, "seawall_request_duration_seconds_bucket{{route=\"{name}\",le=\"{}\"}} {cumulative}", *bound as f64 / 1e6);
+            }
+            cumulative +=
+                m.shards.iter().map(|s| s.buckets[BUCKETS_US.len()].load(Relaxed)).sum::<u64>();
+            let sum: u64 = m.shards.iter().map(|s| s.sum_us.load(Relaxed)).sum();
+            let _ = writeln!(out, "seawall_request_duration_seconds_bucket{{route=\"{name}\",le=\"+Inf\"}} {cumulative}");
+            let _ = writeln!(
+                out,
+                "seawall_request_duration_seconds_sum{{route=\"{name}\"}} {}",
+                sum as f64 / 1e6
+            );
+            let _ = writeln!(
+                out,
+                "seawall_request_duration_seconds_count{{route=\"{name}\"}} {cumulative}"
+            );
+        }
+        out.push_str("# HELP seawall_inflight_requests Requests being answered now, by route.\n");
+        out.push_str("# TYPE seawall_inflight_requests gauge\n");
+        for (name, m) in &routes {
+            let n: i64 = m.shards.iter().map(|s| s.inflight.load(Relaxed)).sum();
+            let _ = writeln!(out, "seawall_inflight_requests{{route=\"{}\"}} {n}", escape(name));
+        }
+    }
+
+    /// Writes the process-wide counters in Prometheus text format.
+    pub fn render_process(&self, out: &mut String) {
+        let gauges: [(&str, &str, i64); 1] = [(
+            "seawall_connections_open",
+            "Client connections open now.",
+            self.connections_open.get(),
+        )];
+        for (name, help, v) in gauges {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+        }
+        let counters: [(&str, &str, u64); 6] = [
+            (
+                "seawall_connections_total",
+                "Client connections accepted.",
+                self.connections_total.get(),
+            ),
+            (
+                "seawall_client_header_timeouts_total",
+                "Connections closed with 408 because the request head came too slowly.",
+                self.header_timeouts.get(),
+            ),
+            (
+                "seawall_client_idle_timeouts_total",
+                "Idle keep-alive connections closed.",
+                self.idle_timeouts.get(),
+            ),
+            (
+                "seawall_config_reloads_total",
+                "Configuration reloads that took effect.",
+                self.config_reloads.get(),
+            ),
+            (
+                "seawall_config_reload_failures_total",
+                "Configuration reloads refused because the new file was invalid.",
+                self.config_reload_failures.get(),
+            ),
+            (
+                "seawall_upstream_connections_opened_total",
+                "Connections opened to upstream servers.",
+                self.upstream_connects.get(),
+            ),
+        ];
+        for (name, help, v) in counters {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+        }
+    }
+}
+
+/// Escapes a Prometheus label value.
+pub fn escape(value: &str) -> String {
+    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_sum_and_histogram_is_cumulative() {
+        let reg = Registry::new(2);
+        let m = reg.route("api");
+        set_worker_shard(0);
+        m.record(200, Duration::from_micros(300));
+        set_worker_shard(1);
+        m.record(200, Duration::from_millis(30));
+        m.record(503, Duration::from_secs(60));
+        assert_eq!(m.count(200), 2);
+        let mut out = String::new();
+        reg.render_routes(&mut out);
+        assert!(out.contains("seawall_requests_total{route=\"api\",code=\"200\"} 2"), "{out}");
+        assert!(out.contains("seawall_requests_total{route=\"api\",code=\"503\"} 1"));
+        assert!(out.contains("le=\"0.0005\"} 1"));
+        assert!(out.contains("le=\"0.05\"} 2"));
+        assert!(out.contains("le=\"+Inf\"} 3"));
+        assert!(Arc::ptr_eq(&m, &reg.route("api")), "history survives lookups");
+    }
+}

@@ -1,0 +1,422 @@
+//! The gateway process: worker threads, listeners, connections, reload and graceful shutdown.
+//!
+//! Layout (decided for CPU per request, see `bench/`): one single-threaded tokio runtime per worker
+//! thread, each with its own `SO_REUSEPORT` listener, its own upstream connection pools and its own
+//! metric shards. A request never leaves the thread that accepted its connection, so there are no
+//! cross-thread wake-ups and no shared locks on the request path. The control plane (admin API,
+//! health checks, reloads, signals) runs on the runtime that called [`Gateway::start`].
+
+pub mod io;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use hyper_util::rt::TokioIo;
+use hyper_util::server::conn::auto;
+use seawall_config::{Config, ConfigErrors};
+use tokio::net::TcpStream;
+use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
+
+use crate::metrics::{set_worker_shard, Registry};
+use crate::pipeline::{self, Worker};
+use crate::snapshot::Snapshot;
+use crate::upstream::health::HealthChecks;
+use io::{ClientIo, ConnShared};
+
+/// The life of the gateway, as the workers see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Running,
+    /// Stop accepting; finish what is in flight.
+    Draining,
+    /// Exit now.
+    Stopped,
+}
+
+/// State shared by the workers and the control plane.
+pub struct Shared {
+    /// The configuration and live state that requests use; swapped whole on reload.
+    pub snapshot: ArcSwap<Snapshot>,
+    pub registry: Arc<Registry>,
+    /// The file the configuration came from, for reloads.
+    pub config_path: Option<PathBuf>,
+    /// True once shutdown has begun (`/readyz` answers 503).
+    pub draining: AtomicBool,
+    phase: watch::Sender<Phase>,
+    /// Caps open client connections: a worker waits for a permit before accepting.
+    connection_permits: Arc<Semaphore>,
+    /// Woken each time a client connection closes (the drain waits on it).
+    connection_closed: Notify,
+    /// Serialises reloads so two cannot interleave.
+    reload_lock: Mutex<()>,
+    health: Mutex<HealthChecks>,
+    control: tokio::runtime::Handle,
+}
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot start worker thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// Why a reload did not take effect.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("no configuration file to reload from")]
+    NoFile,
+    #[error("{0}")]
+    Invalid(ConfigErrors),
+}
+
+impl Shared {
+    /// Re-reads the configuration file and, if it is valid, makes it current.
+    pub fn reload(&self) -> Result<(), ReloadError> {
+        let path = self.config_path.as_ref().ok_or(ReloadError::NoFile)?;
+        match seawall_config::load(path) {
+            Ok(config) => {
+                self.apply(config);
+                Ok(())
+            }
+            Err(errors) => {
+                self.registry.config_reload_failures.add(1);
+                for e in &errors.0 {
+                    tracing::error!(error = %e, "configuration reload refused; the running configuration stays");
+                }
+                Err(ReloadError::Invalid(errors))
+            }
+        }
+    }
+
+    /// Makes a validated configuration current, keeping the state of what survives.
+    pub fn apply(&self, config: Config) {
+        let _serial = self.reload_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let previous = self.snapshot.load_full();
+        let old = &previous.config.server;
+        let new = &config.server;
+        if old.listen != new.listen
+            || old.admin != new.admin
+            || old.workers != new.workers
+            || old.max_connections != new.max_connections
+        {
+            tracing::warn!("server.listen, server.admin, server.workers and server.max_connections take effect only after a restart");
+        }
+        let snapshot = Arc::new(Snapshot::build(config, Some(&previous), &self.registry));
+        self.restart_health_checks(&snapshot);
+        self.snapshot.store(snapshot);
+        self.registry.config_reloads.add(1);
+        tracing::info!("configuration reloaded");
+    }
+
+    fn restart_health_checks(&self, snapshot: &Arc<Snapshot>) {
+        let mut health = self.health.lock().unwrap_or_else(|p| p.into_inner());
+        *health = HealthChecks::spawn(&self.control, snapshot);
+    }
+}
+
+/// A running gateway.
+pub struct Gateway {
+    shared: Arc<Shared>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    listen_addr: SocketAddr,
+    admin_addr: SocketAddr,
+    admin_task: tokio::task::JoinHandle<()>,
+}
+
+impl Gateway {
+    /// Binds the listeners and starts the workers, the admin API and health checks. Must be called
+    /// from within a tokio runtime, which then runs the control plane.
+    pub async fn start(
+        config: Config,
+        config_path: Option<PathBuf>,
+    ) -> Result<Gateway, StartError> {
+        let workers = config.server.workers.max(1);
+        let registry = Arc::new(Registry::new(workers));
+        let listeners = bind_reuseport(config.server.listen, workers)?;
+        let listen_addr = listeners[0]
+            .local_addr()
+            .map_err(|source| StartError::Listen { addr: config.server.listen, source })?;
+        let admin_listener = tokio::net::TcpListener::bind(config.server.admin)
+            .await
+            .map_err(|source| StartError::Listen { addr: config.server.admin, source })?;
+        let admin_addr = admin_listener
+            .local_addr()
+            .map_err(|source| StartError::Listen { addr: config.server.admin, source })?;
+        let control = tokio::runtime::Handle::current();
+        let snapshot = Arc::new(Snapshot::build(config, None, &registry));
+        let (phase, _) = watch::channel(Phase::Running);
+        let shared = Arc::new(Shared {
+            health: Mutex::new(HealthChecks::spawn(&control, &snapshot)),
+            connection_permits: Arc::new(Semaphore::new(snapshot.config.server.max_connections)),
+            snapshot: ArcSwap::new(snapshot),
+            registry,
+            config_path,
+            draining: AtomicBool::new(false),
+            phase,
+            connection_closed: Notify::new(),
+            reload_lock: Mutex::new(()),
+            control,
+        });
+        let mut threads = Vec::with_capacity(workers);
+        for (index, listener) in listeners.into_iter().enumerate() {
+            let shared = Arc::clone(&shared);
+            let thread = std::thread::Builder::new()
+                .name(format!("seawall-worker-{index}"))
+                .spawn(move || run_worker(index, listener, shared))
+                .map_err(StartError::Thread)?;
+            threads.push(thread);
+        }
+        let admin_task = tokio::spawn(crate::admin::serve(admin_listener, Arc::clone(&shared)));
+        tracing::info!(%listen_addr, %admin_addr, workers, "seawall is listening");
+        Ok(Gateway { shared, threads, listen_addr, admin_addr, admin_task })
+    }
+
+    /// The address the gateway accepts clients on (useful when the config said port 0).
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.listen_addr
+    }
+
+    /// The admin API's address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// State shared with the workers (for reloads and inspection).
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Graceful shutdown: stop accepting, answer `/readyz` with 503, let in-flight requests finish
+    /// for up to `server.drain_timeout`, then stop the workers. Returns whether everything drained.
+    pub async fn shutdown(self) -> bool {
+        let shared = &self.shared;
+        let drain_timeout = shared.snapshot.load().config.server.drain_timeout;
+        shared.draining.store(true, Relaxed);
+        shared.phase.send_replace(Phase::Draining);
+        tracing::info!(open = shared.registry.connections_open.get(), ?drain_timeout, "draining");
+        let deadline = tokio::time::Instant::now() + drain_timeout;
+        let drained = loop {
+            let closed = shared.connection_closed.notified();
+            tokio::pin!(closed);
+            closed.as_mut().enable();
+            if shared.registry.connections_open.get() <= 0 {
+                break true;
+            }
+            if tokio::time::timeout_at(deadline, closed).await.is_err() {
+                break false;
+            }
+        };
+        if !drained {
+            tracing::warn!(
+                open = shared.registry.connections_open.get(),
+                "drain timeout reached; closing the remaining connections"
+            );
+        }
+        shared.phase.send_replace(Phase::Stopped);
+        let threads = self.threads;
+        let _ = tokio::task::spawn_blocking(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        })
+        .await;
+        self.admin_task.abort();
+        shared.health.lock().unwrap_or_else(|p| p.into_inner()).stop();
+        tracing::info!(drained, "stopped");
+        drained
+    }
+
+    /// Runs until SIGTERM or SIGINT, reloading on SIGHUP and whenever the configuration file
+    /// changes; then shuts down gracefully.
+    pub async fn run_until_signal(self) -> std::io::Result<bool> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let mut hup = signal(SignalKind::hangup())?;
+        let mut watcher = crate::control::FileWatcher::new(self.shared.config_path.clone());
+        loop {
+            tokio::select! {
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+                _ = hup.recv() => {
+                    tracing::info!("SIGHUP: reloading configuration");
+                    let _ = self.shared.reload();
+                }
+                _ = watcher.changed() => {
+                    tracing::info!("configuration file changed: reloading");
+                    let _ = self.shared.reload();
+                }
+            }
+        }
+        Ok(self.shutdown().await)
+    }
+}
+
+/// Binds `workers` listeners to the same address with `SO_REUSEPORT` so the kernel spreads
+/// connections across workers. With port 0, the first socket picks the port and the rest join it.
+fn bind_reuseport(
+    addr: SocketAddr,
+    workers: usize,
+) -> Result<Vec<std::net::TcpListener>, StartError> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let mut addr = addr;
+    let mut listeners = Vec::with_capacity(workers);
+    for _ in 0..workers {
+        let err = |source| StartError::Listen { addr, source };
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
+            .map_err(err)?;
+        socket.set_reuse_address(true).map_err(err)?;
+        socket.set_reuse_port(true).map_err(err)?;
+        socket.set_nonblocking(true).map_err(err)?;
+        socket.set_nodelay(true).map_err(err)?;
+        socket.bind(&addr.into()).map_err(err)?;
+        socket.listen(4096).map_err(err)?;
+        let listener: std::net::TcpListener = socket.into();
+        if addr.port() == 0 {
+            addr = listener.local_addr().map_err(err)?;
+        }
+        listeners.push(listener);
+    }
+    Ok(listeners)
+}
+
+/// Runs hyper's HTTP/2 tasks on the worker's own thread.
+#[derive(Clone, Copy, Debug)]
+struct LocalExec;
+
+impl<F: Future + 'static> hyper::rt::Executor<F> for LocalExec {
+    fn execute(&self, fut: F) {
+        tokio::task::spawn_local(fut);
+    }
+}
+
+fn run_worker(index: usize, listener: std::net::TcpListener, shared: Arc<Shared>) {
+    set_worker_shard(index);
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, worker = index, "cannot start worker runtime");
+            return;
+        }
+    };
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&runtime, async move {
+        let listener = match tokio::net::TcpListener::from_std(listener) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, worker = index, "cannot register listener");
+                return;
+            }
+        };
+        let worker = Rc::new(Worker::new(Arc::clone(&shared), index));
+        tokio::task::spawn_local(sweep_pools(Rc::clone(&worker), shared.phase.subscribe()));
+        let mut phase = shared.phase.subscribe();
+        accept_loop(&worker, &listener, &mut phase).await;
+        drop(listener);
+        let _ = phase.wait_for(|p| *p == Phase::Stopped).await;
+    });
+    // Dropping the LocalSet here cancels whatever the drain did not finish.
+}
+
+async fn accept_loop(
+    worker: &Rc<Worker>,
+    listener: &tokio::net::TcpListener,
+    phase: &mut watch::Receiver<Phase>,
+) {
+    let permits = Arc::clone(&worker.shared.connection_permits);
+    loop {
+        let permit = tokio::select! {
+            p = Arc::clone(&permits).acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            _ = phase.wait_for(|p| *p != Phase::Running) => return,
+        };
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = phase.wait_for(|p| *p != Phase::Running) => return,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                tokio::task::spawn_local(serve_connection(
+                    Rc::clone(worker),
+                    stream,
+                    peer,
+                    permit,
+                    phase.clone(),
+                ));
+            }
+            Err(e) => {
+                // Out of file descriptors and similar: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+async fn serve_connection(
+    worker: Rc<Worker>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    _permit: OwnedSemaphorePermit,
+    mut phase: watch::Receiver<Phase>,
+) {
+    let registry = Arc::clone(&worker.shared.registry);
+    registry.connections_open.add(1);
+    registry.connections_total.add(1);
+    let _ = stream.set_nodelay(true);
+    let snapshot = worker.snapshot();
+    let server = &snapshot.config.server;
+    let shared_state = Arc::new(ConnShared::default());
+    let io = ClientIo::new(
+        stream,
+        Arc::clone(&shared_state),
+        Arc::clone(&registry),
+        server.header_timeout,
+        server.keepalive_timeout,
+    );
+    let mut builder = auto::Builder::new(LocalExec);
+    builder
+        .http1()
+        .keep_alive(true)
+        .max_buf_size(server.max_header_size)
+        .max_headers(server.max_headers)
+        .header_read_timeout(None);
+    builder.http2().max_header_list_size(u32::try_from(server.max_header_size).unwrap_or(u32::MAX));
+    let builder = if server.http2 { builder } else { builder.http1_only() };
+    drop(snapshot);
+    let service_worker = Rc::clone(&worker);
+    let service = hyper::service::service_fn(move |req| {
+        pipeline::handle(Rc::clone(&service_worker), Arc::clone(&shared_state), peer, req)
+    });
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = phase.wait_for(|p| *p != Phase::Running) => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(%peer, error = %e, "client connection ended with an error");
+    }
+    registry.connections_open.add(-1);
+    worker.shared.connection_closed.notify_waiters();
+}
+
+async fn sweep_pools(worker: Rc<Worker>, mut phase: watch::Receiver<Phase>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => worker.pools.sweep(seawall_core::clock::now_ms()),
+            _ = phase.wait_for(|p| *p == Phase::Stopped) => return,
+        }
+    }
+}

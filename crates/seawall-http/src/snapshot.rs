@@ -1,0 +1,46 @@
+//! The runtime snapshot: a validated configuration plus the live state built from it (upstream
+//! groups with their servers, route metrics). One `Arc<Snapshot>` is swapped atomically on reload;
+//! state whose name survives the reload (a server at the same address in the same upstream, a route
+//! with the same name) keeps its history.
+
+use std::sync::Arc;
+
+use seawall_config::Config;
+
+use crate::metrics::{Registry, RouteMetrics};
+use crate::upstream::UpstreamGroup;
+
+/// The metrics label used for requests that matched no route.
+pub const UNMATCHED_ROUTE: &str = "unmatched";
+
+/// Configuration and live state, as one unit that requests load.
+pub struct Snapshot {
+    pub config: Config,
+    /// Indexed like `config.upstreams`.
+    pub upstreams: Vec<UpstreamGroup>,
+    /// Indexed like `config.routes`.
+    pub route_metrics: Vec<Arc<RouteMetrics>>,
+    pub unmatched_metrics: Arc<RouteMetrics>,
+}
+
+impl Snapshot {
+    /// Builds a snapshot, carrying state over from `previous`.
+    pub fn build(config: Config, previous: Option<&Snapshot>, registry: &Registry) -> Snapshot {
+        let upstreams = config
+            .upstreams
+            .iter()
+            .map(|u| {
+                let old =
+                    previous.and_then(|p| p.upstreams.iter().find(|o| o.config.name == u.name));
+                UpstreamGroup::new(u.clone(), old, registry.shards())
+            })
+            .collect();
+        let route_metrics = config.routes.iter().map(|r| registry.route(&r.name)).collect();
+        Snapshot {
+            upstreams,
+            route_metrics,
+            unmatched_metrics: registry.route(UNMATCHED_ROUTE),
+            config,
+        }
+    }
+}

@@ -1,0 +1,175 @@
+//! Per-worker upstream connections: keep-alive pools and in-flight counts, indexed by server id.
+//!
+//! Each worker thread owns one [`WorkerPools`] (behind an `Rc`, no locks): a request checks out an
+//! idle HTTP/1.1 connection to its server or opens a new one, and the response body puts it back
+//! when the upstream's answer has been read to the end. Connections are hyper's low-level
+//! `client::conn::http1`, driven by a task on the same thread.
+
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::client::conn::http1::{Builder, SendRequest};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use crate::body::RequestBody;
+use crate::metrics::Registry;
+
+/// The sending half of an upstream connection.
+pub type UpstreamSender = SendRequest<RequestBody>;
+
+struct Idle {
+    sender: UpstreamSender,
+    expires_ms: u64,
+}
+
+#[derive(Default)]
+struct ServerLocal {
+    idle: Vec<Idle>,
+    inflight: u32,
+}
+
+/// One worker's connections and in-flight counts for every upstream server.
+pub struct WorkerPools {
+    servers: RefCell<Vec<ServerLocal>>,
+    registry: Arc<Registry>,
+}
+
+/// Why no connection could be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("connect timed out after {0:?}")]
+    Timeout(Duration),
+    #[error("connect failed: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("HTTP handshake failed: {0}")]
+    Handshake(#[from] hyper::Error),
+}
+
+impl WorkerPools {
+    /// Empty pools for one worker.
+    pub fn new(registry: Arc<Registry>) -> Self {
+        WorkerPools { servers: RefCell::new(Vec::new()), registry }
+    }
+
+    fn with<R>(&self, id: usize, f: impl FnOnce(&mut ServerLocal) -> R) -> R {
+        let mut servers = self.servers.borrow_mut();
+        if servers.len() <= id {
+            servers.resize_with(id + 1, ServerLocal::default);
+        }
+        f(&mut servers[id])
+    }
+
+    /// This worker's in-flight requests to server `id`.
+    pub fn inflight(&self, id: usize) -> u32 {
+        self.servers.borrow().get(id).map_or(0, |s| s.inflight)
+    }
+
+    /// A request to server `id` starts.
+    pub fn begin(&self, id: usize) {
+        self.with(id, |s| s.inflight += 1);
+    }
+
+    /// A request to server `id` is over.
+    pub fn end(&self, id: usize) {
+        self.with(id, |s| s.inflight = s.inflight.saturating_sub(1));
+    }
+
+    /// An idle connection to server `id` that is still open, newest first.
+    pub fn checkout(&self, id: usize, now_ms: u64) -> Option<UpstreamSender> {
+        self.with(id, |s| {
+            while let Some(idle) = s.idle.pop() {
+                if idle.expires_ms > now_ms && !idle.sender.is_closed() {
+                    return Some(idle.sender);
+                }
+            }
+            None
+        })
+    }
+
+    /// Returns a connection whose last exchange is complete; dropped when the pool is full.
+    pub fn checkin(&self, id: usize, sender: UpstreamSender, max_idle: usize, expires_ms: u64) {
+        if sender.is_closed() || max_idle == 0 {
+            return;
+        }
+        self.with(id, |s| {
+            if s.idle.len() < max_idle {
+                s.idle.push(Idle { sender, expires_ms });
+            }
+        });
+    }
+
+    /// Closes idle connections that expired or that the server closed.
+    pub fn sweep(&self, now_ms: u64) {
+        for s in self.servers.borrow_mut().iter_mut() {
+            s.idle.retain(|i| i.expires_ms > now_ms && !i.sender.is_closed());
+        }
+    }
+
+    /// Idle connections held now, over all servers.
+    pub fn idle_count(&self) -> usize {
+        self.servers.borrow().iter().map(|s| s.idle.len()).sum()
+    }
+
+    /// Opens a new HTTP/1.1 connection to `address`; its driver runs on this worker's thread.
+    pub async fn connect(
+        &self,
+        address: SocketAddr,
+        timeout: Duration,
+    ) -> Result<UpstreamSender, ConnectError> {
+        let stream = tokio::time::timeout(timeout, TcpStream::connect(address))
+            .await
+            .map_err(|_| ConnectError::Timeout(timeout))??;
+        stream.set_nodelay(true)?;
+        let (sender, conn) = Builder::new().handshake(TokioIo::new(stream)).await?;
+        self.registry.upstream_connects.add(1);
+        tokio::task::spawn_local(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(error = %e, "upstream connection ended with an error");
+            }
+        });
+        Ok(sender)
+    }
+}
+
+/// Hands a connection back to its worker's pool once the response has been read to the end.
+pub struct PoolReturn {
+    pub pools: Rc<WorkerPools>,
+    pub server_id: usize,
+    pub sender: Option<UpstreamSender>,
+    pub max_idle: usize,
+    pub idle_timeout_ms: u64,
+}
+
+impl PoolReturn {
+    /// The exchange finished cleanly: the connection may serve another request.
+    pub fn reuse(&mut self) {
+        if let Some(mut sender) = self.sender.take() {
+            let expires = seawall_core::clock::now_ms() + self.idle_timeout_ms;
+            if sender.is_ready() {
+                self.pools.checkin(self.server_id, sender, self.max_idle, expires);
+            } else if !sender.is_closed() {
+                // The connection is still finishing the exchange (e.g. the upstream answered
+                // before reading the whole request body): return it once it says it is ready.
+                let (pools, id, max_idle) = (self.pools.clone(), self.server_id, self.max_idle);
+                tokio::task::spawn_local(async move {
+                    let ready = tokio::time::timeout(Duration::from_secs(5), sender.ready()).await;
+                    if matches!(ready, Ok(Ok(()))) {
+                        pools.checkin(id, sender, max_idle, expires);
+                    }
+                });
+            }
+        }
+    }
+}
+
+impl Drop for PoolReturn {
+    fn drop(&mut self) {
+        // A connection not handed back by `reuse` is dropped here, which closes it: its response
+        // was not read to the end, so its state is unknown.
+        self.pools.end(self.server_id);
+    }
+}

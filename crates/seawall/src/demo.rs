@@ -1,0 +1,127 @@
+//! `seawall demo`: a small origin to put the gateway in front of, with endpoints whose latency
+//! and failure rate are set per request, so every protection can be tried by hand.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use seawall_config::Config;
+
+/// The example configuration, built in so that `seawall demo` works from any directory.
+pub const EXAMPLE_CONFIG: &str = include_str!("../../../examples/seawall.toml");
+
+/// Starts one origin for every loopback server address in the configuration.
+pub async fn start_origins(config: &Config) -> anyhow::Result<Vec<SocketAddr>> {
+    let mut addrs: Vec<SocketAddr> = config
+        .upstreams
+        .iter()
+        .flat_map(|u| u.servers.iter().map(|s| s.address))
+        .filter(|a| a.ip().is_loopback())
+        .collect();
+    addrs.sort();
+    addrs.dedup();
+    for addr in &addrs {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("demo origin cannot listen on {addr}: {e}"))?;
+        tokio::spawn(serve(listener, addr.port()));
+    }
+    Ok(addrs)
+}
+
+/// Prints what to try.
+pub fn print_urls(listen: SocketAddr, admin: SocketAddr, origins: &[SocketAddr]) {
+    let list: Vec<String> = origins.iter().map(ToString::to_string).collect();
+    println!(
+        "Seawall demo: gateway on http://{listen}, demo origins on {}\n\
+         Try:\n  curl -i http://{listen}/\n  curl -i 'http://{listen}/slow?ms=200'\n  \
+         curl -i 'http://{listen}/fail?rate=0.5'\n  curl -i http://{listen}/status/503\n  \
+         curl -s http://{admin}/metrics | grep seawall_\n  curl -s http://{admin}/api/v1/state\n\
+         Ctrl-C stops it.",
+        list.join(", ")
+    );
+}
+
+async fn serve(listener: tokio::net::TcpListener, port: u16) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| answer(req, port));
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn query(req: &Request<Incoming>, key: &str) -> Option<String> {
+    req.uri().query()?.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k == key).then(|| v.to_string())
+    })
+}
+
+async fn answer(req: Request<Incoming>, port: u16) -> Result<Response<Full<Bytes>>, Infallible> {
+    let path = req.uri().path().to_string();
+    let (status, body) = match path.as_str() {
+        "/healthz" => (StatusCode::OK, "ok\n".to_string()),
+        "/slow" => {
+            let ms: u64 =
+                query(&req, "ms").and_then(|v| v.parse().ok()).unwrap_or(1000).min(600_000);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            (StatusCode::OK, format!("{{\"origin\":{port},\"slept_ms\":{ms}}}\n"))
+        }
+        "/fail" => {
+            let rate: f64 = query(&req, "rate").and_then(|v| v.parse().ok()).unwrap_or(0.5);
+            let roll = f64::from(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.subsec_nanos())
+                    % 10_000,
+            ) / 10_000.0;
+            if roll < rate {
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("{{\"origin\":{port},\"failed\":true}}\n"),
+                )
+            } else {
+                (StatusCode::OK, format!("{{\"origin\":{port},\"failed\":false}}\n"))
+            }
+        }
+        p if p.starts_with("/status/") => {
+            let code = p["/status/".len()..]
+                .parse()
+                .ok()
+                .and_then(|c| StatusCode::from_u16(c).ok())
+                .unwrap_or(StatusCode::BAD_REQUEST);
+            (code, format!("{{\"origin\":{port},\"status\":{}}}\n", code.as_u16()))
+        }
+        "/echo" => {
+            let method = req.method().to_string();
+            let headers: serde_json::Map<String, serde_json::Value> = req
+                .headers()
+                .iter()
+                .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into()))
+                .collect();
+            let length = match req.into_body().collect().await {
+                Ok(b) => b.to_bytes().len(),
+                Err(_) => 0,
+            };
+            let json = serde_json::json!({"origin": port, "method": method, "path": path, "headers": headers, "body_bytes": length});
+            (StatusCode::OK, json.to_string())
+        }
+        _ => (StatusCode::OK, format!("{{\"origin\":{port},\"path\":{path:?}}}\n")),
+    };
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert("content-type", http::HeaderValue::from_static("application/json"));
+    response.headers_mut().insert("x-origin", http::HeaderValue::from(port));
+    Ok(response)
+}
