@@ -143,7 +143,7 @@ pub async fn handle(
     let log_line =
         snapshot.config.log.access_log.then(|| (req.method().clone(), req.uri().clone()));
 
-    let (route, answer) = match check_framing(&req) {
+    let (route, answer) = match check_framing(&guard.conn) {
         Framing::Invalid(detail) => {
             let mut answer = Answer::refuse(Reason::BadRequest, detail);
             // The rest of the stream cannot be trusted: close after answering.
@@ -179,11 +179,10 @@ pub async fn handle(
     Ok(response.map(|body| body.with_guard(guard)))
 }
 
-fn check_framing(req: &Request<Incoming>) -> Framing {
-    let headers = req.headers();
-    if headers.contains_key(header::TRANSFER_ENCODING)
-        && headers.contains_key(header::CONTENT_LENGTH)
-    {
+/// hyper already answers malformed heads; what it resolves silently is a head with both
+/// Content-Length and Transfer-Encoding (it drops Content-Length), which the socket wrapper saw.
+fn check_framing(conn: &ConnShared) -> Framing {
+    if conn.ambiguous_framing.swap(false, Relaxed) {
         return Framing::Invalid("both Content-Length and Transfer-Encoding are set");
     }
     Framing::Valid

@@ -20,7 +20,7 @@ use hyper_util::rt::TokioIo;
 use seawall_config::Route;
 use seawall_core::clock::{duration_ms, now_ms};
 
-use crate::body::{BodyTooLarge, ProxyBody, RequestBody};
+use crate::body::{ProxyBody, RequestBody, RequestBodyError};
 use crate::headers::{add_forwarded, append_via, remove_hop_by_hop, wants_upgrade};
 use crate::metrics::UpstreamOutcome;
 use crate::pipeline::{Answer, Worker};
@@ -196,7 +196,10 @@ async fn send(
                 Ok(Ok(response)) => return Sent::Response(response, sender),
                 Ok(Err(err)) => err,
             };
-            if find_cause::<BodyTooLarge>(err.error()).is_some() {
+            if matches!(
+                find_cause::<RequestBodyError>(err.error()),
+                Some(RequestBodyError::TooLarge(_))
+            ) {
                 let detail = "the request body exceeds the allowed size".to_string();
                 return Sent::Failed(Reason::BodyTooLarge, detail);
             }

@@ -13,7 +13,7 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -31,6 +31,56 @@ pub struct ConnShared {
     pub active: AtomicU32,
     /// Requests whose head has been parsed, ever; a change means a head is complete.
     pub started: AtomicU64,
+    /// The last request head carried both Content-Length and Transfer-Encoding. hyper resolves
+    /// that silently (chunked wins); we refuse it with 400, as such requests are how smuggling
+    /// attacks start, so the wrapper reports what it saw on the wire.
+    pub ambiguous_framing: AtomicBool,
+}
+
+/// Watches the header names of a request head as its bytes pass, for the framing check above.
+#[derive(Debug, Default)]
+struct HeadScan {
+    /// Still inside a request head.
+    active: bool,
+    /// The start of the current line, lower-cased (enough for the longest name we look for).
+    line: [u8; 18],
+    len: usize,
+    content_length: bool,
+    transfer_encoding: bool,
+}
+
+impl HeadScan {
+    fn begin(&mut self) {
+        *self = HeadScan { active: true, ..HeadScan::default() };
+    }
+
+    /// Feeds bytes; returns `Some(ambiguous)` when the head ends in them.
+    fn feed(&mut self, bytes: &[u8]) -> Option<bool> {
+        if !self.active {
+            return None;
+        }
+        for &b in bytes {
+            match b {
+                b'\r' => {}
+                b'\n' => {
+                    if self.len == 0 {
+                        self.active = false;
+                        return Some(self.content_length && self.transfer_encoding);
+                    }
+                    let line = &self.line[..self.len];
+                    self.content_length |= line.starts_with(b"content-length:");
+                    self.transfer_encoding |= line.starts_with(b"transfer-encoding:");
+                    self.len = 0;
+                }
+                _ if self.len < self.line.len() => {
+                    self.line[self.len] = b.to_ascii_lowercase();
+                    self.len += 1;
+                }
+                _ => {}
+            }
+        }
+        None
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,6 +109,7 @@ pub struct ClientIo {
     seen_started: u64,
     /// `Some(true)` once the client has sent the HTTP/2 preface: no request heads to time then.
     http2: Option<bool>,
+    scan: HeadScan,
     timer: Pin<Box<Sleep>>,
     header_timeout: Duration,
     keepalive_timeout: Duration,
@@ -81,6 +132,7 @@ impl ClientIo {
             phase: Phase::Head,
             seen_started: 0,
             http2: None,
+            scan: HeadScan { active: true, ..HeadScan::default() },
             timer: Box::pin(tokio::time::sleep(header_timeout)),
             header_timeout,
             keepalive_timeout,
@@ -88,9 +140,17 @@ impl ClientIo {
     }
 
     /// Bytes arrived; `preface` says whether they start with the HTTP/2 preface.
-    fn on_bytes(&mut self, preface: bool) {
+    fn on_bytes(&mut self, bytes: &[u8], preface: bool) {
         if self.http2.is_none() {
             self.http2 = Some(preface);
+        }
+        if self.http2 == Some(false) {
+            if self.phase != Phase::Head && self.shared.active.load(Relaxed) == 0 {
+                self.scan.begin();
+            }
+            if let Some(ambiguous) = self.scan.feed(bytes) {
+                self.shared.ambiguous_framing.store(ambiguous, Relaxed);
+            }
         }
         if self.http2 == Some(true) {
             if self.shared.active.load(Relaxed) == 0 {
@@ -99,7 +159,7 @@ impl ClientIo {
             }
             return;
         }
-        if matches!(self.phase, Phase::Idle { .. }) && self.shared.active.load(Relaxed) == 0 {
+        if self.phase != Phase::Head && self.shared.active.load(Relaxed) == 0 {
             self.phase = Phase::Head;
             self.timer.as_mut().reset(Instant::now() + self.header_timeout);
         }
@@ -150,10 +210,11 @@ impl AsyncRead for ClientIo {
         let before = buf.filled().len();
         match Pin::new(&mut self.stream).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
+                let this = &mut *self;
                 let fresh = &buf.filled()[before..];
                 if !fresh.is_empty() {
                     let preface = fresh.starts_with(b"PRI * HTTP/2");
-                    self.on_bytes(preface);
+                    this.on_bytes(fresh, preface);
                 }
                 Poll::Ready(Ok(()))
             }
@@ -196,6 +257,17 @@ impl AsyncWrite for ClientIo {
 #[cfg(test)]
 mod tests {
     use super::TIMEOUT_408;
+
+    #[test]
+    fn head_scan_spots_both_framing_headers_across_reads() {
+        let mut scan = super::HeadScan::default();
+        scan.begin();
+        assert_eq!(scan.feed(b"POST / HTTP/1.1\r\nContent-Len"), None);
+        assert_eq!(scan.feed(b"gth: 5\r\nTRANSFER-ENCODING: chunked\r\n"), None);
+        assert_eq!(scan.feed(b"\r\n0\r\n"), Some(true));
+        scan.begin();
+        assert_eq!(scan.feed(b"GET / HTTP/1.1\r\nContent-Length: 0\r\n\r\n"), Some(false));
+    }
 
     #[test]
     fn canned_408_has_the_right_length() {
