@@ -21,7 +21,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::{header, HeaderValue, Request, Response};
+use http::{header, Request, Response};
 use hyper::body::Incoming;
 use seawall_config::RouteAction;
 use seawall_core::rng::FastRng;
@@ -144,15 +144,7 @@ pub async fn handle(
         snapshot.config.log.access_log.then(|| (req.method().clone(), req.uri().clone()));
 
     let (route, answer) = match check_framing(&guard.conn) {
-        Framing::Invalid(detail) => {
-            let mut answer = Answer::refuse(Reason::BadRequest, detail);
-            // The rest of the stream cannot be trusted: close after answering.
-            answer
-                .response
-                .headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            (None, answer)
-        }
+        Framing::Invalid(detail) => (None, Answer::refuse(Reason::BadRequest, detail)),
         Framing::Valid => match find_route(&snapshot, &req) {
             None => (None, Answer::refuse(Reason::NoRoute, "no route matches this request")),
             Some(index) => {

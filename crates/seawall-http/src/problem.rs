@@ -58,6 +58,13 @@ impl Reason {
         }
     }
 
+    /// Whether the client connection must close after this answer: the rest of what the client
+    /// sends (an unread body, a request stream we cannot trust) would otherwise be read as a
+    /// new request.
+    pub fn closes_connection(self) -> bool {
+        matches!(self, Reason::BadRequest | Reason::BodyTooLarge)
+    }
+
     /// Seconds after which a retry may succeed, where waiting helps.
     pub fn retry_after(self) -> Option<u32> {
         match self {
@@ -69,8 +76,11 @@ impl Reason {
 
 /// Builds the problem response for `reason` with a human-readable `detail`.
 pub fn problem(reason: Reason, detail: &str) -> Response<ProxyBody> {
-    problem_with(reason.status(), reason.as_str(), detail, reason.retry_after())
-        .map(ProxyBody::full)
+    let mut response = problem_with(reason.status(), reason.as_str(), detail, reason.retry_after());
+    if reason.closes_connection() {
+        response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response.map(ProxyBody::full)
 }
 
 /// Builds a problem response from its parts (also used by the admin API).

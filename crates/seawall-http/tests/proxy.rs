@@ -365,6 +365,7 @@ async fn h2c_prior_knowledge_is_served() {
     tokio::spawn(conn);
     for _ in 0..3 {
         let req = Request::get("http://h2.example/echo").body(Full::new(Bytes::new())).unwrap();
+        sender.ready().await.unwrap();
         let r = collect(sender.send_request(req).await.unwrap()).await;
         assert_eq!(r.status, StatusCode::OK);
         let seen = r.json();
@@ -383,9 +384,11 @@ async fn keep_alive_connections_to_the_upstream_are_reused() {
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
     tokio::spawn(conn);
-    for _ in 0..20 {
+    for i in 0..20 {
         let req = request("/bytes?n=5000").body(Full::new(Bytes::new())).unwrap();
-        let r = collect(sender.send_request(req).await.unwrap()).await;
+        sender.ready().await.unwrap();
+        let r = sender.send_request(req).await.unwrap_or_else(|e| panic!("request {i}: {e:?}"));
+        let r = collect(r).await;
         assert_eq!(r.body.len(), 5000);
     }
     assert_eq!(
