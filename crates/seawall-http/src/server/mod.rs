@@ -288,6 +288,17 @@ fn bind_reuseport(
     Ok(listeners)
 }
 
+/// Waits until the phase is `target`. Unlike holding `wait_for`'s guard, this releases the
+/// channel's lock at once, so the control thread can move the phase on.
+async fn reaches(rx: &mut watch::Receiver<Phase>, target: Phase) {
+    let _ = rx.wait_for(|p| *p == target).await.map(drop);
+}
+
+/// Waits until the phase is no longer `current`.
+async fn leaves(rx: &mut watch::Receiver<Phase>, current: Phase) {
+    let _ = rx.wait_for(|p| *p != current).await.map(drop);
+}
+
 /// Runs hyper's HTTP/2 tasks on the worker's own thread.
 #[derive(Clone, Copy, Debug)]
 struct LocalExec;
@@ -321,7 +332,7 @@ fn run_worker(index: usize, listener: std::net::TcpListener, shared: Arc<Shared>
         let mut phase = shared.phase.subscribe();
         accept_loop(&worker, &listener, &mut phase).await;
         drop(listener);
-        let _ = phase.wait_for(|p| *p == Phase::Stopped).await;
+        reaches(&mut phase, Phase::Stopped).await;
     });
     // Dropping the LocalSet here cancels whatever the drain did not finish.
 }
@@ -335,11 +346,11 @@ async fn accept_loop(
     loop {
         let permit = tokio::select! {
             p = Arc::clone(&permits).acquire_owned() => match p { Ok(p) => p, Err(_) => return },
-            _ = phase.wait_for(|p| *p != Phase::Running) => return,
+            _ = leaves(phase, Phase::Running) => return,
         };
         let accepted = tokio::select! {
             a = listener.accept() => a,
-            _ = phase.wait_for(|p| *p != Phase::Running) => return,
+            _ = leaves(phase, Phase::Running) => return,
         };
         match accepted {
             Ok((stream, peer)) => {
@@ -399,7 +410,7 @@ async fn serve_connection(
     tokio::pin!(conn);
     let result = tokio::select! {
         r = conn.as_mut() => r,
-        _ = phase.wait_for(|p| *p != Phase::Running) => {
+        _ = leaves(&mut phase, Phase::Running) => {
             conn.as_mut().graceful_shutdown();
             conn.await
         }
@@ -416,7 +427,7 @@ async fn sweep_pools(worker: Rc<Worker>, mut phase: watch::Receiver<Phase>) {
     loop {
         tokio::select! {
             _ = tick.tick() => worker.pools.sweep(seawall_core::clock::now_ms()),
-            _ = phase.wait_for(|p| *p == Phase::Stopped) => return,
+            _ = reaches(&mut phase, Phase::Stopped) => return,
         }
     }
 }

@@ -1,0 +1,179 @@
+//! The gateway's life: hot reload (good and bad files), state kept across reloads, the admin API
+//! and its token, and graceful drain with a request in flight.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering::SeqCst;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use http::{Request, StatusCode};
+use http_body_util::Full;
+use seawall_http::Gateway;
+
+fn temp_file(name: &str, contents: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("seawall-test-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("seawall.toml");
+    std::fs::write(&path, contents).unwrap();
+    path
+}
+
+fn file_config(token: &str, servers: &str, extra_route: &str) -> String {
+    format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\nworkers = 2\n{token}\n\
+         [upstreams.app]\nservers = [{servers}]\nhealth = {{ path = \"/healthz\", interval = \"50ms\", timeout = \"50ms\", unhealthy_after = 1, healthy_after = 1 }}\n\
+         {extra_route}\n[[routes]]\nname = \"all\"\nupstream = \"app\"\n"
+    )
+}
+
+async fn post(gw: &Gateway, path: &str, token: Option<&str>) -> Answer {
+    let mut req = Request::post(path).header("host", "admin");
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    send(gw.admin_addr(), req.body(Full::new(Bytes::new())).unwrap()).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_applies_a_good_file_and_refuses_a_bad_one() {
+    let (a, b) = (Origin::start().await, Origin::start().await);
+    let path = temp_file("reload", &file_config("", &format!("\"{}\"", a.addr), ""));
+    let config = seawall_config::load(&path).unwrap();
+    let gw = Gateway::start(config, Some(path.clone())).await.unwrap();
+    assert_eq!(get(gw.listen_addr(), "/new").await.header("x-origin"), a.addr.port().to_string());
+
+    // Server a fails its checks; the state must survive the reload that adds a route.
+    a.healthy.store(false, SeqCst);
+    eventually(Duration::from_secs(5), "a unhealthy", || async {
+        server_state(&gw, 0).await["healthy"] == false
+    })
+    .await;
+
+    let new_route = format!("[upstreams.other]\nservers = [\"{}\"]\n[[routes]]\nname = \"new\"\npath_prefix = \"/new\"\nupstream = \"other\"\n", b.addr);
+    std::fs::write(&path, file_config("", &format!("\"{}\"", a.addr), &new_route)).unwrap();
+    let r = post(&gw, "/api/v1/reload", None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(get(gw.listen_addr(), "/new").await.header("x-origin"), b.addr.port().to_string());
+    let state = admin(&gw, "/api/v1/state").await.json();
+    let app =
+        state["upstreams"].as_array().unwrap().iter().find(|u| u["name"] == "app").unwrap().clone();
+    assert_eq!(app["servers"][0]["healthy"], false, "health state survives a reload");
+
+    // A broken file is refused with its position; the running configuration keeps serving.
+    std::fs::write(
+        &path,
+        "[server]\nlisten = \"127.0.0.1:0\"\n[[routes]]\nupstream = \"missing\"\n",
+    )
+    .unwrap();
+    let r = post(&gw, "/api/v1/reload", None).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let errors = r.json()["errors"].as_array().unwrap().clone();
+    assert!(
+        errors[0].as_str().unwrap().contains("seawall.toml:4:12: routes[0].upstream"),
+        "{errors:?}"
+    );
+    assert_eq!(gw.shared().reload().is_err(), true);
+    assert_eq!(get(gw.listen_addr(), "/new").await.header("x-origin"), b.addr.port().to_string());
+    assert_eq!(metric(&gw, "seawall_config_reload_failures_total").await, 2.0);
+    assert_eq!(metric(&gw, "seawall_config_reloads_total").await, 1.0);
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_flight_requests_survive_a_reload() {
+    let origin = Origin::start().await;
+    let path = temp_file("inflight", &file_config("", &format!("\"{}\"", origin.addr), ""));
+    let gw =
+        Gateway::start(seawall_config::load(&path).unwrap(), Some(path.clone())).await.unwrap();
+    let addr = gw.listen_addr();
+    let slow = tokio::spawn(async move { get(addr, "/slow?ms=500").await });
+    eventually(Duration::from_secs(5), "request in flight", || async { origin.hits() == 1 }).await;
+    std::fs::write(&path, file_config("", &format!("\"{}\"", origin.addr), "")).unwrap();
+    gw.shared().reload().unwrap();
+    let r = slow.await.unwrap();
+    assert_eq!((r.status, r.body.as_str()), (StatusCode::OK, "slow"));
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_endpoints_and_token() {
+    let origin = Origin::start().await;
+    let path = temp_file(
+        "admin",
+        &file_config("admin_token = \"s3cret\"", &format!("\"{}\"", origin.addr), ""),
+    );
+    let gw = Gateway::start(seawall_config::load(&path).unwrap(), Some(path)).await.unwrap();
+    assert_eq!(admin(&gw, "/healthz").await.status, StatusCode::OK);
+    assert_eq!(admin(&gw, "/readyz").await.status, StatusCode::OK);
+    assert_eq!(admin(&gw, "/nope").await.status, StatusCode::NOT_FOUND);
+    assert_eq!(post(&gw, "/metrics", None).await.status, StatusCode::METHOD_NOT_ALLOWED);
+
+    let r = post(&gw, "/api/v1/reload", None).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(r.header("x-seawall-reason"), "unauthorized");
+    assert_eq!(post(&gw, "/api/v1/reload", Some("wrong")).await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(post(&gw, "/api/v1/reload", Some("s3cret")).await.status, StatusCode::OK);
+
+    get(gw.listen_addr(), "/").await;
+    let text = admin(&gw, "/metrics").await.body;
+    for name in [
+        "seawall_requests_total{route=\"all\",code=\"200\"} 1",
+        "seawall_request_duration_seconds_bucket{route=\"all\",le=\"+Inf\"} 1",
+        "seawall_inflight_requests{route=\"all\"} 0",
+        "seawall_connections_open ",
+        "seawall_upstream_requests_total{upstream=\"app\"",
+        "seawall_upstream_healthy{upstream=\"app\"",
+    ] {
+        assert!(text.contains(name), "missing {name} in\n{text}");
+    }
+    let state = admin(&gw, "/api/v1/state").await.json();
+    assert_eq!(state["routes"][0]["name"], "all");
+    assert_eq!(state["upstreams"][0]["servers"][0]["address"], origin.addr.to_string());
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_drain_finishes_the_request_in_flight() {
+    let origin = Origin::start().await;
+    let gw = start(simple(&[&origin], "")).await;
+    let (addr, admin_addr) = (gw.listen_addr(), gw.admin_addr());
+    let slow = tokio::spawn(async move { get(addr, "/slow?ms=700").await });
+    eventually(Duration::from_secs(5), "request in flight", || async { origin.hits() == 1 }).await;
+    assert_eq!(metric(&gw, "seawall_inflight_requests{route=\"all\"}").await, 1.0);
+    let shutdown = tokio::spawn(gw.shutdown());
+    eventually(Duration::from_secs(5), "/readyz reports draining", || async {
+        get(admin_addr, "/readyz").await.status == StatusCode::SERVICE_UNAVAILABLE
+    })
+    .await;
+    // New connections are no longer accepted.
+    eventually(Duration::from_secs(5), "listener closed", || async {
+        tokio::net::TcpStream::connect(addr).await.is_err()
+    })
+    .await;
+    let r = slow.await.unwrap();
+    assert_eq!((r.status, r.body.as_str()), (StatusCode::OK, "slow"));
+    assert!(shutdown.await.unwrap(), "everything drained before the deadline");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_timeout_bounds_the_shutdown() {
+    let origin = Origin::start().await;
+    let cfg = config_with_server(
+        "drain_timeout = \"200ms\"",
+        &format!(
+            "[upstreams.app]\nservers = [\"{}\"]\n[[routes]]\nupstream = \"app\"\n",
+            origin.addr
+        ),
+    );
+    let gw = start(cfg).await;
+    let addr = gw.listen_addr();
+    let _slow = tokio::spawn(async move { get(addr, "/slow?ms=20000").await });
+    eventually(Duration::from_secs(5), "request in flight", || async { origin.hits() == 1 }).await;
+    let started = std::time::Instant::now();
+    assert!(!gw.shutdown().await, "the drain reports that it timed out");
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
