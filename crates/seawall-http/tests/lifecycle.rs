@@ -76,7 +76,7 @@ async fn reload_applies_a_good_file_and_refuses_a_bad_one() {
         errors[0].as_str().unwrap().contains("seawall.toml:4:12: routes[0].upstream"),
         "{errors:?}"
     );
-    assert_eq!(gw.shared().reload().is_err(), true);
+    assert!(gw.shared().reload().is_err());
     assert_eq!(get(gw.listen_addr(), "/new").await.header("x-origin"), b.addr.port().to_string());
     assert_eq!(metric(&gw, "seawall_config_reload_failures_total").await, 2.0);
     assert_eq!(metric(&gw, "seawall_config_reloads_total").await, 1.0);
