@@ -129,3 +129,18 @@ upstream = "u"
     assert_eq!(m.methods, vec!["GET", "POST"]);
     assert_eq!(m.header.as_ref().unwrap().name, "x-canary");
 }
+
+#[test]
+fn every_truncation_of_the_example_parses_or_errors_without_panicking() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/seawall.toml");
+    let text = std::fs::read_to_string(path).unwrap();
+    let lines = text.lines().count();
+    for end in (0..=text.len()).filter(|&i| text.is_char_boundary(i)) {
+        if let Err(errors) = parse(&text[..end], "t.toml") {
+            for e in &errors.0 {
+                assert!(e.line >= 1 && e.line <= lines + 1, "{e}");
+                assert!(e.column >= 1, "{e}");
+            }
+        }
+    }
+}
