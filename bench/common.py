@@ -110,8 +110,8 @@ worker_processes 1;
 daemon off;
 pid {TMP}/origin-nginx.pid;
 error_log {TMP}/origin-nginx.err warn;
-events {{ worker_connections 20000; }}
-worker_rlimit_nofile 40000;
+events {{ worker_connections 9000; }}
+worker_rlimit_nofile 20000;
 http {{
   access_log off;
   keepalive_requests 1000000;
@@ -131,8 +131,8 @@ worker_processes 2;
 daemon off;
 pid {TMP}/proxy-nginx.pid;
 error_log {TMP}/proxy-nginx.err warn;
-events {{ worker_connections 20000; }}
-worker_rlimit_nofile 40000;
+events {{ worker_connections 9000; }}
+worker_rlimit_nofile 20000;
 http {{
   access_log off;
   keepalive_requests 1000000;
@@ -155,7 +155,7 @@ def haproxy(port, origin_port):
     conf.write_text(f"""
 global
   nbthread 2
-  maxconn 40000
+  maxconn 9000
 defaults
   mode http
   timeout connect 1s
@@ -238,7 +238,8 @@ def setup():
     TMP.mkdir(parents=True, exist_ok=True)
     try:
         import resource
-        resource.setrlimit(resource.RLIMIT_NOFILE, (65536, 65536))
+        _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     except (ValueError, OSError):
         pass
     sys.stdout.reconfigure(line_buffering=True)
