@@ -19,6 +19,10 @@ const HOP_BY_HOP: [HeaderName; 6] = [
 /// `Connection`. With `keep_upgrade`, `Connection: upgrade` and `Upgrade` stay so that a WebSocket
 /// handshake can pass through.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Most messages carry none: one pass over the names is cheaper than a lookup per name.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     if let Some(connection) = headers.get(header::CONNECTION) {
         if !connection.as_bytes().eq_ignore_ascii_case(b"keep-alive")
             && !connection.as_bytes().eq_ignore_ascii_case(b"close")
@@ -54,6 +58,10 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(name) || name.as_str().starts_with("proxy-")
+}
+
 /// Whether the request asks to switch protocols (`Connection: upgrade` with an `Upgrade` header).
 pub fn wants_upgrade(headers: &HeaderMap) -> bool {
     headers.contains_key(header::UPGRADE)
@@ -72,15 +80,16 @@ pub fn add_forwarded(
     host: Option<&HeaderValue>,
     via: &'static str,
 ) {
-    let xff = HeaderName::from_static("x-forwarded-for");
-    let mut ip_buf = String::with_capacity(48);
     use std::fmt::Write as _;
+    let xff = HeaderName::from_static("x-forwarded-for");
+    let mut list = String::with_capacity(48);
     if let Some(existing) = headers.get(&xff).and_then(|v| v.to_str().ok()) {
-        let _ = write!(ip_buf, "{existing}, {client}");
+        let _ = write!(list, "{existing}, {client}");
     } else {
-        let _ = write!(ip_buf, "{client}");
+        let _ = write!(list, "{client}");
     }
-    if let Ok(v) = HeaderValue::from_str(&ip_buf) {
+    // Hands the string's buffer to the header without another copy.
+    if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(list)) {
         headers.insert(xff, v);
     }
     headers.insert(HeaderName::from_static("x-forwarded-proto"), HeaderValue::from_static("http"));

@@ -3,6 +3,10 @@
 
 mod demo;
 
+/// mimalloc: measured against glibc malloc on the proxy path (see bench/results/proxy.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
