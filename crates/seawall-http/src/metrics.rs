@@ -229,6 +229,8 @@ pub struct Registry {
     pub header_timeouts: Counter,
     /// Idle keep-alive connections closed by `keepalive_timeout`.
     pub idle_timeouts: Counter,
+    /// Idle HTTP/1 connections whose session state was released while they wait.
+    pub parks: Counter,
     /// Reloads that took effect.
     pub config_reloads: Counter,
     /// Reloads refused because the new file was invalid.
@@ -248,6 +250,7 @@ impl Registry {
             connections_total: Counter::new(shards),
             header_timeouts: Counter::new(shards),
             idle_timeouts: Counter::new(shards),
+            parks: Counter::new(shards),
             config_reloads: Counter::new(shards),
             config_reload_failures: Counter::new(shards),
             upstream_connects: Counter::new(shards),
@@ -329,7 +332,7 @@ impl Registry {
         for (name, help, v) in gauges {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
         }
-        let counters: [(&str, &str, u64); 6] = [
+        let counters: [(&str, &str, u64); 7] = [
             (
                 "seawall_connections_total",
                 "Client connections accepted.",
@@ -337,13 +340,18 @@ impl Registry {
             ),
             (
                 "seawall_client_header_timeouts_total",
-                "Connections closed with 408 because the request head came too slowly.",
+                "Connections closed because no request head came in time (408 if one had started).",
                 self.header_timeouts.get(),
             ),
             (
                 "seawall_client_idle_timeouts_total",
                 "Idle keep-alive connections closed.",
                 self.idle_timeouts.get(),
+            ),
+            (
+                "seawall_client_parks_total",
+                "Idle keep-alive connections that released their buffers while waiting.",
+                self.parks.get(),
             ),
             (
                 "seawall_config_reloads_total",

@@ -398,3 +398,29 @@ async fn keep_alive_connections_to_the_upstream_are_reused() {
     );
     gw.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_keep_alive_connection_parks_and_serves_again() {
+    let origin = Origin::start().await;
+    let gw = start(simple(&[&origin], "")).await;
+    let mut stream = TcpStream::connect(gw.listen_addr()).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    for round in 0..3 {
+        stream.write_all(b"GET /hello HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+        let mut got = String::new();
+        while !got.ends_with(&format!("hello from {}", origin.addr.port())) {
+            let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await.unwrap().unwrap();
+            assert!(n > 0, "round {round}: the connection closed");
+            got.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+        assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+        // Stay idle long enough for the session to be released.
+        let parks = round as f64 + 1.0;
+        eventually(Duration::from_secs(5), "the idle connection parks", || async {
+            metric(&gw, "seawall_client_parks_total").await >= parks
+        })
+        .await;
+        assert_eq!(metric(&gw, "seawall_connections_open").await, 1.0, "parking keeps the connection");
+    }
+    gw.shutdown().await;
+}

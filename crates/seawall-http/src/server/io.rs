@@ -1,10 +1,13 @@
-//! The client connection's socket, with the two timers hyper does not give us in the form we need:
+//! The client connection's socket, with the timers hyper does not give us in the form we need:
 //!
 //! - **header timeout** (slowloris): from the first byte of a request head, the whole head must
 //!   arrive within `header_timeout`, or the client gets `408 Request Timeout` and the connection
 //!   is closed;
 //! - **keep-alive timeout**: a connection with no request in progress is closed quietly after
-//!   `keepalive_timeout`.
+//!   `keepalive_timeout`;
+//! - **parking** (HTTP/1): a connection idle for [`PARK_AFTER`] ends its hyper session as if the
+//!   client had closed, without closing the socket; the server then waits on the bare socket, so an
+//!   idle keep-alive connection holds no parser state or buffers (see `server::serve_connection`).
 //!
 //! The wrapper sees bytes arrive; the request path tells it, through [`ConnShared`], when a
 //! request head has been parsed (`started`) and how many requests are being answered (`active`).
@@ -93,6 +96,9 @@ enum Phase {
     Busy,
 }
 
+/// How long an HTTP/1 connection may sit idle before it releases its session's buffers.
+pub const PARK_AFTER: Duration = Duration::from_millis(250);
+
 const TIMEOUT_408: &[u8] = b"HTTP/1.1 408 Request Timeout\r\n\
 content-type: application/problem+json\r\n\
 x-seawall-reason: header_timeout\r\n\
@@ -107,8 +113,10 @@ pub struct ClientIo {
     registry: Arc<Registry>,
     phase: Phase,
     seen_started: u64,
-    /// `Some(true)` once the client has sent the HTTP/2 preface: no request heads to time then.
-    http2: Option<bool>,
+    /// HTTP/2 connection: no request heads to time, no parking.
+    http2: bool,
+    /// Set when the session ended because the connection was idle, not because the client left.
+    parked: bool,
     scan: HeadScan,
     timer: Pin<Box<Sleep>>,
     header_timeout: Duration,
@@ -116,35 +124,59 @@ pub struct ClientIo {
 }
 
 impl ClientIo {
-    /// Wraps an accepted socket.
+    /// Wraps a socket whose client has started sending (the server waits for the first bytes
+    /// before it starts a session): for HTTP/1 a request head is in progress from now on.
     pub fn new(
         stream: TcpStream,
         shared: Arc<ConnShared>,
         registry: Arc<Registry>,
+        http2: bool,
         header_timeout: Duration,
         keepalive_timeout: Duration,
     ) -> Self {
+        let (phase, first) = if http2 {
+            (Phase::Idle { armed: true }, keepalive_timeout)
+        } else {
+            (Phase::Head, header_timeout)
+        };
         ClientIo {
             stream,
             shared,
             registry,
-            // A new connection counts as a request head in progress: the client must send one soon.
-            phase: Phase::Head,
+            phase,
             seen_started: 0,
-            http2: None,
-            scan: HeadScan { active: true, ..HeadScan::default() },
-            timer: Box::pin(tokio::time::sleep(header_timeout)),
+            http2,
+            parked: false,
+            scan: HeadScan { active: !http2, ..HeadScan::default() },
+            timer: Box::pin(tokio::time::sleep(first)),
             header_timeout,
             keepalive_timeout,
         }
     }
 
-    /// Bytes arrived; `preface` says whether they start with the HTTP/2 preface.
-    fn on_bytes(&mut self, bytes: &[u8], preface: bool) {
-        if self.http2.is_none() {
-            self.http2 = Some(preface);
+    /// Whether the session ended by parking (the socket is still open and idle).
+    pub fn parked(&self) -> bool {
+        self.parked
+    }
+
+    /// The socket back, after the session has ended.
+    pub fn into_stream(self) -> TcpStream {
+        self.stream
+    }
+
+    /// How long the idle timer waits before it acts: park an HTTP/1 connection (if parking comes
+    /// before the keep-alive timeout), else close it.
+    fn idle_wait(&self) -> Duration {
+        if self.http2 {
+            self.keepalive_timeout
+        } else {
+            self.keepalive_timeout.min(PARK_AFTER)
         }
-        if self.http2 == Some(false) {
+    }
+
+    /// Bytes arrived.
+    fn on_bytes(&mut self, bytes: &[u8]) {
+        if !self.http2 {
             if self.phase != Phase::Head && self.shared.active.load(Relaxed) == 0 {
                 self.scan.begin();
             }
@@ -152,7 +184,7 @@ impl ClientIo {
                 self.shared.ambiguous_framing.store(ambiguous, Relaxed);
             }
         }
-        if self.http2 == Some(true) {
+        if self.http2 {
             if self.shared.active.load(Relaxed) == 0 {
                 self.phase = Phase::Idle { armed: true };
                 self.timer.as_mut().reset(Instant::now() + self.keepalive_timeout);
@@ -165,8 +197,9 @@ impl ClientIo {
         }
     }
 
-    /// Called when the socket has nothing to read: moves the phase on and checks the timer.
-    fn poll_timers(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    /// Moves the phase on from what the requests report: a head completed (`started` moved), a
+    /// request in progress (`active`), or none left, which arms the idle timer.
+    fn refresh_phase(&mut self) {
         let started = self.shared.started.load(Relaxed);
         if started != self.seen_started {
             self.seen_started = started;
@@ -176,16 +209,20 @@ impl ClientIo {
         }
         if self.shared.active.load(Relaxed) > 0 {
             self.phase = Phase::Busy;
-            return Poll::Pending;
-        }
-        if matches!(self.phase, Phase::Busy | Phase::Idle { armed: false }) {
+        } else if matches!(self.phase, Phase::Busy | Phase::Idle { armed: false }) {
             self.phase = Phase::Idle { armed: true };
-            self.timer.as_mut().reset(Instant::now() + self.keepalive_timeout);
+            let wait = self.idle_wait();
+            self.timer.as_mut().reset(Instant::now() + wait);
         }
-        if self.timer.as_mut().poll(cx).is_pending() {
+    }
+
+    /// Called when the socket has nothing to read: checks the timer of the current phase.
+    fn poll_timers(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.refresh_phase();
+        if self.phase == Phase::Busy || self.timer.as_mut().poll(cx).is_pending() {
             return Poll::Pending;
         }
-        if self.phase == Phase::Head && self.http2 != Some(true) {
+        if self.phase == Phase::Head && !self.http2 {
             self.registry.header_timeouts.add(1);
             // Best effort: the client is slow, so if the answer does not fit in the socket buffer
             // at once it is not worth waiting for.
@@ -195,9 +232,24 @@ impl ClientIo {
                 "request head timeout",
             )));
         }
-        self.registry.idle_timeouts.add(1);
-        // End of stream on an idle connection: hyper closes it quietly.
+        if !self.http2 && PARK_AFTER < self.keepalive_timeout {
+            self.parked = true;
+            self.registry.parks.add(1);
+        } else {
+            self.registry.idle_timeouts.add(1);
+        }
+        // End of stream on an idle connection: hyper ends the session quietly.
         Poll::Ready(Ok(()))
+    }
+
+    /// After a flush: if that finished the last response, the connection is idle from now, and
+    /// its timer must be able to wake the task even though no read is pending on it.
+    fn arm_after_flush(&mut self, cx: &mut Context<'_>) {
+        let was_idle = matches!(self.phase, Phase::Idle { armed: true });
+        self.refresh_phase();
+        if !was_idle && matches!(self.phase, Phase::Idle { armed: true }) && self.timer.as_mut().poll(cx).is_ready() {
+            cx.waker().wake_by_ref();
+        }
     }
 }
 
@@ -213,8 +265,7 @@ impl AsyncRead for ClientIo {
                 let this = &mut *self;
                 let fresh = &buf.filled()[before..];
                 if !fresh.is_empty() {
-                    let preface = fresh.starts_with(b"PRI * HTTP/2");
-                    this.on_bytes(fresh, preface);
+                    this.on_bytes(fresh);
                 }
                 Poll::Ready(Ok(()))
             }
@@ -246,10 +297,18 @@ impl AsyncWrite for ClientIo {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
+        let flushed = Pin::new(&mut self.stream).poll_flush(cx);
+        if flushed.is_ready() {
+            self.arm_after_flush(cx);
+        }
+        flushed
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.parked {
+            // The session ends, the connection does not.
+            return Poll::Ready(Ok(()));
+        }
         Pin::new(&mut self.stream).poll_shutdown(cx)
     }
 }

@@ -9,6 +9,7 @@
 pub mod io;
 
 use std::future::Future;
+use std::pin::Pin;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::rc::Rc;
@@ -18,7 +19,6 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use hyper_util::rt::TokioIo;
-use hyper_util::server::conn::auto;
 use seawall_config::{Config, ConfigErrors};
 use tokio::net::TcpStream;
 use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
@@ -371,6 +371,45 @@ async fn accept_loop(
     }
 }
 
+/// What the client did while the connection had no session.
+enum Wait {
+    /// Bytes are ready; `http2` when they start with the HTTP/2 preface.
+    Data { http2: bool },
+    /// The client closed, the timeout passed, or the gateway is draining.
+    Close,
+}
+
+/// Waits on the bare socket for the client's next bytes. No buffer is held meanwhile: `peek`
+/// reads into a few bytes of this future's own state.
+async fn wait_for_data(
+    stream: &TcpStream,
+    timeout: Duration,
+    phase: &mut watch::Receiver<Phase>,
+    allow_h2: bool,
+) -> Wait {
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut head = [0u8; PREFACE.len()];
+    loop {
+        let peeked = tokio::select! {
+            r = tokio::time::timeout_at(deadline, stream.peek(&mut head)) => r,
+            _ = leaves(phase, Phase::Running) => return Wait::Close,
+        };
+        match peeked {
+            Err(_) | Ok(Err(_)) | Ok(Ok(0)) => return Wait::Close,
+            Ok(Ok(n)) if allow_h2 && n < PREFACE.len() && PREFACE.starts_with(&head[..n]) => {
+                // Could still become the HTTP/2 preface: look again shortly (rare; bounded by
+                // the deadline).
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Ok(Ok(n)) => return Wait::Data { http2: allow_h2 && head[..n] == *PREFACE },
+        }
+    }
+}
+
+/// Serves one client connection: a session (hyper's HTTP/1 or HTTP/2 state) runs while requests
+/// come; an HTTP/1 connection that goes idle parks — its session ends and frees its buffers,
+/// the socket stays open — and a new session starts when the client sends again.
 async fn serve_connection(
     worker: Rc<Worker>,
     stream: TcpStream,
@@ -382,44 +421,100 @@ async fn serve_connection(
     registry.connections_open.add(1);
     registry.connections_total.add(1);
     let _ = stream.set_nodelay(true);
-    let snapshot = worker.snapshot();
-    let server = &snapshot.config.server;
-    let shared_state = Arc::new(ConnShared::default());
-    let io = ClientIo::new(
-        stream,
-        Arc::clone(&shared_state),
-        Arc::clone(&registry),
-        server.header_timeout,
-        server.keepalive_timeout,
-    );
-    let mut builder = auto::Builder::new(LocalExec);
-    builder
-        .http1()
-        .keep_alive(true)
-        .max_buf_size(server.max_header_size)
-        .max_headers(server.max_headers)
-        .header_read_timeout(None);
-    builder.http2().max_header_list_size(u32::try_from(server.max_header_size).unwrap_or(u32::MAX));
-    let builder = if server.http2 { builder } else { builder.http1_only() };
-    drop(snapshot);
-    let service_worker = Rc::clone(&worker);
-    let service = hyper::service::service_fn(move |req| {
-        pipeline::handle(Rc::clone(&service_worker), Arc::clone(&shared_state), peer, req)
-    });
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-    tokio::pin!(conn);
-    let result = tokio::select! {
-        r = conn.as_mut() => r,
-        _ = leaves(&mut phase, Phase::Running) => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
+    let mut stream = stream;
+    let mut first = true;
+    loop {
+        let snapshot = worker.snapshot();
+        let server = &snapshot.config.server;
+        let (header_timeout, keepalive_timeout) = (server.header_timeout, server.keepalive_timeout);
+        // A new connection must start a request within the header timeout; a parked one may stay
+        // idle for the rest of its keep-alive time.
+        let wait = if first {
+            header_timeout
+        } else {
+            keepalive_timeout.saturating_sub(io::PARK_AFTER)
+        };
+        let http2 = match wait_for_data(&stream, wait, &mut phase, server.http2).await {
+            Wait::Data { http2 } => http2,
+            Wait::Close => {
+                if first {
+                    registry.header_timeouts.add(1);
+                } else {
+                    registry.idle_timeouts.add(1);
+                }
+                break;
+            }
+        };
+        first = false;
+        let shared_state = Arc::new(ConnShared::default());
+        let io = ClientIo::new(
+            stream,
+            Arc::clone(&shared_state),
+            Arc::clone(&registry),
+            http2,
+            header_timeout,
+            keepalive_timeout,
+        );
+        let service_worker = Rc::clone(&worker);
+        let service = hyper::service::service_fn(move |req| {
+            pipeline::handle(Rc::clone(&service_worker), Arc::clone(&shared_state), peer, req)
+        });
+        if http2 {
+            let conn = hyper::server::conn::http2::Builder::new(LocalExec)
+                .max_header_list_size(u32::try_from(server.max_header_size).unwrap_or(u32::MAX))
+                .serve_connection(TokioIo::new(io), service);
+            drop(snapshot);
+            let result = drive(Box::pin(conn), &mut phase, |c| c.as_mut().graceful_shutdown()).await.0;
+            log_end(peer, result);
+            break;
         }
-    };
-    if let Err(e) = result {
-        tracing::debug!(%peer, error = %e, "client connection ended with an error");
+        let conn = hyper::server::conn::http1::Builder::new()
+            .keep_alive(true)
+            .max_buf_size(server.max_header_size)
+            .max_headers(server.max_headers)
+            .header_read_timeout(None)
+            .serve_connection(TokioIo::new(io), service)
+            .with_upgrades();
+        drop(snapshot);
+        // Boxed so that the session's state is freed while the connection is parked.
+        let (result, conn) =
+            drive(Box::new(conn), &mut phase, |c| Pin::new(&mut **c).graceful_shutdown()).await;
+        let ok = result.is_ok();
+        log_end(peer, result);
+        match conn.into_parts() {
+            Some(parts) if ok && parts.io.inner().parked() && parts.read_buf.is_empty() => {
+                stream = parts.io.into_inner().into_stream();
+            }
+            _ => break,
+        }
     }
     registry.connections_open.add(-1);
     worker.shared.connection_closed.notify_waiters();
+}
+
+/// Runs a session to its end; when the gateway starts draining, asks it to finish gracefully.
+async fn drive<C, T>(
+    mut conn: C,
+    phase: &mut watch::Receiver<Phase>,
+    graceful: impl FnOnce(&mut C),
+) -> (hyper::Result<T>, C)
+where
+    C: Future<Output = hyper::Result<T>> + Unpin,
+{
+    let result = tokio::select! {
+        r = &mut conn => r,
+        _ = leaves(phase, Phase::Running) => {
+            graceful(&mut conn);
+            (&mut conn).await
+        }
+    };
+    (result, conn)
+}
+
+fn log_end<T>(peer: SocketAddr, result: hyper::Result<T>) {
+    if let Err(e) = result {
+        tracing::debug!(%peer, error = %e, "client connection ended with an error");
+    }
 }
 
 async fn sweep_pools(worker: Rc<Worker>, mut phase: watch::Receiver<Phase>) {
