@@ -409,7 +409,10 @@ async fn an_idle_keep_alive_connection_parks_and_serves_again() {
         stream.write_all(b"GET /hello HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
         let mut got = String::new();
         while !got.ends_with(&format!("hello from {}", origin.addr.port())) {
-            let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await.unwrap().unwrap();
+            let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+                .await
+                .unwrap()
+                .unwrap();
             assert!(n > 0, "round {round}: the connection closed");
             got.push_str(&String::from_utf8_lossy(&buf[..n]));
         }
@@ -420,7 +423,11 @@ async fn an_idle_keep_alive_connection_parks_and_serves_again() {
             metric(&gw, "seawall_client_parks_total").await >= parks
         })
         .await;
-        assert_eq!(metric(&gw, "seawall_connections_open").await, 1.0, "parking keeps the connection");
+        assert_eq!(
+            metric(&gw, "seawall_connections_open").await,
+            1.0,
+            "parking keeps the connection"
+        );
     }
     gw.shutdown().await;
 }

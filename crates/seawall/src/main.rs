@@ -1,11 +1,8 @@
 //! The `seawall` command: `run`, `check` and `demo`. Thin by design: behaviour lives in the
 //! libraries (`seawall-config`, `seawall-http`) so tests and benches reach it without the CLI.
 
+mod alloc;
 mod demo;
-
-/// mimalloc: measured against glibc malloc on the proxy path (see bench/results/proxy.md).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -126,6 +123,7 @@ fn run(config: Config, path: Option<PathBuf>, with_demo: bool) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    seawall_http::server::set_housekeeping_hook(alloc::release_freed_memory);
     let result: anyhow::Result<bool> = runtime.block_on(async move {
         let origin = if with_demo { Some(demo::start_origins(&config).await?) } else { None };
         let gateway = Gateway::start(config, path).await?;

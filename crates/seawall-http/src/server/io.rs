@@ -247,7 +247,10 @@ impl ClientIo {
     fn arm_after_flush(&mut self, cx: &mut Context<'_>) {
         let was_idle = matches!(self.phase, Phase::Idle { armed: true });
         self.refresh_phase();
-        if !was_idle && matches!(self.phase, Phase::Idle { armed: true }) && self.timer.as_mut().poll(cx).is_ready() {
+        if !was_idle
+            && matches!(self.phase, Phase::Idle { armed: true })
+            && self.timer.as_mut().poll(cx).is_ready()
+        {
             cx.waker().wake_by_ref();
         }
     }

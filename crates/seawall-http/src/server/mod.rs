@@ -9,9 +9,9 @@
 pub mod io;
 
 use std::future::Future;
-use std::pin::Pin;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -328,7 +328,7 @@ fn run_worker(index: usize, listener: std::net::TcpListener, shared: Arc<Shared>
             }
         };
         let worker = Rc::new(Worker::new(Arc::clone(&shared), index));
-        tokio::task::spawn_local(sweep_pools(Rc::clone(&worker), shared.phase.subscribe()));
+        tokio::task::spawn_local(housekeeping(Rc::clone(&worker), shared.phase.subscribe()));
         let mut phase = shared.phase.subscribe();
         accept_loop(&worker, &listener, &mut phase).await;
         drop(listener);
@@ -387,23 +387,26 @@ async fn wait_for_data(
     phase: &mut watch::Receiver<Phase>,
     allow_h2: bool,
 ) -> Wait {
-    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-    let deadline = tokio::time::Instant::now() + timeout;
-    let mut head = [0u8; PREFACE.len()];
-    loop {
-        let peeked = tokio::select! {
-            r = tokio::time::timeout_at(deadline, stream.peek(&mut head)) => r,
-            _ = leaves(phase, Phase::Running) => return Wait::Close,
-        };
-        match peeked {
-            Err(_) | Ok(Err(_)) | Ok(Ok(0)) => return Wait::Close,
-            Ok(Ok(n)) if allow_h2 && n < PREFACE.len() && PREFACE.starts_with(&head[..n]) => {
-                // Could still become the HTTP/2 preface: look again shortly (rare; bounded by
-                // the deadline).
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            Ok(Ok(n)) => return Wait::Data { http2: allow_h2 && head[..n] == *PREFACE },
-        }
+    if *phase.borrow_and_update() != Phase::Running {
+        return Wait::Close;
+    }
+    let mut head = [0u8; 3];
+    // Every idle connection holds this future, so it is kept small: `poll_peek` parks the waker in
+    // the socket's own slot (the `peek` future carries a waiter node of its own), and the phase,
+    // which only moves away from Running, is watched with `changed` rather than `wait_for`.
+    let peek = std::future::poll_fn(|cx| {
+        let mut buf = tokio::io::ReadBuf::new(&mut head);
+        stream.poll_peek(cx, &mut buf)
+    });
+    let peeked = tokio::select! {
+        r = tokio::time::timeout(timeout, peek) => r,
+        _ = phase.changed() => return Wait::Close,
+    };
+    match peeked {
+        Err(_) | Ok(Err(_)) | Ok(Ok(0)) => Wait::Close,
+        // "PRI" starts the HTTP/2 connection preface (RFC 9113 §3.4) and no HTTP/1 method; the
+        // HTTP/2 session checks the rest of the preface itself.
+        Ok(Ok(n)) => Wait::Data { http2: allow_h2 && head[..n] == *b"PRI" },
     }
 }
 
@@ -429,11 +432,8 @@ async fn serve_connection(
         let (header_timeout, keepalive_timeout) = (server.header_timeout, server.keepalive_timeout);
         // A new connection must start a request within the header timeout; a parked one may stay
         // idle for the rest of its keep-alive time.
-        let wait = if first {
-            header_timeout
-        } else {
-            keepalive_timeout.saturating_sub(io::PARK_AFTER)
-        };
+        let wait =
+            if first { header_timeout } else { keepalive_timeout.saturating_sub(io::PARK_AFTER) };
         let http2 = match wait_for_data(&stream, wait, &mut phase, server.http2).await {
             Wait::Data { http2 } => http2,
             Wait::Close => {
@@ -464,7 +464,10 @@ async fn serve_connection(
                 .max_header_list_size(u32::try_from(server.max_header_size).unwrap_or(u32::MAX))
                 .serve_connection(TokioIo::new(io), service);
             drop(snapshot);
-            let result = drive(Box::pin(conn), &mut phase, |c| c.as_mut().graceful_shutdown()).await.0;
+            let result =
+                Box::pin(drive(Box::pin(conn), &mut phase, |c| c.as_mut().graceful_shutdown()))
+                    .await
+                    .0;
             log_end(peer, result);
             break;
         }
@@ -476,9 +479,10 @@ async fn serve_connection(
             .serve_connection(TokioIo::new(io), service)
             .with_upgrades();
         drop(snapshot);
-        // Boxed so that the session's state is freed while the connection is parked.
+        // Boxed, like the session itself, so that a parked connection holds neither.
         let (result, conn) =
-            drive(Box::new(conn), &mut phase, |c| Pin::new(&mut **c).graceful_shutdown()).await;
+            Box::pin(drive(Box::new(conn), &mut phase, |c| Pin::new(&mut **c).graceful_shutdown()))
+                .await;
         let ok = result.is_ok();
         log_end(peer, result);
         match conn.into_parts() {
@@ -517,11 +521,25 @@ fn log_end<T>(peer: SocketAddr, result: hyper::Result<T>) {
     }
 }
 
-async fn sweep_pools(worker: Rc<Worker>, mut phase: watch::Receiver<Phase>) {
+static HOUSEKEEPING_HOOK: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
+
+/// Sets a function every worker calls once a second on its own thread (the binary uses it to
+/// return freed memory to the system). The first call wins.
+pub fn set_housekeeping_hook(hook: fn()) {
+    let _ = HOUSEKEEPING_HOOK.set(hook);
+}
+
+/// Once a second: close expired upstream connections, run the housekeeping hook.
+async fn housekeeping(worker: Rc<Worker>, mut phase: watch::Receiver<Phase>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
-            _ = tick.tick() => worker.pools.sweep(seawall_core::clock::now_ms()),
+            _ = tick.tick() => {
+                worker.pools.sweep(seawall_core::clock::now_ms());
+                if let Some(hook) = HOUSEKEEPING_HOOK.get() {
+                    hook();
+                }
+            }
             _ = reaches(&mut phase, Phase::Stopped) => return,
         }
     }
