@@ -31,13 +31,22 @@ fn balance(c: &mut Criterion) {
             ring.pick(key, |i| black_box(i) != 11)
         })
     });
-    c.bench_function("stable_hash (16-byte key)", |b| b.iter(|| stable_hash(black_box(b"session=abcdef12"))));
+    c.bench_function("stable_hash (16-byte key)", |b| {
+        b.iter(|| stable_hash(black_box(b"session=abcdef12")))
+    });
 }
 
 fn outliers(c: &mut Criterion) {
-    let policy = EjectionPolicy { consecutive_failures: 5, base_ms: 10_000, max_ms: 300_000, max_ejected_percent: 50 };
+    let policy = EjectionPolicy {
+        consecutive_failures: 5,
+        base_ms: 10_000,
+        max_ms: 300_000,
+        max_ejected_percent: 50,
+    };
     let outlier = Outlier::default();
-    c.bench_function("ejection record_success", |b| b.iter(|| outlier.record_success(black_box(1000), &policy)));
+    c.bench_function("ejection record_success", |b| {
+        b.iter(|| outlier.record_success(black_box(1000), &policy))
+    });
     c.bench_function("ejection is_ejected", |b| b.iter(|| outlier.is_ejected(black_box(1000))));
     let mut health = HealthCounter::new(true, 2, 2);
     let mut flip = false;

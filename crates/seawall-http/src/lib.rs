@@ -15,6 +15,7 @@ pub mod proxy;
 pub mod router;
 pub mod server;
 pub mod snapshot;
+pub mod timer;
 pub mod upstream;
 
 pub use server::{Gateway, ReloadError, Shared, StartError};

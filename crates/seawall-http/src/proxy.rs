@@ -187,14 +187,14 @@ async fn send(
             // The connection closed while it sat in the pool: nothing was sent.
             request
         } else {
-            let err = match tokio::time::timeout(timeout, sender.try_send_request(request)).await {
-                Err(_) => {
+            let err = match sender.send_within(request, timeout).await {
+                None => {
                     group.record(index, UpstreamOutcome::Timeout, now_ms());
                     let detail = format!("upstream {name:?} did not answer within {timeout:?}");
                     return Sent::Failed(Reason::UpstreamTimeout, detail);
                 }
-                Ok(Ok(response)) => return Sent::Response(response, sender),
-                Ok(Err(err)) => err,
+                Some(Ok(response)) => return Sent::Response(response, sender),
+                Some(Err(err)) => err,
             };
             if matches!(
                 find_cause::<RequestBodyError>(err.error()),

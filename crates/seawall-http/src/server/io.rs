@@ -13,7 +13,6 @@
 //! request head has been parsed (`started`) and how many requests are being answered (`active`).
 //! No timer runs while a request is in progress.
 
-use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
@@ -23,7 +22,9 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
+
+use crate::timer::LazyTimer;
 
 use crate::metrics::Registry;
 
@@ -118,7 +119,7 @@ pub struct ClientIo {
     /// Set when the session ended because the connection was idle, not because the client left.
     parked: bool,
     scan: HeadScan,
-    timer: Pin<Box<Sleep>>,
+    timer: LazyTimer,
     header_timeout: Duration,
     keepalive_timeout: Duration,
 }
@@ -148,7 +149,7 @@ impl ClientIo {
             http2,
             parked: false,
             scan: HeadScan { active: !http2, ..HeadScan::default() },
-            timer: Box::pin(tokio::time::sleep(first)),
+            timer: LazyTimer::new(Instant::now() + first),
             header_timeout,
             keepalive_timeout,
         }
@@ -187,13 +188,13 @@ impl ClientIo {
         if self.http2 {
             if self.shared.active.load(Relaxed) == 0 {
                 self.phase = Phase::Idle { armed: true };
-                self.timer.as_mut().reset(Instant::now() + self.keepalive_timeout);
+                self.timer.set(Instant::now() + self.keepalive_timeout);
             }
             return;
         }
         if self.phase != Phase::Head && self.shared.active.load(Relaxed) == 0 {
             self.phase = Phase::Head;
-            self.timer.as_mut().reset(Instant::now() + self.header_timeout);
+            self.timer.set(Instant::now() + self.header_timeout);
         }
     }
 
@@ -212,14 +213,14 @@ impl ClientIo {
         } else if matches!(self.phase, Phase::Busy | Phase::Idle { armed: false }) {
             self.phase = Phase::Idle { armed: true };
             let wait = self.idle_wait();
-            self.timer.as_mut().reset(Instant::now() + wait);
+            self.timer.set(Instant::now() + wait);
         }
     }
 
     /// Called when the socket has nothing to read: checks the timer of the current phase.
     fn poll_timers(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.refresh_phase();
-        if self.phase == Phase::Busy || self.timer.as_mut().poll(cx).is_pending() {
+        if self.phase == Phase::Busy || self.timer.poll_expired(cx).is_pending() {
             return Poll::Pending;
         }
         if self.phase == Phase::Head && !self.http2 {
@@ -249,7 +250,7 @@ impl ClientIo {
         self.refresh_phase();
         if !was_idle
             && matches!(self.phase, Phase::Idle { armed: true })
-            && self.timer.as_mut().poll(cx).is_ready()
+            && self.timer.poll_expired(cx).is_ready()
         {
             cx.waker().wake_by_ref();
         }

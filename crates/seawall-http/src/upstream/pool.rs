@@ -6,20 +6,74 @@
 //! `client::conn::http1`, driven by a task on the same thread.
 
 use std::cell::RefCell;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
+use http::{Request, Response};
+use hyper::body::Incoming;
 use hyper::client::conn::http1::{Builder, SendRequest};
+use hyper::client::conn::TrySendError;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
 use crate::body::RequestBody;
 use crate::metrics::Registry;
+use crate::timer::LazyTimer;
 
-/// The sending half of an upstream connection.
-pub type UpstreamSender = SendRequest<RequestBody>;
+/// The sending half of an upstream connection, with the timer that bounds each exchange on it.
+pub struct UpstreamSender {
+    send: SendRequest<RequestBody>,
+    /// Reused across requests; see [`LazyTimer`] for why that is cheaper than a timeout each.
+    timer: LazyTimer,
+}
+
+/// What one exchange on an upstream connection came to.
+pub type Exchange = Result<Response<Incoming>, TrySendError<Request<RequestBody>>>;
+
+impl UpstreamSender {
+    fn new(send: SendRequest<RequestBody>) -> Self {
+        UpstreamSender { send, timer: LazyTimer::new(Instant::now() + Duration::from_secs(3600)) }
+    }
+
+    /// Whether the connection has closed.
+    pub fn is_closed(&self) -> bool {
+        self.send.is_closed()
+    }
+
+    /// Whether the connection can take a request now.
+    pub fn is_ready(&self) -> bool {
+        self.send.is_ready()
+    }
+
+    /// Waits until the connection can take a request (an error means it closed).
+    pub async fn ready(&mut self) -> hyper::Result<()> {
+        self.send.ready().await
+    }
+
+    /// Sends `request` and waits at most `timeout` for the head of the answer; `None` when the
+    /// time ran out.
+    pub async fn send_within(
+        &mut self,
+        request: Request<RequestBody>,
+        timeout: Duration,
+    ) -> Option<Exchange> {
+        let UpstreamSender { send, timer } = self;
+        timer.set(Instant::now() + timeout);
+        let mut exchange = std::pin::pin!(send.try_send_request(request));
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(result) = exchange.as_mut().poll(cx) {
+                return Poll::Ready(Some(result));
+            }
+            timer.poll_expired(cx).map(|()| None)
+        })
+        .await
+    }
+}
 
 struct Idle {
     sender: UpstreamSender,
@@ -124,7 +178,8 @@ impl WorkerPools {
             .await
             .map_err(|_| ConnectError::Timeout(timeout))??;
         stream.set_nodelay(true)?;
-        let (sender, conn) = Builder::new().handshake(TokioIo::new(stream)).await?;
+        let (send, conn) = Builder::new().handshake(TokioIo::new(stream)).await?;
+        let sender = UpstreamSender::new(send);
         self.registry.upstream_connects.add(1);
         tokio::task::spawn_local(async move {
             if let Err(e) = conn.with_upgrades().await {
