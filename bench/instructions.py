@@ -52,10 +52,11 @@ upstream = "origin"
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--requests", type=int, default=3000)
+    ap.add_argument("--binary", help="a seawall binary to measure instead of building this tree")
     args = ap.parse_args()
     c.setup()
     c.need("nginx")
-    binary = c.build_seawall()
+    binary = args.binary or c.build_seawall()
     origin = c.nginx_origin(ORIGIN)
     try:
         small = run(binary, args.requests)
