@@ -42,10 +42,13 @@ pub struct ConnShared {
 }
 
 /// Watches the header names of a request head as its bytes pass, for the framing check above.
+/// Only the first bytes of each line are looked at; the rest of a line is skipped with `memchr`.
 #[derive(Debug, Default)]
 struct HeadScan {
     /// Still inside a request head.
     active: bool,
+    /// The rest of the current line cannot matter: jump to its end.
+    skipping: bool,
     /// The start of the current line, lower-cased (enough for the longest name we look for).
     line: [u8; 18],
     len: usize,
@@ -63,8 +66,13 @@ impl HeadScan {
         if !self.active {
             return None;
         }
-        for &b in bytes {
-            match b {
+        let mut i = 0;
+        while i < bytes.len() {
+            if self.skipping {
+                i += memchr::memchr(b'\n', &bytes[i..])?;
+                self.skipping = false;
+            }
+            match bytes[i] {
                 b'\r' => {}
                 b'\n' => {
                     if self.len == 0 {
@@ -76,12 +84,16 @@ impl HeadScan {
                     self.transfer_encoding |= line.starts_with(b"transfer-encoding:");
                     self.len = 0;
                 }
-                _ if self.len < self.line.len() => {
-                    self.line[self.len] = b.to_ascii_lowercase();
+                b => {
+                    let b = b.to_ascii_lowercase();
+                    self.line[self.len] = b;
                     self.len += 1;
+                    // Only names starting with 'c' or 't' can matter, and only their first 18 bytes.
+                    self.skipping =
+                        self.len == self.line.len() || (self.len == 1 && b != b'c' && b != b't');
                 }
-                _ => {}
             }
+            i += 1;
         }
         None
     }
@@ -330,6 +342,17 @@ mod tests {
         assert_eq!(scan.feed(b"\r\n0\r\n"), Some(true));
         scan.begin();
         assert_eq!(scan.feed(b"GET / HTTP/1.1\r\nContent-Length: 0\r\n\r\n"), Some(false));
+        scan.begin();
+        assert_eq!(
+            scan.feed(
+                b"GET /a-very-long-path-of-many-bytes HTTP/1.1\r\nX-Long-Header-Name-Here: 1\r\n"
+            ),
+            None
+        );
+        assert_eq!(
+            scan.feed(b"transfer-encoding: chunked\r\nCONTENT-LENGTH: 3\r\n\r\n"),
+            Some(true)
+        );
     }
 
     #[test]

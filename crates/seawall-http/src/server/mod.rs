@@ -505,9 +505,11 @@ async fn drive<C, T>(
 where
     C: Future<Output = hyper::Result<T>> + Unpin,
 {
+    // The phase only moves away from Running (checked before the session started), so any
+    // change means draining; `changed` is cheaper to poll than `wait_for` on every wake-up.
     let result = tokio::select! {
         r = &mut conn => r,
-        _ = leaves(phase, Phase::Running) => {
+        _ = phase.changed() => {
             graceful(&mut conn);
             (&mut conn).await
         }
