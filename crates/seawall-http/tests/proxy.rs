@@ -431,3 +431,33 @@ async fn an_idle_keep_alive_connection_parks_and_serves_again() {
     }
     gw.shutdown().await;
 }
+
+async fn exchange(stream: &mut TcpStream) -> String {
+    stream.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = stream.read(&mut buf).await.unwrap();
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_limit_wait_for_a_free_slot() {
+    let origin = Origin::start().await;
+    let mut cfg = simple(&[&origin], "");
+    // The limit is split between workers; one worker makes it exactly one connection.
+    cfg.server.workers = 1;
+    cfg.server.max_connections = 1;
+    let gw = start(cfg).await;
+    let mut first = TcpStream::connect(gw.listen_addr()).await.unwrap();
+    assert!(exchange(&mut first).await.starts_with("HTTP/1.1 200"));
+    // The second client connects (the kernel completes the handshake) but is not accepted.
+    let mut second = TcpStream::connect(gw.listen_addr()).await.unwrap();
+    let pending = tokio::spawn(async move { exchange(&mut second).await });
+    assert_eq!(metric(&gw, "seawall_connections_total").await, 1.0);
+    assert_eq!(metric(&gw, "seawall_connections_open").await, 1.0);
+    assert!(!pending.is_finished());
+    drop(first);
+    let answer = tokio::time::timeout(Duration::from_secs(5), pending).await.unwrap().unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(metric(&gw, "seawall_connections_total").await, 2.0);
+    gw.shutdown().await;
+}

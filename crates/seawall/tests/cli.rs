@@ -47,6 +47,27 @@ fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
     }
 }
 
+/// Kills the gateway if a test fails before it exits, so no process outlives the test.
+struct Running(Option<Child>);
+
+impl Running {
+    fn child(&self) -> &Child {
+        self.0.as_ref().unwrap()
+    }
+    fn take(mut self) -> Child {
+        self.0.take().unwrap()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(child) = self.0.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 fn signal(child: &Child, sig: &str) {
     let ok = Command::new("kill").args([sig, &child.id().to_string()]).status().unwrap().success();
     assert!(ok);
@@ -107,8 +128,16 @@ fn run_reloads_on_sighup_and_on_file_change_and_drains_on_sigterm() {
         )
     };
     let path = temp_config("run", &config("/first"));
-    let child =
-        seawall().args(["run", "--config"]).arg(&path).stderr(Stdio::null()).spawn().unwrap();
+    let running = Running(Some(
+        seawall()
+            .args(["run", "--config"])
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    ));
+    let child = running.child();
     let admin_addr: SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
     let gw: SocketAddr = format!("127.0.0.1:{listen}").parse().unwrap();
     wait_for("admin up", || http(admin_addr, "GET", "/readyz").is_some_and(|(s, _)| s == 200));
@@ -119,12 +148,12 @@ fn run_reloads_on_sighup_and_on_file_change_and_drains_on_sigterm() {
     assert_eq!(http(gw, "GET", "/first").unwrap().0, 502);
 
     std::fs::write(&path, config("/second")).unwrap();
-    signal(&child, "-HUP");
+    signal(child, "-HUP");
     wait_for("reload by SIGHUP or file watch", || route_path().contains("\"/second\""));
 
     // An invalid file is refused; the running configuration stays.
     std::fs::write(&path, "[server\n").unwrap();
-    signal(&child, "-HUP");
+    signal(child, "-HUP");
     wait_for("reload failure counted", || {
         http(admin_addr, "GET", "/metrics")
             .is_some_and(|(_, b)| !b.contains("seawall_config_reload_failures_total 0"))
@@ -135,8 +164,8 @@ fn run_reloads_on_sighup_and_on_file_change_and_drains_on_sigterm() {
     std::fs::write(&path, config("/third")).unwrap();
     wait_for("reload by file watch", || route_path().contains("\"/third\""));
 
-    signal(&child, "-TERM");
-    assert_eq!(exit_code(child), 0);
+    signal(child, "-TERM");
+    assert_eq!(exit_code(running.take()), 0);
 }
 
 #[test]
@@ -149,13 +178,15 @@ fn demo_serves_through_the_gateway_and_stops_on_ctrl_c() {
              [upstreams.app]\nservers = [\"127.0.0.1:{o1}\", \"127.0.0.1:{o2}\"]\n[[routes]]\nupstream = \"app\"\n"
         ),
     );
-    let mut child = seawall()
-        .args(["demo", "--config"])
-        .arg(&path)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut running = Running(Some(
+        seawall()
+            .args(["demo", "--config"])
+            .arg(&path)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    ));
     let gw: SocketAddr = format!("127.0.0.1:{listen}").parse().unwrap();
     wait_for("demo up", || http(gw, "GET", "/healthz").is_some_and(|(s, _)| s == 200));
     let (status, body) = http(gw, "GET", "/slow?ms=20").unwrap();
@@ -164,9 +195,10 @@ fn demo_serves_through_the_gateway_and_stops_on_ctrl_c() {
     assert_eq!(http(gw, "GET", "/fail?rate=1").unwrap().0, 500);
     assert_eq!(http(gw, "GET", "/fail?rate=0").unwrap().0, 200);
     assert_eq!(http(gw, "GET", "/status/418").unwrap().0, 418);
-    signal(&child, "-INT");
+    signal(running.child(), "-INT");
     let mut printed = String::new();
-    child.stdout.take().unwrap().read_to_string(&mut printed).unwrap();
+    let stdout = running.0.as_mut().unwrap().stdout.take().unwrap();
+    { stdout }.read_to_string(&mut printed).unwrap();
     assert!(printed.contains(&format!("http://127.0.0.1:{listen}")), "{printed}");
-    assert_eq!(exit_code(child), 0);
+    assert_eq!(exit_code(running.take()), 0);
 }

@@ -49,8 +49,10 @@ pub struct Shared {
     /// True once shutdown has begun (`/readyz` answers 503).
     pub draining: AtomicBool,
     phase: watch::Sender<Phase>,
-    /// Caps open client connections: a worker waits for a permit before accepting.
-    connection_permits: Arc<Semaphore>,
+    /// Open client connections allowed per worker: `server.max_connections` split evenly (each
+    /// worker has its own accept queue, so one shared cap could leave a connection waiting in a
+    /// queue whose worker has no permit while another worker holds a free one).
+    connections_per_worker: usize,
     /// Woken each time a client connection closes (the drain waits on it).
     connection_closed: Notify,
     /// Serialises reloads so two cannot interleave.
@@ -155,7 +157,7 @@ impl Gateway {
         let (phase, _) = watch::channel(Phase::Running);
         let shared = Arc::new(Shared {
             health: Mutex::new(HealthChecks::spawn(&control, &snapshot)),
-            connection_permits: Arc::new(Semaphore::new(snapshot.config.server.max_connections)),
+            connections_per_worker: (snapshot.config.server.max_connections / workers).max(1),
             snapshot: ArcSwap::new(snapshot),
             registry,
             config_path,
@@ -342,7 +344,9 @@ async fn accept_loop(
     listener: &tokio::net::TcpListener,
     phase: &mut watch::Receiver<Phase>,
 ) {
-    let permits = Arc::clone(&worker.shared.connection_permits);
+    // A worker waits for a permit before it accepts; beyond its share, new connections wait in
+    // the kernel's backlog.
+    let permits = Arc::new(Semaphore::new(worker.shared.connections_per_worker));
     loop {
         let permit = tokio::select! {
             p = Arc::clone(&permits).acquire_owned() => match p { Ok(p) => p, Err(_) => return },
