@@ -243,3 +243,29 @@ def setup():
     except (ValueError, OSError):
         pass
     sys.stdout.reconfigure(line_buffering=True)
+
+
+def run_rounds(peers, rounds, measure):
+    """Runs `measure(name, proc, port)` for every peer in every round. A peer is
+    (name, start, port) where `start()` launches it (None: measure the origin directly); each is
+    started fresh for its turn and stopped after it. Returns {name: [result per round]}."""
+    results = {name: [] for name, _, _ in peers}
+    for round_no in range(rounds):
+        for name, start, port in peers:
+            proc = start() if start else None
+            try:
+                result = measure(name, proc, port)
+                results[name].append(result)
+                print(f"round {round_no + 1} {name}: {result}")
+            finally:
+                if proc:
+                    proc.stop()
+                    time.sleep(0.5)
+    return results
+
+
+def write_result(path, lines):
+    """Writes a results table and echoes it."""
+    text = "\n".join(lines) + "\n"
+    Path(path).write_text(text)
+    print(text)

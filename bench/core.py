@@ -37,9 +37,7 @@ def main():
              "- criterion, 1 s warm-up, 3 s measurement; the middle estimate of each",
              "", "| primitive | ns/op |", "|---|---|"]
     lines += [f"| {n} | {ns:.2f} |" for n, ns in rows]
-    text = "\n".join(lines) + "\n"
-    (c.ROOT / "bench" / "results" / "core.md").write_text(text)
-    print(text)
+    c.write_result(c.ROOT / "bench" / "results" / "core.md", lines)
 
 
 if __name__ == "__main__":

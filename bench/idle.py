@@ -7,7 +7,6 @@ Writes bench/results/idle.md.
 
 import argparse
 import asyncio
-import time
 
 import common as c
 
@@ -67,18 +66,9 @@ def main():
         ("HAProxy nbthread 2", lambda: c.haproxy(HAPROXY, ORIGIN), HAPROXY),
         ("Seawall 2 workers", lambda: c.seawall(binary, SEAWALL, 19903, ORIGIN), SEAWALL),
     ]
-    results = {name: [] for name, _, _ in peers}
     try:
-        for round_no in range(args.rounds):
-            for name, start, port in peers:
-                proc = start()
-                try:
-                    per_conn = asyncio.run(measure(proc, port, args.connections))
-                    results[name].append(per_conn)
-                    print(f"round {round_no + 1} {name}: {per_conn:,.0f} bytes per idle connection")
-                finally:
-                    proc.stop()
-                    time.sleep(0.5)
+        results = c.run_rounds(peers, args.rounds,
+                               lambda name, proc, port: asyncio.run(measure(proc, port, args.connections)))
     finally:
         origin.stop()
     lines = [c.header("Memory per idle keep-alive connection",
@@ -90,10 +80,7 @@ def main():
     for name, _, _ in peers:
         runs = results[name]
         lines.append(f"| {name} | {c.median(runs):,.0f} | {', '.join(f'{r:,.0f}' for r in runs)} |")
-    text = "\n".join(lines) + "\n"
-    with open(args.out, "w") as f:
-        f.write(text)
-    print(text)
+    c.write_result(args.out, lines)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ import argparse
 import json
 import shutil
 import subprocess
-import time
 
 import common as c
 
@@ -59,24 +58,16 @@ def main():
             proc.stop()
         rate = int(capacity / 2 / 1000) * 1000
         print(f"nginx capacity {capacity:.0f} req/s: testing at {rate} req/s")
-    results = {name: [] for name, _, _ in peers}
+    def measure(name, proc, port):
+        oha(port, rate, 2)
+        pids = proc.pids() if proc else []
+        cpu0 = c.cpu_seconds(pids)
+        run = oha(port, rate, args.seconds)
+        run["cpu_us"] = (c.cpu_seconds(pids) - cpu0) * 1e6 / run["requests"] if proc else None
+        return run
+
     try:
-        for round_no in range(args.rounds):
-            for name, start, port in peers:
-                proc = start() if start else None
-                try:
-                    oha(port, rate, 2)
-                    pids = proc.pids() if proc else []
-                    cpu0 = c.cpu_seconds(pids)
-                    run = oha(port, rate, args.seconds)
-                    run["cpu_us"] = (c.cpu_seconds(pids) - cpu0) * 1e6 / run["requests"] if proc else None
-                    results[name].append(run)
-                    print(f"round {round_no + 1} {name}: p50 {run['p50']:.3f} p90 {run['p90']:.3f} "
-                          f"p99 {run['p99']:.3f} p99.9 {run['p999']:.3f} ms, cpu {run['cpu_us'] or 0:.1f} us")
-                finally:
-                    if proc:
-                        proc.stop()
-                        time.sleep(0.5)
+        results = c.run_rounds(peers, args.rounds, measure)
     finally:
         origin.stop()
     med = {name: {k: c.median([r[k] for r in runs]) for k in ("p50", "p90", "p99", "p999")}
@@ -94,10 +85,7 @@ def main():
         lines.append(f"| {name} | {m['p50']:.3f} | {m['p90']:.3f} | {m['p99']:.3f} | {m['p999']:.3f} | "
                      f"{m['p50'] - d['p50']:+.3f} | {m['p90'] - d['p90']:+.3f} | "
                      f"{'—' if cpu is None else f'{cpu:.1f}'} | {sum(r['errors'] for r in results[name])} |")
-    text = "\n".join(lines) + "\n"
-    with open(args.out, "w") as f:
-        f.write(text)
-    print(text)
+    c.write_result(args.out, lines)
 
 
 if __name__ == "__main__":

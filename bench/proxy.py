@@ -5,8 +5,6 @@ Writes bench/results/proxy.md.
 """
 
 import argparse
-import time
-
 import common as c
 
 ORIGIN, NGINX, HAPROXY, SEAWALL, SEAWALL_FULL = 18000, 18001, 18002, 18003, 18004
@@ -31,29 +29,21 @@ def main():
         ("Seawall 2 workers, no policies", lambda: c.seawall(binary, SEAWALL, 19903, ORIGIN), SEAWALL),
         ("Seawall 2 workers, all protections", lambda: c.seawall(binary, SEAWALL_FULL, 19904, ORIGIN, "seawall-full", True), SEAWALL_FULL),
     ]
-    results = {name: [] for name, _, _ in peers}
+    def measure(name, proc, port):
+        c.wrk(port, args.warmup)
+        pids = proc.pids() if proc else []
+        origin_pids = origin.pids()
+        cpu0, ocpu0 = c.cpu_seconds(pids), c.cpu_seconds(origin_pids)
+        run = c.wrk(port, args.seconds)
+        cpu1, ocpu1 = c.cpu_seconds(pids), c.cpu_seconds(origin_pids)
+        run["cpu_us"] = (cpu1 - cpu0) * 1e6 / run["requests"] if proc else None
+        run["origin_cpu_us"] = (ocpu1 - ocpu0) * 1e6 / run["requests"]
+        run["peak_rss_mib"] = c.rss_kib(pids, "VmHWM") / 1024 if proc else None
+        run.pop("raw")
+        return run
+
     try:
-        for round_no in range(args.rounds):
-            for name, start, port in peers:
-                proc = start() if start else None
-                try:
-                    c.wrk(port, args.warmup)
-                    pids = proc.pids() if proc else []
-                    origin_pids = origin.pids()
-                    cpu0, ocpu0 = c.cpu_seconds(pids), c.cpu_seconds(origin_pids)
-                    run = c.wrk(port, args.seconds)
-                    cpu1, ocpu1 = c.cpu_seconds(pids), c.cpu_seconds(origin_pids)
-                    run["cpu_us"] = (cpu1 - cpu0) * 1e6 / run["requests"] if proc else None
-                    run["origin_cpu_us"] = (ocpu1 - ocpu0) * 1e6 / run["requests"]
-                    run["peak_rss_mib"] = c.rss_kib(pids, "VmHWM") / 1024 if proc else None
-                    results[name].append(run)
-                    print(f"round {round_no + 1} {name}: {run['rps']:.0f} req/s, "
-                          f"cpu {run['cpu_us'] or 0:.1f} us/req, p50 {run['p50_ms']:.3f} ms, "
-                          f"p99 {run['p99_ms']:.3f} ms, non-2xx {run['non2xx']}")
-                finally:
-                    if proc:
-                        proc.stop()
-                        time.sleep(0.5)
+        results = c.run_rounds(peers, args.rounds, measure)
     finally:
         origin.stop()
 
@@ -79,10 +69,7 @@ def main():
     lines += ["", "Per-round CPU µs/req: " + "; ".join(
         f"{name}: " + ", ".join(f"{r['cpu_us']:.1f}" for r in results[name])
         for name, _, _ in peers if results[name][0]["cpu_us"] is not None), ""]
-    text = "\n".join(lines) + "\n"
-    with open(args.out, "w") as f:
-        f.write(text)
-    print(text)
+    c.write_result(args.out, lines)
 
 
 if __name__ == "__main__":
