@@ -42,7 +42,7 @@ pub async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
                 let shared = Arc::clone(&shared);
-                async move { Ok::<_, Infallible>(route(&shared, req).map(Full::new)) }
+                async move { Ok::<_, Infallible>(route(&shared, req).await.map(Full::new)) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -51,7 +51,7 @@ pub async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
     }
 }
 
-fn route(shared: &Shared, req: Request<Incoming>) -> Response<Bytes> {
+async fn route(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Bytes> {
     let path = req.uri().path();
     let method = req.method();
     let (allowed, response) = match path {
@@ -68,7 +68,7 @@ fn route(shared: &Shared, req: Request<Incoming>) -> Response<Bytes> {
             if let Some(refusal) = authorize(shared, &req) {
                 return refusal;
             }
-            return reload(shared);
+            return reload(shared).await;
         }
         _ => {
             return problem_with(StatusCode::NOT_FOUND, "not_found", "no such admin endpoint", None)
@@ -135,9 +135,12 @@ fn readiness(shared: &Shared) -> Response<Bytes> {
     }
 }
 
-fn reload(shared: &Shared) -> Response<Bytes> {
-    match shared.reload() {
+async fn reload(shared: &Arc<Shared>) -> Response<Bytes> {
+    match Shared::reload_in_background(shared).await {
         Ok(()) => text(StatusCode::OK, "application/json", json!({"reloaded": true}).to_string()),
+        Err(ReloadError::Interrupted(why)) => {
+            problem_with(StatusCode::INTERNAL_SERVER_ERROR, "reload_failed", &why, None)
+        }
         Err(ReloadError::NoFile) => problem_with(
             StatusCode::CONFLICT,
             "no_config_file",

@@ -77,6 +77,8 @@ pub enum ReloadError {
     NoFile,
     #[error("{0}")]
     Invalid(ConfigErrors),
+    #[error("the reload did not complete: {0}")]
+    Interrupted(String),
 }
 
 impl Shared {
@@ -94,6 +96,19 @@ impl Shared {
                     tracing::error!(error = %e, "configuration reload refused; the running configuration stays");
                 }
                 Err(ReloadError::Invalid(errors))
+            }
+        }
+    }
+
+    /// [`Shared::reload`] on a blocking thread: reading the file and resolving server names may
+    /// block, and the control runtime also serves the admin API and health checks.
+    pub async fn reload_in_background(shared: &Arc<Shared>) -> Result<(), ReloadError> {
+        let shared = Arc::clone(shared);
+        match tokio::task::spawn_blocking(move || shared.reload()).await {
+            Ok(result) => result,
+            Err(e) => {
+                tracing::error!(error = %e, "configuration reload task failed");
+                Err(ReloadError::Interrupted(e.to_string()))
             }
         }
     }
@@ -250,11 +265,11 @@ impl Gateway {
                 _ = int.recv() => break,
                 _ = hup.recv() => {
                     tracing::info!("SIGHUP: reloading configuration");
-                    let _ = self.shared.reload();
+                    let _ = Shared::reload_in_background(&self.shared).await;
                 }
                 _ = watcher.changed() => {
                     tracing::info!("configuration file changed: reloading");
-                    let _ = self.shared.reload();
+                    let _ = Shared::reload_in_background(&self.shared).await;
                 }
             }
         }
