@@ -80,6 +80,8 @@ pub async fn forward(
     parts.version = Version::HTTP_11;
     let mut request = Request::from_parts(parts, RequestBody::new(body, limit));
 
+    // Host names the chosen server when the route says so or the client sent none (HTTP/1.0).
+    let host_is_server = !route.preserve_host || client_host.is_none();
     let mut tried: Vec<usize> = Vec::new();
     loop {
         let now = now_ms();
@@ -102,7 +104,7 @@ pub async fn forward(
             };
         };
         let server = &group.servers[index];
-        if !route.preserve_host || !request.headers().contains_key(header::HOST) {
+        if host_is_server {
             if let Ok(v) = HeaderValue::from_str(&server.name) {
                 request.headers_mut().insert(header::HOST, v);
             }
