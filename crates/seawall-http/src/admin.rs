@@ -26,6 +26,8 @@ use serde_json::json;
 use crate::metrics::{escape, UpstreamOutcome};
 use crate::problem::problem_with;
 use crate::server::{ReloadError, Shared};
+use crate::snapshot::Snapshot;
+use crate::upstream::ServerState;
 
 /// Accepts admin connections until the task is aborted.
 pub async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
@@ -178,31 +180,42 @@ fn metrics(shared: &Shared) -> String {
             }
         }
     }
-    out.push_str("# HELP seawall_upstream_healthy Whether a server passes its active health checks (1) or not (0).\n# TYPE seawall_upstream_healthy gauge\n");
-    for group in &snapshot.upstreams {
-        for s in &group.servers {
-            let _ = writeln!(
-                out,
-                "seawall_upstream_healthy{{upstream=\"{}\",server=\"{}\"}} {}",
-                escape(&group.config.name),
-                escape(&s.name),
-                u8::from(s.healthy.load(Relaxed))
-            );
-        }
-    }
-    out.push_str("# HELP seawall_upstream_ejected Whether a server is ejected by passive outlier detection (1) or not (0).\n# TYPE seawall_upstream_ejected gauge\n");
-    for group in &snapshot.upstreams {
-        for s in &group.servers {
-            let _ = writeln!(
-                out,
-                "seawall_upstream_ejected{{upstream=\"{}\",server=\"{}\"}} {}",
-                escape(&group.config.name),
-                escape(&s.name),
-                u8::from(s.outlier.is_ejected(now))
-            );
-        }
-    }
+    server_gauge(
+        &mut out,
+        &snapshot,
+        "seawall_upstream_healthy",
+        "Whether a server passes its active health checks (1) or not (0).",
+        |s| s.healthy.load(Relaxed),
+    );
+    server_gauge(
+        &mut out,
+        &snapshot,
+        "seawall_upstream_ejected",
+        "Whether a server is ejected by passive outlier detection (1) or not (0).",
+        |s| s.outlier.is_ejected(now),
+    );
     out
+}
+
+/// Writes a 0/1 gauge with one sample per upstream server.
+fn server_gauge(
+    out: &mut String,
+    snapshot: &Snapshot,
+    name: &str,
+    help: &str,
+    value: impl Fn(&ServerState) -> bool,
+) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+    for group in &snapshot.upstreams {
+        for s in &group.servers {
+            let (upstream, server) = (escape(&group.config.name), escape(&s.name));
+            let _ = writeln!(
+                out,
+                "{name}{{upstream=\"{upstream}\",server=\"{server}\"}} {}",
+                u8::from(value(s))
+            );
+        }
+    }
 }
 
 fn state(shared: &Shared) -> String {

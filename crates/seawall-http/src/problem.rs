@@ -27,8 +27,6 @@ pub enum Reason {
     UpstreamTimeout,
     /// The upstream broke the connection or sent something that is not HTTP (502).
     UpstreamError,
-    /// The gateway is shutting down and no longer takes requests on this connection (503).
-    ShuttingDown,
 }
 
 impl Reason {
@@ -42,7 +40,6 @@ impl Reason {
             Reason::UpstreamConnectFailed => "upstream_connect_failed",
             Reason::UpstreamTimeout => "upstream_timeout",
             Reason::UpstreamError => "upstream_error",
-            Reason::ShuttingDown => "shutting_down",
         }
     }
 
@@ -52,7 +49,7 @@ impl Reason {
             Reason::NoRoute => StatusCode::NOT_FOUND,
             Reason::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Reason::BadRequest => StatusCode::BAD_REQUEST,
-            Reason::UpstreamUnavailable | Reason::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            Reason::UpstreamUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Reason::UpstreamConnectFailed | Reason::UpstreamError => StatusCode::BAD_GATEWAY,
             Reason::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -68,7 +65,7 @@ impl Reason {
     /// Seconds after which a retry may succeed, where waiting helps.
     pub fn retry_after(self) -> Option<u32> {
         match self {
-            Reason::UpstreamUnavailable | Reason::ShuttingDown => Some(1),
+            Reason::UpstreamUnavailable => Some(1),
             _ => None,
         }
     }

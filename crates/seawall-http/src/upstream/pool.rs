@@ -163,11 +163,6 @@ impl WorkerPools {
         }
     }
 
-    /// Idle connections held now, over all servers.
-    pub fn idle_count(&self) -> usize {
-        self.servers.borrow().iter().map(|s| s.idle.len()).sum()
-    }
-
     /// Opens a new HTTP/1.1 connection to `address`; its driver runs on this worker's thread.
     pub async fn connect(
         &self,
