@@ -5,6 +5,30 @@ use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
+/// Read access to a request's header fields, whichever engine parsed them (hyper's `HeaderMap`
+/// or the HTTP/1.1 engine's in-place head). Names are matched case-insensitively.
+pub trait HeaderLookup {
+    /// Calls `found` with each value of `name`, in order, until it returns true.
+    fn for_each_value(&self, name: &str, found: &mut dyn FnMut(&[u8]) -> bool);
+
+    /// The first value of `name`.
+    fn first(&self, name: &str) -> Option<&[u8]>;
+}
+
+impl HeaderLookup for HeaderMap {
+    fn for_each_value(&self, name: &str, found: &mut dyn FnMut(&[u8]) -> bool) {
+        for value in self.get_all(name) {
+            if found(value.as_bytes()) {
+                return;
+            }
+        }
+    }
+
+    fn first(&self, name: &str) -> Option<&[u8]> {
+        self.get(name).map(HeaderValue::as_bytes)
+    }
+}
+
 /// Headers that describe one connection, never forwarded.
 const HOP_BY_HOP: [HeaderName; 6] = [
     header::CONNECTION,
@@ -120,7 +144,7 @@ pub fn add_forwarded(
 
 /// Writes an address in its usual text form; IPv4 by hand, as `fmt` costs more than the rest of
 /// this function on every request.
-fn write_ip(out: &mut Vec<u8>, ip: IpAddr) {
+pub fn write_ip(out: &mut Vec<u8>, ip: IpAddr) {
     match ip {
         IpAddr::V4(v4) => {
             for (i, octet) in v4.octets().into_iter().enumerate() {

@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod body;
 pub mod control;
+pub mod h1;
 pub mod headers;
 pub mod metrics;
 pub mod pipeline;

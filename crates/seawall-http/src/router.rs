@@ -1,8 +1,10 @@
 //! Routing: the first route, in file order, whose host, path, method and header conditions all
 //! hold. No match is answered 404 `no_route` by the pipeline.
 
-use http::{HeaderMap, Method};
+use http::Method;
 use seawall_config::{HostMatch, PathMatch, Route};
+
+use crate::headers::HeaderLookup;
 
 /// Finds the index of the first route matching the request.
 pub fn find(
@@ -10,7 +12,7 @@ pub fn find(
     method: &Method,
     host: Option<&str>,
     path: &str,
-    headers: &HeaderMap,
+    headers: &dyn HeaderLookup,
 ) -> Option<usize> {
     let host = host.map(strip_port);
     routes.iter().position(|r| {
@@ -31,10 +33,10 @@ pub fn find(
         };
         let method_ok = m.methods.is_empty() || m.methods.iter().any(|x| x == method.as_str());
         let header_ok =
-            m.header.as_ref().is_none_or(|h| match (&h.value, headers.get(h.name.as_str())) {
+            m.header.as_ref().is_none_or(|h| match (&h.value, headers.first(h.name.as_str())) {
                 (_, None) => false,
                 (None, Some(_)) => true,
-                (Some(want), Some(got)) => got.as_bytes() == want.as_bytes(),
+                (Some(want), Some(got)) => got == want.as_bytes(),
             });
         host_ok && path_ok && method_ok && header_ok
     })
@@ -57,6 +59,7 @@ fn strip_port(host: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderMap;
 
     fn routes() -> Vec<Route> {
         let src = r#"

@@ -13,13 +13,13 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 
-use http::HeaderMap;
 use seawall_config::{Balance, HashKey, Upstream};
 use seawall_core::balance::{least_request, HashRing, RoundRobin};
 use seawall_core::ejection::{FailureOutcome, Outlier};
 use seawall_core::hash::stable_hash;
 use seawall_core::rng::FastRng;
 
+use crate::headers::HeaderLookup;
 use crate::metrics::{shard_index, Padded, ServerMetrics, UpstreamOutcome};
 
 static NEXT_SERVER_ID: AtomicUsize = AtomicUsize::new(0);
@@ -76,7 +76,7 @@ pub struct UpstreamGroup {
 
 /// What the balancer needs to know about one request.
 pub struct PickContext<'a> {
-    pub headers: &'a HeaderMap,
+    pub headers: &'a dyn HeaderLookup,
     pub client_ip: std::net::IpAddr,
     pub now_ms: u64,
 }
@@ -163,22 +163,24 @@ fn hash_of(key: &HashKey, cx: &PickContext<'_>) -> u64 {
     };
     match key {
         HashKey::ClientIp => by_ip(),
-        HashKey::Header(name) => {
-            cx.headers.get(name.as_str()).map_or_else(by_ip, |v| stable_hash(v.as_bytes()))
-        }
-        HashKey::Cookie(name) => cookie(cx.headers, name).map_or_else(by_ip, stable_hash),
+        HashKey::Header(name) => cx.headers.first(name.as_str()).map_or_else(by_ip, stable_hash),
+        HashKey::Cookie(name) => cookie(cx.headers, name).unwrap_or_else(by_ip),
     }
 }
 
 /// The value of cookie `name` in the request's Cookie headers.
-fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h [u8]> {
-    headers.get_all(http::header::COOKIE).iter().find_map(|v| {
-        v.as_bytes().split(|&b| b == b';').find_map(|pair| {
-            let pair = pair.trim_ascii_start();
-            let rest = pair.strip_prefix(name.as_bytes())?;
-            rest.strip_prefix(b"=")
-        })
-    })
+fn cookie(headers: &dyn HeaderLookup, name: &str) -> Option<u64> {
+    let mut hash = None;
+    headers.for_each_value("cookie", &mut |v| {
+        hash = v
+            .split(|&b| b == b';')
+            .find_map(|pair| {
+                pair.trim_ascii_start().strip_prefix(name.as_bytes())?.strip_prefix(b"=")
+            })
+            .map(stable_hash);
+        hash.is_some()
+    });
+    hash
 }
 
 #[cfg(test)]
@@ -187,9 +189,9 @@ mod tests {
 
     #[test]
     fn cookie_lookup() {
-        let mut h = HeaderMap::new();
+        let mut h = http::HeaderMap::new();
         h.insert(http::header::COOKIE, "a=1; session=abc; sessionx=2".parse().unwrap());
-        assert_eq!(cookie(&h, "session"), Some(&b"abc"[..]));
+        assert_eq!(cookie(&h, "session"), Some(stable_hash(b"abc")));
         assert_eq!(cookie(&h, "nope"), None);
     }
 }
