@@ -160,13 +160,19 @@ pub async fn handle(
         },
     };
 
-    let status = answer.response.status();
-    let elapsed = start.elapsed();
-    let metrics = route.map_or(&snapshot.unmatched_metrics, |i| &snapshot.route_metrics[i]);
-    metrics.record(status.as_u16(), elapsed);
-    if let Some((method, uri)) = log_line {
-        access_log(&snapshot, route, &answer, &method, &uri, peer, elapsed);
-    }
+    let reason = answer
+        .reason
+        .map(Reason::as_str)
+        .or_else(|| answer.response.headers().get(REASON_HEADER).and_then(|v| v.to_str().ok()))
+        .unwrap_or("");
+    let entry = Served {
+        route,
+        status: answer.response.status().as_u16(),
+        upstream: answer.upstream,
+        reason,
+    };
+    let request = log_line.as_ref().map(|(method, uri)| (method.as_str(), uri.path()));
+    account(&snapshot, &entry, request, peer, start);
     let Answer { response, .. } = answer;
     Ok(response.map(|body| body.with_guard(guard)))
 }
@@ -189,35 +195,44 @@ fn find_route(snapshot: &Snapshot, req: &Request<Incoming>) -> Option<usize> {
     router::find(&snapshot.config.routes, req.method(), host, req.uri().path(), req.headers())
 }
 
-fn access_log(
+/// What became of a request, for the account stage.
+pub struct Served<'a> {
+    pub route: Option<usize>,
+    pub status: u16,
+    /// Upstream and server that answered.
+    pub upstream: Option<(usize, usize)>,
+    /// Why Seawall answered instead of the upstream ("" when it did not).
+    pub reason: &'a str,
+}
+
+/// The account stage: status and duration into the route's metrics, and one access-log line when
+/// `request` (method, path) is given — callers pass it only when the access log is on.
+pub fn account(
     snapshot: &Snapshot,
-    route: Option<usize>,
-    answer: &Answer,
-    method: &http::Method,
-    uri: &http::Uri,
+    served: &Served<'_>,
+    request: Option<(&str, &str)>,
     peer: SocketAddr,
-    elapsed: std::time::Duration,
+    start: Instant,
 ) {
-    let route_name = route.map_or("", |i| snapshot.config.routes[i].name.as_str());
-    let (upstream, server) = answer.upstream.map_or(("", ""), |(u, s)| {
+    let elapsed = start.elapsed();
+    let metrics = served.route.map_or(&snapshot.unmatched_metrics, |i| &snapshot.route_metrics[i]);
+    metrics.record(served.status, elapsed);
+    let Some((method, path)) = request else { return };
+    let route_name = served.route.map_or("", |i| snapshot.config.routes[i].name.as_str());
+    let (upstream, server) = served.upstream.map_or(("", ""), |(u, s)| {
         let group = &snapshot.upstreams[u];
         (group.config.name.as_str(), group.servers[s].name.as_str())
     });
-    let reason = answer
-        .reason
-        .map(Reason::as_str)
-        .or_else(|| answer.response.headers().get(REASON_HEADER).and_then(|v| v.to_str().ok()))
-        .unwrap_or("");
     tracing::info!(
         target: "seawall::access",
         client = %peer.ip(),
         method = %method,
-        path = %uri.path(),
+        path = %path,
         route = route_name,
         upstream,
         server,
-        status = answer.response.status().as_u16(),
+        status = served.status,
         duration_ms = elapsed.as_secs_f64() * 1000.0,
-        reason,
+        reason = served.reason,
     );
 }

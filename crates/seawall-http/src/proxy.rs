@@ -34,7 +34,7 @@ const VIA_H1: &str = "1.1 seawall";
 const VIA_H2: &str = "2 seawall";
 
 /// At most this many servers are tried when connecting fails.
-const MAX_CONNECT_ATTEMPTS: usize = 3;
+pub(crate) const MAX_CONNECT_ATTEMPTS: usize = 3;
 
 /// Forwards `req` to the upstream at index `upstream`.
 pub async fn forward(

@@ -7,4 +7,8 @@
 //! channel. Everything else is handed to hyper with the bytes already read (see [`head::Parsed`]).
 
 pub mod chunked;
+mod exchange;
 pub mod head;
+mod session;
+
+pub use session::{serve, End};

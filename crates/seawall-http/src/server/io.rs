@@ -122,6 +122,8 @@ content-length: 143\r\n\r\n\
 /// A client socket with header and keep-alive timers.
 pub struct ClientIo {
     stream: TcpStream,
+    /// Bytes read before the session started (by the HTTP/1.1 engine), served first.
+    prefix: bytes::Bytes,
     shared: Arc<ConnShared>,
     registry: Arc<Registry>,
     phase: Phase,
@@ -154,6 +156,7 @@ impl ClientIo {
         };
         ClientIo {
             stream,
+            prefix: bytes::Bytes::new(),
             shared,
             registry,
             phase,
@@ -165,6 +168,12 @@ impl ClientIo {
             header_timeout,
             keepalive_timeout,
         }
+    }
+
+    /// Serves `prefix` before anything read from the socket.
+    pub fn with_prefix(mut self, prefix: bytes::Bytes) -> Self {
+        self.prefix = prefix;
+        self
     }
 
     /// Whether the session ended by parking (the socket is still open and idle).
@@ -275,6 +284,13 @@ impl AsyncRead for ClientIo {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            let bytes = self.prefix.split_to(n);
+            buf.put_slice(&bytes);
+            self.on_bytes(&bytes);
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         match Pin::new(&mut self.stream).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {

@@ -23,6 +23,7 @@ use seawall_config::{Config, ConfigErrors};
 use tokio::net::TcpStream;
 use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 
+use crate::h1;
 use crate::metrics::{set_worker_shard, Registry};
 use crate::pipeline::{self, Worker};
 use crate::snapshot::Snapshot;
@@ -465,6 +466,25 @@ async fn serve_connection(
             }
         };
         first = false;
+        let mut prefix = bytes::Bytes::new();
+        if !http2 {
+            drop(snapshot);
+            // Boxed so that a parked connection does not hold the session's state.
+            let end = Box::pin(h1::serve(Rc::clone(&worker), stream, peer, &mut phase)).await;
+            match end {
+                h1::End::Parked(parked) => {
+                    stream = parked;
+                    continue;
+                }
+                h1::End::Closed => break,
+                h1::End::HandOff(handed, bytes) => {
+                    stream = handed;
+                    prefix = bytes;
+                }
+            }
+        }
+        let snapshot = worker.snapshot();
+        let server = &snapshot.config.server;
         let shared_state = Arc::new(ConnShared::default());
         let io = ClientIo::new(
             stream,
@@ -473,7 +493,8 @@ async fn serve_connection(
             http2,
             header_timeout,
             keepalive_timeout,
-        );
+        )
+        .with_prefix(prefix);
         let service_worker = Rc::clone(&worker);
         let service = hyper::service::service_fn(move |req| {
             pipeline::handle(Rc::clone(&service_worker), Arc::clone(&shared_state), peer, req)

@@ -3,7 +3,8 @@
 //! Each worker thread owns one [`WorkerPools`] (behind an `Rc`, no locks): a request checks out an
 //! idle HTTP/1.1 connection to its server or opens a new one, and the response body puts it back
 //! when the upstream's answer has been read to the end. Connections are hyper's low-level
-//! `client::conn::http1`, driven by a task on the same thread.
+//! `client::conn::http1`, driven by a task on the same thread, for requests served by hyper; the
+//! HTTP/1.1 engine (`crate::h1`) keeps [`RawConn`]s of its own, which it drives itself.
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -80,9 +81,44 @@ struct Idle {
     expires_ms: u64,
 }
 
+/// An upstream connection of the HTTP/1.1 engine: the socket and its read buffer.
+pub struct RawConn {
+    pub stream: TcpStream,
+    pub buf: bytes::BytesMut,
+}
+
+/// Read buffer of a raw upstream connection; it grows for a larger response head.
+const RAW_BUFFER: usize = 16 * 1024;
+
+impl RawConn {
+    fn new(stream: TcpStream) -> Self {
+        RawConn { stream, buf: bytes::BytesMut::with_capacity(RAW_BUFFER) }
+    }
+
+    /// Whether an idle connection can carry a request: the server has neither closed it nor sent
+    /// anything unasked. Costs a system call only when the socket has signalled readiness.
+    fn still_open(&self) -> bool {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match self.stream.poll_read_ready(&mut cx) {
+            Poll::Pending => true,
+            Poll::Ready(Err(_)) => false,
+            Poll::Ready(Ok(())) => matches!(
+                self.stream.try_read(&mut [0u8; 1]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
+            ),
+        }
+    }
+}
+
+struct RawIdle {
+    conn: RawConn,
+    expires_ms: u64,
+}
+
 #[derive(Default)]
 struct ServerLocal {
     idle: Vec<Idle>,
+    raw_idle: Vec<RawIdle>,
     inflight: u32,
 }
 
@@ -156,10 +192,47 @@ impl WorkerPools {
         });
     }
 
+    /// An idle raw connection to server `id` that is still open, newest first.
+    pub fn checkout_raw(&self, id: usize, now_ms: u64) -> Option<RawConn> {
+        self.with(id, |s| {
+            while let Some(idle) = s.raw_idle.pop() {
+                if idle.expires_ms > now_ms && idle.conn.still_open() {
+                    return Some(idle.conn);
+                }
+            }
+            None
+        })
+    }
+
+    /// Returns a raw connection whose last exchange is complete; dropped when the pool is full.
+    pub fn checkin_raw(&self, id: usize, mut conn: RawConn, max_idle: usize, expires_ms: u64) {
+        conn.buf.clear();
+        self.with(id, |s| {
+            if s.raw_idle.len() < max_idle {
+                s.raw_idle.push(RawIdle { conn, expires_ms });
+            }
+        });
+    }
+
+    /// Opens a new raw connection to `address` for the HTTP/1.1 engine.
+    pub async fn connect_raw(
+        &self,
+        address: SocketAddr,
+        timeout: Duration,
+    ) -> Result<RawConn, ConnectError> {
+        let stream = tokio::time::timeout(timeout, TcpStream::connect(address))
+            .await
+            .map_err(|_| ConnectError::Timeout(timeout))??;
+        stream.set_nodelay(true)?;
+        self.registry.upstream_connects.add(1);
+        Ok(RawConn::new(stream))
+    }
+
     /// Closes idle connections that expired or that the server closed.
     pub fn sweep(&self, now_ms: u64) {
         for s in self.servers.borrow_mut().iter_mut() {
             s.idle.retain(|i| i.expires_ms > now_ms && !i.sender.is_closed());
+            s.raw_idle.retain(|i| i.expires_ms > now_ms && i.conn.still_open());
         }
     }
 
@@ -169,19 +242,35 @@ impl WorkerPools {
         address: SocketAddr,
         timeout: Duration,
     ) -> Result<UpstreamSender, ConnectError> {
-        let stream = tokio::time::timeout(timeout, TcpStream::connect(address))
-            .await
-            .map_err(|_| ConnectError::Timeout(timeout))??;
-        stream.set_nodelay(true)?;
+        let RawConn { stream, .. } = self.connect_raw(address, timeout).await?;
         let (send, conn) = Builder::new().handshake(TokioIo::new(stream)).await?;
         let sender = UpstreamSender::new(send);
-        self.registry.upstream_connects.add(1);
         tokio::task::spawn_local(async move {
             if let Err(e) = conn.with_upgrades().await {
                 tracing::debug!(error = %e, "upstream connection ended with an error");
             }
         });
         Ok(sender)
+    }
+}
+
+/// Counts a request to a server as in flight (for least-request balancing) until dropped.
+pub struct Inflight {
+    pools: Rc<WorkerPools>,
+    server_id: usize,
+}
+
+impl Inflight {
+    /// A request to server `server_id` starts.
+    pub fn begin(pools: &Rc<WorkerPools>, server_id: usize) -> Self {
+        pools.begin(server_id);
+        Inflight { pools: Rc::clone(pools), server_id }
+    }
+}
+
+impl Drop for Inflight {
+    fn drop(&mut self) {
+        self.pools.end(self.server_id);
     }
 }
 
