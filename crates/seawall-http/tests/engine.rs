@@ -336,3 +336,18 @@ async fn a_pooled_connection_lost_before_answering_is_replaced_for_idempotent_re
     assert!(got.starts_with("HTTP/1.1 502"), "{got}");
     gw.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heads_beyond_the_configured_header_count_are_431() {
+    let origin = Origin::start().await;
+    let mut cfg = simple(&[&origin], "");
+    cfg.server.max_headers = 5;
+    let gw = start(cfg).await;
+    let many: String = (0..8).map(|i| format!("X-H{i}: {i}\r\n")).collect();
+    let mut client = TcpStream::connect(gw.listen_addr()).await.unwrap();
+    client.write_all(format!("GET / HTTP/1.1\r\nHost: a\r\n{many}\r\n").as_bytes()).await.unwrap();
+    let got = read_to_close(&mut client).await;
+    assert!(got.starts_with("HTTP/1.1 431"), "{got}");
+    assert_eq!(origin.hits(), 0);
+    gw.shutdown().await;
+}

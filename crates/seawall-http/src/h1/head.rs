@@ -164,6 +164,11 @@ impl RequestHead {
         Parsed::Complete
     }
 
+    /// How many header fields the head has.
+    pub fn field_count(&self) -> usize {
+        self.fields.len()
+    }
+
     /// The request target (origin form: path and query).
     pub fn target<'b>(&self, buf: &'b [u8]) -> &'b [u8] {
         slice(buf, self.target)

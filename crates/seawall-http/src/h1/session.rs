@@ -122,6 +122,13 @@ impl Session {
         self.timer.set(Instant::now() + server.header_timeout);
         loop {
             match self.head.parse(&self.buf) {
+                // hyper answers a head beyond the configured limits with 431.
+                Parsed::Complete
+                    if self.head.len > server.max_header_size
+                        || self.head.field_count() > server.max_headers =>
+                {
+                    return Next::HandOff
+                }
                 Parsed::Complete => return Next::Request,
                 Parsed::HandOff => return Next::HandOff,
                 Parsed::Partial if self.buf.len() >= server.max_header_size => {
