@@ -1,13 +1,14 @@
 """Throughput, CPU per request, latency and memory of Seawall against nginx and HAProxy, one run.
 
-Usage: python3 bench/proxy.py [--seconds 10] [--rounds 3]
-Writes bench/results/proxy.md.
+Usage: python3 bench/proxy.py [--seconds 10] [--rounds 3] [--baseline PATH]
+Writes bench/results/proxy.md. --baseline adds a row for another seawall binary (an earlier
+commit, say) measured in the same run, for before/after comparisons.
 """
 
 import argparse
 import common as c
 
-ORIGIN, NGINX, HAPROXY, SEAWALL, SEAWALL_FULL = 18000, 18001, 18002, 18003, 18004
+ORIGIN, NGINX, HAPROXY, SEAWALL, SEAWALL_FULL, BASELINE = 18000, 18001, 18002, 18003, 18004, 18005
 
 
 def main():
@@ -16,6 +17,7 @@ def main():
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out", default=str(c.ROOT / "bench" / "results" / "proxy.md"))
+    ap.add_argument("--baseline", help="another seawall binary to measure in the same run")
     args = ap.parse_args()
     c.setup()
     c.need("nginx", "haproxy", "wrk")
@@ -29,6 +31,9 @@ def main():
         ("Seawall 2 workers, no policies", lambda: c.seawall(binary, SEAWALL, 19903, ORIGIN), SEAWALL),
         ("Seawall 2 workers, all protections", lambda: c.seawall(binary, SEAWALL_FULL, 19904, ORIGIN, "seawall-full", True), SEAWALL_FULL),
     ]
+    if args.baseline:
+        peers.append(("Seawall baseline (--baseline), no policies",
+                      lambda: c.seawall(args.baseline, BASELINE, 19905, ORIGIN, "seawall-baseline"), BASELINE))
     def measure(name, proc, port):
         c.wrk(port, args.warmup)
         pids = proc.pids() if proc else []
@@ -48,7 +53,8 @@ def main():
         origin.stop()
 
     lines = [c.header("Proxy throughput and CPU per request",
-                      f"python3 bench/proxy.py --seconds {args.seconds} --rounds {args.rounds}"),
+                      f"python3 bench/proxy.py --seconds {args.seconds} --rounds {args.rounds}"
+                      + (f" --baseline {args.baseline}" if args.baseline else "")),
              f"- load: wrk 1 thread, 64 keep-alive connections, {args.warmup} s warm-up then "
              f"{args.seconds} s measured; origin: nginx 1 worker answering a fixed 1 KiB body",
              f"- medians of {args.rounds} rounds; CPU is utime+stime of the proxy's processes "
