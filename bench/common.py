@@ -53,15 +53,21 @@ def process_tree(pid):
     return pids
 
 
-def cpu_seconds(pids):
-    total = 0
+def cpu_split(pids):
+    """(user, kernel) CPU seconds of `pids` so far."""
+    user = kernel = 0
     for pid in pids:
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])  # utime, stime
+            user += int(fields[11])  # utime
+            kernel += int(fields[12])  # stime
         except FileNotFoundError:
             pass
-    return total / CLK_TCK
+    return user / CLK_TCK, kernel / CLK_TCK
+
+
+def cpu_seconds(pids):
+    return sum(cpu_split(pids))
 
 
 def rss_kib(pids, field="VmRSS"):

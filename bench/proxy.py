@@ -38,10 +38,12 @@ def main():
         c.wrk(port, args.warmup)
         pids = proc.pids() if proc else []
         origin_pids = origin.pids()
-        cpu0, ocpu0 = c.cpu_seconds(pids), c.cpu_seconds(origin_pids)
+        (user0, sys0), ocpu0 = c.cpu_split(pids), c.cpu_seconds(origin_pids)
         run = c.wrk(port, args.seconds)
-        cpu1, ocpu1 = c.cpu_seconds(pids), c.cpu_seconds(origin_pids)
-        run["cpu_us"] = (cpu1 - cpu0) * 1e6 / run["requests"] if proc else None
+        (user1, sys1), ocpu1 = c.cpu_split(pids), c.cpu_seconds(origin_pids)
+        per_request = lambda a, b: (b - a) * 1e6 / run["requests"] if proc else None
+        run["user_us"], run["kernel_us"] = per_request(user0, user1), per_request(sys0, sys1)
+        run["cpu_us"] = run["user_us"] + run["kernel_us"] if proc else None
         run["origin_cpu_us"] = (ocpu1 - ocpu0) * 1e6 / run["requests"]
         run["peak_rss_mib"] = c.rss_kib(pids, "VmHWM") / 1024 if proc else None
         run.pop("raw")
@@ -60,16 +62,18 @@ def main():
              f"- medians of {args.rounds} rounds; CPU is utime+stime of the proxy's processes "
              "(all threads, master and workers) divided by requests served",
              "",
-             "| proxy | req/s | CPU µs/req | vs nginx | p50 ms | p99 ms | peak RSS MiB | non-2xx |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| proxy | req/s | CPU µs/req | user + kernel µs | vs nginx | p50 ms | p99 ms | peak RSS MiB | non-2xx |",
+             "|---|---|---|---|---|---|---|---|---|"]
     nginx_cpu = c.median([r["cpu_us"] for r in results["nginx 2 workers"]])
     for name, _, _ in peers:
         runs = results[name]
         cpu = c.median([r["cpu_us"] for r in runs]) if runs[0]["cpu_us"] is not None else None
         rss = c.median([r["peak_rss_mib"] for r in runs]) if runs[0]["peak_rss_mib"] is not None else None
+        split = "—" if cpu is None else (f"{c.median([r['user_us'] for r in runs]):.1f} + "
+                                         f"{c.median([r['kernel_us'] for r in runs]):.1f}")
         lines.append(
             f"| {name} | {c.median([r['rps'] for r in runs]):,.0f} | "
-            f"{'—' if cpu is None else f'{cpu:.1f}'} | {'—' if cpu is None else f'{cpu / nginx_cpu:.2f}×'} | "
+            f"{'—' if cpu is None else f'{cpu:.1f}'} | {split} | {'—' if cpu is None else f'{cpu / nginx_cpu:.2f}×'} | "
             f"{c.median([r['p50_ms'] for r in runs]):.3f} | {c.median([r['p99_ms'] for r in runs]):.3f} | "
             f"{'—' if rss is None else f'{rss:.1f}'} | {sum(r['non2xx'] for r in runs)} |")
     lines += ["", "Per-round CPU µs/req: " + "; ".join(

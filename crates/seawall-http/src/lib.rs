@@ -15,6 +15,7 @@ pub mod problem;
 pub mod proxy;
 pub mod router;
 pub mod server;
+pub mod signal;
 pub mod snapshot;
 pub mod timer;
 pub mod upstream;

@@ -19,7 +19,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use http::{header, Request, Response};
 use hyper::body::Incoming;
@@ -30,6 +30,7 @@ use crate::body::ProxyBody;
 use crate::problem::{problem, Reason, REASON_HEADER};
 use crate::server::io::ConnShared;
 use crate::server::Shared;
+use crate::signal::LocalSignal;
 use crate::snapshot::Snapshot;
 use crate::upstream::pool::WorkerPools;
 use crate::{proxy, router};
@@ -40,6 +41,8 @@ pub struct Worker {
     pub shared: Arc<Shared>,
     pub pools: Rc<WorkerPools>,
     pub rng: RefCell<FastRng>,
+    /// Fires when the gateway starts draining (idle HTTP/1.1 connections then close).
+    pub drain: LocalSignal,
     current: RefCell<Rc<Pinned>>,
 }
 
@@ -50,6 +53,7 @@ impl Worker {
         Worker {
             pools: Rc::new(WorkerPools::new(shared.registry.clone())),
             rng: RefCell::new(FastRng::new(0x5EA_3A11 + index as u64 * 0x9E37_79B9)),
+            drain: LocalSignal::default(),
             current: RefCell::new(current),
             shared,
         }
@@ -172,7 +176,7 @@ pub async fn handle(
         reason,
     };
     let request = log_line.as_ref().map(|(method, uri)| (method.as_str(), uri.path()));
-    account(&snapshot, &entry, request, peer, start);
+    account(&snapshot, &entry, request, peer, start.elapsed());
     let Answer { response, .. } = answer;
     Ok(response.map(|body| body.with_guard(guard)))
 }
@@ -212,9 +216,8 @@ pub fn account(
     served: &Served<'_>,
     request: Option<(&str, &str)>,
     peer: SocketAddr,
-    start: Instant,
+    elapsed: Duration,
 ) {
-    let elapsed = start.elapsed();
     let metrics = served.route.map_or(&snapshot.unmatched_metrics, |i| &snapshot.route_metrics[i]);
     metrics.record(served.status, elapsed);
     let Some((method, path)) = request else { return };

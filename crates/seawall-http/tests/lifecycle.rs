@@ -177,3 +177,31 @@ async fn drain_timeout_bounds_the_shutdown() {
     assert!(!gw.shutdown().await, "the drain reports that it timed out");
     assert!(started.elapsed() < Duration::from_secs(5));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn draining_closes_idle_connections_and_ends_the_last_answer_with_close() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let origin = Origin::start().await;
+    let gw = start(simple(&[&origin], "")).await;
+    let hello = format!("hello from {}", origin.addr.port());
+    let mut idle = tokio::net::TcpStream::connect(gw.listen_addr()).await.unwrap();
+    idle.write_all(b"GET /hi HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.ends_with(hello.as_bytes()) {
+        let n = idle.read(&mut buf).await.unwrap();
+        assert!(n > 0);
+        got.extend_from_slice(&buf[..n]);
+    }
+    let mut busy = tokio::net::TcpStream::connect(gw.listen_addr()).await.unwrap();
+    busy.write_all(b"GET /slow?ms=500 HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+    eventually(Duration::from_secs(5), "request in flight", || async { origin.hits() == 2 }).await;
+    let shutdown = tokio::spawn(gw.shutdown());
+    let closed = tokio::time::timeout(Duration::from_secs(5), idle.read(&mut buf)).await;
+    assert!(matches!(closed, Ok(Ok(0))), "the idle connection is closed: {closed:?}");
+    let answer = read_to_close(&mut busy).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("connection: close\r\n"), "{answer}");
+    assert!(answer.ends_with("slow"), "{answer}");
+    assert!(shutdown.await.unwrap(), "everything drained before the deadline");
+}

@@ -10,7 +10,6 @@ use std::rc::Rc;
 use seawall_config::Route;
 use seawall_core::clock::{duration_ms, now_ms};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::time::Instant;
 
 use super::chunked::{chunk_start, ChunkedScanner, CHUNK_END, LAST_CHUNK};
 use super::head::{parse_response, write_host_and_end, BodyKind, ResponseHead, UpstreamHead};
@@ -75,7 +74,7 @@ impl Session {
         let mut tried: Vec<usize> = Vec::new();
         let mut fresh_only = false;
         loop {
-            let now = now_ms();
+            let now = self.clock_ms;
             let picked = {
                 let view = self.head.view(&self.buf);
                 let cx = PickContext { headers: &view, client_ip: self.peer.ip(), now_ms: now };
@@ -131,7 +130,11 @@ impl Session {
         let timeout = group.config.timeout;
         let name = &group.config.name;
         let at = Some((s.upstream, index));
-        self.timer.set(Instant::now() + timeout);
+        if !s.pooled {
+            // Connecting took time of its own; the timeout starts with the sending.
+            self.tick();
+        }
+        self.timer.set(self.clock + timeout);
 
         let body = &self.buf[self.head.len..self.head.len + s.body_here];
         let mut slices = [IoSlice::new(&self.out), IoSlice::new(body)];
@@ -157,7 +160,9 @@ impl Session {
         let mut received = false;
         let head = loop {
             if !conn.buf.is_empty() {
-                match parse_response(&conn.buf, &self.head.method, s.close, &mut self.out) {
+                // A drain that began while the upstream worked still gets its `Connection: close`.
+                let close = s.close || self.worker.drain.fired();
+                match parse_response(&conn.buf, &self.head.method, close, &mut self.out) {
                     Ok(UpstreamHead::Final(head)) => break head,
                     Ok(UpstreamHead::Interim(len)) => {
                         conn.buf.advance_to(len);
@@ -196,7 +201,7 @@ impl Session {
         };
         let outcome =
             if head.status >= 500 { UpstreamOutcome::Http5xx } else { UpstreamOutcome::Ok };
-        group.record(index, outcome, now_ms());
+        group.record(index, outcome, self.clock_ms);
         self.consume_request();
 
         let relayed = self.relay_body(&mut conn, &head).await;
@@ -204,12 +209,12 @@ impl Session {
             status: head.status,
             upstream: at,
             reason: None,
-            keep_open: true,
+            keep_open: !head.close_client,
             written: Ok(()),
         };
         match relayed {
             Ok(true) => {
-                let expires = now_ms() + duration_ms(group.config.pool.idle_timeout);
+                let expires = self.clock_ms + duration_ms(group.config.pool.idle_timeout);
                 let server_id = group.servers[index].id;
                 self.worker.pools.checkin_raw(server_id, conn, group.config.pool.max_idle, expires);
             }

@@ -12,16 +12,16 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use seawall_config::RouteAction;
+use seawall_core::clock::ms_at;
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::head::{write_response, Parsed, RequestHead};
 use crate::pipeline::{account, Served, Worker};
 use crate::problem::{problem_with, Reason};
 use crate::router;
-use crate::server::{io::PARK_AFTER, Phase};
+use crate::server::io::PARK_AFTER;
 use crate::timer::LazyTimer;
 
 /// Initial size of a connection's read buffer; it grows up to `server.max_header_size` for a
@@ -50,6 +50,11 @@ pub(super) struct Session {
     pub(super) out: Vec<u8>,
     /// The one timer of the connection: idle, header or upstream deadline, whichever applies.
     pub(super) timer: LazyTimer,
+    /// The last clock reading, reused for deadlines and balancing where a few milliseconds do
+    /// not matter (each reading costs a system-call-like trip on this kind of VM).
+    pub(super) clock: Instant,
+    /// `clock` in [`seawall_core::clock`] milliseconds.
+    pub(super) clock_ms: u64,
 }
 
 /// What reading the next head came to.
@@ -62,12 +67,8 @@ enum Next {
 
 /// Serves requests on `stream` until it parks, closes or is handed to hyper. The client has
 /// already sent bytes.
-pub async fn serve(
-    worker: Rc<Worker>,
-    stream: TcpStream,
-    peer: SocketAddr,
-    phase: &mut watch::Receiver<Phase>,
-) -> End {
+pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr) -> End {
+    let clock = Instant::now();
     let mut session = Session {
         worker,
         stream,
@@ -75,16 +76,18 @@ pub async fn serve(
         buf: BytesMut::with_capacity(READ_BUFFER),
         head: RequestHead::default(),
         out: Vec::with_capacity(1024),
-        timer: LazyTimer::new(Instant::now() + Duration::from_secs(3600)),
+        timer: LazyTimer::new(clock + Duration::from_secs(3600)),
+        clock,
+        clock_ms: ms_at(clock.into_std()),
     };
     loop {
-        match session.next_head(phase).await {
+        match session.next_head().await {
             Next::Request => {}
             Next::Park => return End::Parked(session.stream),
             Next::Close => return End::Closed,
             Next::HandOff => return End::HandOff(session.stream, session.buf.freeze()),
         }
-        let draining = *phase.borrow() != Phase::Running;
+        let draining = session.worker.drain.fired();
         match session.answer(draining).await {
             Ok(true) => {}
             Ok(false) | Err(_) => return End::Closed,
@@ -95,16 +98,18 @@ pub async fn serve(
 impl Session {
     /// Waits for the next request head: between requests under the keep-alive (park) timer, then
     /// within the header timeout once its first bytes are in.
-    async fn next_head(&mut self, phase: &mut watch::Receiver<Phase>) -> Next {
-        let snapshot = self.worker.snapshot();
+    async fn next_head(&mut self) -> Next {
+        let worker = Rc::clone(&self.worker);
+        let snapshot = worker.snapshot();
         let server = &snapshot.config.server;
-        let registry = &self.worker.shared.registry;
+        let registry = &worker.shared.registry;
         if self.buf.is_empty() {
             let park = PARK_AFTER < server.keepalive_timeout;
-            self.timer.set(Instant::now() + server.keepalive_timeout.min(PARK_AFTER));
+            self.timer.set(self.clock + server.keepalive_timeout.min(PARK_AFTER));
             let read = tokio::select! {
+                biased;
                 r = read_within(&mut self.stream, &mut self.buf, &mut self.timer) => r,
-                _ = phase.changed() => return Next::Close,
+                () = worker.drain.wait() => return Next::Close,
             };
             match read {
                 None if park => {
@@ -119,7 +124,7 @@ impl Session {
                 Some(Ok(_)) => {}
             }
         }
-        self.timer.set(Instant::now() + server.header_timeout);
+        let mut timed = false;
         loop {
             match self.head.parse(&self.buf) {
                 // hyper answers a head beyond the configured limits with 431.
@@ -135,6 +140,12 @@ impl Session {
                     return Next::HandOff
                 }
                 Parsed::Partial => {}
+            }
+            if !timed {
+                // The head is not in yet: from now on it must arrive within the header timeout.
+                self.tick();
+                self.timer.set(self.clock + server.header_timeout);
+                timed = true;
             }
             match read_within(&mut self.stream, &mut self.buf, &mut self.timer).await {
                 None => {
@@ -160,7 +171,7 @@ impl Session {
     /// Answers the request whose head is in `self.head`; `Ok(true)` when the connection stays
     /// open for another.
     async fn answer(&mut self, draining: bool) -> io::Result<bool> {
-        let start = std::time::Instant::now();
+        let start = self.tick();
         let snapshot = self.worker.snapshot();
         let buf = &self.buf[..];
         let head = &self.head;
@@ -195,7 +206,8 @@ impl Session {
             reason: served.reason.map_or("", Reason::as_str),
         };
         let request = logged.as_ref().map(|(m, p)| (m.as_str(), p.as_str()));
-        account(&snapshot, &entry, request, self.peer, start);
+        let elapsed = self.tick() - start;
+        account(&snapshot, &entry, request, self.peer, elapsed);
         served.written?;
         Ok(served.keep_open && !close)
     }
@@ -210,7 +222,7 @@ impl Session {
         upstream: Option<(usize, usize)>,
     ) -> Exchange {
         let unread = self.head.len as u64 + self.head.content_length > self.buf.len() as u64;
-        let close = close || reason.closes_connection() || unread;
+        let close = close || reason.closes_connection() || unread || self.worker.drain.fired();
         let problem = problem_with(reason.status(), reason.as_str(), detail, reason.retry_after());
         write_response(&mut self.out, &problem, close);
         let written = self.stream.write_all(&self.out).await;
@@ -224,6 +236,13 @@ impl Session {
             keep_open: !close,
             written,
         }
+    }
+
+    /// Reads the clock.
+    pub(super) fn tick(&mut self) -> Instant {
+        self.clock = Instant::now();
+        self.clock_ms = ms_at(self.clock.into_std());
+        self.clock
     }
 
     /// Drops the current request (head and body) from the buffer, once.

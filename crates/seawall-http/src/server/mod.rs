@@ -470,7 +470,7 @@ async fn serve_connection(
         if !http2 {
             drop(snapshot);
             // Boxed so that a parked connection does not hold the session's state.
-            let end = Box::pin(h1::serve(Rc::clone(&worker), stream, peer, &mut phase)).await;
+            let end = Box::pin(h1::serve(Rc::clone(&worker), stream, peer)).await;
             match end {
                 h1::End::Parked(parked) => {
                     stream = parked;
@@ -571,9 +571,11 @@ pub fn set_housekeeping_hook(hook: fn()) {
     let _ = HOUSEKEEPING_HOOK.set(hook);
 }
 
-/// Once a second: close expired upstream connections, run the housekeeping hook.
+/// Once a second: close expired upstream connections, run the housekeeping hook. Fires the
+/// worker's drain signal when the gateway starts draining.
 async fn housekeeping(worker: Rc<Worker>, mut phase: watch::Receiver<Phase>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut running = phase.clone();
     loop {
         tokio::select! {
             _ = tick.tick() => {
@@ -582,6 +584,7 @@ async fn housekeeping(worker: Rc<Worker>, mut phase: watch::Receiver<Phase>) {
                     hook();
                 }
             }
+            _ = leaves(&mut running, Phase::Running), if !worker.drain.fired() => worker.drain.fire(),
             _ = reaches(&mut phase, Phase::Stopped) => return,
         }
     }
