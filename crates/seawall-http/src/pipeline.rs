@@ -17,7 +17,7 @@ use std::cell::RefCell;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::Ordering::{self, Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -43,13 +43,15 @@ pub struct Worker {
     pub rng: RefCell<FastRng>,
     /// Fires when the gateway starts draining (idle HTTP/1.1 connections then close).
     pub drain: LocalSignal,
-    current: RefCell<Rc<Pinned>>,
+    /// The generation and snapshot this worker last loaded.
+    current: RefCell<(u64, Rc<Pinned>)>,
 }
 
 impl Worker {
     /// A worker's state.
     pub fn new(shared: Arc<Shared>, index: usize) -> Self {
-        let current = Rc::new(Pinned(shared.snapshot.load_full()));
+        let generation = shared.generation.load(Ordering::Acquire);
+        let current = (generation, Rc::new(Pinned(shared.snapshot.load_full())));
         Worker {
             pools: Rc::new(WorkerPools::new(shared.registry.clone())),
             rng: RefCell::new(FastRng::new(0x5EA_3A11 + index as u64 * 0x9E37_79B9)),
@@ -59,15 +61,15 @@ impl Worker {
         }
     }
 
-    /// The current snapshot. The shared pointer is read every time, but the worker only pays for
-    /// an atomic reference-count update when a reload has actually swapped it.
+    /// The current snapshot. A worker only loads the shared pointer (and pays for an atomic
+    /// reference-count update) when a reload has bumped the generation since it last looked.
     pub fn snapshot(&self) -> Rc<Pinned> {
-        let latest = self.shared.snapshot.load();
+        let generation = self.shared.generation.load(Ordering::Acquire);
         let mut current = self.current.borrow_mut();
-        if !Arc::ptr_eq(&latest, &current.0) {
-            *current = Rc::new(Pinned(Arc::clone(&latest)));
+        if current.0 != generation {
+            *current = (generation, Rc::new(Pinned(self.shared.snapshot.load_full())));
         }
-        Rc::clone(&current)
+        Rc::clone(&current.1)
     }
 }
 

@@ -6,6 +6,7 @@
 //! absolute-form targets, malformed or oversized heads — is reported as [`Parsed::HandOff`] and
 //! served by hyper, which answers the odd and the malformed with the same care as before.
 
+use std::mem::MaybeUninit;
 use std::net::IpAddr;
 
 use bytes::Bytes;
@@ -64,13 +65,43 @@ fn slice(buf: &[u8], (start, end): (u32, u32)) -> &[u8] {
     &buf[start as usize..end as usize]
 }
 
-/// Whether a header is hop-by-hop (RFC 9110 §7.6.1), with the `proxy-` family that never
-/// leaves the hop either.
-fn is_hop_by_hop(name: &[u8]) -> bool {
-    [&b"connection"[..], b"keep-alive", b"te", b"trailer", b"transfer-encoding", b"upgrade"]
-        .iter()
-        .any(|h| name.eq_ignore_ascii_case(h))
-        || (name.len() > 6 && name[..6].eq_ignore_ascii_case(b"proxy-"))
+/// The header names this engine acts on; the rest pass through untouched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Name {
+    ContentLength,
+    TransferEncoding,
+    Connection,
+    Host,
+    /// `Upgrade` and `Expect`: requests that carry them go to hyper.
+    HandOff,
+    XForwardedFor,
+    /// `X-Forwarded-Proto` and `-Host`: replaced by Seawall's own.
+    XForwardedReplaced,
+    /// The other hop-by-hop headers (RFC 9110 §7.6.1), with the `proxy-` family that never
+    /// leaves the hop either.
+    HopByHop,
+    Other,
+}
+
+/// Classifies a header name: by length first, so most names cost one comparison or none.
+fn classify(name: &[u8]) -> Name {
+    let is = |want: &[u8]| name.eq_ignore_ascii_case(want);
+    match name.len() {
+        2 if is(b"te") => Name::HopByHop,
+        4 if is(b"host") => Name::Host,
+        6 if is(b"expect") => Name::HandOff,
+        7 if is(b"upgrade") => Name::HandOff,
+        7 if is(b"trailer") => Name::HopByHop,
+        10 if is(b"connection") => Name::Connection,
+        10 if is(b"keep-alive") => Name::HopByHop,
+        14 if is(b"content-length") => Name::ContentLength,
+        15 if is(b"x-forwarded-for") => Name::XForwardedFor,
+        16 if is(b"x-forwarded-host") => Name::XForwardedReplaced,
+        17 if is(b"transfer-encoding") => Name::TransferEncoding,
+        17 if is(b"x-forwarded-proto") => Name::XForwardedReplaced,
+        n if n > 6 && name[..6].eq_ignore_ascii_case(b"proxy-") => Name::HopByHop,
+        _ => Name::Other,
+    }
 }
 
 /// The comma-separated tokens of a header value.
@@ -81,9 +112,10 @@ fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
 impl RequestHead {
     /// Parses the request head at the start of `buf` into `self` (reusing its allocations).
     pub fn parse(&mut self, buf: &[u8]) -> Parsed {
-        let mut storage = [httparse::EMPTY_HEADER; MAX_FIELDS];
-        let mut req = httparse::Request::new(&mut storage);
-        let len = match req.parse(buf) {
+        // Left uninitialised: writing 100 empty headers per request costs more than parsing.
+        let mut storage = [const { MaybeUninit::uninit() }; MAX_FIELDS];
+        let mut req = httparse::Request::new(&mut []);
+        let len = match req.parse_with_uninit_headers(buf, &mut storage) {
             Ok(httparse::Status::Complete(len)) => len,
             Ok(httparse::Status::Partial) => return Parsed::Partial,
             Err(_) => return Parsed::HandOff,
@@ -108,49 +140,49 @@ impl RequestHead {
         let mut named_count = 0;
         for h in req.headers.iter() {
             let name = h.name.as_bytes();
-            let mut dropped = false;
-            if name.eq_ignore_ascii_case(b"content-length") {
-                let Some(length) = parse_length(h.value) else { return Parsed::HandOff };
-                if seen_length && length != self.content_length {
-                    return Parsed::HandOff;
-                }
-                seen_length = true;
-                self.content_length = length;
-            } else if name.eq_ignore_ascii_case(b"host") {
-                if self.host.is_some() {
-                    return Parsed::HandOff;
-                }
-                self.host = Some(self.fields.len());
-            } else if name.eq_ignore_ascii_case(b"transfer-encoding")
-                || name.eq_ignore_ascii_case(b"upgrade")
-                || name.eq_ignore_ascii_case(b"expect")
-            {
-                return Parsed::HandOff;
-            } else if name.eq_ignore_ascii_case(b"connection") {
-                dropped = true;
-                for token in tokens(h.value) {
-                    if token.eq_ignore_ascii_case(b"close") {
-                        self.close = true;
-                    } else if token.eq_ignore_ascii_case(b"upgrade") {
+            let dropped = match classify(name) {
+                Name::Other => false,
+                Name::ContentLength => {
+                    let Some(length) = parse_length(h.value) else { return Parsed::HandOff };
+                    if seen_length && length != self.content_length {
                         return Parsed::HandOff;
-                    } else if !token.eq_ignore_ascii_case(b"keep-alive") {
-                        if named_count == MAX_CONNECTION_TOKENS {
-                            return Parsed::HandOff;
-                        }
-                        named[named_count] = token;
-                        named_count += 1;
                     }
+                    seen_length = true;
+                    self.content_length = length;
+                    false
                 }
-            } else if name.eq_ignore_ascii_case(b"x-forwarded-for") {
-                dropped = true;
-                if self.forwarded_for.is_none() {
-                    self.forwarded_for = Some(self.fields.len());
+                Name::Host => {
+                    if self.host.is_some() {
+                        return Parsed::HandOff;
+                    }
+                    self.host = Some(self.fields.len());
+                    false
                 }
-            } else {
-                dropped = is_hop_by_hop(name)
-                    || name.eq_ignore_ascii_case(b"x-forwarded-proto")
-                    || name.eq_ignore_ascii_case(b"x-forwarded-host");
-            }
+                Name::TransferEncoding | Name::HandOff => return Parsed::HandOff,
+                Name::Connection => {
+                    for token in tokens(h.value) {
+                        if token.eq_ignore_ascii_case(b"close") {
+                            self.close = true;
+                        } else if token.eq_ignore_ascii_case(b"upgrade") {
+                            return Parsed::HandOff;
+                        } else if !token.eq_ignore_ascii_case(b"keep-alive") {
+                            if named_count == MAX_CONNECTION_TOKENS {
+                                return Parsed::HandOff;
+                            }
+                            named[named_count] = token;
+                            named_count += 1;
+                        }
+                    }
+                    true
+                }
+                Name::XForwardedFor => {
+                    if self.forwarded_for.is_none() {
+                        self.forwarded_for = Some(self.fields.len());
+                    }
+                    true
+                }
+                Name::XForwardedReplaced | Name::HopByHop => true,
+            };
             self.fields.push(Field { name: range(buf, name), value: range(buf, h.value), dropped });
         }
         if named_count > 0 {
@@ -333,9 +365,14 @@ pub fn parse_response(
     close_client: bool,
     out: &mut Vec<u8>,
 ) -> Result<UpstreamHead, BadResponse> {
-    let mut storage = [httparse::EMPTY_HEADER; MAX_FIELDS];
-    let mut res = httparse::Response::new(&mut storage);
-    let len = match res.parse(buf).map_err(BadResponse::Parse)? {
+    let mut storage = [const { MaybeUninit::uninit() }; MAX_FIELDS];
+    let mut res = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut res,
+        buf,
+        &mut storage,
+    );
+    let len = match parsed.map_err(BadResponse::Parse)? {
         httparse::Status::Complete(len) => len,
         httparse::Status::Partial => return Ok(UpstreamHead::Partial),
     };
@@ -352,31 +389,35 @@ pub fn parse_response(
     let mut named: [&[u8]; MAX_CONNECTION_TOKENS] = [b""; MAX_CONNECTION_TOKENS];
     let mut named_count = 0;
     for h in res.headers.iter() {
-        let name = h.name.as_bytes();
-        if name.eq_ignore_ascii_case(b"content-length") {
-            let value = parse_length(h.value).ok_or(BadResponse::Length)?;
-            if length.is_some_and(|l| l != value) {
-                return Err(BadResponse::Length);
+        match classify(h.name.as_bytes()) {
+            Name::ContentLength => {
+                let value = parse_length(h.value).ok_or(BadResponse::Length)?;
+                if length.is_some_and(|l| l != value) {
+                    return Err(BadResponse::Length);
+                }
+                length = Some(value);
             }
-            length = Some(value);
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            let last = tokens(h.value).last().unwrap_or_default();
-            chunked = last.eq_ignore_ascii_case(b"chunked");
-            coded |= tokens(h.value).count() > 1;
-            if !chunked {
-                return Err(BadResponse::Coding);
-            }
-        } else if name.eq_ignore_ascii_case(b"connection") {
-            for token in tokens(h.value) {
-                if token.eq_ignore_ascii_case(b"close") {
-                    keep_alive = false;
-                } else if token.eq_ignore_ascii_case(b"keep-alive") {
-                    keep_alive |= res.version == Some(0);
-                } else if named_count < MAX_CONNECTION_TOKENS {
-                    named[named_count] = token;
-                    named_count += 1;
+            Name::TransferEncoding => {
+                let last = tokens(h.value).last().unwrap_or_default();
+                chunked = last.eq_ignore_ascii_case(b"chunked");
+                coded |= tokens(h.value).count() > 1;
+                if !chunked {
+                    return Err(BadResponse::Coding);
                 }
             }
+            Name::Connection => {
+                for token in tokens(h.value) {
+                    if token.eq_ignore_ascii_case(b"close") {
+                        keep_alive = false;
+                    } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                        keep_alive |= res.version == Some(0);
+                    } else if named_count < MAX_CONNECTION_TOKENS {
+                        named[named_count] = token;
+                        named_count += 1;
+                    }
+                }
+            }
+            _ => {}
         }
     }
     let no_body = *request_method == Method::HEAD || status == 204 || status == 304;
@@ -402,11 +443,15 @@ pub fn parse_response(
     out.extend_from_slice(b"\r\n");
     for h in res.headers.iter() {
         let name = h.name.as_bytes();
-        let framing_kept = coded && name.eq_ignore_ascii_case(b"transfer-encoding");
-        if (is_hop_by_hop(name) && !framing_kept)
-            || (chunked && name.eq_ignore_ascii_case(b"content-length"))
-            || named[..named_count].iter().any(|t| t.eq_ignore_ascii_case(name))
-        {
+        let skip = match classify(name) {
+            Name::TransferEncoding => !coded,
+            Name::Connection | Name::HopByHop => true,
+            Name::ContentLength => chunked,
+            // `Upgrade` is hop-by-hop in a response too.
+            Name::HandOff => name.len() == 7,
+            _ => false,
+        };
+        if skip || named[..named_count].iter().any(|t| t.eq_ignore_ascii_case(name)) {
             continue;
         }
         push_field(out, name, h.value);

@@ -44,6 +44,9 @@ pub enum Phase {
 pub struct Shared {
     /// The configuration and live state that requests use; swapped whole on reload.
     pub snapshot: ArcSwap<Snapshot>,
+    /// Bumped after each swap of `snapshot`: workers compare it (one atomic load) before they
+    /// pay for loading the snapshot itself.
+    pub generation: std::sync::atomic::AtomicU64,
     pub registry: Arc<Registry>,
     /// The file the configuration came from, for reloads.
     pub config_path: Option<PathBuf>,
@@ -130,6 +133,7 @@ impl Shared {
         let snapshot = Arc::new(Snapshot::build(config, Some(&previous), &self.registry));
         self.restart_health_checks(&snapshot);
         self.snapshot.store(snapshot);
+        self.generation.fetch_add(1, std::sync::atomic::Ordering::Release);
         self.registry.config_reloads.add(1);
         tracing::info!("configuration reloaded");
     }
@@ -175,6 +179,7 @@ impl Gateway {
             health: Mutex::new(HealthChecks::spawn(&control, &snapshot)),
             connections_per_worker: (snapshot.config.server.max_connections / workers).max(1),
             snapshot: ArcSwap::new(snapshot),
+            generation: std::sync::atomic::AtomicU64::new(0),
             registry,
             config_path,
             draining: AtomicBool::new(false),
