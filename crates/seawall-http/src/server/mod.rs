@@ -26,6 +26,7 @@ use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 use crate::h1;
 use crate::metrics::{set_worker_shard, Registry};
 use crate::pipeline::{self, Worker};
+use crate::signal::LocalSignal;
 use crate::snapshot::Snapshot;
 use crate::upstream::health::HealthChecks;
 use io::{ClientIo, ConnShared};
@@ -379,13 +380,7 @@ async fn accept_loop(
         };
         match accepted {
             Ok((stream, peer)) => {
-                tokio::task::spawn_local(serve_connection(
-                    Rc::clone(worker),
-                    stream,
-                    peer,
-                    permit,
-                    phase.clone(),
-                ));
+                tokio::task::spawn_local(serve_connection(Rc::clone(worker), stream, peer, permit));
             }
             Err(e) => {
                 // Out of file descriptors and similar: back off instead of spinning.
@@ -409,23 +404,24 @@ enum Wait {
 async fn wait_for_data(
     stream: &TcpStream,
     timeout: Duration,
-    phase: &mut watch::Receiver<Phase>,
+    drain: &LocalSignal,
     allow_h2: bool,
 ) -> Wait {
-    if *phase.borrow_and_update() != Phase::Running {
+    if drain.fired() {
         return Wait::Close;
     }
     let mut head = [0u8; 3];
     // Every idle connection holds this future, so it is kept small: `poll_peek` parks the waker in
-    // the socket's own slot (the `peek` future carries a waiter node of its own), and the phase,
-    // which only moves away from Running, is watched with `changed` rather than `wait_for`.
+    // the socket's own slot (the `peek` future carries a waiter node of its own), and the drain is
+    // watched through the worker's local signal rather than a watch channel.
     let peek = std::future::poll_fn(|cx| {
         let mut buf = tokio::io::ReadBuf::new(&mut head);
         stream.poll_peek(cx, &mut buf)
     });
     let peeked = tokio::select! {
+        biased;
         r = tokio::time::timeout(timeout, peek) => r,
-        _ = phase.changed() => return Wait::Close,
+        () = drain.wait() => return Wait::Close,
     };
     match peeked {
         Err(_) | Ok(Err(_)) | Ok(Ok(0)) => Wait::Close,
@@ -443,7 +439,6 @@ async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
     _permit: OwnedSemaphorePermit,
-    mut phase: watch::Receiver<Phase>,
 ) {
     let registry = Arc::clone(&worker.shared.registry);
     registry.connections_open.add(1);
@@ -459,7 +454,7 @@ async fn serve_connection(
         // idle for the rest of its keep-alive time.
         let wait =
             if first { header_timeout } else { keepalive_timeout.saturating_sub(io::PARK_AFTER) };
-        let http2 = match wait_for_data(&stream, wait, &mut phase, server.http2).await {
+        let http2 = match wait_for_data(&stream, wait, &worker.drain, server.http2).await {
             Wait::Data { http2 } => http2,
             Wait::Close => {
                 if first {
@@ -510,7 +505,7 @@ async fn serve_connection(
                 .serve_connection(TokioIo::new(io), service);
             drop(snapshot);
             let result =
-                Box::pin(drive(Box::pin(conn), &mut phase, |c| c.as_mut().graceful_shutdown()))
+                Box::pin(drive(Box::pin(conn), &worker.drain, |c| c.as_mut().graceful_shutdown()))
                     .await
                     .0;
             log_end(peer, result);
@@ -525,9 +520,10 @@ async fn serve_connection(
             .with_upgrades();
         drop(snapshot);
         // Boxed, like the session itself, so that a parked connection holds neither.
-        let (result, conn) =
-            Box::pin(drive(Box::new(conn), &mut phase, |c| Pin::new(&mut **c).graceful_shutdown()))
-                .await;
+        let (result, conn) = Box::pin(drive(Box::new(conn), &worker.drain, |c| {
+            Pin::new(&mut **c).graceful_shutdown()
+        }))
+        .await;
         let ok = result.is_ok();
         log_end(peer, result);
         match conn.into_parts() {
@@ -544,17 +540,15 @@ async fn serve_connection(
 /// Runs a session to its end; when the gateway starts draining, asks it to finish gracefully.
 async fn drive<C, T>(
     mut conn: C,
-    phase: &mut watch::Receiver<Phase>,
+    drain: &LocalSignal,
     graceful: impl FnOnce(&mut C),
 ) -> (hyper::Result<T>, C)
 where
     C: Future<Output = hyper::Result<T>> + Unpin,
 {
-    // The phase only moves away from Running (checked before the session started), so any
-    // change means draining; `changed` is cheaper to poll than `wait_for` on every wake-up.
     let result = tokio::select! {
         r = &mut conn => r,
-        _ = phase.changed() => {
+        () = drain.wait() => {
             graceful(&mut conn);
             (&mut conn).await
         }

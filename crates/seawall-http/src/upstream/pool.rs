@@ -197,7 +197,9 @@ impl WorkerPools {
         self.with(id, |s| {
             while let Some(idle) = s.raw_idle.pop() {
                 if idle.expires_ms > now_ms && idle.conn.still_open() {
-                    return Some(idle.conn);
+                    let mut conn = idle.conn;
+                    conn.buf.reserve(RAW_BUFFER);
+                    return Some(conn);
                 }
             }
             None
@@ -206,7 +208,8 @@ impl WorkerPools {
 
     /// Returns a raw connection whose last exchange is complete; dropped when the pool is full.
     pub fn checkin_raw(&self, id: usize, mut conn: RawConn, max_idle: usize, expires_ms: u64) {
-        conn.buf.clear();
+        // An idle connection holds no buffer: a crisis can leave many of them in the pools.
+        conn.buf = bytes::BytesMut::new();
         self.with(id, |s| {
             if s.raw_idle.len() < max_idle {
                 s.raw_idle.push(RawIdle { conn, expires_ms });
