@@ -15,6 +15,7 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -407,28 +408,28 @@ async fn wait_for_data(
     drain: &LocalSignal,
     allow_h2: bool,
 ) -> Wait {
-    if drain.fired() {
-        return Wait::Close;
-    }
+    // Every idle connection holds this future, so it is kept small: one `poll_fn` over the bare
+    // socket (`poll_peek` parks the waker in the socket's own slot, where a `peek` future would
+    // carry a waiter node of its own), the timer and the worker's drain signal.
     let mut head = [0u8; 3];
-    // Every idle connection holds this future, so it is kept small: `poll_peek` parks the waker in
-    // the socket's own slot (the `peek` future carries a waiter node of its own), and the drain is
-    // watched through the worker's local signal rather than a watch channel.
-    let peek = std::future::poll_fn(|cx| {
+    let mut sleep = std::pin::pin!(tokio::time::sleep(timeout));
+    let mut drained = std::pin::pin!(drain.wait());
+    std::future::poll_fn(|cx| {
+        if drained.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Wait::Close);
+        }
         let mut buf = tokio::io::ReadBuf::new(&mut head);
-        stream.poll_peek(cx, &mut buf)
-    });
-    let peeked = tokio::select! {
-        biased;
-        r = tokio::time::timeout(timeout, peek) => r,
-        () = drain.wait() => return Wait::Close,
-    };
-    match peeked {
-        Err(_) | Ok(Err(_)) | Ok(Ok(0)) => Wait::Close,
-        // "PRI" starts the HTTP/2 connection preface (RFC 9113 §3.4) and no HTTP/1 method; the
-        // HTTP/2 session checks the rest of the preface itself.
-        Ok(Ok(n)) => Wait::Data { http2: allow_h2 && head[..n] == *b"PRI" },
-    }
+        match stream.poll_peek(cx, &mut buf) {
+            // "PRI" starts the HTTP/2 connection preface (RFC 9113 §3.4) and no HTTP/1 method;
+            // the HTTP/2 session checks the rest of the preface itself.
+            Poll::Ready(Ok(n)) if n > 0 => {
+                Poll::Ready(Wait::Data { http2: allow_h2 && head[..n] == *b"PRI" })
+            }
+            Poll::Ready(_) => Poll::Ready(Wait::Close),
+            Poll::Pending => sleep.as_mut().poll(cx).map(|()| Wait::Close),
+        }
+    })
+    .await
 }
 
 /// Serves one client connection: a session (hyper's HTTP/1 or HTTP/2 state) runs while requests
@@ -436,25 +437,25 @@ async fn wait_for_data(
 /// the socket stays open — and a new session starts when the client sends again.
 async fn serve_connection(
     worker: Rc<Worker>,
-    stream: TcpStream,
+    mut stream: TcpStream,
     peer: SocketAddr,
     _permit: OwnedSemaphorePermit,
 ) {
-    let registry = Arc::clone(&worker.shared.registry);
+    let registry = &worker.shared.registry;
     registry.connections_open.add(1);
     registry.connections_total.add(1);
     let _ = stream.set_nodelay(true);
-    let mut stream = stream;
     let mut first = true;
     loop {
-        let snapshot = worker.snapshot();
-        let server = &snapshot.config.server;
-        let (header_timeout, keepalive_timeout) = (server.header_timeout, server.keepalive_timeout);
         // A new connection must start a request within the header timeout; a parked one may stay
         // idle for the rest of its keep-alive time.
-        let wait =
-            if first { header_timeout } else { keepalive_timeout.saturating_sub(io::PARK_AFTER) };
-        let http2 = match wait_for_data(&stream, wait, &worker.drain, server.http2).await {
+        let (wait, allow_h2) = {
+            let snapshot = worker.snapshot();
+            let server = &snapshot.config.server;
+            let keepalive = server.keepalive_timeout.saturating_sub(io::PARK_AFTER);
+            (if first { server.header_timeout } else { keepalive }, server.http2)
+        };
+        let http2 = match wait_for_data(&stream, wait, &worker.drain, allow_h2).await {
             Wait::Data { http2 } => http2,
             Wait::Close => {
                 if first {
@@ -466,33 +467,49 @@ async fn serve_connection(
             }
         };
         first = false;
-        let mut prefix = bytes::Bytes::new();
-        if !http2 {
-            drop(snapshot);
-            // Boxed so that a parked connection does not hold the session's state.
-            let end = Box::pin(h1::serve(Rc::clone(&worker), stream, peer)).await;
-            match end {
-                h1::End::Parked(parked) => {
-                    stream = parked;
-                    continue;
-                }
-                h1::End::Closed => break,
-                h1::End::HandOff(handed, bytes) => {
-                    stream = handed;
-                    prefix = bytes;
+        // Sessions are boxed so that a parked connection holds none of their state.
+        let parked = if http2 {
+            hyper_session(&worker, stream, peer, bytes::Bytes::new(), true).await
+        } else {
+            match Box::pin(h1::serve(Rc::clone(&worker), stream, peer)).await {
+                h1::End::Parked(parked) => Some(parked),
+                h1::End::Closed => None,
+                h1::End::HandOff(handed, read) => {
+                    hyper_session(&worker, handed, peer, read, false).await
                 }
             }
+        };
+        match parked {
+            Some(socket) => stream = socket,
+            None => break,
         }
+    }
+    registry.connections_open.add(-1);
+    worker.shared.connection_closed.notify_waiters();
+}
+
+/// A hyper session on `stream` (HTTP/2, or HTTP/1 starting with the bytes in `prefix`); resolves to
+/// the socket when an HTTP/1 session parked, `None` when the connection is done.
+fn hyper_session(
+    worker: &Rc<Worker>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    prefix: bytes::Bytes,
+    http2: bool,
+) -> Pin<Box<dyn Future<Output = Option<TcpStream>>>> {
+    let worker = Rc::clone(worker);
+    Box::pin(async move {
         let snapshot = worker.snapshot();
         let server = &snapshot.config.server;
+        let registry = Arc::clone(&worker.shared.registry);
         let shared_state = Arc::new(ConnShared::default());
         let io = ClientIo::new(
             stream,
             Arc::clone(&shared_state),
-            Arc::clone(&registry),
+            registry,
             http2,
-            header_timeout,
-            keepalive_timeout,
+            server.header_timeout,
+            server.keepalive_timeout,
         )
         .with_prefix(prefix);
         let service_worker = Rc::clone(&worker);
@@ -504,12 +521,9 @@ async fn serve_connection(
                 .max_header_list_size(u32::try_from(server.max_header_size).unwrap_or(u32::MAX))
                 .serve_connection(TokioIo::new(io), service);
             drop(snapshot);
-            let result =
-                Box::pin(drive(Box::pin(conn), &worker.drain, |c| c.as_mut().graceful_shutdown()))
-                    .await
-                    .0;
-            log_end(peer, result);
-            break;
+            let drained = drive(Box::pin(conn), &worker.drain, |c| c.as_mut().graceful_shutdown());
+            log_end(peer, drained.await.0);
+            return None;
         }
         let conn = hyper::server::conn::http1::Builder::new()
             .keep_alive(true)
@@ -519,22 +533,16 @@ async fn serve_connection(
             .serve_connection(TokioIo::new(io), service)
             .with_upgrades();
         drop(snapshot);
-        // Boxed, like the session itself, so that a parked connection holds neither.
-        let (result, conn) = Box::pin(drive(Box::new(conn), &worker.drain, |c| {
-            Pin::new(&mut **c).graceful_shutdown()
-        }))
-        .await;
+        let (result, conn) = drive(conn, &worker.drain, |c| Pin::new(c).graceful_shutdown()).await;
         let ok = result.is_ok();
         log_end(peer, result);
         match conn.into_parts() {
             Some(parts) if ok && parts.io.inner().parked() && parts.read_buf.is_empty() => {
-                stream = parts.io.into_inner().into_stream();
+                Some(parts.io.into_inner().into_stream())
             }
-            _ => break,
+            _ => None,
         }
-    }
-    registry.connections_open.add(-1);
-    worker.shared.connection_closed.notify_waiters();
+    })
 }
 
 /// Runs a session to its end; when the gateway starts draining, asks it to finish gracefully.
