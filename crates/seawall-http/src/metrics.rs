@@ -223,6 +223,8 @@ pub struct Registry {
     routes: Mutex<BTreeMap<String, Arc<RouteMetrics>>>,
     /// Client connections open now.
     pub connections_open: Gauge,
+    /// Open client connections that are parked (idle, waiting in a worker's parking lot).
+    pub connections_parked: Gauge,
     /// Client connections accepted since start.
     pub connections_total: Counter,
     /// Connections closed because the client sent its request head too slowly (answered 408).
@@ -247,6 +249,7 @@ impl Registry {
             shards,
             routes: Mutex::new(BTreeMap::new()),
             connections_open: Gauge::new(shards),
+            connections_parked: Gauge::new(shards),
             connections_total: Counter::new(shards),
             header_timeouts: Counter::new(shards),
             idle_timeouts: Counter::new(shards),
@@ -324,11 +327,18 @@ impl Registry {
 
     /// Writes the process-wide counters in Prometheus text format.
     pub fn render_process(&self, out: &mut String) {
-        let gauges: [(&str, &str, i64); 1] = [(
-            "seawall_connections_open",
-            "Client connections open now.",
-            self.connections_open.get(),
-        )];
+        let gauges: [(&str, &str, i64); 2] = [
+            (
+                "seawall_connections_open",
+                "Client connections open now.",
+                self.connections_open.get(),
+            ),
+            (
+                "seawall_connections_parked",
+                "Open client connections parked while idle (no task, no buffers).",
+                self.connections_parked.get(),
+            ),
+        ];
         for (name, help, v) in gauges {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
         }

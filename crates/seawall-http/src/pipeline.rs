@@ -29,6 +29,7 @@ use seawall_core::rng::FastRng;
 use crate::body::ProxyBody;
 use crate::problem::{problem, Reason, REASON_HEADER};
 use crate::server::io::ConnShared;
+use crate::server::lot::ParkingLot;
 use crate::server::Shared;
 use crate::signal::LocalSignal;
 use crate::snapshot::Snapshot;
@@ -43,6 +44,8 @@ pub struct Worker {
     pub rng: RefCell<FastRng>,
     /// Fires when the gateway starts draining (idle HTTP/1.1 connections then close).
     pub drain: LocalSignal,
+    /// This worker's idle (parked) client connections.
+    pub lot: ParkingLot,
     /// The generation and snapshot this worker last loaded.
     current: RefCell<(u64, Rc<Pinned>)>,
 }
@@ -56,6 +59,7 @@ impl Worker {
             pools: Rc::new(WorkerPools::new(shared.registry.clone())),
             rng: RefCell::new(FastRng::new(0x5EA_3A11 + index as u64 * 0x9E37_79B9)),
             drain: LocalSignal::default(),
+            lot: ParkingLot::new(shared.registry.clone()),
             current: RefCell::new(current),
             shared,
         }

@@ -205,3 +205,31 @@ async fn draining_closes_idle_connections_and_ends_the_last_answer_with_close() 
     assert!(answer.ends_with("slow"), "{answer}");
     assert!(shutdown.await.unwrap(), "everything drained before the deadline");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn draining_closes_parked_connections() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let origin = Origin::start().await;
+    let gw = start(simple(&[&origin], "")).await;
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let mut client = tokio::net::TcpStream::connect(gw.listen_addr()).await.unwrap();
+        client.write_all(b"GET /hi HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+        let mut buf = [0u8; 4096];
+        let n = client.read(&mut buf).await.unwrap();
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+        clients.push(client);
+    }
+    eventually(Duration::from_secs(5), "all four connections park", || async {
+        metric(&gw, "seawall_client_parks_total").await >= 4.0
+    })
+    .await;
+    assert_eq!(metric(&gw, "seawall_connections_parked").await, 4.0);
+    assert_eq!(metric(&gw, "seawall_connections_open").await, 4.0);
+    assert!(gw.shutdown().await, "parked connections do not hold up the drain");
+    for mut client in clients {
+        let mut buf = [0u8; 16];
+        let closed = tokio::time::timeout(Duration::from_secs(5), client.read(&mut buf)).await;
+        assert!(matches!(closed, Ok(Ok(0))), "{closed:?}");
+    }
+}

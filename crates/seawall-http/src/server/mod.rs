@@ -7,6 +7,7 @@
 //! health checks, reloads, signals) runs on the runtime that called [`Gateway::start`].
 
 pub mod io;
+pub mod lot;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -31,6 +32,7 @@ use crate::signal::LocalSignal;
 use crate::snapshot::Snapshot;
 use crate::upstream::health::HealthChecks;
 use io::{ClientIo, ConnShared};
+use lot::Parked;
 
 /// The life of the gateway, as the workers see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -354,6 +356,7 @@ fn run_worker(index: usize, listener: std::net::TcpListener, shared: Arc<Shared>
         };
         let worker = Rc::new(Worker::new(Arc::clone(&shared), index));
         tokio::task::spawn_local(housekeeping(Rc::clone(&worker), shared.phase.subscribe()));
+        tokio::task::spawn_local(lot::run(Rc::clone(&worker), LotHandler(Rc::clone(&worker))));
         let mut phase = shared.phase.subscribe();
         accept_loop(&worker, &listener, &mut phase).await;
         drop(listener);
@@ -381,7 +384,13 @@ async fn accept_loop(
         };
         match accepted {
             Ok((stream, peer)) => {
-                tokio::task::spawn_local(serve_connection(Rc::clone(worker), stream, peer, permit));
+                tokio::task::spawn_local(serve_connection(
+                    Rc::clone(worker),
+                    stream,
+                    peer,
+                    permit,
+                    false,
+                ));
             }
             Err(e) => {
                 // Out of file descriptors and similar: back off instead of spinning.
@@ -432,42 +441,42 @@ async fn wait_for_data(
     .await
 }
 
-/// Serves one client connection: a session (hyper's HTTP/1 or HTTP/2 state) runs while requests
-/// come; an HTTP/1 connection that goes idle parks — its session ends and frees its buffers,
-/// the socket stays open — and a new session starts when the client sends again.
+/// Serves one client connection: a session (the HTTP/1.1 engine, or hyper's HTTP/1 or HTTP/2
+/// state) runs while requests come; an HTTP/1 connection that goes idle parks — its session ends
+/// and frees its buffers, its socket goes to the worker's parking lot and this task ends — and the
+/// lot starts a new task (`resumed`) when the client sends again.
 async fn serve_connection(
     worker: Rc<Worker>,
     mut stream: TcpStream,
     peer: SocketAddr,
-    _permit: OwnedSemaphorePermit,
+    mut permit: OwnedSemaphorePermit,
+    mut resumed: bool,
 ) {
     let registry = &worker.shared.registry;
-    registry.connections_open.add(1);
-    registry.connections_total.add(1);
-    let _ = stream.set_nodelay(true);
-    let mut first = true;
+    if !resumed {
+        registry.connections_open.add(1);
+        registry.connections_total.add(1);
+        let _ = stream.set_nodelay(true);
+    }
     loop {
-        // A new connection must start a request within the header timeout; a parked one may stay
-        // idle for the rest of its keep-alive time.
-        let (wait, allow_h2) = {
-            let snapshot = worker.snapshot();
-            let server = &snapshot.config.server;
-            let keepalive = server.keepalive_timeout.saturating_sub(io::PARK_AFTER);
-            (if first { server.header_timeout } else { keepalive }, server.http2)
-        };
-        let http2 = match wait_for_data(&stream, wait, &worker.drain, allow_h2).await {
-            Wait::Data { http2 } => http2,
-            Wait::Close => {
-                if first {
+        // A new connection must start a request within the header timeout. A resumed one has
+        // bytes waiting and was HTTP/1 (HTTP/2 sessions do not park).
+        let http2 = if resumed {
+            false
+        } else {
+            let (wait, allow_h2) = {
+                let snapshot = worker.snapshot();
+                (snapshot.config.server.header_timeout, snapshot.config.server.http2)
+            };
+            match wait_for_data(&stream, wait, &worker.drain, allow_h2).await {
+                Wait::Data { http2 } => http2,
+                Wait::Close => {
                     registry.header_timeouts.add(1);
-                } else {
-                    registry.idle_timeouts.add(1);
+                    break;
                 }
-                break;
             }
         };
-        first = false;
-        // Sessions are boxed so that a parked connection holds none of their state.
+        // Sessions are boxed: this task's own state stays small.
         let parked = if http2 {
             hyper_session(&worker, stream, peer, bytes::Bytes::new(), true).await
         } else {
@@ -479,13 +488,45 @@ async fn serve_connection(
                 }
             }
         };
-        match parked {
-            Some(socket) => stream = socket,
-            None => break,
+        let Some(socket) = parked else { break };
+        if worker.drain.fired() {
+            break;
+        }
+        let keepalive =
+            worker.snapshot().config.server.keepalive_timeout.saturating_sub(io::PARK_AFTER);
+        match worker.lot.park(Parked { stream: socket, peer, permit }, keepalive) {
+            None => return,
+            // The client has already sent more (or left): go on here.
+            Some(conn) => {
+                (stream, permit, resumed) = (conn.stream, conn.permit, true);
+            }
         }
     }
-    registry.connections_open.add(-1);
+    connection_closed(&worker);
+}
+
+/// Accounts for a client connection that closed.
+fn connection_closed(worker: &Worker) {
+    worker.shared.registry.connections_open.add(-1);
     worker.shared.connection_closed.notify_waiters();
+}
+
+/// What the parking lot does with the connections it lets go of.
+struct LotHandler(Rc<Worker>);
+
+impl lot::Resume for LotHandler {
+    fn resume(&self, conn: Parked) {
+        let Parked { stream, peer, permit } = conn;
+        tokio::task::spawn_local(serve_connection(Rc::clone(&self.0), stream, peer, permit, true));
+    }
+
+    fn close(&self, conn: Parked, expired: bool) {
+        if expired {
+            self.0.shared.registry.idle_timeouts.add(1);
+        }
+        drop(conn);
+        connection_closed(&self.0);
+    }
 }
 
 /// A hyper session on `stream` (HTTP/2, or HTTP/1 starting with the bytes in `prefix`); resolves to
