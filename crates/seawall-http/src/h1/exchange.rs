@@ -10,6 +10,7 @@ use std::rc::Rc;
 use seawall_config::Route;
 use seawall_core::clock::{duration_ms, now_ms};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::Instant;
 
 use super::chunked::{chunk_start, ChunkedScanner, CHUNK_END, LAST_CHUNK};
 use super::head::{parse_response, write_host_and_end, BodyKind, ResponseHead, UpstreamHead};
@@ -301,6 +302,9 @@ impl Session {
                 let mut slices = [IoSlice::new(&self.out), IoSlice::new(&first[..take])];
                 write_all_vectored(client, &mut slices).await.map_err(Broken::Client)?;
                 let mut remaining = len - take as u64;
+                if remaining > 0 {
+                    self.head_sent = Some(Instant::now());
+                }
                 while remaining > 0 {
                     let n = read_upstream(conn).await?;
                     let take = n.min(usize::try_from(remaining).unwrap_or(usize::MAX));
@@ -316,6 +320,9 @@ impl Session {
                 let mut extra = used < first.len();
                 let mut slices = [IoSlice::new(&self.out), IoSlice::new(&first[..used])];
                 write_all_vectored(client, &mut slices).await.map_err(Broken::Client)?;
+                if !scanner.is_done() {
+                    self.head_sent = Some(Instant::now());
+                }
                 while !scanner.is_done() {
                     let n = read_upstream(conn).await?;
                     let used = scanner.feed(&conn.buf[..n]).map_err(|_| Broken::Upstream)?;
@@ -326,6 +333,7 @@ impl Session {
             }
             BodyKind::UntilClose => {
                 client.write_all(&self.out).await.map_err(Broken::Client)?;
+                self.head_sent = Some(Instant::now());
                 if !first.is_empty() {
                     write_chunk(client, first).await?;
                 }

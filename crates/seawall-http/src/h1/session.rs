@@ -55,6 +55,9 @@ pub(super) struct Session {
     pub(super) clock: Instant,
     /// `clock` in [`seawall_core::clock`] milliseconds.
     pub(super) clock_ms: u64,
+    /// When the response head went out, if its body took further reads (else the end of the
+    /// exchange is as good).
+    pub(super) head_sent: Option<Instant>,
 }
 
 /// What reading the next head came to.
@@ -79,6 +82,7 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr) -> E
         timer: LazyTimer::new(clock + Duration::from_secs(3600)),
         clock,
         clock_ms: ms_at(clock.into_std()),
+        head_sent: None,
     };
     loop {
         match session.next_head().await {
@@ -206,7 +210,9 @@ impl Session {
             reason: served.reason.map_or("", Reason::as_str),
         };
         let request = logged.as_ref().map(|(m, p)| (m.as_str(), p.as_str()));
-        let elapsed = self.tick() - start;
+        let end = self.tick();
+        // Durations run to the response head, as on the hyper path.
+        let elapsed = self.head_sent.take().unwrap_or(end) - start;
         account(&snapshot, &entry, request, self.peer, elapsed);
         served.written?;
         Ok(served.keep_open && !close)
