@@ -1,8 +1,10 @@
 //! The Seawall HTTP gateway: a reverse proxy built to keep an API answering through a crisis.
 //!
 //! Start with [`Gateway::start`]. The request path is in [`pipeline`]; the proxy action in
-//! [`proxy`]; upstream groups, pools and health checks in [`upstream`]; the process layout (one
-//! single-threaded runtime per worker) in [`server`]; the admin API in [`admin`].
+//! [`proxy`] (requests served by hyper) and [`h1`] (Seawall's own HTTP/1.1 engine, which serves
+//! the common case); upstream groups, pools and health checks in [`upstream`]; the process layout
+//! (one single-threaded runtime per worker, parked idle connections) in [`server`]; the admin API
+//! in [`admin`].
 
 pub mod admin;
 pub mod body;

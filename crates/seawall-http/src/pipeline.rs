@@ -5,9 +5,12 @@
 //! ```
 //!
 //! - **frame check**: refuse requests whose framing is ambiguous (400) — hyper has already answered
-//!   malformed heads (400), oversized heads (431) and slow heads (408, see `server::io`).
+//!   malformed heads (400), oversized heads (431) and slow heads (408, see `server::io`). In the
+//!   HTTP/1.1 engine ([`crate::h1`]) this stage is the head parse itself: whatever it does not
+//!   accept goes to hyper.
 //! - **route**: the first matching route, or 404 `no_route`.
-//! - **action**: what the route does; today `proxy` (see [`crate::proxy`]). Admission stages (rate
+//! - **action**: what the route does; today `proxy` (see [`crate::proxy`], and its HTTP/1.1
+//!   engine form in `crate::h1`). Admission stages (rate
 //!   limits, shedding) and caching join between route and action.
 //! - **account**: status and duration into the route's metrics, one access-log line if enabled.
 //!

@@ -9,8 +9,10 @@
 //! problem response: 502, 503 or 504, never a hang.
 
 use std::error::Error as StdError;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::time::Duration;
 
 use http::uri::{Parts as UriParts, PathAndQuery};
 use http::{header, HeaderValue, Request, Response, StatusCode, Uri, Version};
@@ -26,15 +28,78 @@ use crate::metrics::UpstreamOutcome;
 use crate::pipeline::{Answer, Worker};
 use crate::problem::Reason;
 use crate::snapshot::Snapshot;
-use crate::upstream::pool::{PoolReturn, UpstreamSender};
-use crate::upstream::PickContext;
+use crate::upstream::pool::{ConnectError, Inflight, PoolReturn, UpstreamSender, WorkerPools};
+use crate::upstream::{PickContext, UpstreamGroup};
 
 /// Our `Via` entry.
 const VIA_H1: &str = "1.1 seawall";
 const VIA_H2: &str = "2 seawall";
 
 /// At most this many servers are tried when connecting fails.
-pub(crate) const MAX_CONNECT_ATTEMPTS: usize = 3;
+const MAX_CONNECT_ATTEMPTS: usize = 3;
+
+/// A server chosen for a request, with a connection to it.
+pub(crate) struct Chosen<C> {
+    /// The server's index in its group.
+    pub index: usize,
+    pub conn: C,
+    /// The connection came from the pool (it may turn out to have been closed by the server).
+    pub pooled: bool,
+    /// Counts the request against the server until dropped.
+    pub inflight: Inflight,
+}
+
+/// The balancing and connecting step both engines share: picks a server (skipping unhealthy,
+/// ejected and already `tried` ones), takes an idle pooled connection to it (unless `fresh_only`)
+/// or opens one; a server that cannot be reached is recorded, added to `tried` and replaced by
+/// another, up to [`MAX_CONNECT_ATTEMPTS`]. The error is the refusal to answer with.
+pub(crate) async fn choose<C, Fut>(
+    worker: &Worker,
+    group: &UpstreamGroup,
+    cx: &PickContext<'_>,
+    tried: &mut Vec<usize>,
+    fresh_only: bool,
+    checkout: impl Fn(&WorkerPools, usize, u64) -> Option<C>,
+    connect: impl Fn(SocketAddr, Duration) -> Fut,
+) -> Result<Chosen<C>, (Reason, String)>
+where
+    Fut: Future<Output = Result<C, ConnectError>>,
+{
+    let name = &group.config.name;
+    loop {
+        let picked = {
+            let mut rng = worker.rng.borrow_mut();
+            group.pick(cx, &mut rng, tried, |id| worker.pools.inflight(id))
+        };
+        let Some(index) = picked else {
+            return Err(if tried.is_empty() {
+                let detail = format!("no server of upstream {name:?} is available");
+                (Reason::UpstreamUnavailable, detail)
+            } else {
+                let detail = format!("could not connect to any server of upstream {name:?}");
+                (Reason::UpstreamConnectFailed, detail)
+            });
+        };
+        let server = &group.servers[index];
+        let inflight = Inflight::begin(&worker.pools, server.id);
+        let pooled = if fresh_only { None } else { checkout(&worker.pools, server.id, cx.now_ms) };
+        if let Some(conn) = pooled {
+            return Ok(Chosen { index, conn, pooled: true, inflight });
+        }
+        match connect(server.address, group.config.connect_timeout).await {
+            Ok(conn) => return Ok(Chosen { index, conn, pooled: false, inflight }),
+            Err(e) => {
+                tracing::debug!(upstream = %name, server = %server.name, error = %e, "connect failed");
+                group.record(index, UpstreamOutcome::ConnectFailure, now_ms());
+                tried.push(index);
+                if tried.len() >= MAX_CONNECT_ATTEMPTS.min(group.servers.len()) {
+                    let detail = format!("could not connect to upstream {name:?}: {e}");
+                    return Err((Reason::UpstreamConnectFailed, detail));
+                }
+            }
+        }
+    }
+}
 
 /// Forwards `req` to the upstream at index `upstream`.
 pub async fn forward(
@@ -83,87 +148,53 @@ pub async fn forward(
     // Host names the chosen server when the route says so or the client sent none (HTTP/1.0).
     let host_is_server = !route.preserve_host || client_host.is_none();
     let mut tried: Vec<usize> = Vec::new();
-    loop {
-        let now = now_ms();
-        let picked = {
-            let cx = PickContext { headers: request.headers(), client_ip: peer.ip(), now_ms: now };
-            let mut rng = worker.rng.borrow_mut();
-            group.pick(&cx, &mut rng, &tried, |id| worker.pools.inflight(id))
-        };
-        let Some(index) = picked else {
-            return if tried.is_empty() {
-                Answer::refuse(
-                    Reason::UpstreamUnavailable,
-                    &format!("no server of upstream {:?} is available", group.config.name),
-                )
-            } else {
-                Answer::refuse(
-                    Reason::UpstreamConnectFailed,
-                    &format!("could not connect to any server of upstream {:?}", group.config.name),
-                )
-            };
-        };
-        let server = &group.servers[index];
-        if host_is_server {
-            if let Ok(v) = HeaderValue::from_str(&server.name) {
-                request.headers_mut().insert(header::HOST, v);
-            }
+    let cx = PickContext { headers: request.headers(), client_ip: peer.ip(), now_ms: now_ms() };
+    let chosen =
+        choose(worker, group, &cx, &mut tried, false, WorkerPools::checkout, |address, timeout| {
+            worker.pools.connect(address, timeout)
+        })
+        .await;
+    let Chosen { index, conn: sender, pooled, inflight } = match chosen {
+        Ok(chosen) => chosen,
+        Err((reason, detail)) => return Answer::refuse(reason, &detail),
+    };
+    let server = &group.servers[index];
+    if host_is_server {
+        if let Ok(v) = HeaderValue::from_str(&server.name) {
+            request.headers_mut().insert(header::HOST, v);
         }
-        worker.pools.begin(server.id);
-        let mut pool = PoolReturn {
-            pools: Rc::clone(&worker.pools),
-            server_id: server.id,
-            sender: None,
-            max_idle: group.config.pool.max_idle,
-            idle_timeout_ms: duration_ms(group.config.pool.idle_timeout),
-        };
-        let (sender, pooled) = match worker.pools.checkout(server.id, now) {
-            Some(sender) => (sender, true),
-            None => {
-                match worker.pools.connect(server.address, group.config.connect_timeout).await {
-                    Ok(sender) => (sender, false),
-                    Err(e) => {
-                        tracing::debug!(upstream = %group.config.name, server = %server.name, error = %e, "connect failed");
-                        group.record(index, UpstreamOutcome::ConnectFailure, now_ms());
-                        tried.push(index);
-                        if tried.len() >= MAX_CONNECT_ATTEMPTS.min(group.servers.len()) {
-                            return Answer::refuse(
-                                Reason::UpstreamConnectFailed,
-                                &format!(
-                                    "could not connect to upstream {:?}: {e}",
-                                    group.config.name
-                                ),
-                            );
-                        }
-                        continue;
-                    }
-                }
-            }
-        };
-        let outcome = send(worker, group, index, sender, pooled, request).await;
-        let (response, sender) = match outcome {
-            Sent::Response(response, sender) => (response, sender),
-            Sent::Failed(reason, detail) => {
-                let mut answer = Answer::refuse(reason, &detail);
-                answer.upstream = Some((upstream, index));
-                return answer;
-            }
-        };
-        let status = response.status();
-        let outcome =
-            if status.is_server_error() { UpstreamOutcome::Http5xx } else { UpstreamOutcome::Ok };
-        group.record(index, outcome, now_ms());
-        let response = if status == StatusCode::SWITCHING_PROTOCOLS && client_upgrade.is_some() {
-            tunnel(response, client_upgrade, via)
-        } else {
-            pool.sender = Some(sender);
-            let (mut parts, body) = response.into_parts();
-            remove_hop_by_hop(&mut parts.headers, false);
-            append_via(&mut parts.headers, via);
-            Response::from_parts(parts, ProxyBody::upstream(body, Some(pool)))
-        };
-        return Answer { response, upstream: Some((upstream, index)), reason: None };
     }
+    let mut pool = PoolReturn {
+        pools: Rc::clone(&worker.pools),
+        server_id: server.id,
+        sender: None,
+        max_idle: group.config.pool.max_idle,
+        idle_timeout_ms: duration_ms(group.config.pool.idle_timeout),
+        inflight,
+    };
+    let outcome = send(worker, group, index, sender, pooled, request).await;
+    let (response, sender) = match outcome {
+        Sent::Response(response, sender) => (response, sender),
+        Sent::Failed(reason, detail) => {
+            let mut answer = Answer::refuse(reason, &detail);
+            answer.upstream = Some((upstream, index));
+            return answer;
+        }
+    };
+    let status = response.status();
+    let outcome =
+        if status.is_server_error() { UpstreamOutcome::Http5xx } else { UpstreamOutcome::Ok };
+    group.record(index, outcome, now_ms());
+    let response = if status == StatusCode::SWITCHING_PROTOCOLS && client_upgrade.is_some() {
+        tunnel(response, client_upgrade, via)
+    } else {
+        pool.sender = Some(sender);
+        let (mut parts, body) = response.into_parts();
+        remove_hop_by_hop(&mut parts.headers, false);
+        append_via(&mut parts.headers, via);
+        Response::from_parts(parts, ProxyBody::upstream(body, Some(pool)))
+    };
+    Answer { response, upstream: Some((upstream, index)), reason: None }
 }
 
 enum Sent {
@@ -175,7 +206,7 @@ enum Sent {
 /// written is replaced by a fresh one once.
 async fn send(
     worker: &Rc<Worker>,
-    group: &crate::upstream::UpstreamGroup,
+    group: &UpstreamGroup,
     index: usize,
     mut sender: UpstreamSender,
     mut pooled: bool,

@@ -18,9 +18,9 @@ use super::session::AdvanceTo as _;
 use super::session::{make_room, read_within, within, write_all_vectored, Exchange, Session};
 use crate::metrics::UpstreamOutcome;
 use crate::problem::Reason;
-use crate::proxy::MAX_CONNECT_ATTEMPTS;
+use crate::proxy::{choose, Chosen};
 use crate::snapshot::Snapshot;
-use crate::upstream::pool::{Inflight, RawConn};
+use crate::upstream::pool::{Inflight, RawConn, WorkerPools};
 use crate::upstream::{PickContext, UpstreamGroup};
 
 /// A response head larger than this is refused (502).
@@ -71,52 +71,35 @@ impl Session {
         let head_end = self.out.len();
         let buffered = (self.buf.len() - self.head.len) as u64;
         let body_here = buffered.min(self.head.content_length) as usize;
-        let pools = Rc::clone(&self.worker.pools);
+        let worker = Rc::clone(&self.worker);
         let mut tried: Vec<usize> = Vec::new();
         let mut fresh_only = false;
         loop {
-            let now = self.clock_ms;
-            let picked = {
+            let chosen = {
                 let view = self.head.view(&self.buf);
-                let cx = PickContext { headers: &view, client_ip: self.peer.ip(), now_ms: now };
-                let mut rng = self.worker.rng.borrow_mut();
-                group.pick(&cx, &mut rng, &tried, |id| pools.inflight(id))
-            };
-            let Some(index) = picked else {
-                let name = &group.config.name;
-                let (reason, detail) = if tried.is_empty() {
-                    let detail = format!("no server of upstream {name:?} is available");
-                    (Reason::UpstreamUnavailable, detail)
-                } else {
-                    let detail = format!("could not connect to any server of upstream {name:?}");
-                    (Reason::UpstreamConnectFailed, detail)
+                let cx = PickContext {
+                    headers: &view,
+                    client_ip: self.peer.ip(),
+                    now_ms: self.clock_ms,
                 };
-                return self.fail(reason, &detail, close, None).await;
+                choose(
+                    &worker,
+                    group,
+                    &cx,
+                    &mut tried,
+                    fresh_only,
+                    WorkerPools::checkout_raw,
+                    |address, timeout| worker.pools.connect_raw(address, timeout),
+                )
+                .await
+            };
+            let Chosen { index, conn, pooled, inflight } = match chosen {
+                Ok(chosen) => chosen,
+                Err((reason, detail)) => return self.fail(reason, &detail, close, None).await,
             };
             let server = &group.servers[index];
             self.out.truncate(head_end);
             write_host_and_end(&mut self.out, host_is_server.then_some(server.name.as_str()));
-            let inflight = Inflight::begin(&pools, server.id);
-            let pooled = if fresh_only { None } else { pools.checkout_raw(server.id, now) };
-            let (conn, pooled) = match pooled {
-                Some(conn) => (conn, true),
-                None => match pools.connect_raw(server.address, group.config.connect_timeout).await
-                {
-                    Ok(conn) => (conn, false),
-                    Err(e) => {
-                        tracing::debug!(upstream = %group.config.name, server = %server.name, error = %e, "connect failed");
-                        group.record(index, UpstreamOutcome::ConnectFailure, now_ms());
-                        tried.push(index);
-                        if tried.len() >= MAX_CONNECT_ATTEMPTS.min(group.servers.len()) {
-                            let name = &group.config.name;
-                            let detail = format!("could not connect to upstream {name:?}: {e}");
-                            let reason = Reason::UpstreamConnectFailed;
-                            return self.fail(reason, &detail, close, None).await;
-                        }
-                        continue;
-                    }
-                },
-            };
             let sending = Sending { group, upstream, index, pooled, body_here, close };
             match self.attempt(&sending, conn, inflight).await {
                 Attempt::Done(exchange) => return exchange,

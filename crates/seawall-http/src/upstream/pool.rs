@@ -277,13 +277,17 @@ impl Drop for Inflight {
     }
 }
 
-/// Hands a connection back to its worker's pool once the response has been read to the end.
+/// Hands a connection back to its worker's pool once the response has been read to the end. A
+/// connection not handed back by [`PoolReturn::reuse`] is dropped with the return, which closes
+/// it: its response was not read to the end, so its state is unknown.
 pub struct PoolReturn {
     pub pools: Rc<WorkerPools>,
     pub server_id: usize,
     pub sender: Option<UpstreamSender>,
     pub max_idle: usize,
     pub idle_timeout_ms: u64,
+    /// The request counts against the server until the response is done.
+    pub inflight: Inflight,
 }
 
 impl PoolReturn {
@@ -305,13 +309,5 @@ impl PoolReturn {
                 });
             }
         }
-    }
-}
-
-impl Drop for PoolReturn {
-    fn drop(&mut self) {
-        // A connection not handed back by `reuse` is dropped here, which closes it: its response
-        // was not read to the end, so its state is unknown.
-        self.pools.end(self.server_id);
     }
 }
