@@ -351,3 +351,53 @@ async fn heads_beyond_the_configured_header_count_are_431() {
     assert_eq!(origin.hits(), 0);
     gw.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_body_streams_through_and_the_pipelined_request_after_it_is_kept() {
+    let origin = Scripted::start(|request, _| {
+        let body_len = request.split_once("\r\n\r\n").map_or(0, |(_, body)| body.len());
+        reply(
+            &format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body_len}",
+                body_len.to_string().len()
+            ),
+            false,
+        )
+    })
+    .await;
+    let gw = gateway(&origin).await;
+    let mut client = TcpStream::connect(gw.listen_addr()).await.unwrap();
+    let body = "b".repeat(300_000);
+    let both = format!(
+        "POST /big HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n{body}GET /after HTTP/1.1\r\nHost: a\r\n\r\n",
+        body.len()
+    );
+    let got = ask(&mut client, &both, |t| {
+        t.matches("HTTP/1.1 200").count() == 2 && t.ends_with("\r\n\r\n0")
+    })
+    .await;
+    assert!(got.contains("\r\n\r\n300000HTTP/1.1 200"), "{got}");
+    let requests = origin.requests();
+    assert_eq!(requests.len(), 2);
+    assert!(requests[1].starts_with("GET /after"), "{}", requests[1]);
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smuggling_shapes_are_refused_before_reaching_the_upstream() {
+    let origin = Origin::start().await;
+    let gw = start(simple(&[&origin], "")).await;
+    for head in [
+        "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+        "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: a\r\nX-Folded: a\r\n b\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost : a\r\n\r\n",
+    ] {
+        let mut client = TcpStream::connect(gw.listen_addr()).await.unwrap();
+        client.write_all(head.as_bytes()).await.unwrap();
+        let got = read_to_close(&mut client).await;
+        assert!(got.starts_with("HTTP/1.1 400"), "{head:?}: {got}");
+    }
+    assert_eq!(origin.hits(), 0);
+    gw.shutdown().await;
+}

@@ -23,6 +23,9 @@ use crate::snapshot::Snapshot;
 use crate::upstream::pool::{Inflight, RawConn, WorkerPools};
 use crate::upstream::{PickContext, UpstreamGroup};
 
+/// Room made in the client buffer while a request body streams through it.
+const BODY_READ: usize = 64 * 1024;
+
 /// A response head larger than this is refused (502).
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 
@@ -235,6 +238,8 @@ impl Session {
         let mut remaining = self.head.content_length - s.body_here as u64;
         self.head.content_length = s.body_here as u64;
         self.consume_request();
+        // Larger reads for a body than for heads: fewer system calls per megabyte.
+        self.buf.reserve(BODY_READ);
         while remaining > 0 {
             match read_within(&mut self.stream, &mut self.buf, &mut self.timer).await {
                 Some(Ok(n)) if n > 0 => {}
