@@ -203,9 +203,10 @@ fn find_route(snapshot: &Snapshot, req: &Request<Incoming>) -> Option<usize> {
     let host = req
         .headers()
         .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| req.uri().authority().map(|a| a.as_str()));
-    router::find(&snapshot.config.routes, req.method(), host, req.uri().path(), req.headers())
+        .map(http::HeaderValue::as_bytes)
+        .or_else(|| req.uri().authority().map(|a| a.as_str().as_bytes()));
+    let path = req.uri().path().as_bytes();
+    router::find(&snapshot.config.routes, req.method(), host, path, req.headers())
 }
 
 /// What became of a request, for the account stage.

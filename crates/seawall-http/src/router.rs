@@ -10,8 +10,8 @@ use crate::headers::HeaderLookup;
 pub fn find(
     routes: &[Route],
     method: &Method,
-    host: Option<&str>,
-    path: &str,
+    host: Option<&[u8]>,
+    path: &[u8],
     headers: &dyn HeaderLookup,
 ) -> Option<usize> {
     let host = host.map(strip_port);
@@ -20,16 +20,16 @@ pub fn find(
         let host_ok = match (&m.host, host) {
             (None, _) => true,
             (Some(_), None) => false,
-            (Some(HostMatch::Exact(want)), Some(h)) => h.eq_ignore_ascii_case(want),
+            (Some(HostMatch::Exact(want)), Some(h)) => h.eq_ignore_ascii_case(want.as_bytes()),
             (Some(HostMatch::Suffix(suffix)), Some(h)) => {
                 h.len() > suffix.len()
                     && h.get(h.len() - suffix.len()..)
-                        .is_some_and(|tail| tail.eq_ignore_ascii_case(suffix))
+                        .is_some_and(|tail| tail.eq_ignore_ascii_case(suffix.as_bytes()))
             }
         };
         let path_ok = match &m.path {
-            PathMatch::Prefix(p) => path.starts_with(p.as_str()),
-            PathMatch::Exact(p) => path == p,
+            PathMatch::Prefix(p) => path.starts_with(p.as_bytes()),
+            PathMatch::Exact(p) => path == p.as_bytes(),
         };
         let method_ok = m.methods.is_empty() || m.methods.iter().any(|x| x == method.as_str());
         let header_ok =
@@ -43,17 +43,14 @@ pub fn find(
 }
 
 /// `example.com:8080` → `example.com`; `[::1]:80` → `[::1]`.
-fn strip_port(host: &str) -> &str {
-    if host.starts_with('[') {
-        return host.find(']').map_or(host, |i| &host[..=i]);
+fn strip_port(host: &[u8]) -> &[u8] {
+    if host.first() == Some(&b'[') {
+        return memchr::memchr(b']', host).map_or(host, |i| &host[..=i]);
     }
-    host.rsplit_once(':').map_or(host, |(h, port)| {
-        if port.bytes().all(|b| b.is_ascii_digit()) {
-            h
-        } else {
-            host
-        }
-    })
+    match memchr::memrchr(b':', host) {
+        Some(i) if host[i + 1..].iter().all(u8::is_ascii_digit) => &host[..i],
+        _ => host,
+    }
 }
 
 #[cfg(test)]
@@ -94,7 +91,8 @@ upstream = "u"
             h.insert(http::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
         }
         let rs = routes();
-        let i = find(&rs, &method.parse().unwrap(), host, path, &h).unwrap();
+        let i = find(&rs, &method.parse().unwrap(), host.map(str::as_bytes), path.as_bytes(), &h)
+            .unwrap();
         rs[i].name.clone()
     }
 
@@ -110,8 +108,9 @@ upstream = "u"
 
     #[test]
     fn ports_are_stripped() {
-        assert_eq!(strip_port("[::1]:80"), "[::1]");
-        assert_eq!(strip_port("a.b:1"), "a.b");
-        assert_eq!(strip_port("a.b"), "a.b");
+        assert_eq!(strip_port(b"[::1]:80"), b"[::1]");
+        assert_eq!(strip_port(b"a.b:1"), b"a.b");
+        assert_eq!(strip_port(b"a.b"), b"a.b");
+        assert_eq!(strip_port(b"a.b:"), b"a.b", "an empty port is no port");
     }
 }

@@ -207,10 +207,9 @@ impl RequestHead {
     }
 
     /// The path, without the query.
-    pub fn path<'b>(&self, buf: &'b [u8]) -> &'b str {
+    pub fn path<'b>(&self, buf: &'b [u8]) -> &'b [u8] {
         let target = self.target(buf);
-        let end = memchr::memchr(b'?', target).unwrap_or(target.len());
-        std::str::from_utf8(&target[..end]).unwrap_or("/")
+        &target[..memchr::memchr(b'?', target).unwrap_or(target.len())]
     }
 
     /// The Host header, when the client sent one.
@@ -527,7 +526,7 @@ mod tests {
         let (head, result) = parsed(text);
         assert_eq!(result, Parsed::Complete);
         assert_eq!(head.content_length, 3);
-        assert_eq!(head.path(text.as_bytes()), "/p");
+        assert_eq!(head.path(text.as_bytes()), b"/p");
         let mut out = Vec::new();
         head.write_upstream(text.as_bytes(), &mut out, "192.0.2.7".parse().unwrap(), true);
         write_host_and_end(&mut out, Some("backend:8080"));

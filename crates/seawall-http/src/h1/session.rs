@@ -179,15 +179,18 @@ impl Session {
         let snapshot = self.worker.snapshot();
         let buf = &self.buf[..];
         let head = &self.head;
-        let host = head.host(buf).and_then(|h| std::str::from_utf8(h).ok());
         let path = head.path(buf);
-        let route =
-            router::find(&snapshot.config.routes, &head.method, host, path, &head.view(buf));
-        let logged = snapshot
-            .config
-            .log
-            .access_log
-            .then(|| (head.method.as_str().to_owned(), path.to_owned()));
+        let route = router::find(
+            &snapshot.config.routes,
+            &head.method,
+            head.host(buf),
+            path,
+            &head.view(buf),
+        );
+        let logged =
+            snapshot.config.log.access_log.then(|| {
+                (head.method.as_str().to_owned(), String::from_utf8_lossy(path).into_owned())
+            });
         let close = head.close || draining;
         let served = match route {
             None => self.fail(Reason::NoRoute, "no route matches this request", close, None).await,
