@@ -83,9 +83,27 @@ enum Name {
     Other,
 }
 
+/// Whether `name` equals `lower` (lower-case letters and `-`) ignoring case, eight bytes at a
+/// time. Setting bit 0x20 lower-cases letters; a header name is a token (httparse checks), and no
+/// other token byte becomes a letter or `-` that way, so the comparison is exact.
+fn eq_lower(name: &[u8], lower: &[u8]) -> bool {
+    if name.len() != lower.len() {
+        return false;
+    }
+    let word = |b: &[u8]| {
+        let mut w = [0u8; 8];
+        w[..b.len()].copy_from_slice(b);
+        u64::from_le_bytes(w)
+    };
+    name.chunks(8).zip(lower.chunks(8)).all(|(n, l)| {
+        let mask = word(&[0x20; 8][..n.len()]);
+        word(n) | mask == word(l)
+    })
+}
+
 /// Classifies a header name: by length first, so most names cost one comparison or none.
 fn classify(name: &[u8]) -> Name {
-    let is = |want: &[u8]| name.eq_ignore_ascii_case(want);
+    let is = |want: &[u8]| eq_lower(name, want);
     match name.len() {
         2 if is(b"te") => Name::HopByHop,
         4 if is(b"host") => Name::Host,
@@ -99,7 +117,7 @@ fn classify(name: &[u8]) -> Name {
         16 if is(b"x-forwarded-host") => Name::XForwardedReplaced,
         17 if is(b"transfer-encoding") => Name::TransferEncoding,
         17 if is(b"x-forwarded-proto") => Name::XForwardedReplaced,
-        n if n > 6 && name[..6].eq_ignore_ascii_case(b"proxy-") => Name::HopByHop,
+        n if n > 6 && eq_lower(&name[..6], b"proxy-") => Name::HopByHop,
         _ => Name::Other,
     }
 }
@@ -387,8 +405,10 @@ pub fn parse_response(
     let mut coded = false;
     let mut named: [&[u8]; MAX_CONNECTION_TOKENS] = [b""; MAX_CONNECTION_TOKENS];
     let mut named_count = 0;
-    for h in res.headers.iter() {
-        match classify(h.name.as_bytes()) {
+    let mut names = [Name::Other; MAX_FIELDS];
+    for (h, class) in res.headers.iter().zip(names.iter_mut()) {
+        *class = classify(h.name.as_bytes());
+        match *class {
             Name::ContentLength => {
                 let value = parse_length(h.value).ok_or(BadResponse::Length)?;
                 if length.is_some_and(|l| l != value) {
@@ -440,9 +460,9 @@ pub fn parse_response(
     ]);
     out.extend_from_slice(res.reason.unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
-    for h in res.headers.iter() {
+    for (h, class) in res.headers.iter().zip(names) {
         let name = h.name.as_bytes();
-        let skip = match classify(name) {
+        let skip = match class {
             Name::TransferEncoding => !coded,
             Name::Connection | Name::HopByHop => true,
             Name::ContentLength => chunked,
@@ -536,6 +556,22 @@ mod tests {
              x-forwarded-for: 10.0.0.1, 192.0.2.7\r\nx-forwarded-proto: http\r\n\
              x-forwarded-host: shop\r\nvia: 1.1 seawall\r\nhost: backend:8080\r\n\r\n"
         );
+    }
+
+    #[test]
+    fn names_compare_ignoring_case_and_nothing_else() {
+        assert!(eq_lower(b"Content-Length", b"content-length"));
+        assert!(eq_lower(b"X-FORWARDED-FOR", b"x-forwarded-for"));
+        assert!(!eq_lower(b"Content-Lengtx", b"content-length"));
+        assert!(!eq_lower(b"content-length", b"content-lengt"));
+        assert!(!eq_lower(b"te", b"tE-"));
+        assert_eq!(classify(b"Proxy-Authorization"), Name::HopByHop);
+        assert_eq!(classify(b"TE"), Name::HopByHop);
+        assert_eq!(classify(b"Host"), Name::Host);
+        assert_eq!(classify(b"hosT"), Name::Host);
+        assert_eq!(classify(b"X-Forwarded-Proto"), Name::XForwardedReplaced);
+        assert_eq!(classify(b"Transfer-Encoding"), Name::TransferEncoding);
+        assert_eq!(classify(b"X-Custom"), Name::Other);
     }
 
     #[test]
