@@ -130,16 +130,6 @@ impl ParkingLot {
         }
     }
 
-    /// Parked connections.
-    pub fn len(&self) -> usize {
-        self.slots.borrow().len() - self.free.borrow().len()
-    }
-
-    /// Whether no connection is parked.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Parks `conn` until the client sends, `keepalive` passes or the gateway drains. Returns the
     /// connection when it must be served (or closed) at once instead.
     pub fn park(&self, conn: Parked, keepalive: Duration) -> Option<Parked> {
@@ -232,8 +222,7 @@ pub async fn run(worker: Rc<Worker>, handler: impl Resume) {
                 for conn in lot.take_all() {
                     handler.close(conn, false);
                 }
-                worker.drain.wait().await;
-                // Connections parked after this point are closed by `park`'s caller.
+                // Nothing parks after this: connections check the drain before they park.
                 return;
             }
             Event::Ready => {
