@@ -233,6 +233,9 @@ pub struct Registry {
     pub idle_timeouts: Counter,
     /// Idle HTTP/1 connections whose session state was released while they wait.
     pub parks: Counter,
+    /// HTTP/1 requests the HTTP/1.1 engine left to hyper (upgrades, chunked uploads, HTTP/1.0,
+    /// malformed or oversized heads...).
+    pub handoffs: Counter,
     /// Reloads that took effect.
     pub config_reloads: Counter,
     /// Reloads refused because the new file was invalid.
@@ -254,6 +257,7 @@ impl Registry {
             header_timeouts: Counter::new(shards),
             idle_timeouts: Counter::new(shards),
             parks: Counter::new(shards),
+            handoffs: Counter::new(shards),
             config_reloads: Counter::new(shards),
             config_reload_failures: Counter::new(shards),
             upstream_connects: Counter::new(shards),
@@ -342,7 +346,7 @@ impl Registry {
         for (name, help, v) in gauges {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
         }
-        let counters: [(&str, &str, u64); 7] = [
+        let counters: [(&str, &str, u64); 8] = [
             (
                 "seawall_connections_total",
                 "Client connections accepted.",
@@ -362,6 +366,11 @@ impl Registry {
                 "seawall_client_parks_total",
                 "Idle keep-alive connections that released their buffers while waiting.",
                 self.parks.get(),
+            ),
+            (
+                "seawall_http1_handoffs_total",
+                "HTTP/1 requests served by hyper instead of the HTTP/1.1 engine.",
+                self.handoffs.get(),
             ),
             (
                 "seawall_config_reloads_total",

@@ -282,6 +282,7 @@ async fn requests_this_engine_does_not_serve_go_to_hyper_on_the_same_connection(
     old.write_all(b"GET /hi HTTP/1.0\r\n\r\n").await.unwrap();
     let got = read_to_close(&mut old).await;
     assert!(got.starts_with("HTTP/1.0 200") && got.ends_with(&hello), "{got}");
+    assert_eq!(metric(&gw, "seawall_http1_handoffs_total").await, 2.0, "the upload and HTTP/1.0");
     gw.shutdown().await;
 }
 

@@ -89,7 +89,10 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr) -> E
             Next::Request => {}
             Next::Park => return End::Parked(session.stream),
             Next::Close => return End::Closed,
-            Next::HandOff => return End::HandOff(session.stream, session.buf.freeze()),
+            Next::HandOff => {
+                session.worker.shared.registry.handoffs.add(1);
+                return End::HandOff(session.stream, session.buf.freeze());
+            }
         }
         let draining = session.worker.drain.fired();
         match session.answer(draining).await {
