@@ -166,9 +166,9 @@ fn server(cx: &mut Ctx<'_>, raw: &RawServer) -> Server {
         "server.max_header_size",
         defaults::MAX_HEADER_SIZE as u64,
     );
-    if max_header_size < 8192 {
+    if !(8192..=1 << 20).contains(&max_header_size) {
         let span = raw.max_header_size.as_ref().map_or(0..0, |s| s.span());
-        cx.error(span, "server.max_header_size", "must be at least 8KiB (8192)");
+        cx.error(span, "server.max_header_size", "must be between 8KiB and 1MiB");
     }
     let max_body =
         cx.size(raw.max_body_size.as_ref(), "server.max_body_size", defaults::MAX_BODY_SIZE);
@@ -194,7 +194,7 @@ fn server(cx: &mut Ctx<'_>, raw: &RawServer) -> Server {
             "server.keepalive_timeout",
             defaults::KEEPALIVE_TIMEOUT,
         ),
-        max_header_size: max_header_size.max(8192) as usize,
+        max_header_size: max_header_size.clamp(8192, 1 << 20) as usize,
         max_headers: cx.count(
             raw.max_headers.as_ref(),
             "server.max_headers",

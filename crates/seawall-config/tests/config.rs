@@ -144,3 +144,25 @@ fn every_truncation_of_the_example_parses_or_errors_without_panicking() {
         }
     }
 }
+
+#[test]
+fn header_size_is_bounded_both_ways() {
+    for (size, ok) in
+        [("\"4KiB\"", false), ("\"8KiB\"", true), ("\"1MiB\"", true), ("\"2MiB\"", false)]
+    {
+        let src = MINIMAL.replace(
+            "admin = \"127.0.0.1:9901\"",
+            &format!("admin = \"127.0.0.1:9901\"\nmax_header_size = {size}"),
+        );
+        if ok {
+            assert!(seawall_config::parse(&src, "t.toml").is_ok(), "{size}");
+        } else {
+            let e = errors(&src);
+            assert!(
+                e.len() == 1
+                    && e[0].starts_with("t.toml:5:19: server.max_header_size: must be between"),
+                "{size}: {e:?}"
+            );
+        }
+    }
+}
