@@ -2,6 +2,8 @@
 //! machine-readable `reason`, the same reason in `x-seawall-reason`, and `Retry-After` where
 //! waiting helps. Every error on the request path ends here; a client always gets an answer.
 
+use std::sync::OnceLock;
+
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 
@@ -80,6 +82,19 @@ pub fn problem(reason: Reason, detail: &str) -> Response<ProxyBody> {
     response.map(ProxyBody::full)
 }
 
+/// The 408 for a request head that came too slowly, as HTTP/1 bytes. Both engines send it with one
+/// best-effort write as they close the connection.
+pub fn header_timeout_http1() -> &'static [u8] {
+    static BYTES: OnceLock<Vec<u8>> = OnceLock::new();
+    BYTES.get_or_init(|| {
+        let detail = "request head too slow";
+        let problem = problem_with(StatusCode::REQUEST_TIMEOUT, "header_timeout", detail, None);
+        let mut out = Vec::new();
+        crate::h1::head::write_response(&mut out, &problem, true);
+        out
+    })
+}
+
 /// Builds a problem response from its parts (also used by the admin API).
 pub fn problem_with(
     status: StatusCode,
@@ -107,4 +122,16 @@ pub fn problem_with(
         headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_408_has_the_right_length() {
+        let text = std::str::from_utf8(super::header_timeout_http1()).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 408 Request Timeout\r\n"), "{head}");
+        assert!(head.contains(&format!("content-length: {}", body.len())), "{head}");
+        assert!(head.contains("connection: close"), "{head}");
+    }
 }

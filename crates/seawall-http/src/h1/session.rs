@@ -19,7 +19,7 @@ use tokio::time::Instant;
 
 use super::head::{write_response, Parsed, RequestHead};
 use crate::pipeline::{account, Served, Worker};
-use crate::problem::{problem_with, Reason};
+use crate::problem::{header_timeout_http1, problem_with, Reason};
 use crate::router;
 use crate::server::io::PARK_AFTER;
 use crate::timer::LazyTimer;
@@ -157,16 +157,8 @@ impl Session {
             match read_within(&mut self.stream, &mut self.buf, &mut self.timer).await {
                 None => {
                     registry.header_timeouts.add(1);
-                    let detail = "request head too slow";
-                    let problem = problem_with(
-                        http::StatusCode::REQUEST_TIMEOUT,
-                        "header_timeout",
-                        detail,
-                        None,
-                    );
-                    write_response(&mut self.out, &problem, true);
                     // Best effort: the client is slow, so waiting for it is not worth it.
-                    let _ = self.stream.try_write(&self.out);
+                    let _ = self.stream.try_write(header_timeout_http1());
                     return Next::Close;
                 }
                 Some(Ok(0) | Err(_)) => return Next::Close,
