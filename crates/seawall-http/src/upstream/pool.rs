@@ -223,12 +223,21 @@ impl WorkerPools {
         address: SocketAddr,
         timeout: Duration,
     ) -> Result<RawConn, ConnectError> {
+        Ok(RawConn::new(self.open(address, timeout).await?))
+    }
+
+    /// Opens a TCP connection to an upstream server, counted in the registry.
+    async fn open(
+        &self,
+        address: SocketAddr,
+        timeout: Duration,
+    ) -> Result<TcpStream, ConnectError> {
         let stream = tokio::time::timeout(timeout, TcpStream::connect(address))
             .await
             .map_err(|_| ConnectError::Timeout(timeout))??;
         stream.set_nodelay(true)?;
         self.registry.upstream_connects.add(1);
-        Ok(RawConn::new(stream))
+        Ok(stream)
     }
 
     /// Closes idle connections that expired or that the server closed.
@@ -245,7 +254,7 @@ impl WorkerPools {
         address: SocketAddr,
         timeout: Duration,
     ) -> Result<UpstreamSender, ConnectError> {
-        let RawConn { stream, .. } = self.connect_raw(address, timeout).await?;
+        let stream = self.open(address, timeout).await?;
         let (send, conn) = Builder::new().handshake(TokioIo::new(stream)).await?;
         let sender = UpstreamSender::new(send);
         tokio::task::spawn_local(async move {
