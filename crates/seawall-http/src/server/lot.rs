@@ -189,17 +189,9 @@ impl ParkingLot {
     }
 }
 
-/// What the lot task does with a connection it lets go of.
-pub trait Resume {
-    /// The client sent bytes: serve the connection again.
-    fn resume(&self, conn: Parked);
-    /// The client left or the keep-alive time is over (`expired`): close the connection.
-    fn close(&self, conn: Parked, expired: bool);
-}
-
 /// The lot's task: resumes connections whose clients send, closes expired ones, and closes them
 /// all when the worker's drain signal fires.
-pub async fn run(worker: Rc<Worker>, handler: impl Resume) {
+pub async fn run(worker: Rc<Worker>) {
     let lot = &worker.lot;
     let mut scan = tokio::time::interval(SCAN_EVERY);
     scan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -220,7 +212,7 @@ pub async fn run(worker: Rc<Worker>, handler: impl Resume) {
         match event {
             Event::Drain => {
                 for conn in lot.take_all() {
-                    handler.close(conn, false);
+                    super::close_parked(&worker, conn, false);
                 }
                 // Nothing parks after this: connections check the drain before they park.
                 return;
@@ -236,12 +228,12 @@ pub async fn run(worker: Rc<Worker>, handler: impl Resume) {
                         continue; // a stale wake for a slot that has moved on
                     }
                     let Some(parked) = lot.take(slot) else { continue };
-                    handler.resume(parked.conn);
+                    super::resume(&worker, parked.conn);
                 }
             }
             Event::Scan => {
                 for conn in lot.take_expired(now_ms()) {
-                    handler.close(conn, true);
+                    super::close_parked(&worker, conn, true);
                 }
             }
         }

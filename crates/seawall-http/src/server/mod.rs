@@ -356,7 +356,7 @@ fn run_worker(index: usize, listener: std::net::TcpListener, shared: Arc<Shared>
         };
         let worker = Rc::new(Worker::new(Arc::clone(&shared), index));
         tokio::task::spawn_local(housekeeping(Rc::clone(&worker), shared.phase.subscribe()));
-        tokio::task::spawn_local(lot::run(Rc::clone(&worker), LotHandler(Rc::clone(&worker))));
+        tokio::task::spawn_local(lot::run(Rc::clone(&worker)));
         let mut phase = shared.phase.subscribe();
         accept_loop(&worker, &listener, &mut phase).await;
         drop(listener);
@@ -511,22 +511,20 @@ fn connection_closed(worker: &Worker) {
     worker.shared.connection_closed.notify_waiters();
 }
 
-/// What the parking lot does with the connections it lets go of.
-struct LotHandler(Rc<Worker>);
+/// Serves a parked connection whose client sent again, in a task of its own.
+fn resume(worker: &Rc<Worker>, conn: Parked) {
+    let Parked { stream, peer, permit } = conn;
+    tokio::task::spawn_local(serve_connection(Rc::clone(worker), stream, peer, permit, true));
+}
 
-impl lot::Resume for LotHandler {
-    fn resume(&self, conn: Parked) {
-        let Parked { stream, peer, permit } = conn;
-        tokio::task::spawn_local(serve_connection(Rc::clone(&self.0), stream, peer, permit, true));
+/// Closes a parked connection: its client left, its keep-alive time is over (`expired`), or the
+/// gateway drains.
+fn close_parked(worker: &Worker, conn: Parked, expired: bool) {
+    if expired {
+        worker.shared.registry.idle_timeouts.add(1);
     }
-
-    fn close(&self, conn: Parked, expired: bool) {
-        if expired {
-            self.0.shared.registry.idle_timeouts.add(1);
-        }
-        drop(conn);
-        connection_closed(&self.0);
-    }
+    drop(conn);
+    connection_closed(worker);
 }
 
 /// A hyper session on `stream` (HTTP/2, or HTTP/1 starting with the bytes in `prefix`); resolves to
