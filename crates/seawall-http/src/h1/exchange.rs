@@ -129,11 +129,10 @@ impl Session {
             Some(Ok(())) => {}
             Some(Err(_)) if s.pooled => return Attempt::Stale,
             Some(Err(e)) => {
-                group.record(index, UpstreamOutcome::Error, now_ms());
                 let detail = format!("upstream {name:?} failed: {e}");
-                return Attempt::Done(self.fail(Reason::UpstreamError, &detail, s.close, at).await);
+                return Attempt::Done(self.upstream_error(s, &detail, s.close).await);
             }
-            None => return Attempt::Done(self.timed_out(group, index, s, at).await),
+            None => return Attempt::Done(self.timed_out(s).await),
         }
         let whole_body_here = s.body_here as u64 == self.head.content_length;
         if !whole_body_here {
@@ -157,16 +156,12 @@ impl Session {
                     }
                     Ok(UpstreamHead::Partial) if conn.buf.len() <= MAX_RESPONSE_HEAD => {}
                     Ok(UpstreamHead::Partial) => {
-                        group.record(index, UpstreamOutcome::Error, now_ms());
                         let detail = format!("upstream {name:?} sent a response head too large");
-                        let failed = self.fail(Reason::UpstreamError, &detail, s.close, at).await;
-                        return Attempt::Done(failed);
+                        return Attempt::Done(self.upstream_error(s, &detail, s.close).await);
                     }
                     Err(e) => {
-                        group.record(index, UpstreamOutcome::Error, now_ms());
                         let detail = format!("upstream {name:?} failed: {e}");
-                        let failed = self.fail(Reason::UpstreamError, &detail, s.close, at).await;
-                        return Attempt::Done(failed);
+                        return Attempt::Done(self.upstream_error(s, &detail, s.close).await);
                     }
                 }
             }
@@ -174,16 +169,14 @@ impl Session {
                 Some(Ok(n)) if n > 0 => received = true,
                 Some(_) if retry_allowed && !received => return Attempt::Stale,
                 Some(result) => {
-                    group.record(index, UpstreamOutcome::Error, now_ms());
                     let cause = match result {
                         Err(e) => e.to_string(),
                         Ok(_) => "connection closed before the response was complete".into(),
                     };
                     let detail = format!("upstream {name:?} failed: {cause}");
-                    let failed = self.fail(Reason::UpstreamError, &detail, s.close, at).await;
-                    return Attempt::Done(failed);
+                    return Attempt::Done(self.upstream_error(s, &detail, s.close).await);
                 }
-                None => return Attempt::Done(self.timed_out(group, index, s, at).await),
+                None => return Attempt::Done(self.timed_out(s).await),
             }
         };
         let outcome =
@@ -217,19 +210,19 @@ impl Session {
         Attempt::Done(exchange)
     }
 
-    async fn timed_out(
-        &mut self,
-        group: &UpstreamGroup,
-        index: usize,
-        s: &Sending<'_>,
-        at: Option<(usize, usize)>,
-    ) -> Exchange {
-        group.record(index, UpstreamOutcome::Timeout, now_ms());
-        let detail = format!(
-            "upstream {:?} did not answer within {:?}",
-            group.config.name, group.config.timeout
-        );
-        self.fail(Reason::UpstreamTimeout, &detail, s.close, at).await
+    /// The upstream did not answer within its `timeout`: recorded, and answered 504.
+    async fn timed_out(&mut self, s: &Sending<'_>) -> Exchange {
+        s.group.record(s.index, UpstreamOutcome::Timeout, now_ms());
+        let config = &s.group.config;
+        let detail =
+            format!("upstream {:?} did not answer within {:?}", config.name, config.timeout);
+        self.fail(Reason::UpstreamTimeout, &detail, s.close, Some((s.upstream, s.index))).await
+    }
+
+    /// The upstream broke the exchange: recorded as an error, and answered 502.
+    async fn upstream_error(&mut self, s: &Sending<'_>, detail: &str, close: bool) -> Exchange {
+        s.group.record(s.index, UpstreamOutcome::Error, now_ms());
+        self.fail(Reason::UpstreamError, detail, close, Some((s.upstream, s.index))).await
     }
 
     /// Sends the rest of a request body that was not in the buffer with the head, as the client
@@ -257,12 +250,10 @@ impl Session {
             let n = self.buf.len().min(usize::try_from(remaining).unwrap_or(usize::MAX));
             let written = within(&mut self.timer, conn.stream.write_all(&self.buf[..n])).await;
             if !matches!(written, Some(Ok(()))) {
-                s.group.record(s.index, UpstreamOutcome::Error, now_ms());
                 let detail =
                     format!("upstream {:?} stopped reading the request body", s.group.config.name);
-                let at = Some((s.upstream, s.index));
                 // The rest of the body is unread: the connection must close.
-                return Some(self.fail(Reason::UpstreamError, &detail, true, at).await);
+                return Some(self.upstream_error(s, &detail, true).await);
             }
             self.buf.advance_to(n);
             remaining -= n as u64;
