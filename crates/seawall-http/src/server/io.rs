@@ -1,4 +1,5 @@
-//! The client connection's socket, with the timers hyper does not give us in the form we need:
+//! The client connection's socket as hyper's sessions see it (the HTTP/1.1 engine in `crate::h1`
+//! keeps the same timers itself), with the timers hyper does not give us in the form we need:
 //!
 //! - **header timeout** (slowloris): from the first byte of a request head, the whole head must
 //!   arrive within `header_timeout`, or the client gets `408 Request Timeout` and the connection
@@ -6,8 +7,9 @@
 //! - **keep-alive timeout**: a connection with no request in progress is closed quietly after
 //!   `keepalive_timeout`;
 //! - **parking** (HTTP/1): a connection idle for [`PARK_AFTER`] ends its hyper session as if the
-//!   client had closed, without closing the socket; the server then waits on the bare socket, so an
-//!   idle keep-alive connection holds no parser state or buffers (see `server::serve_connection`).
+//!   client had closed, without closing the socket; the socket then waits in the worker's parking
+//!   lot, so an idle keep-alive connection holds no task, parser state or buffers (see
+//!   `server::lot`).
 //!
 //! The wrapper sees bytes arrive; the request path tells it, through [`ConnShared`], when a
 //! request head has been parsed (`started`) and how many requests are being answered (`active`).
