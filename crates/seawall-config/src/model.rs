@@ -36,6 +36,12 @@ pub struct Server {
     /// Largest request body accepted (413 beyond); `None` = unlimited.
     pub max_body_size: Option<u64>,
     pub drain_timeout: Duration,
+    /// The longest a client may pause while it sends a request body (408 `body_timeout` beyond).
+    pub body_timeout: Duration,
+    /// The longest a write to a client may make no progress (the connection closes beyond).
+    pub send_timeout: Duration,
+    /// The longest an upgraded connection (WebSocket) may carry no bytes either way.
+    pub tunnel_idle_timeout: Duration,
     /// Accept HTTP/2 with prior knowledge (h2c) on the plain listener.
     pub http2: bool,
 }
@@ -62,8 +68,13 @@ pub struct Upstream {
     pub servers: Vec<UpstreamServer>,
     pub balance: Balance,
     pub connect_timeout: Duration,
-    /// Time allowed for the upstream to start answering (response head) once the request is sent.
+    /// Time allowed for the upstream to start answering (response head) once the whole request,
+    /// body included, has been sent.
     pub timeout: Duration,
+    /// The longest the upstream may stay silent while its response body streams.
+    pub read_timeout: Duration,
+    /// The longest the upstream may take to accept more of a request body.
+    pub send_timeout: Duration,
     pub pool: Pool,
     pub health: Option<HealthCheck>,
     pub passive: EjectionPolicy,

@@ -40,6 +40,9 @@ pub struct RawServer {
     pub max_headers: Option<Spanned<i64>>,
     pub max_body_size: Option<Spanned<RawSize>>,
     pub drain_timeout: Option<Text>,
+    pub body_timeout: Option<Text>,
+    pub send_timeout: Option<Text>,
+    pub tunnel_idle_timeout: Option<Text>,
     pub http2: Option<bool>,
 }
 
@@ -69,6 +72,8 @@ pub struct RawUpstream {
     pub hash_on: Option<Text>,
     pub connect_timeout: Option<Text>,
     pub timeout: Option<Text>,
+    pub read_timeout: Option<Text>,
+    pub send_timeout: Option<Text>,
     pub pool: Option<RawPool>,
     pub health: Option<Spanned<RawHealth>>,
     pub passive: Option<RawPassive>,

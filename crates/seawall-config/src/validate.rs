@@ -23,6 +23,11 @@ pub mod defaults {
     pub const MAX_HEADERS: usize = 100;
     pub const MAX_BODY_SIZE: u64 = 100 << 20;
     pub const DRAIN_TIMEOUT: &str = "30s";
+    pub const BODY_TIMEOUT: &str = "60s";
+    pub const SEND_TIMEOUT: &str = "60s";
+    pub const TUNNEL_IDLE_TIMEOUT: &str = "1h";
+    pub const READ_TIMEOUT: &str = "60s";
+    pub const UPSTREAM_SEND_TIMEOUT: &str = "60s";
     pub const CONNECT_TIMEOUT: &str = "1s";
     pub const TIMEOUT: &str = "30s";
     pub const POOL_MAX_IDLE: usize = 64;
@@ -208,6 +213,21 @@ fn server(cx: &mut Ctx<'_>, raw: &RawServer) -> Server {
             "server.drain_timeout",
             defaults::DRAIN_TIMEOUT,
         ),
+        body_timeout: cx.duration(
+            raw.body_timeout.as_ref(),
+            "server.body_timeout",
+            defaults::BODY_TIMEOUT,
+        ),
+        send_timeout: cx.duration(
+            raw.send_timeout.as_ref(),
+            "server.send_timeout",
+            defaults::SEND_TIMEOUT,
+        ),
+        tunnel_idle_timeout: cx.duration(
+            raw.tunnel_idle_timeout.as_ref(),
+            "server.tunnel_idle_timeout",
+            defaults::TUNNEL_IDLE_TIMEOUT,
+        ),
         http2: raw.http2.unwrap_or(true),
     }
 }
@@ -327,6 +347,16 @@ fn upstream(cx: &mut Ctx<'_>, name: &str, raw: &RawUpstream) -> Upstream {
             defaults::CONNECT_TIMEOUT,
         ),
         timeout: cx.duration(raw.timeout.as_ref(), &key("timeout"), defaults::TIMEOUT),
+        read_timeout: cx.duration(
+            raw.read_timeout.as_ref(),
+            &key("read_timeout"),
+            defaults::READ_TIMEOUT,
+        ),
+        send_timeout: cx.duration(
+            raw.send_timeout.as_ref(),
+            &key("send_timeout"),
+            defaults::UPSTREAM_SEND_TIMEOUT,
+        ),
         pool,
         health,
         passive,
