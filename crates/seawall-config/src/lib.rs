@@ -6,11 +6,14 @@
 //!    addresses resolved, upstream names resolved to indices, timeouts checked against each other.
 //!
 //! Every problem becomes a [`ConfigError`] naming file, line, column, the key path and what was
-//! expected; validation reports all problems it finds, not just the first.
+//! expected. All of them are reported, in file order: every unknown key and mistyped value of stage
+//! one (`recover` takes each out and reads the rest again), and every problem validation finds in
+//! what could be read. Only a syntax error stops the reading.
 
 pub mod error;
 pub mod model;
 pub mod raw;
+mod recover;
 mod units;
 mod validate;
 
@@ -33,8 +36,16 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
     parse(&source, &path.display().to_string())
 }
 
-/// Parses and validates `source`; `file` is only used in error messages.
+/// Parses and validates `source`; `file` is only used in error messages. On failure, every error
+/// is returned, sorted by line and column.
 pub fn parse(source: &str, file: &str) -> Result<Config, ConfigErrors> {
-    let raw = raw::parse(source, file)?;
-    validate::validate(raw, source, file)
+    let mut reading = recover::read(source, file);
+    if let Some(raw) = reading.raw.take() {
+        match validate::validate(raw, source, file) {
+            Ok(config) if reading.errors.is_empty() => return Ok(config),
+            Ok(_) => {}
+            Err(found) => reading.add_validation_errors(found.0),
+        }
+    }
+    Err(ConfigErrors(recover::in_file_order(reading.errors)))
 }

@@ -1,19 +1,24 @@
 //! The raw configuration: a serde mirror of the TOML file. Unknown keys are errors; values that
 //! validation interprets later keep their source span so errors can point at them.
+//!
+//! A key the gateway cannot run without (an upstream's `servers`) is optional here and required by
+//! validation, so that a file missing it still has everything else checked.
 
 use std::collections::BTreeMap;
+use std::fmt;
 
+use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::error::{ConfigError, ConfigErrors};
+use crate::error::ConfigErrors;
 
 /// A string value with its position in the file.
 pub type Text = Spanned<String>;
 
 /// The whole file.
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a table")]
 pub struct RawConfig {
     #[serde(default)]
     pub server: RawServer,
@@ -27,7 +32,7 @@ pub struct RawConfig {
 
 /// `[server]`
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a table")]
 pub struct RawServer {
     pub listen: Option<Text>,
     pub admin: Option<Text>,
@@ -48,7 +53,7 @@ pub struct RawServer {
 
 /// `[log]`
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a table")]
 pub struct RawLog {
     pub level: Option<Text>,
     pub format: Option<Text>,
@@ -56,18 +61,43 @@ pub struct RawLog {
 }
 
 /// A size written as a number of bytes or a string with a unit.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug, Clone)]
 pub enum RawSize {
     Bytes(i64),
     Text(String),
 }
 
+// By hand rather than `untagged`, whose error ("data did not match any variant") says neither what
+// was found nor what is expected.
+impl<'de> Deserialize<'de> for RawSize {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct SizeVisitor;
+        impl<'de> Visitor<'de> for SizeVisitor {
+            type Value = RawSize;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a size: a number of bytes or a string like \"64KiB\"")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<RawSize, E> {
+                Ok(RawSize::Bytes(v))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<RawSize, E> {
+                i64::try_from(v)
+                    .map(RawSize::Bytes)
+                    .map_err(|_| E::invalid_value(de::Unexpected::Unsigned(v), &self))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawSize, E> {
+                Ok(RawSize::Text(v.to_string()))
+            }
+        }
+        deserializer.deserialize_any(SizeVisitor)
+    }
+}
+
 /// `[upstreams.NAME]`
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a table")]
 pub struct RawUpstream {
-    pub servers: Spanned<Vec<Spanned<RawServerEntry>>>,
+    pub servers: Option<Spanned<Vec<Spanned<RawServerEntry>>>>,
     pub balance: Option<Text>,
     pub hash_on: Option<Text>,
     pub connect_timeout: Option<Text>,
@@ -75,21 +105,45 @@ pub struct RawUpstream {
     pub read_timeout: Option<Text>,
     pub send_timeout: Option<Text>,
     pub pool: Option<RawPool>,
-    pub health: Option<Spanned<RawHealth>>,
+    /// Not `Spanned`: a table written with dotted keys (`health.interval = "1s"`) has no span, and
+    /// toml refuses to read it into one.
+    pub health: Option<RawHealth>,
     pub passive: Option<RawPassive>,
 }
 
 /// One entry of `servers`: `"host:port"` or `{ address = "host:port", weight = 3 }`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug, Clone)]
 pub enum RawServerEntry {
     Address(String),
     Weighted(RawWeightedServer),
 }
 
+// By hand rather than `untagged`: an untagged enum buffers the table and turns an unknown or
+// mistyped key inside it into "data did not match any variant"; this way the table is read by
+// `RawWeightedServer` itself and its errors name the key.
+impl<'de> Deserialize<'de> for RawServerEntry {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct EntryVisitor;
+        impl<'de> Visitor<'de> for EntryVisitor {
+            type Value = RawServerEntry;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("\"host:port\" or { address = \"host:port\", weight = N }")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawServerEntry, E> {
+                Ok(RawServerEntry::Address(v.to_string()))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawServerEntry, A::Error> {
+                RawWeightedServer::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(RawServerEntry::Weighted)
+            }
+        }
+        deserializer.deserialize_any(EntryVisitor)
+    }
+}
+
 /// `{ address = "...", weight = N }`
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a table")]
 pub struct RawWeightedServer {
     pub address: String,
     pub weight: Option<i64>,
@@ -97,7 +151,7 @@ pub struct RawWeightedServer {
 
 /// `pool = { ... }`
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a table")]
 pub struct RawPool {
     pub max_idle: Option<Spanned<i64>>,
     pub idle_timeout: Option<Text>,
@@ -105,7 +159,7 @@ pub struct RawPool {
 
 /// `health = { ... }`
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a table")]
 pub struct RawHealth {
     pub path: Option<Text>,
     pub interval: Option<Text>,
@@ -117,7 +171,7 @@ pub struct RawHealth {
 
 /// `passive = { ... }`
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a table")]
 pub struct RawPassive {
     pub consecutive_failures: Option<Spanned<i64>>,
     pub base_ejection: Option<Text>,
@@ -127,7 +181,7 @@ pub struct RawPassive {
 
 /// `[[routes]]`
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a table")]
 pub struct RawRoute {
     pub name: Option<Text>,
     pub host: Option<Text>,
@@ -142,20 +196,18 @@ pub struct RawRoute {
 
 /// `header = { name = "x-canary", value = "1" }`
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a table")]
 pub struct RawHeaderMatch {
     pub name: Text,
     pub value: Option<Text>,
 }
 
-/// Parses TOML into the raw model; a syntax or shape error names its position and key path.
+/// Parses TOML into the raw model. Every unknown key and mistyped value is reported, each with its
+/// position and key path, in file order; a syntax error is reported alone.
 pub fn parse(source: &str, file: &str) -> Result<RawConfig, ConfigErrors> {
-    let deserializer = toml::Deserializer::new(source);
-    serde_path_to_error::deserialize(deserializer).map_err(|err| {
-        let key = err.path().to_string();
-        let key = if key == "." { String::new() } else { key };
-        let inner = err.into_inner();
-        let offset = inner.span().map_or(0, |s| s.start);
-        ConfigErrors(vec![ConfigError::at(file, source, offset, &key, inner.message().to_string())])
-    })
+    let read = crate::recover::read(source, file);
+    match read.raw {
+        Some(raw) if read.errors.is_empty() => Ok(raw),
+        _ => Err(ConfigErrors(crate::recover::in_file_order(read.errors))),
+    }
 }

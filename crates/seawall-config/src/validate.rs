@@ -10,6 +10,7 @@ use toml::Spanned;
 use crate::error::{ConfigError, ConfigErrors};
 use crate::model::*;
 use crate::raw::*;
+use crate::recover::key_span;
 use crate::units::{parse_duration, parse_size};
 
 /// Defaults, in one place so docs and code agree.
@@ -272,10 +273,25 @@ impl RawLog {
 fn upstream(cx: &mut Ctx<'_>, name: &str, raw: &RawUpstream) -> Upstream {
     let key = |k: &str| format!("upstreams.{name}.{k}");
     let mut servers = Vec::new();
-    if raw.servers.get_ref().is_empty() {
-        cx.error(raw.servers.span(), &key("servers"), "an upstream needs at least one server");
-    }
-    for (i, entry) in raw.servers.get_ref().iter().enumerate() {
+    let entries = match &raw.servers {
+        Some(list) if list.get_ref().is_empty() => {
+            cx.error(list.span(), &key("servers"), "an upstream needs at least one server");
+            &[][..]
+        }
+        Some(list) => list.get_ref().as_slice(),
+        None => {
+            // The raw model has no span for a table (one written with dotted keys has none), so
+            // the error points at the upstream's name as the file spells it.
+            let span = key_span(cx.source, &["upstreams", name]).unwrap_or(0..0);
+            cx.error(
+                span,
+                &key("servers"),
+                "missing; an upstream needs at least one server: servers = [\"host:port\"]",
+            );
+            &[][..]
+        }
+    };
+    for (i, entry) in entries.iter().enumerate() {
         let k = format!("{}[{i}]", key("servers"));
         let (addr, weight) = match entry.get_ref() {
             RawServerEntry::Address(a) => (a.clone(), 1),
@@ -388,13 +404,11 @@ fn valid_header_name(name: &str) -> bool {
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
-fn health(cx: &mut Ctx<'_>, raw: &Spanned<RawHealth>, key: &str) -> HealthCheck {
-    let h = raw.get_ref();
+fn health(cx: &mut Ctx<'_>, h: &RawHealth, key: &str) -> HealthCheck {
     let path = h.path.as_ref().map_or_else(|| "/healthz".to_string(), |p| p.get_ref().clone());
-    if !path.starts_with('/') {
-        let span = h.path.as_ref().map_or(raw.span(), |p| p.span());
+    if let Some(p) = h.path.as_ref().filter(|_| !path.starts_with('/')) {
         cx.error(
-            span,
+            p.span(),
             &format!("{key}.path"),
             format!("expected a path starting with '/', got {path:?}"),
         );
@@ -403,11 +417,11 @@ fn health(cx: &mut Ctx<'_>, raw: &Spanned<RawHealth>, key: &str) -> HealthCheck 
         cx.duration(h.interval.as_ref(), &format!("{key}.interval"), defaults::HEALTH_INTERVAL);
     let timeout =
         cx.duration(h.timeout.as_ref(), &format!("{key}.timeout"), defaults::HEALTH_TIMEOUT);
+    // Without a timeout of its own, a check's timeout follows a shorter interval.
     let timeout = if h.timeout.is_none() { timeout.min(interval) } else { timeout };
-    if timeout > interval {
-        let span = h.timeout.as_ref().map_or(raw.span(), |t| t.span());
+    if let Some(t) = h.timeout.as_ref().filter(|_| timeout > interval) {
         cx.error(
-            span,
+            t.span(),
             &format!("{key}.timeout"),
             format!("must not exceed {key}.interval ({interval:?})"),
         );

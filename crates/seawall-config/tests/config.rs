@@ -141,7 +141,216 @@ fn every_truncation_of_the_example_parses_or_errors_without_panicking() {
                 assert!(e.line >= 1 && e.line <= lines + 1, "{e}");
                 assert!(e.column >= 1, "{e}");
             }
+            assert_in_file_order_without_repeats(&errors.0);
         }
+    }
+}
+
+fn assert_in_file_order_without_repeats(errors: &[ConfigError]) {
+    for pair in errors.windows(2) {
+        assert!((pair[0].line, pair[0].column) <= (pair[1].line, pair[1].column), "{pair:?}");
+    }
+    for (i, e) in errors.iter().enumerate() {
+        assert!(!errors[..i].contains(e), "reported twice: {e}");
+    }
+}
+
+const MANY_ERRORS: &str = r#"colour = "blue"
+[server]
+listen = "127.0.0.1"
+workers = "four"
+lisen = "127.0.0.1:8081"
+[log]
+level = "info"
+fmt = "json"
+[upstreams.app]
+servers = ["127.0.0.1:9000"]
+balance = "fastest"
+retries = 3
+pool = { max_idle = 8, size = 2 }
+health = { path = "/healthz", every = "1s" }
+passive = { consecutive_failures = 5, jail = "10s" }
+[[routes]]
+name = "api"
+upstream = "app"
+[[routes]]
+name = "canary"
+upstream = "app"
+header = { name = "x-canary", equals = "1" }
+priority = 1
+"#;
+
+#[test]
+fn every_unknown_key_type_error_and_validation_error_is_reported_in_line_order() {
+    let e = errors(MANY_ERRORS);
+    let expected = [
+        ("t.toml:1:1: colour: ", "unknown field `colour`, expected one of `server`, `log`"),
+        ("t.toml:3:10: server.listen: ", "expected an address"),
+        ("t.toml:4:11: server.workers: ", "invalid type: string \"four\""),
+        ("t.toml:5:1: server.lisen: ", "unknown field `lisen`, expected one of `listen`, `admin`"),
+        ("t.toml:8:1: log.fmt: ", "unknown field `fmt`, expected one of `level`, `format`"),
+        ("t.toml:11:11: upstreams.app.balance: ", "expected round_robin"),
+        ("t.toml:12:1: upstreams.app.retries: ", "unknown field `retries`, expected one of"),
+        (
+            "t.toml:13:24: upstreams.app.pool.size: ",
+            "unknown field `size`, expected `max_idle` or `idle_timeout`",
+        ),
+        ("t.toml:14:31: upstreams.app.health.every: ", "unknown field `every`, expected one of"),
+        ("t.toml:15:39: upstreams.app.passive.jail: ", "unknown field `jail`, expected one of"),
+        (
+            "t.toml:22:31: routes[1].header.equals: ",
+            "unknown field `equals`, expected `name` or `value`",
+        ),
+        ("t.toml:23:1: routes[1].priority: ", "unknown field `priority`, expected one of"),
+    ];
+    assert_eq!(e.len(), expected.len(), "{e:#?}");
+    for (got, (prefix, message)) in e.iter().zip(expected) {
+        assert!(got.starts_with(prefix), "{got:?} does not start with {prefix:?}");
+        assert!(got[prefix.len()..].starts_with(message), "{got:?} lacks {message:?}");
+    }
+}
+
+#[test]
+fn an_unknown_key_near_a_known_one_gets_a_suggestion() {
+    let e = errors(MANY_ERRORS);
+    let suggested: Vec<&String> = e.iter().filter(|e| e.contains("did you mean")).collect();
+    assert_eq!(suggested.len(), 1, "{e:#?}");
+    assert!(suggested[0].starts_with("t.toml:5:1: server.lisen: "), "{e:#?}");
+    assert!(suggested[0].ends_with("; did you mean `listen`?"), "{e:#?}");
+
+    let src = MINIMAL
+        .replace("timeout = \"5s\"", "timout = \"5s\"")
+        .replace("interval = \"1s\"", "intervals = \"1s\"")
+        .replace("upstream = \"app\"", "upstrem = \"app\"");
+    let e = errors(&src);
+    let expected = [
+        ("t.toml:10:1: upstreams.app.timout: ", Some("timeout")),
+        ("t.toml:11:31: upstreams.app.health.intervals: ", Some("interval")),
+        // Without `upstrem`, the route has no upstream: validation still runs on the rest.
+        ("t.toml:13:1: routes[0].upstream: ", None),
+        ("t.toml:16:1: routes[0].upstrem: ", Some("upstream")),
+    ];
+    assert_eq!(e.len(), expected.len(), "{e:#?}");
+    for (got, (prefix, near)) in e.iter().zip(expected) {
+        assert!(got.starts_with(prefix), "{got:?} does not start with {prefix:?}");
+        match near {
+            Some(near) => {
+                assert!(got.ends_with(&format!("; did you mean `{near}`?")), "{got:?}")
+            }
+            None => assert!(!got.contains("did you mean"), "{got:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_syntax_error_is_the_only_error() {
+    let src = format!("bogus = 1\n{MINIMAL}\n[server.tls]\ncert = \n");
+    let e = errors(&src);
+    assert_eq!(e.len(), 1, "{e:#?}");
+    assert!(e[0].starts_with("t.toml:20:8: invalid string"), "{e:#?}");
+}
+
+#[test]
+fn an_unknown_table_is_reported_once_with_everything_under_it() {
+    let src = format!(
+        "{MINIMAL}\n[server.tls]\ncert = \"a.pem\"\n[server.tls.client]\nca = \"b.pem\"\n[log]\nfmt = 1\n"
+    );
+    let e = errors(&src);
+    assert_eq!(e.len(), 2, "{e:#?}");
+    assert!(e[0].starts_with("t.toml:18:9: server.tls: unknown field `tls`"), "{e:#?}");
+    assert!(e[1].starts_with("t.toml:23:1: log.fmt: unknown field `fmt`"), "{e:#?}");
+}
+
+#[test]
+fn errors_after_a_rejected_array_element_keep_their_index() {
+    let src = r#"
+[upstreams.app]
+servers = [
+  5,
+  { weight = 2 },
+  "127.0.0.1:1",
+  "127.0.0.1",
+]
+[[routes]]
+upstream = "app"
+[[routes]]
+upstream = "nope"
+"#;
+    let e = errors(src);
+    let keys: Vec<&str> = e.iter().map(|e| e.split(": ").nth(1).unwrap_or("")).collect();
+    assert_eq!(
+        keys,
+        [
+            "upstreams.app.servers[0]",
+            "upstreams.app.servers[1]",
+            "upstreams.app.servers[3]",
+            "routes[1].upstream"
+        ],
+        "{e:#?}"
+    );
+    assert!(e[0].starts_with("t.toml:4:3: "), "{e:#?}");
+    assert!(e[1].starts_with("t.toml:5:3: upstreams.app.servers[1]: missing field `address`"));
+    assert!(e[2].starts_with("t.toml:7:3: "), "{e:#?}");
+
+    let src = r#"
+routes = [1, { upstream = "app", weight = 1 }, { upstream = "nope" }]
+[upstreams.app]
+servers = ["127.0.0.1:1"]
+"#;
+    let keys: Vec<String> =
+        errors(src).iter().map(|e| e.split(": ").nth(1).unwrap_or("").to_string()).collect();
+    assert_eq!(keys, ["routes[0]", "routes[1].weight", "routes[2].upstream"]);
+}
+
+#[test]
+fn an_upstream_without_servers_still_has_its_other_keys_checked() {
+    let src = MINIMAL.replace("servers = [\"127.0.0.1:9000\", \"127.0.0.1:9001\"]\n", "");
+    let src = src.replace("timeout = \"5s\"", "timeout = \"5s\"\nretries = 3");
+    let e = errors(&src);
+    assert_eq!(e.len(), 2, "{e:#?}");
+    assert!(e[0].starts_with("t.toml:6:12: upstreams.app.servers: missing"), "{e:#?}");
+    assert!(e[1].starts_with("t.toml:10:1: upstreams.app.retries: unknown field"), "{e:#?}");
+}
+
+#[test]
+fn health_written_with_dotted_keys_is_read() {
+    let src = MINIMAL.replace(
+        "health = { path = \"/healthz\", interval = \"1s\", unhealthy_after = 2, healthy_after = 2 }",
+        "health.path = \"/up\"\nhealth.interval = \"3s\"",
+    );
+    let c = parse(&src, "t.toml").unwrap();
+    let h = c.upstreams[0].health.as_ref().unwrap();
+    assert_eq!((h.path.as_str(), h.interval), ("/up", Duration::from_secs(3)));
+}
+
+#[test]
+fn an_unknown_key_after_any_line_of_the_example_is_its_only_error() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/seawall.toml");
+    let text = std::fs::read_to_string(path).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    // The key path of the table each line is in: `server`, `upstreams.app`, `routes[0]`.
+    let mut table = String::new();
+    let mut tables = Vec::new();
+    let mut routes = 0;
+    for line in &lines {
+        tables.push(table.clone());
+        if line.starts_with("[[routes]]") {
+            table = format!("routes[{routes}]");
+            routes += 1;
+        } else if let Some(header) = line.strip_prefix('[') {
+            table = header.split(']').next().unwrap().to_string();
+        }
+    }
+    tables.push(table);
+    for (at, table) in tables.iter().enumerate() {
+        let mut edited = lines.clone();
+        edited.insert(at, "bogus_key = 1");
+        let e = errors(&edited.join("\n"));
+        let key =
+            if table.is_empty() { "bogus_key".to_string() } else { format!("{table}.bogus_key") };
+        assert_eq!(e.len(), 1, "after line {at}: {e:#?}");
+        let want = format!("t.toml:{}:1: {key}: unknown field `bogus_key`", at + 1);
+        assert!(e[0].starts_with(&want), "{:?} does not start with {want:?}", e[0]);
     }
 }
 

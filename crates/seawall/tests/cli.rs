@@ -119,6 +119,31 @@ fn check_accepts_the_example_and_lists_every_error() {
 }
 
 #[test]
+fn check_prints_every_error_in_line_order() {
+    let text = "[server]\nlisten = \"127.0.0.1\"\nworkers = \"four\"\n\n[upstreams.app]\nservers = [\"127.0.0.1:1\"]\ntimout = \"5s\"\nbalance = \"fastest\"\n\n[[routes]]\nupstream = \"app\"\npriority = 1\n";
+    let bad = temp_config("many", text);
+    let out = seawall().args(["check", "--config"]).arg(&bad).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let file = bad.display().to_string();
+    let prefixes: Vec<&str> =
+        err.lines().map(|l| l.strip_prefix(file.as_str()).unwrap_or(l)).collect();
+    let expected = [
+        ":2:10: server.listen: expected an address",
+        ":3:11: server.workers: invalid type: string \"four\"",
+        ":7:1: upstreams.app.timout: unknown field `timout`, expected one of",
+        ":8:11: upstreams.app.balance: expected round_robin",
+        ":12:1: routes[0].priority: unknown field `priority`, expected one of",
+        "5 error(s)",
+    ];
+    assert_eq!(prefixes.len(), expected.len(), "{err}");
+    for (line, want) in prefixes.iter().zip(expected) {
+        assert!(line.starts_with(want), "{line:?} does not start with {want:?}\n{err}");
+    }
+    assert!(prefixes[2].ends_with("; did you mean `timeout`?"), "{err}");
+}
+
+#[test]
 fn run_reloads_on_sighup_and_on_file_change_and_drains_on_sigterm() {
     let (listen, admin, origin) = (free_port(), free_port(), free_port());
     let config = |path: &str| {
