@@ -4,8 +4,12 @@
 //!
 //! The state is three atomics so every worker thread can record outcomes without a lock; a success
 //! only writes when there is something to reset, so the common path reads a shared line and leaves it.
+//! Only the decision to eject, which must count the upstream's other ejected servers and then act,
+//! takes the upstream's [`EjectionGate`]: two workers ejecting two servers at the same moment would
+//! otherwise both see room under the cap.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
 
 /// The knobs of passive ejection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,6 +39,12 @@ impl EjectionPolicy {
         let cap = (total * self.max_ejected_percent as usize / 100).max(1);
         ejected < cap
     }
+}
+
+/// Shared by the servers of one upstream: ejection decisions are taken one at a time.
+#[derive(Debug, Default)]
+pub struct EjectionGate {
+    deciding: Mutex<()>,
 }
 
 /// Per-server outlier state.
@@ -92,11 +102,12 @@ impl Outlier {
     }
 
     /// Records a failure; `ejected_now` counts the upstream's servers that are ejected at this
-    /// moment (called only when the threshold is reached) and `total` its size.
+    /// moment (called only when the threshold is reached, under `gate`) and `total` its size.
     pub fn record_failure(
         &self,
         now_ms: u64,
         policy: &EjectionPolicy,
+        gate: &EjectionGate,
         ejected_now: impl FnOnce() -> usize,
         total: usize,
     ) -> FailureOutcome {
@@ -105,6 +116,11 @@ impl Outlier {
         }
         let failures = self.failures.fetch_add(1, Relaxed) + 1;
         if failures < policy.consecutive_failures || self.is_ejected(now_ms) {
+            return FailureOutcome::Counted;
+        }
+        let _deciding = gate.deciding.lock().unwrap_or_else(|p| p.into_inner());
+        if self.is_ejected(now_ms) {
+            // Another worker ejected this server while we waited.
             return FailureOutcome::Counted;
         }
         if !policy.may_eject(ejected_now(), total) {
@@ -116,11 +132,22 @@ impl Outlier {
         self.failures.store(0, Relaxed);
         FailureOutcome::Ejected { until_ms }
     }
+
+    /// Takes the server back into rotation at once (its active health checks show it recovered);
+    /// its count of ejections stays, so a relapse is ejected for longer.
+    pub fn uneject(&self) -> bool {
+        self.failures.store(0, Relaxed);
+        self.ejected_until.swap(0, Relaxed) != 0
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn gate() -> EjectionGate {
+        EjectionGate::default()
+    }
 
     fn policy() -> EjectionPolicy {
         EjectionPolicy {
@@ -135,18 +162,24 @@ mod tests {
     fn ejects_after_consecutive_failures_with_growing_time() {
         let p = policy();
         let o = Outlier::default();
-        assert_eq!(o.record_failure(10, &p, || 0, 4), FailureOutcome::Counted);
+        assert_eq!(o.record_failure(10, &p, &gate(), || 0, 4), FailureOutcome::Counted);
         o.record_success(11, &p);
-        assert_eq!(o.record_failure(12, &p, || 0, 4), FailureOutcome::Counted);
-        assert_eq!(o.record_failure(13, &p, || 0, 4), FailureOutcome::Counted);
-        assert_eq!(o.record_failure(14, &p, || 0, 4), FailureOutcome::Ejected { until_ms: 1014 });
+        assert_eq!(o.record_failure(12, &p, &gate(), || 0, 4), FailureOutcome::Counted);
+        assert_eq!(o.record_failure(13, &p, &gate(), || 0, 4), FailureOutcome::Counted);
+        assert_eq!(
+            o.record_failure(14, &p, &gate(), || 0, 4),
+            FailureOutcome::Ejected { until_ms: 1014 }
+        );
         assert!(o.is_ejected(500));
         assert!(!o.is_ejected(1014));
         for t in 1015..1017 {
-            assert_eq!(o.record_failure(t, &p, || 0, 4), FailureOutcome::Counted);
+            assert_eq!(o.record_failure(t, &p, &gate(), || 0, 4), FailureOutcome::Counted);
         }
         // Second ejection lasts twice as long.
-        assert_eq!(o.record_failure(1017, &p, || 0, 4), FailureOutcome::Ejected { until_ms: 3017 });
+        assert_eq!(
+            o.record_failure(1017, &p, &gate(), || 0, 4),
+            FailureOutcome::Ejected { until_ms: 3017 }
+        );
     }
 
     #[test]
@@ -154,9 +187,9 @@ mod tests {
         let p = policy();
         let o = Outlier::default();
         for t in 0..2 {
-            o.record_failure(t, &p, || 1, 2);
+            o.record_failure(t, &p, &gate(), || 1, 2);
         }
-        assert_eq!(o.record_failure(3, &p, || 1, 2), FailureOutcome::CapReached);
+        assert_eq!(o.record_failure(3, &p, &gate(), || 1, 2), FailureOutcome::CapReached);
         assert!(!o.is_ejected(4));
         // A lone server is never ejected: there is nowhere else to go.
         assert!(!p.may_eject(0, 1));
@@ -168,10 +201,60 @@ mod tests {
         assert_eq!(p.ejection_ms(9), 5000);
         let o = Outlier::default();
         for t in 0..3 {
-            o.record_failure(t, &p, || 0, 4);
+            o.record_failure(t, &p, &gate(), || 0, 4);
         }
         assert_eq!(o.ejections(), 1);
         o.record_success(1002 + 5000, &p);
         assert_eq!(o.ejections(), 0);
+    }
+
+    #[test]
+    fn concurrent_ejections_respect_the_cap() {
+        // Two servers reach their threshold on two threads at once; with a cap of one, exactly one
+        // may leave. Each thread, while it counts the ejected servers, waits (briefly) for the
+        // other to be counting too: without the gate both would count zero and both would leave.
+        use std::sync::atomic::AtomicUsize;
+        use std::time::{Duration, Instant};
+        let p = EjectionPolicy { consecutive_failures: 1, ..policy() };
+        for _ in 0..3 {
+            let gate = EjectionGate::default();
+            let servers = [Outlier::default(), Outlier::default()];
+            let counting = AtomicUsize::new(0);
+            std::thread::scope(|s| {
+                for me in 0..2 {
+                    let (servers, gate, counting, p) = (&servers, &gate, &counting, &p);
+                    s.spawn(move || {
+                        let count = || {
+                            counting.fetch_add(1, Relaxed);
+                            let deadline = Instant::now() + Duration::from_millis(50);
+                            while counting.load(Relaxed) < 2 && Instant::now() < deadline {
+                                std::hint::spin_loop();
+                            }
+                            servers.iter().filter(|o| o.is_ejected(1)).count()
+                        };
+                        servers[me].record_failure(1, p, gate, count, 2);
+                    });
+                }
+            });
+            assert_eq!(servers.iter().filter(|o| o.is_ejected(1)).count(), 1);
+        }
+    }
+
+    #[test]
+    fn uneject_brings_a_server_back_and_keeps_its_history() {
+        let p = EjectionPolicy { consecutive_failures: 1, ..policy() };
+        let o = Outlier::default();
+        assert!(matches!(
+            o.record_failure(1, &p, &gate(), || 0, 4),
+            FailureOutcome::Ejected { .. }
+        ));
+        assert!(o.uneject());
+        assert!(!o.is_ejected(2));
+        assert!(!o.uneject(), "nothing to undo twice");
+        // The next ejection is the second one: twice as long.
+        assert_eq!(
+            o.record_failure(10, &p, &gate(), || 0, 4),
+            FailureOutcome::Ejected { until_ms: 2010 }
+        );
     }
 }

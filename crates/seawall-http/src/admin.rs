@@ -25,8 +25,8 @@ use serde_json::json;
 
 use crate::metrics::{escape, UpstreamOutcome};
 use crate::problem::problem_with;
-use crate::server::{ReloadError, Shared};
 use crate::snapshot::Snapshot;
+use crate::state::{ReloadError, Shared};
 use crate::upstream::ServerState;
 
 /// Accepts admin connections until the task is aborted.
@@ -107,11 +107,14 @@ fn method_not_allowed(allowed: Method) -> Response<Bytes> {
 fn authorize(shared: &Shared, req: &Request<Incoming>) -> Option<Response<Bytes>> {
     let snapshot = shared.snapshot.load();
     let token = snapshot.config.server.admin_token.as_deref()?;
+    // The scheme is case-insensitive (RFC 9110 §11.1).
     let given = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+        .and_then(|v| v.trim().split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim());
     if given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes())) {
         return None;
     }
@@ -268,10 +271,18 @@ fn state(shared: &Shared) -> String {
             json!({"name": g.config.name, "balance": balance, "health_checks": g.config.health.is_some(), "servers": servers})
         })
         .collect();
+    // listen, admin and workers as running: a reloaded file's values wait for a restart.
+    let running = shared.running;
     json!({
         "draining": shared.draining.load(Relaxed),
-        "listen": config.server.listen.to_string(),
-        "workers": config.server.workers,
+        "listen": running.listen.to_string(),
+        "admin": running.admin.to_string(),
+        "workers": running.workers,
+        "max_connections": running.max_connections,
+        "restart_pending": running.listen != config.server.listen
+            || running.admin != config.server.admin
+            || running.workers != config.server.workers
+            || running.max_connections != config.server.max_connections,
         "connections_open": shared.registry.connections_open.get(),
         "routes": routes,
         "upstreams": upstreams,

@@ -1,12 +1,18 @@
-//! Header rewriting between client and upstream: hop-by-hop headers removed (RFC 9110 §7.6.1),
-//! `X-Forwarded-*` and `Via` added.
+//! The header policy of the proxy, written once for both engines and both directions: which fields
+//! are hop-by-hop (RFC 9110 §7.6.1), what `Connection` may and may not remove, and the
+//! `X-Forwarded-*` and `Via` fields Seawall adds.
+//!
+//! Framing is decided before hop-by-hop removal, and `Connection` can never remove
+//! `Content-Length`, `Transfer-Encoding` or `Host`: a client (or an upstream) that lists them in
+//! `Connection` would otherwise strip the framing from a message whose body is still sent, and the
+//! body would be read by the next hop as a new message (request smuggling, response splitting).
 
 use std::net::IpAddr;
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{HeaderMap, HeaderValue};
 
-/// Read access to a request's header fields, whichever engine parsed them (hyper's `HeaderMap`
-/// or the HTTP/1.1 engine's in-place head). Names are matched case-insensitively.
+/// Read access to a message's header fields, whichever engine parsed them (hyper's `HeaderMap` or
+/// the HTTP/1.1 engine's in-place heads). Names are matched case-insensitively.
 pub trait HeaderLookup {
     /// Calls `found` with each value of `name`, in order, until it returns true.
     fn for_each_value(&self, name: &str, found: &mut dyn FnMut(&[u8]) -> bool);
@@ -29,121 +35,177 @@ impl HeaderLookup for HeaderMap {
     }
 }
 
-/// Headers that describe one connection, never forwarded.
-const HOP_BY_HOP: [HeaderName; 6] = [
-    header::CONNECTION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-    HeaderName::from_static("keep-alive"),
-];
+/// The header names the proxy acts on; every other field passes through untouched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Name {
+    ContentLength,
+    TransferEncoding,
+    Connection,
+    Host,
+    Upgrade,
+    Expect,
+    Te,
+    XForwardedFor,
+    /// `X-Forwarded-Proto` and `-Host`: replaced by Seawall's own.
+    XForwardedReplaced,
+    /// `Keep-Alive` and the `Proxy-*` family, which never leave the hop.
+    HopByHop,
+    Other,
+}
 
-/// Removes hop-by-hop headers: those above, every `Proxy-*` header, and every header named in
-/// `Connection`. With `keep_upgrade`, `Connection: upgrade` and `Upgrade` stay so that a WebSocket
-/// handshake can pass through. One pass over the names finds what is present; only that is removed.
-pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    let mut present: [Option<HeaderName>; 8] = Default::default();
-    let mut count = 0;
-    let mut overflow = false;
-    let mut named_by_connection = false;
-    for name in headers.keys() {
-        if !(HOP_BY_HOP.contains(name) || name.as_str().starts_with("proxy-")) {
-            continue;
-        }
-        if name == header::CONNECTION {
-            let value =
-                headers.get(header::CONNECTION).map(HeaderValue::as_bytes).unwrap_or_default();
-            named_by_connection = !(value.eq_ignore_ascii_case(b"keep-alive")
-                || value.eq_ignore_ascii_case(b"close"));
-        }
-        if count < present.len() {
-            present[count] = Some(name.clone());
-            count += 1;
-        } else {
-            overflow = true;
-        }
+/// Whether `name` equals `lower` (lower-case letters and `-`) ignoring case, eight bytes at a
+/// time. Setting bit 0x20 lower-cases letters; a header name is a token (the parsers check), and
+/// no other token byte becomes a letter or `-` that way, so the comparison is exact.
+pub fn eq_lower(name: &[u8], lower: &[u8]) -> bool {
+    if name.len() != lower.len() {
+        return false;
     }
-    if count == 0 {
-        return;
-    }
-    if named_by_connection {
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-            .filter(|name| !(keep_upgrade && name == header::UPGRADE))
-            .collect();
-        for name in named {
-            headers.remove(name);
-        }
-    }
-    for name in present.iter().flatten() {
-        if keep_upgrade && (name == header::CONNECTION || name == header::UPGRADE) {
-            continue;
-        }
-        headers.remove(name);
-    }
-    if overflow {
-        // More than eight distinct hop-by-hop names: unusual enough for a second pass.
-        let rest: Vec<HeaderName> = headers
-            .keys()
-            .filter(|k| {
-                k.as_str().starts_with("proxy-")
-                    || (HOP_BY_HOP.contains(k)
-                        && !(keep_upgrade && (*k == header::CONNECTION || *k == header::UPGRADE)))
-            })
-            .cloned()
-            .collect();
-        for name in rest {
-            headers.remove(name);
-        }
-    }
-    if keep_upgrade {
-        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    let word = |b: &[u8]| {
+        let mut w = [0u8; 8];
+        w[..b.len()].copy_from_slice(b);
+        u64::from_le_bytes(w)
+    };
+    name.chunks(8).zip(lower.chunks(8)).all(|(n, l)| {
+        let mask = word(&[0x20; 8][..n.len()]);
+        word(n) | mask == word(l)
+    })
+}
+
+/// Classifies a header name: by length first, so most names cost one comparison or none.
+pub fn classify(name: &[u8]) -> Name {
+    let is = |want: &[u8]| eq_lower(name, want);
+    match name.len() {
+        2 if is(b"te") => Name::Te,
+        4 if is(b"host") => Name::Host,
+        6 if is(b"expect") => Name::Expect,
+        7 if is(b"upgrade") => Name::Upgrade,
+        10 if is(b"connection") => Name::Connection,
+        10 if is(b"keep-alive") => Name::HopByHop,
+        14 if is(b"content-length") => Name::ContentLength,
+        15 if is(b"x-forwarded-for") => Name::XForwardedFor,
+        16 if is(b"x-forwarded-host") => Name::XForwardedReplaced,
+        17 if is(b"transfer-encoding") => Name::TransferEncoding,
+        17 if is(b"x-forwarded-proto") => Name::XForwardedReplaced,
+        n if n > 6 && eq_lower(&name[..6], b"proxy-") => Name::HopByHop,
+        _ => Name::Other,
     }
 }
 
-/// Whether the request asks to switch protocols (`Connection: upgrade` with an `Upgrade` header).
-pub fn wants_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE)
-        && headers.get_all(header::CONNECTION).iter().any(|v| {
-            v.as_bytes()
-                .split(|&b| b == b',')
-                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"upgrade"))
-        })
+/// The comma-separated tokens of a header value, trimmed, empty ones skipped.
+pub fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value.split(|&b| b == b',').map(<[u8]>::trim_ascii).filter(|t| !t.is_empty())
 }
 
-/// Adds `X-Forwarded-For` (appending the client to any existing list), `X-Forwarded-Proto`,
-/// `X-Forwarded-Host` and `Via`.
-pub fn add_forwarded(
-    headers: &mut HeaderMap,
+/// Whether a comma-separated value lists `token` (ignoring case).
+pub fn has_token(value: &[u8], token: &[u8]) -> bool {
+    tokens(value).any(|t| t.eq_ignore_ascii_case(token))
+}
+
+/// At most this many field names listed in `Connection` are remembered; a message naming more is
+/// refused by the caller (no real client needs that many).
+pub const MAX_CONNECTION_NAMES: usize = 8;
+
+/// What the `Connection` fields of a message say, every line counted (RFC 9110 §7.6.1).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ConnectionOptions<'a> {
+    pub close: bool,
+    pub keep_alive: bool,
+    pub upgrade: bool,
+    /// Field names the sender asked to be removed, except the protected ones.
+    named: [&'a [u8]; MAX_CONNECTION_NAMES],
+    count: usize,
+    /// More names than fit were listed.
+    pub overflow: bool,
+}
+
+impl<'a> ConnectionOptions<'a> {
+    /// Adds the tokens of one `Connection` line.
+    pub fn add(&mut self, value: &'a [u8]) {
+        for token in tokens(value) {
+            if token.eq_ignore_ascii_case(b"close") {
+                self.close = true;
+            } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                self.keep_alive = true;
+            } else if token.eq_ignore_ascii_case(b"upgrade") {
+                self.upgrade = true;
+            } else if matches!(
+                classify(token),
+                Name::ContentLength | Name::TransferEncoding | Name::Host
+            ) {
+                // Framing and Host outlive every hop: `Connection` cannot remove them.
+            } else if self.count < MAX_CONNECTION_NAMES {
+                self.named[self.count] = token;
+                self.count += 1;
+            } else {
+                self.overflow = true;
+            }
+        }
+    }
+
+    /// Whether the sender listed `name` in `Connection` (so it must not be forwarded).
+    pub fn names(&self, name: &[u8]) -> bool {
+        self.named[..self.count].iter().any(|t| t.eq_ignore_ascii_case(name))
+    }
+}
+
+/// Whether a client's request field of class `class` is copied upstream as it is. The rest is
+/// either hop-by-hop or rewritten by Seawall (framing, `Host`, `X-Forwarded-*`, `Upgrade`).
+pub fn forwards_request_field(class: Name) -> bool {
+    matches!(class, Name::Other)
+}
+
+/// Whether an upstream's response field of class `class` is copied to the client as it is
+/// (framing, `Connection` and `Upgrade` are written by the engine).
+pub fn forwards_response_field(class: Name) -> bool {
+    !matches!(
+        class,
+        Name::ContentLength
+            | Name::TransferEncoding
+            | Name::Connection
+            | Name::Upgrade
+            | Name::Te
+            | Name::HopByHop
+    )
+}
+
+/// Writes one header field line.
+pub fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Writes the fields Seawall adds to every request it forwards: `X-Forwarded-For` (the client's
+/// list, every line of it, with the client appended), `X-Forwarded-Proto`, `X-Forwarded-Host`
+/// (only when the request named a host) and `Via`.
+pub fn write_forwarding<'v>(
+    out: &mut Vec<u8>,
+    forwarded_for: impl Iterator<Item = &'v [u8]>,
     client: IpAddr,
-    host: Option<&HeaderValue>,
-    via: &'static str,
+    host: Option<&[u8]>,
+    via: &str,
 ) {
-    let xff = HeaderName::from_static("x-forwarded-for");
-    let mut list = Vec::with_capacity(64);
-    if let Some(existing) = headers.get(&xff) {
-        list.extend_from_slice(existing.as_bytes());
-        list.extend_from_slice(b", ");
+    out.extend_from_slice(b"x-forwarded-for: ");
+    for value in forwarded_for {
+        let value = value.trim_ascii();
+        if !value.is_empty() {
+            out.extend_from_slice(value);
+            out.extend_from_slice(b", ");
+        }
     }
-    write_ip(&mut list, client);
-    // Hands the buffer to the header without another copy.
-    if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(list)) {
-        headers.insert(xff, v);
-    }
-    headers.insert(HeaderName::from_static("x-forwarded-proto"), HeaderValue::from_static("http"));
+    write_ip(out, client);
+    out.extend_from_slice(b"\r\nx-forwarded-proto: http\r\n");
     if let Some(host) = host {
-        headers.insert(HeaderName::from_static("x-forwarded-host"), host.clone());
+        push_field(out, b"x-forwarded-host", host);
     }
-    append_via(headers, via);
+    out.extend_from_slice(b"via: ");
+    out.extend_from_slice(via.as_bytes());
+    out.extend_from_slice(b"\r\n");
 }
 
 /// Writes an address in its usual text form; IPv4 by hand, as `fmt` costs more than the rest of
-/// this function on every request.
+/// the head on every request.
 pub fn write_ip(out: &mut Vec<u8>, ip: IpAddr) {
     match ip {
         IpAddr::V4(v4) => {
@@ -167,46 +229,64 @@ pub fn write_ip(out: &mut Vec<u8>, ip: IpAddr) {
     }
 }
 
-/// Appends our `Via` entry.
-pub fn append_via(headers: &mut HeaderMap, via: &'static str) {
-    headers.append(header::VIA, HeaderValue::from_static(via));
+/// `Via` protocol names for the HTTP versions Seawall receives.
+pub fn via_for(version: http::Version) -> &'static str {
+    match version {
+        http::Version::HTTP_10 => "1.0 seawall",
+        http::Version::HTTP_2 => "2 seawall",
+        _ => "1.1 seawall",
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+    #[test]
+    fn names_compare_ignoring_case_and_nothing_else() {
+        assert!(eq_lower(b"Content-Length", b"content-length"));
+        assert!(eq_lower(b"X-FORWARDED-FOR", b"x-forwarded-for"));
+        assert!(!eq_lower(b"Content-Lengtx", b"content-length"));
+        assert!(!eq_lower(b"content-length", b"content-lengt"));
+        assert!(!eq_lower(b"te", b"tE-"));
+        assert_eq!(classify(b"Proxy-Authorization"), Name::HopByHop);
+        assert_eq!(classify(b"TE"), Name::Te);
+        assert_eq!(classify(b"hosT"), Name::Host);
+        assert_eq!(classify(b"Trailer"), Name::Other, "Trailer is end to end (RFC 9110 §6.6.2)");
+        assert_eq!(classify(b"X-Forwarded-Proto"), Name::XForwardedReplaced);
+        assert_eq!(classify(b"Transfer-Encoding"), Name::TransferEncoding);
+        assert_eq!(classify(b"X-Custom"), Name::Other);
+    }
+
+    #[test]
+    fn connection_cannot_remove_framing_or_host() {
+        let mut options = ConnectionOptions::default();
+        options.add(b"Content-Length, transfer-encoding, HOST, x-secret");
+        options.add(b"close, X-Other");
+        assert!(options.close);
+        assert!(options.names(b"X-SECRET"));
+        assert!(options.names(b"x-other"), "every Connection line counts");
+        for protected in [&b"content-length"[..], b"Transfer-Encoding", b"host"] {
+            assert!(!options.names(protected));
         }
-        h
     }
 
     #[test]
-    fn strips_hop_by_hop_and_connection_named() {
-        let mut h = map(&[
-            ("connection", "x-secret, keep-alive"),
-            ("x-secret", "1"),
-            ("keep-alive", "timeout=5"),
-            ("te", "trailers"),
-            ("proxy-authorization", "basic"),
-            ("proxy-foo", "1"),
-            ("x-kept", "1"),
-        ]);
-        remove_hop_by_hop(&mut h, false);
-        let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
-        assert_eq!(names, vec!["x-kept"]);
-    }
-
-    #[test]
-    fn keeps_upgrade_for_websocket() {
-        let mut h = map(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
-        assert!(wants_upgrade(&h));
-        remove_hop_by_hop(&mut h, true);
-        assert_eq!(h["upgrade"], "websocket");
-        assert_eq!(h["connection"], "upgrade");
+    fn forwarding_joins_every_forwarded_for_line() {
+        let mut out = Vec::new();
+        let lines = [&b"10.0.0.1"[..], b" 10.0.0.2, 10.0.0.3 ", b""];
+        write_forwarding(
+            &mut out,
+            lines.into_iter(),
+            "192.0.2.7".parse().unwrap(),
+            Some(b"shop"),
+            "1.1 seawall",
+        );
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "x-forwarded-for: 10.0.0.1, 10.0.0.2, 10.0.0.3, 192.0.2.7\r\n\
+             x-forwarded-proto: http\r\nx-forwarded-host: shop\r\nvia: 1.1 seawall\r\n"
+        );
     }
 
     #[test]
@@ -216,30 +296,5 @@ mod tests {
             write_ip(&mut out, text.parse().unwrap());
             assert_eq!(out, text.as_bytes());
         }
-    }
-
-    #[test]
-    fn strips_many_proxy_headers() {
-        let pairs: Vec<(String, String)> =
-            (0..12).map(|i| (format!("proxy-h{i}"), "1".to_string())).collect();
-        let refs: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        let mut h = map(&refs);
-        h.insert("x-kept", "1".parse().unwrap());
-        remove_hop_by_hop(&mut h, false);
-        assert_eq!(h.len(), 1);
-    }
-
-    #[test]
-    fn appends_forwarded_for() {
-        let mut h = map(&[("x-forwarded-for", "10.0.0.1")]);
-        add_forwarded(
-            &mut h,
-            "127.0.0.1".parse().unwrap(),
-            Some(&"example.com".parse().unwrap()),
-            "1.1 seawall",
-        );
-        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
-        assert_eq!(h["x-forwarded-host"], "example.com");
-        assert_eq!(h["via"], "1.1 seawall");
     }
 }

@@ -1,25 +1,40 @@
 //! The Seawall HTTP gateway: a reverse proxy built to keep an API answering through a crisis.
 //!
-//! Start with [`Gateway::start`]. The request path is in [`pipeline`]; the proxy action in
-//! [`proxy`] (requests served by hyper) and [`h1`] (Seawall's own HTTP/1.1 engine, which serves
-//! the common case); upstream groups, pools and health checks in [`upstream`]; the process layout
-//! (one single-threaded runtime per worker, parked idle connections) in [`server`]; the admin API
-//! in [`admin`].
+//! Start with [`Gateway::start`]. The modules are layered, each using only those above it here:
+//!
+//! - plain types: [`problem`] (refusals), [`headers`] (the header policy), [`request`] (the
+//!   request view both engines give), [`response`] (upstream response heads), [`chunked`],
+//!   [`metrics`], [`timer`], [`signal`], [`io`], [`faultlog`];
+//! - the upstream model: [`upstream`] (groups, balancing, pools, health checks);
+//! - state: [`snapshot`], [`state`] (shared with the control plane), [`worker`] (per thread);
+//! - the one request path: [`router`] and [`policy`] (admission, accounting), [`proxy`] (the
+//!   engine-neutral upstream call);
+//! - the engines, which only move bytes: [`h1`] (HTTP/1.x, Seawall's own) and [`h2`] (hyper,
+//!   HTTP/2);
+//! - [`server`] (listeners, workers, parked connections, drain) and [`admin`] on top.
 
 pub mod admin;
-pub mod body;
+pub mod chunked;
 pub mod control;
+pub mod faultlog;
 pub mod h1;
+pub mod h2;
 pub mod headers;
+pub mod io;
 pub mod metrics;
-pub mod pipeline;
+pub mod policy;
 pub mod problem;
 pub mod proxy;
+pub mod request;
+pub mod response;
 pub mod router;
 pub mod server;
 pub mod signal;
 pub mod snapshot;
+pub mod state;
 pub mod timer;
 pub mod upstream;
+pub mod worker;
 
-pub use server::{Gateway, ReloadError, Shared, StartError};
+pub use server::{Gateway, StartError};
+pub use state::{ReloadError, Shared};

@@ -168,16 +168,20 @@ pub enum UpstreamOutcome {
     Timeout,
     /// The connection broke or the response was not valid HTTP.
     Error,
+    /// The attempt ended because the client left or its request body failed: nothing is known
+    /// about the server (it feeds neither success nor ejection).
+    Cancelled,
 }
 
 impl UpstreamOutcome {
     /// All outcomes, in metric order.
-    pub const ALL: [UpstreamOutcome; 5] = [
+    pub const ALL: [UpstreamOutcome; 6] = [
         UpstreamOutcome::Ok,
         UpstreamOutcome::Http5xx,
         UpstreamOutcome::ConnectFailure,
         UpstreamOutcome::Timeout,
         UpstreamOutcome::Error,
+        UpstreamOutcome::Cancelled,
     ];
 
     /// The `outcome` label value.
@@ -188,6 +192,7 @@ impl UpstreamOutcome {
             UpstreamOutcome::ConnectFailure => "connect_failure",
             UpstreamOutcome::Timeout => "timeout",
             UpstreamOutcome::Error => "error",
+            UpstreamOutcome::Cancelled => "cancelled",
         }
     }
 }
@@ -195,7 +200,7 @@ impl UpstreamOutcome {
 /// Per-server upstream outcome counters.
 #[derive(Debug)]
 pub struct ServerMetrics {
-    shards: Box<[Padded<[AtomicU64; 5]>]>,
+    shards: Box<[Padded<[AtomicU64; UpstreamOutcome::ALL.len()]>]>,
 }
 
 impl ServerMetrics {
@@ -233,9 +238,16 @@ pub struct Registry {
     pub idle_timeouts: Counter,
     /// Idle HTTP/1 connections whose session state was released while they wait.
     pub parks: Counter,
-    /// HTTP/1 requests the HTTP/1.1 engine left to hyper (upgrades, chunked uploads, HTTP/1.0,
-    /// malformed or oversized heads...).
-    pub handoffs: Counter,
+    /// Connections closed because a write to the client made no progress within `send_timeout`.
+    pub client_send_timeouts: Counter,
+    /// Requests refused because the client paused its body longer than `body_timeout`.
+    pub client_body_timeouts: Counter,
+    /// Requests whose client left before the answer was complete (499 when before its head).
+    pub client_aborts: Counter,
+    /// Upgraded connections (WebSocket tunnels) open now.
+    pub tunnels_open: Gauge,
+    /// Tunnels closed after `tunnel_idle_timeout` without a byte either way.
+    pub tunnel_idle_timeouts: Counter,
     /// Reloads that took effect.
     pub config_reloads: Counter,
     /// Reloads refused because the new file was invalid.
@@ -257,7 +269,11 @@ impl Registry {
             header_timeouts: Counter::new(shards),
             idle_timeouts: Counter::new(shards),
             parks: Counter::new(shards),
-            handoffs: Counter::new(shards),
+            client_send_timeouts: Counter::new(shards),
+            client_body_timeouts: Counter::new(shards),
+            client_aborts: Counter::new(shards),
+            tunnels_open: Gauge::new(shards),
+            tunnel_idle_timeouts: Counter::new(shards),
             config_reloads: Counter::new(shards),
             config_reload_failures: Counter::new(shards),
             upstream_connects: Counter::new(shards),
@@ -331,7 +347,7 @@ impl Registry {
 
     /// Writes the process-wide counters in Prometheus text format.
     pub fn render_process(&self, out: &mut String) {
-        let gauges: [(&str, &str, i64); 2] = [
+        let gauges: [(&str, &str, i64); 3] = [
             (
                 "seawall_connections_open",
                 "Client connections open now.",
@@ -342,11 +358,16 @@ impl Registry {
                 "Open client connections parked while idle (no task, no buffers).",
                 self.connections_parked.get(),
             ),
+            (
+                "seawall_tunnels_open",
+                "Upgraded connections (WebSocket tunnels) open now (part of connections_open).",
+                self.tunnels_open.get(),
+            ),
         ];
         for (name, help, v) in gauges {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
         }
-        let counters: [(&str, &str, u64); 8] = [
+        let counters: [(&str, &str, u64); 11] = [
             (
                 "seawall_connections_total",
                 "Client connections accepted.",
@@ -368,9 +389,24 @@ impl Registry {
                 self.parks.get(),
             ),
             (
-                "seawall_http1_handoffs_total",
-                "HTTP/1 requests served by hyper instead of the HTTP/1.1 engine.",
-                self.handoffs.get(),
+                "seawall_client_send_timeouts_total",
+                "Connections closed because the client stopped reading (send_timeout).",
+                self.client_send_timeouts.get(),
+            ),
+            (
+                "seawall_client_body_timeouts_total",
+                "Requests refused because the client paused its body past body_timeout (408).",
+                self.client_body_timeouts.get(),
+            ),
+            (
+                "seawall_client_aborts_total",
+                "Requests whose client left before the answer was complete (499 before its head).",
+                self.client_aborts.get(),
+            ),
+            (
+                "seawall_tunnel_idle_timeouts_total",
+                "Tunnels closed after tunnel_idle_timeout without traffic.",
+                self.tunnel_idle_timeouts.get(),
             ),
             (
                 "seawall_config_reloads_total",

@@ -1,13 +1,13 @@
 //! Refusals and failures as complete HTTP answers: `application/problem+json` (RFC 9457) with a
 //! machine-readable `reason`, the same reason in `x-seawall-reason`, and `Retry-After` where
-//! waiting helps. Every error on the request path ends here; a client always gets an answer.
+//! waiting helps. Every error on the request path becomes a [`Refusal`]; each engine renders it
+//! (HTTP/1 bytes or a hyper response), so a client always gets the same answer.
 
+use std::borrow::Cow;
 use std::sync::OnceLock;
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
-
-use crate::body::ProxyBody;
 
 /// The header that carries the reason of a refusal.
 pub const REASON_HEADER: &str = "x-seawall-reason";
@@ -15,53 +15,85 @@ pub const REASON_HEADER: &str = "x-seawall-reason";
 /// Why Seawall answered instead of the upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reason {
+    /// The request head is malformed, or its framing is ambiguous (400).
+    BadRequest,
+    /// The request head came too slowly (408).
+    HeaderTimeout,
+    /// The client paused too long while sending its body (408).
+    BodyTimeout,
     /// No route matched the request (404).
     NoRoute,
     /// The request body was larger than allowed (413).
     BodyTooLarge,
-    /// The request framing was ambiguous or invalid (400).
-    BadRequest,
-    /// No server of the upstream is available: all unhealthy or ejected (503).
-    UpstreamUnavailable,
-    /// No connection could be made to any server tried (502).
-    UpstreamConnectFailed,
-    /// The upstream did not answer in time (504).
-    UpstreamTimeout,
+    /// An `Expect` other than `100-continue` (417).
+    ExpectationFailed,
+    /// The request head is over `max_header_size` or has more than `max_headers` fields (431).
+    HeaderTooLarge,
+    /// The client left before its answer was ready (499, nginx's convention; nothing is sent).
+    ClientClosed,
+    /// A transfer coding other than chunked in a request (501).
+    UnsupportedTransferCoding,
     /// The upstream broke the connection or sent something that is not HTTP (502).
     UpstreamError,
+    /// No connection could be made to any server tried (502).
+    UpstreamConnectFailed,
+    /// No server of the upstream is available: all unhealthy or ejected (503).
+    UpstreamUnavailable,
+    /// The upstream did not answer in time (504).
+    UpstreamTimeout,
 }
 
 impl Reason {
     /// The `reason` string.
     pub fn as_str(self) -> &'static str {
         match self {
+            Reason::BadRequest => "bad_request",
+            Reason::HeaderTimeout => "header_timeout",
+            Reason::BodyTimeout => "body_timeout",
             Reason::NoRoute => "no_route",
             Reason::BodyTooLarge => "body_too_large",
-            Reason::BadRequest => "bad_request",
-            Reason::UpstreamUnavailable => "upstream_unavailable",
-            Reason::UpstreamConnectFailed => "upstream_connect_failed",
-            Reason::UpstreamTimeout => "upstream_timeout",
+            Reason::ExpectationFailed => "expectation_failed",
+            Reason::HeaderTooLarge => "header_too_large",
+            Reason::ClientClosed => "client_closed",
+            Reason::UnsupportedTransferCoding => "unsupported_transfer_coding",
             Reason::UpstreamError => "upstream_error",
+            Reason::UpstreamConnectFailed => "upstream_connect_failed",
+            Reason::UpstreamUnavailable => "upstream_unavailable",
+            Reason::UpstreamTimeout => "upstream_timeout",
         }
     }
 
     /// The HTTP status that goes with it.
     pub fn status(self) -> StatusCode {
         match self {
+            Reason::BadRequest => StatusCode::BAD_REQUEST,
+            Reason::HeaderTimeout | Reason::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Reason::NoRoute => StatusCode::NOT_FOUND,
             Reason::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            Reason::BadRequest => StatusCode::BAD_REQUEST,
+            Reason::ExpectationFailed => StatusCode::EXPECTATION_FAILED,
+            Reason::HeaderTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Reason::ClientClosed => client_closed_status(),
+            Reason::UnsupportedTransferCoding => StatusCode::NOT_IMPLEMENTED,
+            Reason::UpstreamError | Reason::UpstreamConnectFailed => StatusCode::BAD_GATEWAY,
             Reason::UpstreamUnavailable => StatusCode::SERVICE_UNAVAILABLE,
-            Reason::UpstreamConnectFailed | Reason::UpstreamError => StatusCode::BAD_GATEWAY,
             Reason::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
     }
 
-    /// Whether the client connection must close after this answer: the rest of what the client
-    /// sends (an unread body, a request stream we cannot trust) would otherwise be read as a
-    /// new request.
+    /// Whether the client connection must close after this answer: what the client sends next
+    /// (an unread body, a request stream we cannot trust) could not be told apart from a request.
     pub fn closes_connection(self) -> bool {
-        matches!(self, Reason::BadRequest | Reason::BodyTooLarge)
+        matches!(
+            self,
+            Reason::BadRequest
+                | Reason::HeaderTimeout
+                | Reason::BodyTimeout
+                | Reason::BodyTooLarge
+                | Reason::HeaderTooLarge
+                | Reason::ExpectationFailed
+                | Reason::UnsupportedTransferCoding
+                | Reason::ClientClosed
+        )
     }
 
     /// Seconds after which a retry may succeed, where waiting helps.
@@ -73,24 +105,57 @@ impl Reason {
     }
 }
 
-/// Builds the problem response for `reason` with a human-readable `detail`.
-pub fn problem(reason: Reason, detail: &str) -> Response<ProxyBody> {
-    let mut response = problem_with(reason.status(), reason.as_str(), detail, reason.retry_after());
-    if reason.closes_connection() {
-        response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
-    }
-    response.map(ProxyBody::full)
+/// 499 is not a registered status; `StatusCode` accepts it as an extension code.
+fn client_closed_status() -> StatusCode {
+    StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST)
 }
 
-/// The 408 for a request head that came too slowly, as HTTP/1 bytes. Both engines send it with one
-/// best-effort write as they close the connection.
+/// A refusal: what Seawall answers instead of the upstream, rendered by each engine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub reason: Reason,
+    /// A sentence for a human (the problem document's `detail`).
+    pub detail: Cow<'static, str>,
+    /// Seconds after which trying again may help (`Retry-After`).
+    pub retry_after: Option<u32>,
+}
+
+impl Refusal {
+    /// A refusal for `reason`, with the reason's own `Retry-After`.
+    pub fn new(reason: Reason, detail: impl Into<Cow<'static, str>>) -> Self {
+        Refusal { reason, detail: detail.into(), retry_after: reason.retry_after() }
+    }
+
+    /// The status code of the answer.
+    pub fn status(&self) -> StatusCode {
+        self.reason.status()
+    }
+
+    /// The answer as a response with a complete body.
+    pub fn to_response(&self) -> Response<Bytes> {
+        let mut response =
+            problem_with(self.status(), self.reason.as_str(), &self.detail, self.retry_after);
+        if self.reason.closes_connection() {
+            response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        response
+    }
+
+    /// The answer as HTTP/1.1 bytes in `out` (replacing what was there).
+    pub fn write_http1(&self, out: &mut Vec<u8>, close: bool) {
+        let problem =
+            problem_with(self.status(), self.reason.as_str(), &self.detail, self.retry_after);
+        write_http1(out, &problem, close);
+    }
+}
+
+/// The 408 for a request head that came too slowly, as HTTP/1 bytes, sent with one best-effort
+/// write as the connection closes.
 pub fn header_timeout_http1() -> &'static [u8] {
     static BYTES: OnceLock<Vec<u8>> = OnceLock::new();
     BYTES.get_or_init(|| {
-        let detail = "request head too slow";
-        let problem = problem_with(StatusCode::REQUEST_TIMEOUT, "header_timeout", detail, None);
         let mut out = Vec::new();
-        crate::h1::head::write_response(&mut out, &problem, true);
+        Refusal::new(Reason::HeaderTimeout, "request head too slow").write_http1(&mut out, true);
         out
     })
 }
@@ -124,14 +189,51 @@ pub fn problem_with(
     response
 }
 
+/// Writes a complete response generated by Seawall into `out` as HTTP/1.1.
+pub fn write_http1(out: &mut Vec<u8>, response: &Response<Bytes>, close: bool) {
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(response.status().as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(response.status().canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in response.headers() {
+        if name != header::CONNECTION {
+            crate::headers::push_field(out, name.as_str().as_bytes(), value.as_bytes());
+        }
+    }
+    out.extend_from_slice(b"content-length: ");
+    out.extend_from_slice(response.body().len().to_string().as_bytes());
+    out.extend_from_slice(b"\r\n");
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(response.body());
+}
+
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn the_408_has_the_right_length() {
-        let text = std::str::from_utf8(super::header_timeout_http1()).unwrap();
+        let text = std::str::from_utf8(header_timeout_http1()).unwrap();
         let (head, body) = text.split_once("\r\n\r\n").unwrap();
         assert!(head.starts_with("HTTP/1.1 408 Request Timeout\r\n"), "{head}");
         assert!(head.contains(&format!("content-length: {}", body.len())), "{head}");
         assert!(head.contains("connection: close"), "{head}");
+        assert!(body.contains("\"reason\":\"header_timeout\""), "{body}");
+    }
+
+    #[test]
+    fn refusals_carry_reason_and_retry_after() {
+        let r = Refusal::new(Reason::UpstreamUnavailable, "all down").to_response();
+        assert_eq!(r.status(), 503);
+        assert_eq!(r.headers()[REASON_HEADER], "upstream_unavailable");
+        assert_eq!(r.headers()[header::RETRY_AFTER], "1");
+        assert_eq!(Reason::ClientClosed.status().as_u16(), 499);
+        let bad = Refusal::new(Reason::BadRequest, "x").to_response();
+        assert_eq!(bad.headers()[header::CONNECTION], "close");
     }
 }

@@ -1,20 +1,14 @@
 //! Routing: the first route, in file order, whose host, path, method and header conditions all
-//! hold. No match is answered 404 `no_route` by the pipeline.
+//! hold. No match is answered 404 `no_route` by the policy layer.
 
-use http::Method;
 use seawall_config::{HostMatch, PathMatch, Route};
 
-use crate::headers::HeaderLookup;
+use crate::request::RequestView;
 
 /// Finds the index of the first route matching the request.
-pub fn find(
-    routes: &[Route],
-    method: &Method,
-    host: Option<&[u8]>,
-    path: &[u8],
-    headers: &dyn HeaderLookup,
-) -> Option<usize> {
-    let host = host.map(strip_port);
+pub fn find(routes: &[Route], request: &RequestView<'_>) -> Option<usize> {
+    let (method, path, headers) = (request.method, request.path, request.headers);
+    let host = request.host.map(strip_port);
     routes.iter().position(|r| {
         let m = &r.matcher;
         let host_ok = match (&m.host, host) {
@@ -91,8 +85,18 @@ upstream = "u"
             h.insert(http::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
         }
         let rs = routes();
-        let i = find(&rs, &method.parse().unwrap(), host.map(str::as_bytes), path.as_bytes(), &h)
-            .unwrap();
+        let method: http::Method = method.parse().unwrap();
+        let request = RequestView {
+            method: &method,
+            version: http::Version::HTTP_11,
+            path: path.as_bytes(),
+            target: path.as_bytes(),
+            host: host.map(str::as_bytes),
+            headers: &h,
+            framing: crate::request::BodyFraming::None,
+            peer: "127.0.0.1:1".parse().unwrap(),
+        };
+        let i = find(&rs, &request).unwrap();
         rs[i].name.clone()
     }
 

@@ -1,6 +1,7 @@
-//! The HTTP/1.1 engine against a scripted origin that writes exact bytes: response framings
+//! The HTTP/1 engine against a scripted origin that writes exact bytes: response framings
 //! (length, chunked with trailers, until close, none), interim responses, pipelining, upstream
-//! connection reuse and loss, broken upstreams, and requests handed to hyper.
+//! connection reuse and loss, broken upstreams, and the shapes it now serves itself (chunked
+//! uploads, HTTP/1.0) or refuses itself (smuggling shapes).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -183,10 +184,14 @@ async fn head_requests_and_interim_responses() {
     let mut client = TcpStream::connect(gw.listen_addr()).await.unwrap();
     let got =
         ask(&mut client, "HEAD /x HTTP/1.1\r\nHost: a\r\n\r\n", |t| t.ends_with("\r\n\r\n")).await;
-    assert!(got.contains("Content-Length: 1000"), "HEAD keeps the length of the GET: {got}");
+    assert!(got.contains("content-length: 1000"), "HEAD keeps the length of the GET: {got}");
     // The same connection goes on: no body was expected after the HEAD answer.
     let got = ask(&mut client, GET, |t| t.ends_with("ok")).await;
-    assert!(got.starts_with("HTTP/1.1 200 OK"), "the 103 is not passed on: {got}");
+    assert!(
+        got.starts_with("HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n"),
+        "the 103 is passed on (RFC 9110 §15.2): {got}"
+    );
+    assert!(got.contains("\r\n\r\nHTTP/1.1 200 OK\r\n"), "then the answer: {got}");
     gw.shutdown().await;
 }
 
@@ -265,24 +270,25 @@ async fn broken_upstream_answers_are_502_or_cut_the_client_connection() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn requests_this_engine_does_not_serve_go_to_hyper_on_the_same_connection() {
+async fn chunked_uploads_and_http10_are_served_by_this_engine() {
     let origin = Origin::start().await;
     let gw = start(simple(&[&origin], "")).await;
     let hello = format!("hello from {}", origin.addr.port());
     let mut client = TcpStream::connect(gw.listen_addr()).await.unwrap();
-    // A chunked upload (hyper), then a plain GET on the same connection.
+    // A chunked upload, then a plain GET on the same connection.
     let upload = "POST /upload HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n";
     let got = ask(&mut client, upload, |t| t.ends_with("\r\n\r\n5") || t.ends_with("\r\n5")).await;
     assert!(got.starts_with("HTTP/1.1 200"), "{got}");
     let got =
         ask(&mut client, "GET /hi HTTP/1.1\r\nHost: a\r\n\r\n", |t| t.ends_with(&hello)).await;
     assert!(got.starts_with("HTTP/1.1 200"), "{got}");
-    // HTTP/1.0 is answered in kind and closed.
+    // HTTP/1.0 without keep-alive is answered (in the highest version Seawall speaks, RFC 9110
+    // §2.5) and closed.
     let mut old = TcpStream::connect(gw.listen_addr()).await.unwrap();
     old.write_all(b"GET /hi HTTP/1.0\r\n\r\n").await.unwrap();
     let got = read_to_close(&mut old).await;
-    assert!(got.starts_with("HTTP/1.0 200") && got.ends_with(&hello), "{got}");
-    assert_eq!(metric(&gw, "seawall_http1_handoffs_total").await, 2.0, "the upload and HTTP/1.0");
+    assert!(got.starts_with("HTTP/1.1 200") && got.ends_with(&hello), "{got}");
+    assert!(got.contains("connection: close\r\n"), "{got}");
     gw.shutdown().await;
 }
 
@@ -398,7 +404,11 @@ async fn smuggling_shapes_are_refused_before_reaching_the_upstream() {
         client.write_all(head.as_bytes()).await.unwrap();
         let got = read_to_close(&mut client).await;
         assert!(got.starts_with("HTTP/1.1 400"), "{head:?}: {got}");
+        assert!(got.contains("x-seawall-reason: bad_request\r\n"), "{head:?}: {got}");
+        assert!(got.contains("connection: close\r\n"), "{head:?}: {got}");
     }
     assert_eq!(origin.hits(), 0);
+    let refused = metric(&gw, "seawall_requests_total{route=\"unmatched\",code=\"400\"}").await;
+    assert_eq!(refused, 4.0, "each refusal is counted");
     gw.shutdown().await;
 }

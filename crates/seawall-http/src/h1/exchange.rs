@@ -1,351 +1,598 @@
-//! The `proxy` action in the HTTP/1.1 engine: pick a server, send the request on a pooled raw
-//! connection (or a new one), read the response head within the upstream's `timeout`, and relay
-//! the body to the client as it comes. Same choices and failures as [`crate::proxy`]: a server
-//! that cannot be reached is skipped for another, a pooled connection the server had closed is
-//! replaced once, and every other failure is a 502, 503 or 504 problem response.
+//! The `proxy` action in the HTTP/1.1 engine: the request goes through the engine-neutral upstream
+//! call ([`crate::proxy::forward`]) with the client's body read from this connection
+//! ([`ClientBody`]), and the answer is relayed as it comes — passed through unchanged for an
+//! HTTP/1.1 client, re-chunked or decoded where the client needs it — with the client watched
+//! (an idempotent request whose client leaves is cut) and every write bounded by `send_timeout`.
 
 use std::io::IoSlice;
-use std::rc::Rc;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
-use seawall_config::Route;
-use seawall_core::clock::{duration_ms, now_ms};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use bytes::{Buf, BytesMut};
+use tokio::io::AsyncReadExt;
 use tokio::time::Instant;
 
-use super::chunked::{chunk_start, ChunkedScanner, CHUNK_END, LAST_CHUNK};
-use super::head::{parse_response, write_host_and_end, BodyKind, ResponseHead, UpstreamHead};
-use super::session::AdvanceTo as _;
-use super::session::{make_room, read_within, within, write_all_vectored, Exchange, Session};
-use crate::metrics::UpstreamOutcome;
-use crate::problem::Reason;
-use crate::proxy::{choose, Chosen};
-use crate::snapshot::Snapshot;
-use crate::upstream::pool::{Inflight, RawConn, WorkerPools};
-use crate::upstream::{PickContext, UpstreamGroup};
+use super::session::{write_within, After, Session};
+use crate::chunked::{chunk_line, ChunkedScanner, CHUNK_END, LAST_CHUNK};
+use crate::io::{make_room, within, Transport};
+use crate::policy::{body_limit, Permit, Served};
+use crate::problem::{Reason, Refusal};
+use crate::proxy::{self, BodyError, Downstream, Forward, Forwarded, Gone, UpstreamResponse};
+use crate::request::BodyFraming;
+use crate::response::{self, ClientBody as Relay, Http1Client, ResponseView};
+use crate::timer::LazyTimer;
+use crate::worker::Worker;
 
 /// Room made in the client buffer while a request body streams through it.
 const BODY_READ: usize = 64 * 1024;
 
-/// A response head larger than this is refused (502).
-const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+/// The 100 Continue sent before a body the client holds back until asked.
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
-/// One try on one connection.
-enum Attempt {
-    Done(Exchange),
-    /// A pooled connection turned out to be closed before anything came back: try a new one.
-    Stale,
-}
-
-/// Where relaying a response body broke.
-enum Broken {
-    Client(std::io::Error),
-    Upstream,
-}
-
-/// The request as this try sees it.
-struct Sending<'a> {
-    group: &'a UpstreamGroup,
-    upstream: usize,
-    index: usize,
-    pooled: bool,
-    /// Bytes of the body already in the client buffer (sent with the head).
-    body_here: usize,
-    close: bool,
-}
-
-impl Session {
-    /// Forwards the current request to upstream `upstream`.
-    pub(super) async fn forward(
-        &mut self,
-        snapshot: &Snapshot,
-        route: &Route,
-        upstream: usize,
-        close: bool,
-    ) -> Exchange {
+impl<S: Transport> Session<S> {
+    /// Forwards the current request to upstream `upstream` and relays the answer.
+    pub(super) async fn proxy(&mut self, permit: &Permit, upstream: usize) -> (Served, After) {
+        let snapshot = permit.snapshot();
+        let route = permit.route();
+        let server_config = &snapshot.config.server;
         let group = &snapshot.upstreams[upstream];
-        let limit =
-            route.max_body_size.unwrap_or(snapshot.config.server.max_body_size).unwrap_or(u64::MAX);
-        if self.head.content_length > limit {
-            let detail = format!("the request body exceeds {limit} bytes");
-            return self.fail(Reason::BodyTooLarge, &detail, close, None).await;
-        }
-        let host_is_server = !route.preserve_host || self.head.host(&self.buf).is_none();
-        self.head.write_upstream(&self.buf, &mut self.out, self.peer.ip(), host_is_server);
-        let head_end = self.out.len();
-        let buffered = (self.buf.len() - self.head.len) as u64;
-        let body_here = buffered.min(self.head.content_length) as usize;
-        let worker = Rc::clone(&self.worker);
-        let mut tried: Vec<usize> = Vec::new();
-        let mut fresh_only = false;
-        loop {
-            let chosen = {
-                let view = self.head.view(&self.buf);
-                let cx = PickContext {
-                    headers: &view,
-                    client_ip: self.peer.ip(),
-                    now_ms: self.clock_ms,
-                };
-                choose(
-                    &worker,
-                    group,
-                    &cx,
-                    &mut tried,
-                    fresh_only,
-                    WorkerPools::checkout_raw,
-                    |address, timeout| worker.pools.connect_raw(address, timeout),
-                )
-                .await
-            };
-            let Chosen { index, conn, pooled, inflight } = match chosen {
-                Ok(chosen) => chosen,
-                Err((reason, detail)) => return self.fail(reason, &detail, close, None).await,
-            };
-            let server = &group.servers[index];
-            self.out.truncate(head_end);
-            write_host_and_end(&mut self.out, host_is_server.then_some(server.name.as_str()));
-            let sending = Sending { group, upstream, index, pooled, body_here, close };
-            match self.attempt(&sending, conn, inflight).await {
-                Attempt::Done(exchange) => return exchange,
-                Attempt::Stale => fresh_only = true,
+        let (key, idempotent, host_is_server) = {
+            let buf = &self.buf[..];
+            let fields = self.head.fields(buf);
+            let view = self.head.view(buf, &fields, self.peer);
+            let host_is_server = !route.preserve_host || view.host.is_none();
+            (group.request_key(&view), view.is_idempotent(), host_is_server)
+        };
+        self.head.write_upstream(&self.buf, &mut self.out, self.peer, host_is_server);
+        let method = self.head.method.clone();
+        let draining = self.worker.drain.fired();
+        let mut body = ClientBody::new(
+            &mut self.stream,
+            &mut self.buf,
+            &self.head,
+            body_limit(snapshot, route),
+            server_config.body_timeout,
+            server_config.send_timeout,
+            &self.worker,
+        );
+        let forwarded = proxy::forward(
+            Forward {
+                worker: &self.worker,
+                snapshot,
+                upstream,
+                key,
+                method: &method,
+                idempotent,
+                upgrade: self.head.upgrade,
+                framing: self.head.framing,
+                head: &mut self.out,
+                host_is_server,
+                start: self.clock,
+            },
+            &mut body,
+            &mut self.timer,
+        )
+        .await;
+        let (pos, body_complete) = body.finish();
+        let consumed = pos.min(self.buf.len());
+        bytes::Buf::advance(&mut self.buf, consumed);
+        let response = match forwarded {
+            Forwarded::Response(response) => response,
+            Forwarded::Refused(refusal, at) => {
+                return self.refuse_after_forward(&refusal, at, body_complete).await;
             }
-        }
-    }
-
-    /// Sends the request on `conn` and relays the answer.
-    async fn attempt(&mut self, s: &Sending<'_>, mut conn: RawConn, inflight: Inflight) -> Attempt {
-        let Sending { group, index, .. } = *s;
-        let timeout = group.config.timeout;
-        let name = &group.config.name;
-        let at = Some((s.upstream, index));
-        if !s.pooled {
-            // Connecting took time of its own; the timeout starts with the sending.
-            self.tick();
-        }
-        self.timer.set(self.clock + timeout);
-
-        let body = &self.buf[self.head.len..self.head.len + s.body_here];
-        let mut slices = [IoSlice::new(&self.out), IoSlice::new(body)];
-        match within(&mut self.timer, write_all_vectored(&mut conn.stream, &mut slices)).await {
-            Some(Ok(())) => {}
-            Some(Err(_)) if s.pooled => return Attempt::Stale,
-            Some(Err(e)) => {
-                let detail = format!("upstream {name:?} failed: {e}");
-                return Attempt::Done(self.upstream_error(s, &detail, s.close).await);
-            }
-            None => return Attempt::Done(self.timed_out(s).await),
-        }
-        let whole_body_here = s.body_here as u64 == self.head.content_length;
-        if !whole_body_here {
-            if let Some(failed) = self.stream_body(s, &mut conn).await {
-                return Attempt::Done(failed);
-            }
-        }
-
-        // The response head, skipping interim (1xx) responses.
-        let retry_allowed = s.pooled && whole_body_here && self.head.method.is_idempotent();
-        let mut received = false;
-        let head = loop {
-            if !conn.buf.is_empty() {
-                // A drain that began while the upstream worked still gets its `Connection: close`.
-                let close = s.close || self.worker.drain.fired();
-                match parse_response(&conn.buf, &self.head.method, close, &mut self.out) {
-                    Ok(UpstreamHead::Final(head)) => break head,
-                    Ok(UpstreamHead::Interim(len)) => {
-                        conn.buf.advance_to(len);
-                        continue;
-                    }
-                    Ok(UpstreamHead::Partial) if conn.buf.len() <= MAX_RESPONSE_HEAD => {}
-                    Ok(UpstreamHead::Partial) => {
-                        let detail = format!("upstream {name:?} sent a response head too large");
-                        return Attempt::Done(self.upstream_error(s, &detail, s.close).await);
-                    }
-                    Err(e) => {
-                        let detail = format!("upstream {name:?} failed: {e}");
-                        return Attempt::Done(self.upstream_error(s, &detail, s.close).await);
-                    }
-                }
-            }
-            match read_within(&mut conn.stream, &mut conn.buf, &mut self.timer).await {
-                Some(Ok(n)) if n > 0 => received = true,
-                Some(_) if retry_allowed && !received => return Attempt::Stale,
-                Some(result) => {
-                    let cause = match result {
-                        Err(e) => e.to_string(),
-                        Ok(_) => "connection closed before the response was complete".into(),
-                    };
-                    let detail = format!("upstream {name:?} failed: {cause}");
-                    return Attempt::Done(self.upstream_error(s, &detail, s.close).await);
-                }
-                None => return Attempt::Done(self.timed_out(s).await),
+            Forwarded::Client(error, at) => {
+                return self.client_failed(error, at, body_complete).await
             }
         };
-        let outcome =
-            if head.status >= 500 { UpstreamOutcome::Http5xx } else { UpstreamOutcome::Ok };
-        group.record(index, outcome, self.clock_ms);
-        self.consume_request();
-
-        let relayed = self.relay_body(&mut conn, &head).await;
-        let mut exchange = Exchange {
-            status: head.status,
-            upstream: at,
-            reason: None,
-            keep_open: !head.close_client,
-            written: Ok(()),
+        let at = response.server();
+        if response.head.status == 101 {
+            return self.tunnel(response, at).await;
+        }
+        // An early answer leaves the client's body unread: the connection cannot carry more.
+        let close = self.head.close || draining || self.worker.drain.fired() || !body_complete;
+        let client = Http1Client { http10: self.head.version == http::Version::HTTP_10, close };
+        let relayed = self.relay(response, client, idempotent).await;
+        let (status, after) = match relayed {
+            Relayed::Done { keep_open, status } if keep_open && body_complete => {
+                (status, After::KeepOpen)
+            }
+            Relayed::Done { status, .. } if !body_complete => (status, After::Linger),
+            Relayed::Done { status, .. } => (status, After::Close),
+            Relayed::Refused(refusal, status_at) => {
+                let (served, after) =
+                    self.refuse_after_forward(&refusal, status_at.or(at), body_complete).await;
+                return (served, after);
+            }
+            Relayed::Cut { status } => {
+                return (Served { status, upstream: at, reason: None }, After::Close);
+            }
+            Relayed::ClientGone { status } => {
+                self.worker.shared.registry.client_aborts.add(1);
+                return (Served { status, upstream: at, reason: None }, After::Close);
+            }
         };
-        match relayed {
-            Ok(true) => {
-                let expires = self.clock_ms + duration_ms(group.config.pool.idle_timeout);
-                let server_id = group.servers[index].id;
-                self.worker.pools.checkin_raw(server_id, conn, group.config.pool.max_idle, expires);
-            }
-            Ok(false) => {}
-            Err(Broken::Upstream) => {
-                tracing::debug!(upstream = %name, "upstream broke off a response body");
-                group.record(index, UpstreamOutcome::Error, now_ms());
-                exchange.keep_open = false;
-            }
-            Err(Broken::Client(e)) => exchange.written = Err(e),
-        }
-        drop(inflight);
-        Attempt::Done(exchange)
+        (Served { status, upstream: at, reason: None }, after)
     }
 
-    /// The upstream did not answer within its `timeout`: recorded, and answered 504.
-    async fn timed_out(&mut self, s: &Sending<'_>) -> Exchange {
-        s.group.record(s.index, UpstreamOutcome::Timeout, now_ms());
-        let config = &s.group.config;
-        let detail =
-            format!("upstream {:?} did not answer within {:?}", config.name, config.timeout);
-        self.fail(Reason::UpstreamTimeout, &detail, s.close, Some((s.upstream, s.index))).await
-    }
-
-    /// The upstream broke the exchange: recorded as an error, and answered 502.
-    async fn upstream_error(&mut self, s: &Sending<'_>, detail: &str, close: bool) -> Exchange {
-        s.group.record(s.index, UpstreamOutcome::Error, now_ms());
-        self.fail(Reason::UpstreamError, detail, close, Some((s.upstream, s.index))).await
-    }
-
-    /// Sends the rest of a request body that was not in the buffer with the head, as the client
-    /// sends it. `Some` ends the exchange (the client went away, or the upstream failed).
-    async fn stream_body(&mut self, s: &Sending<'_>, conn: &mut RawConn) -> Option<Exchange> {
-        let mut remaining = self.head.content_length - s.body_here as u64;
-        self.head.content_length = s.body_here as u64;
-        self.consume_request();
-        // Larger reads for a body than for heads: fewer system calls per megabyte.
-        self.buf.reserve(BODY_READ);
-        while remaining > 0 {
-            match read_within(&mut self.stream, &mut self.buf, &mut self.timer).await {
-                Some(Ok(n)) if n > 0 => {}
-                // The client went away or stalled past the deadline: nothing to answer.
-                _ => {
-                    return Some(Exchange {
-                        status: 408,
-                        upstream: Some((s.upstream, s.index)),
-                        reason: None,
-                        keep_open: false,
-                        written: Ok(()),
-                    })
-                }
-            }
-            let n = self.buf.len().min(usize::try_from(remaining).unwrap_or(usize::MAX));
-            let written = within(&mut self.timer, conn.stream.write_all(&self.buf[..n])).await;
-            if !matches!(written, Some(Ok(()))) {
-                let detail =
-                    format!("upstream {:?} stopped reading the request body", s.group.config.name);
-                // The rest of the body is unread: the connection must close.
-                return Some(self.upstream_error(s, &detail, true).await);
-            }
-            self.buf.advance_to(n);
-            remaining -= n as u64;
-        }
-        None
-    }
-
-    /// Writes the response head (in `self.out`) and relays the body; `Ok(true)` when the upstream
-    /// connection can be reused.
-    async fn relay_body(
+    /// Seawall answers instead of the upstream, after the request went (part of) the way.
+    async fn refuse_after_forward(
         &mut self,
-        conn: &mut RawConn,
-        head: &ResponseHead,
-    ) -> Result<bool, Broken> {
-        let first = &conn.buf[head.len..];
-        let client = &mut self.stream;
-        match head.body {
-            BodyKind::Empty => {
-                client.write_all(&self.out).await.map_err(Broken::Client)?;
-                Ok(head.keep_alive && first.is_empty())
+        refusal: &Refusal,
+        at: Option<(usize, usize)>,
+        body_complete: bool,
+    ) -> (Served, After) {
+        let close = self.head.close
+            || !body_complete
+            || self.worker.drain.fired()
+            || refusal.reason.closes_connection();
+        refusal.write_http1(&mut self.out, close);
+        if self.write_client_once().await.is_err() {
+            return (Served::refused(Reason::ClientClosed, at), After::Close);
+        }
+        let after = match (close, body_complete) {
+            (false, _) => After::KeepOpen,
+            (true, true) => After::Close,
+            (true, false) => After::Linger,
+        };
+        (Served::refused(refusal.reason, at), after)
+    }
+
+    /// The client's side failed: a body that stalled or grew too large gets its answer; a broken
+    /// body or a departed client gets nothing.
+    async fn client_failed(
+        &mut self,
+        error: BodyError,
+        at: Option<(usize, usize)>,
+        body_complete: bool,
+    ) -> (Served, After) {
+        match error {
+            BodyError::Gone => (Served::refused(Reason::ClientClosed, at), After::Close),
+            BodyError::Timeout => {
+                self.worker.shared.registry.client_body_timeouts.add(1);
+                let refusal = Refusal::new(error.reason(), error.detail());
+                refusal.write_http1(&mut self.out, true);
+                let _ = self.write_client_once().await;
+                (Served::refused(error.reason(), at), After::Close)
             }
-            BodyKind::Length(len) => {
-                let take = first.len().min(usize::try_from(len).unwrap_or(usize::MAX));
-                let mut extra = first.len() > take;
-                let mut slices = [IoSlice::new(&self.out), IoSlice::new(&first[..take])];
-                write_all_vectored(client, &mut slices).await.map_err(Broken::Client)?;
-                let mut remaining = len - take as u64;
-                if remaining > 0 {
-                    self.head_sent = Some(Instant::now());
-                }
-                while remaining > 0 {
-                    let n = read_upstream(conn).await?;
-                    let take = n.min(usize::try_from(remaining).unwrap_or(usize::MAX));
-                    extra |= n > take;
-                    client.write_all(&conn.buf[..take]).await.map_err(Broken::Client)?;
-                    remaining -= take as u64;
-                }
-                Ok(head.keep_alive && !extra)
+            BodyError::TooLarge(_) | BodyError::Invalid => {
+                let refusal = Refusal::new(error.reason(), error.detail());
+                self.refuse_after_forward(&refusal, at, body_complete).await
             }
-            BodyKind::Chunked => {
-                let mut scanner = ChunkedScanner::default();
-                let used = scanner.feed(first).map_err(|_| Broken::Upstream)?;
-                let mut extra = used < first.len();
-                let mut slices = [IoSlice::new(&self.out), IoSlice::new(&first[..used])];
-                write_all_vectored(client, &mut slices).await.map_err(Broken::Client)?;
-                if !scanner.is_done() {
-                    self.head_sent = Some(Instant::now());
-                }
-                while !scanner.is_done() {
-                    let n = read_upstream(conn).await?;
-                    let used = scanner.feed(&conn.buf[..n]).map_err(|_| Broken::Upstream)?;
-                    extra |= used < n;
-                    client.write_all(&conn.buf[..used]).await.map_err(Broken::Client)?;
-                }
-                Ok(head.keep_alive && !extra)
+        }
+    }
+
+    /// Relays the upstream's answer to the client.
+    async fn relay(
+        &mut self,
+        mut response: UpstreamResponse,
+        client: Http1Client,
+        idempotent: bool,
+    ) -> Relayed {
+        let rendered = response::write_http1(&response.view(), client, &mut self.out);
+        let Ok((mode, keep_open)) = rendered else {
+            let detail = "the upstream's transfer coding cannot be sent to this client";
+            return Relayed::Refused(Refusal::new(Reason::UpstreamError, detail), None);
+        };
+        let status = response.head.status;
+        // The first bytes go out with the head, in one write where they fit.
+        let mut decoded = Vec::new();
+        let first = match mode {
+            Relay::Decode => response
+                .decoded_ready(&mut |d| decoded.extend_from_slice(d))
+                .map(|done| (&decoded[..], done)),
+            _ => response.raw_ready(),
+        };
+        let (first, done) = match first {
+            Ok(first) => first,
+            Err(fault) => {
+                let detail = format!("upstream {fault}");
+                return Relayed::Refused(Refusal::new(Reason::UpstreamError, detail), None);
             }
-            BodyKind::UntilClose => {
-                client.write_all(&self.out).await.map_err(Broken::Client)?;
-                self.head_sent = Some(Instant::now());
-                if !first.is_empty() {
-                    write_chunk(client, first).await?;
-                }
-                loop {
-                    conn.buf.clear();
-                    make_room(&mut conn.buf);
-                    match conn.stream.read_buf(&mut conn.buf).await {
-                        Ok(0) => break,
-                        Ok(n) => write_chunk(client, &conn.buf[..n]).await?,
-                        Err(_) => return Err(Broken::Upstream),
+        };
+        let mut line = [0u8; 18];
+        let (start, end): (&[u8], &[u8]) = if mode == Relay::Rechunk && !first.is_empty() {
+            (chunk_line(first.len(), &mut line), CHUNK_END)
+        } else {
+            (b"", b"")
+        };
+        let last: &[u8] = if done && mode == Relay::Rechunk { LAST_CHUNK } else { b"" };
+        let send_timeout = self.worker.snapshot().config.server.send_timeout;
+        let mut slices = [
+            IoSlice::new(&self.out),
+            IoSlice::new(start),
+            IoSlice::new(first),
+            IoSlice::new(end),
+            IoSlice::new(last),
+        ];
+        if write_within(&mut self.stream, &mut slices, &mut self.timer, send_timeout, &self.worker)
+            .await
+            .is_err()
+        {
+            return Relayed::ClientGone { status };
+        }
+        if done {
+            response.finish();
+            return Relayed::Done { keep_open, status };
+        }
+        self.head_sent = Some(Instant::now());
+        loop {
+            let watched = self.watch_fill(&mut response, idempotent).await;
+            match watched {
+                Filled::Ok => {}
+                Filled::Fault => return Relayed::Cut { status },
+                Filled::ClientGone => return Relayed::ClientGone { status },
+            }
+            decoded.clear();
+            let piece = match mode {
+                Relay::Decode => response
+                    .decoded_ready(&mut |d| decoded.extend_from_slice(d))
+                    .map(|done| (&decoded[..], done)),
+                _ => response.raw_ready(),
+            };
+            let Ok((piece, done)) = piece else { return Relayed::Cut { status } };
+            let (start, end): (&[u8], &[u8]) = if mode == Relay::Rechunk && !piece.is_empty() {
+                (chunk_line(piece.len(), &mut line), CHUNK_END)
+            } else {
+                (b"", b"")
+            };
+            let last: &[u8] = if done && mode == Relay::Rechunk { LAST_CHUNK } else { b"" };
+            let mut slices =
+                [IoSlice::new(start), IoSlice::new(piece), IoSlice::new(end), IoSlice::new(last)];
+            if write_within(
+                &mut self.stream,
+                &mut slices,
+                &mut self.timer,
+                send_timeout,
+                &self.worker,
+            )
+            .await
+            .is_err()
+            {
+                return Relayed::ClientGone { status };
+            }
+            if done {
+                response.finish();
+                return Relayed::Done { keep_open, status };
+            }
+        }
+    }
+
+    /// Waits for more of the upstream's body while watching the client: a client that leaves an
+    /// idempotent request (or breaks the connection) ends the relay.
+    async fn watch_fill(&mut self, response: &mut UpstreamResponse, idempotent: bool) -> Filled {
+        let (stream, buf, timer) = (&mut self.stream, &self.buf, &mut self.timer);
+        let mut watching = true;
+        let mut client_sent = !buf.is_empty();
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(result) = response.poll_fill(cx, timer) {
+                return Poll::Ready(if result.is_ok() { Filled::Ok } else { Filled::Fault });
+            }
+            if watching {
+                match poll_client_gone(stream, &mut client_sent, cx) {
+                    Poll::Ready(Gone::Reset) => return Poll::Ready(Filled::ClientGone),
+                    Poll::Ready(Gone::Closed) if idempotent => {
+                        return Poll::Ready(Filled::ClientGone)
                     }
+                    Poll::Ready(Gone::Closed) => watching = false,
+                    Poll::Pending => {}
                 }
-                client.write_all(LAST_CHUNK).await.map_err(Broken::Client)?;
-                Ok(false)
             }
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Completes a protocol switch: the client gets the upstream's 101, then bytes are copied
+    /// both ways until either side closes, the tunnel idles past `tunnel_idle_timeout`, or the
+    /// gateway drains.
+    async fn tunnel(
+        &mut self,
+        response: UpstreamResponse,
+        at: Option<(usize, usize)>,
+    ) -> (Served, After) {
+        response::write_http1_informational(&response.view(), &mut self.out);
+        let (mut upstream, rest) = response.into_tunnel();
+        let mut slices = [IoSlice::new(&self.out), IoSlice::new(&rest)];
+        let send_timeout = self.worker.snapshot().config.server.send_timeout;
+        let written = write_within(
+            &mut self.stream,
+            &mut slices,
+            &mut self.timer,
+            send_timeout,
+            &self.worker,
+        );
+        if written.await.is_err() {
+            return (Served { status: 101, upstream: at, reason: None }, After::Close);
+        }
+        let served = Served { status: 101, upstream: at, reason: None };
+        let idle = self.worker.snapshot().config.server.tunnel_idle_timeout;
+        let registry = &self.worker.shared.registry;
+        registry.tunnels_open.add(1);
+        let ended = super::tunnel::pump(
+            &mut self.stream,
+            &mut upstream.stream,
+            std::mem::take(&mut self.buf),
+            &mut self.timer,
+            idle,
+            &self.worker.drain,
+        )
+        .await;
+        registry.tunnels_open.add(-1);
+        if ended == super::tunnel::Ended::Idle {
+            registry.tunnel_idle_timeouts.add(1);
+        }
+        (served, After::Close)
+    }
+}
+
+/// How relaying went.
+enum Relayed {
+    Done {
+        keep_open: bool,
+        status: u16,
+    },
+    /// Seawall answers instead (nothing was sent yet); the server, if known.
+    Refused(Refusal, Option<(usize, usize)>),
+    /// The upstream broke off a body already under way: the client's connection is cut.
+    Cut {
+        status: u16,
+    },
+    /// The client left or stopped reading.
+    ClientGone {
+        status: u16,
+    },
+}
+
+enum Filled {
+    Ok,
+    Fault,
+    ClientGone,
+}
+
+/// Whether the client has left, looking at its socket without taking its bytes. A client that
+/// sent more (a pipelined request) is plainly still there: once seen, it is not looked at again.
+fn poll_client_gone<S: Transport>(
+    stream: &mut S,
+    client_sent: &mut bool,
+    cx: &mut Context<'_>,
+) -> Poll<Gone> {
+    if *client_sent {
+        return Poll::Pending;
+    }
+    match stream.poll_peek(cx) {
+        Poll::Ready(Ok(0)) => Poll::Ready(Gone::Closed),
+        Poll::Ready(Ok(_)) => {
+            *client_sent = true;
+            Poll::Pending
+        }
+        Poll::Ready(Err(_)) => Poll::Ready(Gone::Reset),
+        Poll::Pending => Poll::Pending,
+    }
+}
+
+/// Where the request body stands.
+enum BodyState {
+    /// `remaining` bytes of a `Content-Length` body of `total` still to hand out.
+    Length { total: u64, remaining: u64 },
+    /// A chunked body: data runs found in the buffer, handed out one at a time.
+    Chunked { scanner: ChunkedScanner, runs: Vec<(usize, usize)>, scanned: usize },
+}
+
+/// The request body as it arrives on this connection (the HTTP/1.1 engine's [`Downstream`]).
+pub(super) struct ClientBody<'s, S> {
+    stream: &'s mut S,
+    buf: &'s mut BytesMut,
+    /// `buf[..pos]` is consumed (the head, and body bytes already sent on).
+    pos: usize,
+    state: BodyState,
+    /// Where the body started, for a rewind.
+    start: usize,
+    limit: u64,
+    body_timeout: Duration,
+    send_timeout: Duration,
+    /// `100 Continue` is owed before the client sends its body.
+    owe_continue: bool,
+    http11: bool,
+    /// Part of the body left the buffer: it can no longer be sent again.
+    streamed: bool,
+    /// The client sent bytes beyond the request (pipelined): it is plainly still there.
+    client_sent: bool,
+    worker: &'s Worker,
+}
+
+impl<'s, S: Transport> ClientBody<'s, S> {
+    fn new(
+        stream: &'s mut S,
+        buf: &'s mut BytesMut,
+        head: &super::head::RequestHead,
+        limit: u64,
+        body_timeout: Duration,
+        send_timeout: Duration,
+        worker: &'s Worker,
+    ) -> Self {
+        let state = match head.framing {
+            BodyFraming::None => BodyState::Length { total: 0, remaining: 0 },
+            BodyFraming::Length(n) => BodyState::Length { total: n, remaining: n },
+            BodyFraming::Streamed => BodyState::Chunked {
+                scanner: ChunkedScanner::default(),
+                runs: Vec::new(),
+                scanned: head.len,
+            },
+        };
+        let has_body = head.framing != BodyFraming::None && head.framing != BodyFraming::Length(0);
+        ClientBody {
+            stream,
+            buf,
+            pos: head.len,
+            state,
+            start: head.len,
+            limit,
+            body_timeout,
+            send_timeout,
+            owe_continue: head.expect_continue && has_body,
+            http11: head.version == http::Version::HTTP_11,
+            streamed: false,
+            client_sent: false,
+            worker,
+        }
+    }
+
+    /// Where the request ends in the buffer, and whether the whole body was read.
+    fn finish(self) -> (usize, bool) {
+        (self.pos, self.is_complete())
+    }
+
+    /// Finds the data runs in the bytes not scanned yet (chunked bodies).
+    fn scan(&mut self) -> Result<(), BodyError> {
+        let BodyState::Chunked { scanner, runs, scanned } = &mut self.state else { return Ok(()) };
+        if scanner.is_done() || *scanned >= self.buf.len() {
+            return Ok(());
+        }
+        let base = self.buf.as_ptr() as usize;
+        let bytes = &self.buf[*scanned..];
+        let used = scanner
+            .feed_with(
+                bytes,
+                |d| {
+                    let start = d.as_ptr() as usize - base;
+                    runs.push((start, start + d.len()));
+                },
+                |_| {},
+            )
+            .map_err(|_| BodyError::Invalid)?;
+        *scanned += used;
+        if scanner.data_len() > self.limit {
+            return Err(BodyError::TooLarge(self.limit));
+        }
+        if scanner.is_done() && runs.is_empty() {
+            // Nothing left to hand out: the body ends where the scanner stopped.
+            self.pos = *scanned;
+        }
+        Ok(())
+    }
+
+    /// Drops consumed bytes from the front of the buffer, keeping offsets right.
+    fn compact(&mut self) {
+        if self.pos == 0 {
+            return;
+        }
+        let pos = self.pos;
+        self.buf.advance(pos);
+        self.pos = 0;
+        self.start = 0;
+        self.streamed = true;
+        if let BodyState::Chunked { runs, scanned, .. } = &mut self.state {
+            for run in runs.iter_mut() {
+                *run = (run.0 - pos, run.1 - pos);
+            }
+            *scanned -= pos;
         }
     }
 }
 
-/// Reads the next piece of a response body into the connection's buffer (from its start).
-async fn read_upstream(conn: &mut RawConn) -> Result<usize, Broken> {
-    conn.buf.clear();
-    make_room(&mut conn.buf);
-    match conn.stream.read_buf(&mut conn.buf).await {
-        Ok(0) | Err(_) => Err(Broken::Upstream),
-        Ok(n) => Ok(n),
+impl<S: Transport> Downstream for ClientBody<'_, S> {
+    fn ready(&mut self) -> Result<(&[u8], bool), BodyError> {
+        self.scan()?;
+        match &self.state {
+            BodyState::Length { remaining, .. } => {
+                let available = self.buf.len() - self.pos;
+                let n = available.min(usize::try_from(*remaining).unwrap_or(usize::MAX));
+                Ok((&self.buf[self.pos..self.pos + n], n as u64 == *remaining))
+            }
+            BodyState::Chunked { scanner, runs, .. } => {
+                let last = scanner.is_done() && runs.len() <= 1;
+                Ok((runs.first().map_or(&[][..], |&(start, end)| &self.buf[start..end]), last))
+            }
+        }
     }
-}
 
-/// Writes `data` to the client as one chunk.
-async fn write_chunk(client: &mut tokio::net::TcpStream, data: &[u8]) -> Result<(), Broken> {
-    let mut line = Vec::with_capacity(20);
-    chunk_start(&mut line, data.len());
-    let mut slices = [IoSlice::new(&line), IoSlice::new(data), IoSlice::new(CHUNK_END)];
-    write_all_vectored(client, &mut slices).await.map_err(Broken::Client)
+    fn consume(&mut self, n: usize) {
+        match &mut self.state {
+            BodyState::Length { remaining, .. } => {
+                self.pos += n;
+                *remaining -= n as u64;
+            }
+            BodyState::Chunked { runs, scanned, .. } => {
+                if let Some(run) = runs.first_mut() {
+                    run.0 += n;
+                    if run.0 >= run.1 {
+                        runs.remove(0);
+                    }
+                }
+                // Everything before the next run (or the scan point) is handed out.
+                self.pos = runs.first().map_or(*scanned, |r| r.0);
+            }
+        }
+    }
+
+    fn is_complete(&self) -> bool {
+        match &self.state {
+            BodyState::Length { remaining, .. } => *remaining == 0,
+            BodyState::Chunked { scanner, runs, .. } => scanner.is_done() && runs.is_empty(),
+        }
+    }
+
+    fn rewind(&mut self) -> bool {
+        if self.streamed {
+            return false;
+        }
+        // Nothing left the buffer: the whole body is still there, from its start.
+        self.pos = self.start;
+        match &mut self.state {
+            BodyState::Length { total, remaining } => {
+                *remaining = *total;
+                true
+            }
+            BodyState::Chunked { scanner, runs, scanned } => {
+                *scanner = ChunkedScanner::default();
+                runs.clear();
+                *scanned = self.start;
+                true
+            }
+        }
+    }
+
+    async fn fill(&mut self, timer: &mut LazyTimer) -> Result<(), BodyError> {
+        if self.owe_continue {
+            self.owe_continue = false;
+            if self.buf.len() <= self.pos {
+                let mut slices = [IoSlice::new(CONTINUE)];
+                write_within(self.stream, &mut slices, timer, self.send_timeout, self.worker)
+                    .await
+                    .map_err(|_| BodyError::Gone)?;
+            }
+        }
+        self.compact();
+        make_room(self.buf, BODY_READ);
+        timer.set(Instant::now() + self.body_timeout);
+        match within(timer, self.stream.read_buf(self.buf)).await {
+            None => Err(BodyError::Timeout),
+            Some(Ok(0) | Err(_)) => Err(BodyError::Gone),
+            Some(Ok(_)) => Ok(()),
+        }
+    }
+
+    fn poll_gone(&mut self, cx: &mut Context<'_>) -> Poll<Gone> {
+        if self.buf.len() > self.pos {
+            // Bytes past the request: the client is sending its next one.
+            return Poll::Pending;
+        }
+        poll_client_gone(self.stream, &mut self.client_sent, cx)
+    }
+
+    async fn interim(&mut self, view: &ResponseView<'_>) -> Result<(), BodyError> {
+        // 100 Continue is Seawall's own business (it answers Expect itself); HTTP/1.0 clients
+        // get no interim answers at all (RFC 9110 §15.2).
+        if !self.http11 || view.head.status == 100 {
+            return Ok(());
+        }
+        let mut out = Vec::with_capacity(256);
+        response::write_http1_informational(view, &mut out);
+        let mut slices = [IoSlice::new(&out)];
+        let mut timer = LazyTimer::new(Instant::now() + self.send_timeout);
+        write_within(self.stream, &mut slices, &mut timer, self.send_timeout, self.worker)
+            .await
+            .map_err(|_| BodyError::Gone)
+    }
 }

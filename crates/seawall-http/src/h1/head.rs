@@ -1,59 +1,93 @@
-//! Message heads for the HTTP/1.1 engine: a client's request head parsed in place (offsets into
-//! the connection's buffer, no header map), the head sent upstream written straight from those
-//! bytes, and the upstream's response head rewritten for the client in one pass.
-//!
-//! Anything this engine does not handle itself — HTTP/1.0, upgrades, `Expect`, chunked uploads,
-//! absolute-form targets, malformed or oversized heads — is reported as [`Parsed::HandOff`] and
-//! served by hyper, which answers the odd and the malformed with the same care as before.
+//! A client's request head, parsed in place (offsets into the connection's buffer, no header map),
+//! checked the way RFC 9112 asks of a server (one `Host` on HTTP/1.1, one framing, no CL+TE, no
+//! comma lists or invalid lengths, chunked last and once), and the head sent upstream written
+//! straight from those bytes: hop-by-hop fields dropped, framing re-stated by Seawall, forwarding
+//! fields added. Every HTTP/1.x request is served here: HTTP/1.0, chunked uploads,
+//! `Expect: 100-continue`, upgrades and absolute-form targets included.
 
 use std::mem::MaybeUninit;
-use std::net::IpAddr;
+use std::net::SocketAddr;
 
-use bytes::Bytes;
-use http::{Method, Response};
+use http::{Method, Version};
 
-use crate::headers::{write_ip, HeaderLookup};
+use crate::headers::{classify, has_token, tokens, ConnectionOptions, HeaderLookup, Name};
+use crate::problem::{Reason, Refusal};
+use crate::request::{write_upstream_head, BodyFraming, FieldRef, RequestView, UpstreamHead};
 
-/// More header fields than this are left to hyper (which applies `server.max_headers`).
-const MAX_FIELDS: usize = 100;
-/// At most this many header names listed in `Connection` are handled here.
-const MAX_CONNECTION_TOKENS: usize = 4;
+/// Header fields parsed without a heap allocation; beyond, up to `server.max_headers`.
+const STACK_FIELDS: usize = 100;
 
 /// One header field: offsets of its name and value in the buffer.
 #[derive(Debug, Clone, Copy)]
 struct Field {
     name: (u32, u32),
     value: (u32, u32),
-    /// Not forwarded: hop-by-hop, or replaced by what Seawall writes.
-    dropped: bool,
+    class: Name,
+    /// Named in `Connection`: not forwarded.
+    named: bool,
 }
 
 /// A parsed request head. Offsets point into the buffer it was parsed from, which must not change
 /// while the head is in use.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct RequestHead {
     /// Length of the head in the buffer, final blank line included.
     pub len: usize,
     pub method: Method,
+    pub version: Version,
+    /// Path and query (inside an absolute-form target too).
     target: (u32, u32),
+    /// The authority of an absolute-form target.
+    authority: Option<(u32, u32)>,
     fields: Vec<Field>,
+    /// Index of the `Host` field.
     host: Option<usize>,
-    forwarded_for: Option<usize>,
-    /// Length of the body that follows.
-    pub content_length: u64,
-    /// The client asked to close after this exchange.
+    pub framing: BodyFraming,
+    /// The connection closes after this exchange (asked for, or HTTP/1.0 without keep-alive).
     pub close: bool,
+    /// The client waits for `100 Continue` before it sends its body.
+    pub expect_continue: bool,
+    /// The client asks to switch protocols (`Connection: upgrade` with an `Upgrade` field).
+    pub upgrade: bool,
+    /// The client's `TE` accepts trailers (so the upstream may send them).
+    pub te_trailers: bool,
+}
+
+impl Default for RequestHead {
+    fn default() -> Self {
+        RequestHead {
+            len: 0,
+            method: Method::GET,
+            version: Version::HTTP_11,
+            target: (0, 0),
+            authority: None,
+            fields: Vec::new(),
+            host: None,
+            framing: BodyFraming::None,
+            close: false,
+            expect_continue: false,
+            upgrade: false,
+            te_trailers: false,
+        }
+    }
 }
 
 /// The result of parsing what the client has sent so far.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Parsed {
-    /// The head is complete and this engine serves it.
+    /// The head is complete and valid.
     Complete,
     /// More bytes are needed.
     Partial,
-    /// hyper serves this request (and answers it if it is malformed).
-    HandOff,
+    /// The head is complete (or cannot become valid): answer this and close.
+    Refused(Refusal),
+}
+
+/// Limits a head must stay within.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_header_size: usize,
+    pub max_headers: usize,
 }
 
 fn range(buf: &[u8], part: &[u8]) -> (u32, u32) {
@@ -65,151 +99,168 @@ fn slice(buf: &[u8], (start, end): (u32, u32)) -> &[u8] {
     &buf[start as usize..end as usize]
 }
 
-/// The header names this engine acts on; the rest pass through untouched.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Name {
-    ContentLength,
-    TransferEncoding,
-    Connection,
-    Host,
-    /// `Upgrade` and `Expect`: requests that carry them go to hyper.
-    HandOff,
-    XForwardedFor,
-    /// `X-Forwarded-Proto` and `-Host`: replaced by Seawall's own.
-    XForwardedReplaced,
-    /// The other hop-by-hop headers (RFC 9110 §7.6.1), with the `proxy-` family that never
-    /// leaves the hop either.
-    HopByHop,
-    Other,
-}
-
-/// Whether `name` equals `lower` (lower-case letters and `-`) ignoring case, eight bytes at a
-/// time. Setting bit 0x20 lower-cases letters; a header name is a token (httparse checks), and no
-/// other token byte becomes a letter or `-` that way, so the comparison is exact.
-fn eq_lower(name: &[u8], lower: &[u8]) -> bool {
-    if name.len() != lower.len() {
-        return false;
-    }
-    let word = |b: &[u8]| {
-        let mut w = [0u8; 8];
-        w[..b.len()].copy_from_slice(b);
-        u64::from_le_bytes(w)
-    };
-    name.chunks(8).zip(lower.chunks(8)).all(|(n, l)| {
-        let mask = word(&[0x20; 8][..n.len()]);
-        word(n) | mask == word(l)
-    })
-}
-
-/// Classifies a header name: by length first, so most names cost one comparison or none.
-fn classify(name: &[u8]) -> Name {
-    let is = |want: &[u8]| eq_lower(name, want);
-    match name.len() {
-        2 if is(b"te") => Name::HopByHop,
-        4 if is(b"host") => Name::Host,
-        6 if is(b"expect") => Name::HandOff,
-        7 if is(b"upgrade") => Name::HandOff,
-        7 if is(b"trailer") => Name::HopByHop,
-        10 if is(b"connection") => Name::Connection,
-        10 if is(b"keep-alive") => Name::HopByHop,
-        14 if is(b"content-length") => Name::ContentLength,
-        15 if is(b"x-forwarded-for") => Name::XForwardedFor,
-        16 if is(b"x-forwarded-host") => Name::XForwardedReplaced,
-        17 if is(b"transfer-encoding") => Name::TransferEncoding,
-        17 if is(b"x-forwarded-proto") => Name::XForwardedReplaced,
-        n if n > 6 && eq_lower(&name[..6], b"proxy-") => Name::HopByHop,
-        _ => Name::Other,
-    }
-}
-
-/// The comma-separated tokens of a header value.
-fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
-    value.split(|&b| b == b',').map(<[u8]>::trim_ascii).filter(|t| !t.is_empty())
+fn refuse(reason: Reason, detail: &'static str) -> Parsed {
+    Parsed::Refused(Refusal::new(reason, detail))
 }
 
 impl RequestHead {
     /// Parses the request head at the start of `buf` into `self` (reusing its allocations).
-    pub fn parse(&mut self, buf: &[u8]) -> Parsed {
+    pub fn parse(&mut self, buf: &[u8], limits: Limits) -> Parsed {
         // Left uninitialised: writing 100 empty headers per request costs more than parsing.
-        let mut storage = [const { MaybeUninit::uninit() }; MAX_FIELDS];
+        let mut storage = [const { MaybeUninit::uninit() }; STACK_FIELDS];
         let mut req = httparse::Request::new(&mut []);
-        let len = match req.parse_with_uninit_headers(buf, &mut storage) {
+        let parsed = req.parse_with_uninit_headers(buf, &mut storage);
+        let mut heap;
+        let parsed = match parsed {
+            Err(httparse::Error::TooManyHeaders) if limits.max_headers > STACK_FIELDS => {
+                heap = vec![MaybeUninit::uninit(); limits.max_headers + 1];
+                req = httparse::Request::new(&mut []);
+                req.parse_with_uninit_headers(buf, &mut heap)
+            }
+            other => other,
+        };
+        let len = match parsed {
             Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) if buf.len() >= limits.max_header_size => {
+                return refuse(Reason::HeaderTooLarge, "the request head is too large")
+            }
             Ok(httparse::Status::Partial) => return Parsed::Partial,
-            Err(_) => return Parsed::HandOff,
+            Err(httparse::Error::TooManyHeaders) => {
+                return refuse(Reason::HeaderTooLarge, "the request has too many header fields")
+            }
+            Err(httparse::Error::Version) => {
+                return refuse(Reason::BadRequest, "only HTTP/1.0 and HTTP/1.1 are served here")
+            }
+            Err(_) => return refuse(Reason::BadRequest, "the request head is malformed"),
         };
-        let (Some(method), Some(path), Some(1)) = (req.method, req.path, req.version) else {
-            return Parsed::HandOff;
-        };
-        if !path.starts_with('/') {
-            return Parsed::HandOff;
+        if len > limits.max_header_size {
+            return refuse(Reason::HeaderTooLarge, "the request head is too large");
         }
-        let Ok(method) = Method::from_bytes(method.as_bytes()) else { return Parsed::HandOff };
+        if req.headers.len() > limits.max_headers {
+            return refuse(Reason::HeaderTooLarge, "the request has too many header fields");
+        }
+        let (Some(method), Some(target), Some(version)) = (req.method, req.path, req.version)
+        else {
+            return refuse(Reason::BadRequest, "the request line is malformed");
+        };
+        let Ok(method) = Method::from_bytes(method.as_bytes()) else {
+            return refuse(Reason::BadRequest, "the request method is malformed");
+        };
+        if method == Method::CONNECT {
+            return refuse(Reason::BadRequest, "CONNECT is not served by a reverse proxy");
+        }
         self.len = len;
+        self.version = if version == 0 { Version::HTTP_10 } else { Version::HTTP_11 };
+        self.authority = None;
+        let target_bytes = target.as_bytes();
+        if target_bytes.first() == Some(&b'/') || (target == "*" && method == Method::OPTIONS) {
+            self.target = range(buf, target_bytes);
+        } else if let Some(rest) = strip_scheme(target_bytes) {
+            let end = rest.iter().position(|&b| b == b'/' || b == b'?').unwrap_or(rest.len());
+            if end == 0 || !valid_host(&rest[..end]) {
+                return refuse(Reason::BadRequest, "the request target has no valid authority");
+            }
+            self.authority = Some(range(buf, &rest[..end]));
+            self.target = range(buf, &rest[end..]);
+        } else {
+            return refuse(Reason::BadRequest, "the request target is malformed");
+        }
         self.method = method;
-        self.target = range(buf, path.as_bytes());
         self.fields.clear();
         self.host = None;
-        self.forwarded_for = None;
-        self.content_length = 0;
-        self.close = false;
-        let mut seen_length = false;
-        let mut named: [&[u8]; MAX_CONNECTION_TOKENS] = [b""; MAX_CONNECTION_TOKENS];
-        let mut named_count = 0;
+        self.framing = BodyFraming::None;
+        self.expect_continue = false;
+        self.upgrade = false;
+        self.te_trailers = false;
+        let http11 = self.version == Version::HTTP_11;
+        let mut length: Option<u64> = None;
+        let mut chunked = false;
+        let mut transfer_encoding = false;
+        let mut hosts = 0;
+        let mut upgrade_field = false;
+        let mut connection = ConnectionOptions::default();
         for h in req.headers.iter() {
             let name = h.name.as_bytes();
-            let dropped = match classify(name) {
-                Name::Other => false,
+            let class = classify(name);
+            match class {
                 Name::ContentLength => {
-                    let Some(length) = parse_length(h.value) else { return Parsed::HandOff };
-                    if seen_length && length != self.content_length {
-                        return Parsed::HandOff;
+                    let Some(n) = parse_length(h.value) else {
+                        return refuse(Reason::BadRequest, "the Content-Length is invalid");
+                    };
+                    if length.is_some_and(|l| l != n) {
+                        return refuse(Reason::BadRequest, "the Content-Length fields disagree");
                     }
-                    seen_length = true;
-                    self.content_length = length;
-                    false
+                    length = Some(n);
+                }
+                Name::TransferEncoding => {
+                    transfer_encoding = true;
+                    for token in tokens(h.value) {
+                        // Chunked must be applied once, and last; anything else is a coding
+                        // this proxy does not take in a request.
+                        if chunked {
+                            return refuse(Reason::BadRequest, "chunked must be the last coding");
+                        }
+                        if !token.eq_ignore_ascii_case(b"chunked") {
+                            return refuse(
+                                Reason::UnsupportedTransferCoding,
+                                "only the chunked transfer coding is accepted in a request",
+                            );
+                        }
+                        chunked = true;
+                    }
                 }
                 Name::Host => {
-                    if self.host.is_some() {
-                        return Parsed::HandOff;
+                    hosts += 1;
+                    if !valid_host(h.value) {
+                        return refuse(Reason::BadRequest, "the Host field is invalid");
                     }
                     self.host = Some(self.fields.len());
-                    false
                 }
-                Name::TransferEncoding | Name::HandOff => return Parsed::HandOff,
-                Name::Connection => {
-                    for token in tokens(h.value) {
-                        if token.eq_ignore_ascii_case(b"close") {
-                            self.close = true;
-                        } else if token.eq_ignore_ascii_case(b"upgrade") {
-                            return Parsed::HandOff;
-                        } else if !token.eq_ignore_ascii_case(b"keep-alive") {
-                            if named_count == MAX_CONNECTION_TOKENS {
-                                return Parsed::HandOff;
-                            }
-                            named[named_count] = token;
-                            named_count += 1;
-                        }
+                Name::Connection => connection.add(h.value),
+                Name::Expect if http11 => {
+                    if !h.value.trim_ascii().eq_ignore_ascii_case(b"100-continue") {
+                        return refuse(Reason::ExpectationFailed, "only 100-continue is expected");
                     }
-                    true
+                    self.expect_continue = true;
                 }
-                Name::XForwardedFor => {
-                    if self.forwarded_for.is_none() {
-                        self.forwarded_for = Some(self.fields.len());
-                    }
-                    true
-                }
-                Name::XForwardedReplaced | Name::HopByHop => true,
-            };
-            self.fields.push(Field { name: range(buf, name), value: range(buf, h.value), dropped });
-        }
-        if named_count > 0 {
-            for field in &mut self.fields {
-                let name = slice(buf, field.name);
-                if named[..named_count].iter().any(|t| t.eq_ignore_ascii_case(name)) {
-                    field.dropped = true;
-                }
+                Name::Upgrade => upgrade_field = true,
+                Name::Te => self.te_trailers |= has_token(h.value, b"trailers"),
+                _ => {}
             }
+            self.fields.push(Field {
+                name: range(buf, name),
+                value: range(buf, h.value),
+                class,
+                named: false,
+            });
+        }
+        if hosts > 1 || (http11 && hosts == 0) {
+            return refuse(Reason::BadRequest, "an HTTP/1.1 request needs exactly one Host field");
+        }
+        if connection.overflow {
+            return refuse(Reason::BadRequest, "Connection names too many fields");
+        }
+        self.framing = match (transfer_encoding, length) {
+            (true, Some(_)) => {
+                return refuse(
+                    Reason::BadRequest,
+                    "both Content-Length and Transfer-Encoding are set",
+                )
+            }
+            (true, None) if !http11 => {
+                return refuse(Reason::BadRequest, "Transfer-Encoding is not valid in HTTP/1.0")
+            }
+            (true, None) if !chunked => {
+                return refuse(Reason::BadRequest, "the Transfer-Encoding field is empty")
+            }
+            (true, None) => BodyFraming::Streamed,
+            (false, Some(n)) => BodyFraming::Length(n),
+            (false, None) => BodyFraming::None,
+        };
+        self.upgrade = http11 && connection.upgrade && upgrade_field;
+        self.close = if http11 { connection.close } else { !connection.keep_alive };
+        for field in &mut self.fields {
+            field.named = connection.names(slice(buf, field.name));
         }
         Parsed::Complete
     }
@@ -219,77 +270,102 @@ impl RequestHead {
         self.fields.len()
     }
 
-    /// The request target (origin form: path and query).
+    /// The request target as sent upstream: path and query (`/` when an absolute target had no
+    /// path).
     pub fn target<'b>(&self, buf: &'b [u8]) -> &'b [u8] {
-        slice(buf, self.target)
+        match slice(buf, self.target) {
+            [] => b"/",
+            target => target,
+        }
     }
 
     /// The path, without the query.
     pub fn path<'b>(&self, buf: &'b [u8]) -> &'b [u8] {
         let target = self.target(buf);
-        &target[..memchr::memchr(b'?', target).unwrap_or(target.len())]
+        match memchr::memchr(b'?', target) {
+            Some(0) => b"/",
+            Some(i) => &target[..i],
+            None => target,
+        }
     }
 
-    /// The Host header, when the client sent one.
+    /// The authority of an absolute target, else the Host field.
     pub fn host<'b>(&self, buf: &'b [u8]) -> Option<&'b [u8]> {
-        self.host.map(|i| slice(buf, self.fields[i].value))
+        match self.authority {
+            Some(authority) => Some(slice(buf, authority)),
+            None => self.host.map(|i| slice(buf, self.fields[i].value)),
+        }
     }
 
-    /// A view of the head for header lookups.
-    pub fn view<'h>(&'h self, buf: &'h [u8]) -> HeadView<'h> {
-        HeadView { head: self, buf }
+    /// The head's fields with their buffer, for [`view`](Self::view).
+    pub fn fields<'h>(&'h self, buf: &'h [u8]) -> HeadFields<'h> {
+        HeadFields { head: self, buf }
     }
 
-    /// Writes the head to send upstream into `out`: the request line and the client's fields
-    /// without hop-by-hop ones, then `X-Forwarded-For`/`-Proto`/`-Host` and `Via`. The `Host`
-    /// field is the client's unless `host_is_server`; then the caller adds the server's name
-    /// (see [`write_host_and_end`]), which depends on the server picked.
+    /// A view of the head for the policy layer (`fields` from [`fields`](Self::fields)).
+    pub fn view<'h>(
+        &'h self,
+        buf: &'h [u8],
+        fields: &'h HeadFields<'h>,
+        peer: SocketAddr,
+    ) -> RequestView<'h> {
+        RequestView {
+            method: &self.method,
+            version: self.version,
+            path: self.path(buf),
+            target: self.target(buf),
+            host: self.host(buf),
+            headers: fields,
+            framing: self.framing,
+            peer,
+        }
+    }
+
+    /// Writes the head to send upstream into `out`, without `Host` when `host_is_server` (the
+    /// proxy adds the chosen server's name) and without the final blank line.
     pub fn write_upstream(
         &self,
         buf: &[u8],
         out: &mut Vec<u8>,
-        client: IpAddr,
+        client: SocketAddr,
         host_is_server: bool,
     ) {
-        out.clear();
-        out.extend_from_slice(self.method.as_str().as_bytes());
-        out.push(b' ');
-        out.extend_from_slice(self.target(buf));
-        out.extend_from_slice(b" HTTP/1.1\r\n");
-        for (i, field) in self.fields.iter().enumerate() {
-            if field.dropped || (host_is_server && self.host == Some(i)) {
-                continue;
-            }
-            push_field(out, slice(buf, field.name), slice(buf, field.value));
-        }
-        out.extend_from_slice(b"x-forwarded-for: ");
-        if let Some(i) = self.forwarded_for {
-            out.extend_from_slice(slice(buf, self.fields[i].value));
-            out.extend_from_slice(b", ");
-        }
-        write_ip(out, client);
-        out.extend_from_slice(b"\r\nx-forwarded-proto: http\r\n");
-        if let Some(host) = self.host(buf) {
-            push_field(out, b"x-forwarded-host", host);
-        }
-        out.extend_from_slice(b"via: 1.1 seawall\r\n");
+        let host = self.host(buf);
+        let head = UpstreamHead {
+            method: &self.method,
+            target: self.target(buf),
+            host: if host_is_server { None } else { host },
+            forwarded_host: host,
+            upgrade: self.upgrade,
+            te_trailers: self.te_trailers,
+            framing: self.framing,
+            peer: client,
+            version: self.version,
+        };
+        let fields = self.fields.iter().map(|f| FieldRef {
+            name: slice(buf, f.name),
+            value: slice(buf, f.value),
+            class: f.class,
+            named: f.named,
+        });
+        write_upstream_head(out, &head, fields);
     }
 }
 
-/// Ends an upstream head begun by [`RequestHead::write_upstream`]: the server's name as `Host`
-/// when `host` is given, then the blank line.
-pub fn write_host_and_end(out: &mut Vec<u8>, host: Option<&str>) {
-    if let Some(host) = host {
-        push_field(out, b"host", host.as_bytes());
+/// `http://` or `https://` (any case) stripped from an absolute-form target.
+fn strip_scheme(target: &[u8]) -> Option<&[u8]> {
+    for scheme in [&b"http://"[..], b"https://"] {
+        if target.len() >= scheme.len() && target[..scheme.len()].eq_ignore_ascii_case(scheme) {
+            return Some(&target[scheme.len()..]);
+        }
     }
-    out.extend_from_slice(b"\r\n");
+    None
 }
 
-fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
+/// Whether a `Host` value (or an authority) has only the bytes a host and port may have
+/// (RFC 3986 reg-name, IP literal, port); empty is allowed.
+fn valid_host(value: &[u8]) -> bool {
+    value.iter().all(|&b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:%[]".contains(&b))
 }
 
 fn parse_length(value: &[u8]) -> Option<u64> {
@@ -299,13 +375,13 @@ fn parse_length(value: &[u8]) -> Option<u64> {
     value.iter().try_fold(0u64, |n, &d| n.checked_mul(10)?.checked_add(u64::from(d - b'0')))
 }
 
-/// A request head with the buffer it points into.
-pub struct HeadView<'h> {
+/// The fields of a request head with the buffer they point into (for routing and balancing).
+pub struct HeadFields<'h> {
     head: &'h RequestHead,
     buf: &'h [u8],
 }
 
-impl HeaderLookup for HeadView<'_> {
+impl HeaderLookup for HeadFields<'_> {
     fn for_each_value(&self, name: &str, found: &mut dyn FnMut(&[u8]) -> bool) {
         for field in &self.head.fields {
             if slice(self.buf, field.name).eq_ignore_ascii_case(name.as_bytes())
@@ -323,316 +399,5 @@ impl HeaderLookup for HeadView<'_> {
             .iter()
             .find(|f| slice(self.buf, f.name).eq_ignore_ascii_case(name.as_bytes()))?;
         Some(slice(self.buf, field.value))
-    }
-}
-
-/// How the body of a response is delimited (RFC 9112 §6.3).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BodyKind {
-    /// No body (HEAD, 204, 304).
-    Empty,
-    Length(u64),
-    /// Chunked: passed through as it is.
-    Chunked,
-    /// Until the upstream closes: re-framed as chunks for the client.
-    UntilClose,
-}
-
-/// An upstream response head, already rewritten for the client.
-#[derive(Debug)]
-pub struct ResponseHead {
-    /// Length of the head in the upstream buffer.
-    pub len: usize,
-    pub status: u16,
-    pub body: BodyKind,
-    /// The upstream keeps the connection open after this response.
-    pub keep_alive: bool,
-    /// The head tells the client that the connection closes after this response.
-    pub close_client: bool,
-}
-
-/// What the upstream's bytes so far amount to.
-#[derive(Debug)]
-pub enum UpstreamHead {
-    Partial,
-    /// An interim (1xx) response of `len` bytes, to skip.
-    Interim(usize),
-    Final(ResponseHead),
-}
-
-/// The upstream sent something that is not a response this proxy can forward.
-#[derive(Debug, thiserror::Error)]
-pub enum BadResponse {
-    #[error("invalid response head: {0}")]
-    Parse(httparse::Error),
-    #[error("the response has an invalid Content-Length")]
-    Length,
-    #[error("the response uses a transfer coding other than chunked last")]
-    Coding,
-    #[error("the upstream switched protocols without being asked to")]
-    UnexpectedSwitch,
-}
-
-/// Parses the upstream's response head at the start of `buf`; on a final response, writes the
-/// head for the client into `out`: hop-by-hop fields removed, framing re-stated, `Via` added and
-/// `Connection: close` when `close_client`.
-pub fn parse_response(
-    buf: &[u8],
-    request_method: &Method,
-    close_client: bool,
-    out: &mut Vec<u8>,
-) -> Result<UpstreamHead, BadResponse> {
-    let mut storage = [const { MaybeUninit::uninit() }; MAX_FIELDS];
-    let mut res = httparse::Response::new(&mut []);
-    let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
-        &mut res,
-        buf,
-        &mut storage,
-    );
-    let len = match parsed.map_err(BadResponse::Parse)? {
-        httparse::Status::Complete(len) => len,
-        httparse::Status::Partial => return Ok(UpstreamHead::Partial),
-    };
-    let status = res.code.unwrap_or(0);
-    match status {
-        101 => return Err(BadResponse::UnexpectedSwitch),
-        100..=199 => return Ok(UpstreamHead::Interim(len)),
-        _ => {}
-    }
-    let mut keep_alive = res.version == Some(1);
-    let mut length: Option<u64> = None;
-    let mut chunked = false;
-    let mut coded = false;
-    let mut named: [&[u8]; MAX_CONNECTION_TOKENS] = [b""; MAX_CONNECTION_TOKENS];
-    let mut named_count = 0;
-    let mut names = [Name::Other; MAX_FIELDS];
-    for (h, class) in res.headers.iter().zip(names.iter_mut()) {
-        *class = classify(h.name.as_bytes());
-        match *class {
-            Name::ContentLength => {
-                let value = parse_length(h.value).ok_or(BadResponse::Length)?;
-                if length.is_some_and(|l| l != value) {
-                    return Err(BadResponse::Length);
-                }
-                length = Some(value);
-            }
-            Name::TransferEncoding => {
-                let last = tokens(h.value).last().unwrap_or_default();
-                chunked = last.eq_ignore_ascii_case(b"chunked");
-                coded |= tokens(h.value).count() > 1;
-                if !chunked {
-                    return Err(BadResponse::Coding);
-                }
-            }
-            Name::Connection => {
-                for token in tokens(h.value) {
-                    if token.eq_ignore_ascii_case(b"close") {
-                        keep_alive = false;
-                    } else if token.eq_ignore_ascii_case(b"keep-alive") {
-                        keep_alive |= res.version == Some(0);
-                    } else if named_count < MAX_CONNECTION_TOKENS {
-                        named[named_count] = token;
-                        named_count += 1;
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
-    let no_body = *request_method == Method::HEAD || status == 204 || status == 304;
-    let body = match (no_body, chunked, length) {
-        (true, ..) => BodyKind::Empty,
-        (false, true, _) => BodyKind::Chunked,
-        (false, false, Some(len)) => BodyKind::Length(len),
-        (false, false, None) => BodyKind::UntilClose,
-    };
-    if body == BodyKind::UntilClose {
-        keep_alive = false;
-    }
-
-    out.clear();
-    out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(&[
-        b'0' + (status / 100 % 10) as u8,
-        b'0' + (status / 10 % 10) as u8,
-        b'0' + (status % 10) as u8,
-        b' ',
-    ]);
-    out.extend_from_slice(res.reason.unwrap_or("").as_bytes());
-    out.extend_from_slice(b"\r\n");
-    for (h, class) in res.headers.iter().zip(names) {
-        let name = h.name.as_bytes();
-        let skip = match class {
-            Name::TransferEncoding => !coded,
-            Name::Connection | Name::HopByHop => true,
-            Name::ContentLength => chunked,
-            // `Upgrade` is hop-by-hop in a response too.
-            Name::HandOff => name.len() == 7,
-            _ => false,
-        };
-        if skip || named[..named_count].iter().any(|t| t.eq_ignore_ascii_case(name)) {
-            continue;
-        }
-        push_field(out, name, h.value);
-    }
-    if matches!(body, BodyKind::UntilClose) || (chunked && !coded && !no_body) {
-        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
-    }
-    out.extend_from_slice(b"via: 1.1 seawall\r\n");
-    if close_client {
-        out.extend_from_slice(b"connection: close\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
-    Ok(UpstreamHead::Final(ResponseHead { len, status, body, keep_alive, close_client }))
-}
-
-/// Writes a complete response generated by Seawall (a problem document) into `out`.
-pub fn write_response(out: &mut Vec<u8>, response: &Response<Bytes>, close: bool) {
-    out.clear();
-    out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(response.status().as_str().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(response.status().canonical_reason().unwrap_or("").as_bytes());
-    out.extend_from_slice(b"\r\n");
-    for (name, value) in response.headers() {
-        if name != http::header::CONNECTION {
-            push_field(out, name.as_str().as_bytes(), value.as_bytes());
-        }
-    }
-    out.extend_from_slice(b"content-length: ");
-    out.extend_from_slice(response.body().len().to_string().as_bytes());
-    out.extend_from_slice(b"\r\n");
-    if close {
-        out.extend_from_slice(b"connection: close\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(response.body());
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn parsed(text: &str) -> (RequestHead, Parsed) {
-        let mut head = RequestHead::default();
-        let result = head.parse(text.as_bytes());
-        (head, result)
-    }
-
-    #[test]
-    fn common_requests_are_served_here_and_the_rest_handed_off() {
-        assert_eq!(parsed("GET / HTTP/1.1\r\nHost: a\r\n\r\n").1, Parsed::Complete);
-        assert_eq!(parsed("GET / HTTP/1.1\r\nHost: a\r\n").1, Parsed::Partial);
-        for odd in [
-            "GET / HTTP/1.0\r\n\r\n",
-            "GET http://a/ HTTP/1.1\r\n\r\n",
-            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
-            "POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
-            "POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
-            "GET / HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
-            "PUT / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n",
-            "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
-            "GET / HTTP/1.1\r\nBad Header\r\n\r\n",
-        ] {
-            assert_eq!(parsed(odd).1, Parsed::HandOff, "{odd}");
-        }
-    }
-
-    #[test]
-    fn upstream_head_drops_hop_by_hop_and_adds_forwarding() {
-        let text = "POST /p?q=1 HTTP/1.1\r\nHost: shop\r\nConnection: keep-alive, x-secret\r\n\
-                    X-Secret: 1\r\nKeep-Alive: 5\r\nProxy-Authorization: x\r\nX-Forwarded-For: 10.0.0.1\r\n\
-                    X-Forwarded-For: 10.0.0.2\r\nX-Forwarded-Proto: https\r\nContent-Length: 3\r\nX-Kept: yes\r\n\r\n";
-        let (head, result) = parsed(text);
-        assert_eq!(result, Parsed::Complete);
-        assert_eq!(head.content_length, 3);
-        assert_eq!(head.path(text.as_bytes()), b"/p");
-        let mut out = Vec::new();
-        head.write_upstream(text.as_bytes(), &mut out, "192.0.2.7".parse().unwrap(), true);
-        write_host_and_end(&mut out, Some("backend:8080"));
-        assert_eq!(
-            String::from_utf8(out).unwrap(),
-            "POST /p?q=1 HTTP/1.1\r\nContent-Length: 3\r\nX-Kept: yes\r\n\
-             x-forwarded-for: 10.0.0.1, 192.0.2.7\r\nx-forwarded-proto: http\r\n\
-             x-forwarded-host: shop\r\nvia: 1.1 seawall\r\nhost: backend:8080\r\n\r\n"
-        );
-    }
-
-    #[test]
-    fn names_compare_ignoring_case_and_nothing_else() {
-        assert!(eq_lower(b"Content-Length", b"content-length"));
-        assert!(eq_lower(b"X-FORWARDED-FOR", b"x-forwarded-for"));
-        assert!(!eq_lower(b"Content-Lengtx", b"content-length"));
-        assert!(!eq_lower(b"content-length", b"content-lengt"));
-        assert!(!eq_lower(b"te", b"tE-"));
-        assert_eq!(classify(b"Proxy-Authorization"), Name::HopByHop);
-        assert_eq!(classify(b"TE"), Name::HopByHop);
-        assert_eq!(classify(b"Host"), Name::Host);
-        assert_eq!(classify(b"hosT"), Name::Host);
-        assert_eq!(classify(b"X-Forwarded-Proto"), Name::XForwardedReplaced);
-        assert_eq!(classify(b"Transfer-Encoding"), Name::TransferEncoding);
-        assert_eq!(classify(b"X-Custom"), Name::Other);
-    }
-
-    #[test]
-    fn lookups_are_case_insensitive() {
-        let text = "GET / HTTP/1.1\r\nCookie: a=1\r\ncookie: b=2\r\n\r\n";
-        let (head, _) = parsed(text);
-        let view = head.view(text.as_bytes());
-        assert_eq!(view.first("COOKIE"), Some(&b"a=1"[..]));
-        let mut all = Vec::new();
-        view.for_each_value("cookie", &mut |v| {
-            all.push(v.to_vec());
-            false
-        });
-        assert_eq!(all.len(), 2);
-    }
-
-    fn response(text: &str, method: Method) -> (Result<UpstreamHead, BadResponse>, String) {
-        let mut out = Vec::new();
-        let head = parse_response(text.as_bytes(), &method, false, &mut out);
-        (head, String::from_utf8(out).unwrap())
-    }
-
-    #[test]
-    fn response_framing() {
-        let (head, out) = response(
-            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: x-hop\r\nX-Hop: 1\r\n\r\nhello",
-            Method::GET,
-        );
-        let UpstreamHead::Final(head) = head.unwrap() else { panic!() };
-        assert_eq!((head.status, head.body, head.keep_alive), (200, BodyKind::Length(5), true));
-        assert_eq!(out, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nvia: 1.1 seawall\r\n\r\n");
-
-        let (head, out) = response(
-            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 9\r\n\r\n",
-            Method::GET,
-        );
-        assert!(matches!(
-            head,
-            Ok(UpstreamHead::Final(ResponseHead { body: BodyKind::Chunked, .. }))
-        ));
-        assert_eq!(
-            out,
-            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nvia: 1.1 seawall\r\n\r\n"
-        );
-
-        let (head, out) = response("HTTP/1.0 200 OK\r\n\r\n", Method::GET);
-        let UpstreamHead::Final(head) = head.unwrap() else { panic!() };
-        assert_eq!((head.body, head.keep_alive), (BodyKind::UntilClose, false));
-        assert!(out.contains("transfer-encoding: chunked\r\n"));
-
-        let (head, _) = response("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", Method::HEAD);
-        assert!(matches!(
-            head,
-            Ok(UpstreamHead::Final(ResponseHead { body: BodyKind::Empty, .. }))
-        ));
-        let (head, _) = response("HTTP/1.1 103 Early Hints\r\nLink: x\r\n\r\n", Method::GET);
-        assert!(matches!(head, Ok(UpstreamHead::Interim(_))));
-        let (head, _) = response(
-            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
-            Method::GET,
-        );
-        assert!(matches!(head, Err(BadResponse::Length)));
     }
 }

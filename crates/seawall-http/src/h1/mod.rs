@@ -1,14 +1,14 @@
-//! Seawall's own HTTP/1.1 engine for the common case of the proxy path.
+//! Seawall's own HTTP/1 engine: every HTTP/1.0 and HTTP/1.1 connection is served here.
 //!
-//! hyper is general; a proxy's hot path is narrow. For an HTTP/1.1 request in origin form with no
-//! body or a `Content-Length` one, this engine parses the head in place, writes the upstream
-//! request from those bytes, sends it on a pooled connection of its own, and passes the response
-//! head and body through with one `writev` where it fits — no header map, no per-request task or
-//! channel. Everything else is handed to hyper with the bytes already read (see [`head::Parsed`]).
+//! A proxy's hot path is narrow, so this engine parses heads in place, writes the upstream head
+//! straight from the client's bytes and passes bodies through with one `writev` where they fit —
+//! no header map, no per-request task or channel. It moves bytes; what happens to a request is
+//! decided by the policy layer ([`crate::policy`]) and the engine-neutral upstream call
+//! ([`crate::proxy`]) that the hyper engine (HTTP/2) uses too.
 
-pub mod chunked;
 mod exchange;
 pub mod head;
 mod session;
+mod tunnel;
 
-pub use session::{serve, End};
+pub use session::{serve, End, PARK_AFTER};

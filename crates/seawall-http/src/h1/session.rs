@@ -1,61 +1,64 @@
-//! One client connection served by the HTTP/1.1 engine: read a head (header timeout, 408), route
-//! it, answer it (proxy or refusal), and go on with the next; park when idle, hand the connection
-//! to hyper when a request is not for this engine.
+//! One client connection served by the HTTP/1.1 engine: read a head (header timeout, 408), check
+//! it (400, 417, 431, 501 answered here and counted like any answer), admit it through the policy
+//! layer, act on it, and go on with the next; park when idle. A connection that closes while the
+//! client may still be sending is closed gently (lingering close), so the client reads its answer
+//! instead of a reset.
 
-use std::future::Future;
-use std::io::{self, IoSlice};
+use std::io;
 use std::net::SocketAddr;
-use std::pin::pin;
 use std::rc::Rc;
 use std::task::Poll;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use seawall_config::RouteAction;
-use seawall_core::clock::ms_at;
-use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
-use super::head::{write_response, Parsed, RequestHead};
-use crate::pipeline::{account, Served, Worker};
-use crate::problem::{header_timeout_http1, problem_with, Reason};
-use crate::router;
-use crate::server::io::PARK_AFTER;
+use super::head::{Limits, Parsed, RequestHead};
+use crate::io::{make_room, within, Transport};
+use crate::policy::{self, Account, Admission, Served};
+use crate::problem::{header_timeout_http1, Reason, Refusal};
+use crate::request::BodyFraming;
 use crate::timer::LazyTimer;
+use crate::worker::Worker;
+
+/// How long an HTTP/1 connection may sit idle before it releases its session's buffers.
+pub const PARK_AFTER: Duration = Duration::from_millis(250);
 
 /// Initial size of a connection's read buffer; it grows up to `server.max_header_size` for a
 /// large head.
 const READ_BUFFER: usize = 4096;
 
+/// A lingering close waits at most this long for the client to stop sending.
+const LINGER_FOR: Duration = Duration::from_secs(2);
+/// ... and reads at most this much of what it sends meanwhile.
+const LINGER_BYTES: usize = 1 << 20;
+
 /// How a session ended.
-pub enum End {
+pub enum End<S> {
     /// Idle: the socket stays open without buffers until the client sends again.
-    Parked(TcpStream),
+    Parked(S),
     /// The connection is done (client closed, timeout, error, `Connection: close`, draining).
     Closed,
-    /// hyper serves the rest, starting with these bytes already read.
-    HandOff(TcpStream, Bytes),
 }
 
 /// A client connection's state while it has a session.
-pub(super) struct Session {
+pub(super) struct Session<S> {
     pub(super) worker: Rc<Worker>,
-    pub(super) stream: TcpStream,
+    pub(super) stream: S,
     pub(super) peer: SocketAddr,
     /// What the client sent and this engine has not consumed yet.
     pub(super) buf: BytesMut,
     pub(super) head: RequestHead,
     /// A head being written: the upstream request, then the client's response.
     pub(super) out: Vec<u8>,
-    /// The one timer of the connection: idle, header or upstream deadline, whichever applies.
+    /// The one timer of the connection: idle, header, body, upstream or send deadline.
     pub(super) timer: LazyTimer,
-    /// The last clock reading, reused for deadlines and balancing where a few milliseconds do
-    /// not matter (each reading costs a system-call-like trip on this kind of VM).
+    /// The last clock reading, reused for deadlines where a few milliseconds do not matter
+    /// (each reading costs a system-call-like trip on some virtual machines).
     pub(super) clock: Instant,
-    /// `clock` in [`seawall_core::clock`] milliseconds.
-    pub(super) clock_ms: u64,
-    /// When the response head went out, if its body took further reads (else the end of the
+    /// When the response head went out, if its body took further writes (else the end of the
     /// exchange is as good).
     pub(super) head_sent: Option<Instant>,
 }
@@ -65,12 +68,22 @@ enum Next {
     Request,
     Park,
     Close,
-    HandOff,
+    Refuse(Refusal),
 }
 
-/// Serves requests on `stream` until it parks, closes or is handed to hyper. The client has
-/// already sent bytes.
-pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr) -> End {
+/// What an exchange did to the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum After {
+    /// The connection can carry another request.
+    KeepOpen,
+    /// Close it; the client may still be sending, so linger first.
+    Linger,
+    /// Close it now (the client is gone, or timed out).
+    Close,
+}
+
+/// Serves requests on `stream` until it parks or closes. The client has already sent bytes.
+pub async fn serve<S: Transport>(worker: Rc<Worker>, stream: S, peer: SocketAddr) -> End<S> {
     let clock = Instant::now();
     let mut session = Session {
         worker,
@@ -81,28 +94,27 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr) -> E
         out: Vec::with_capacity(1024),
         timer: LazyTimer::new(clock + Duration::from_secs(3600)),
         clock,
-        clock_ms: ms_at(clock.into_std()),
         head_sent: None,
     };
     loop {
-        match session.next_head().await {
-            Next::Request => {}
+        let after = match session.next_head().await {
+            Next::Request => session.answer().await,
             Next::Park => return End::Parked(session.stream),
             Next::Close => return End::Closed,
-            Next::HandOff => {
-                session.worker.shared.registry.handoffs.add(1);
-                return End::HandOff(session.stream, session.buf.freeze());
+            Next::Refuse(refusal) => session.refuse_head(refusal).await,
+        };
+        match after {
+            After::KeepOpen => {}
+            After::Linger => {
+                session.linger().await;
+                return End::Closed;
             }
-        }
-        let draining = session.worker.drain.fired();
-        match session.answer(draining).await {
-            Ok(true) => {}
-            Ok(false) | Err(_) => return End::Closed,
+            After::Close => return End::Closed,
         }
     }
 }
 
-impl Session {
+impl<S: Transport> Session<S> {
     /// Waits for the next request head: between requests under the keep-alive (park) timer, then
     /// within the header timeout once its first bytes are in.
     async fn next_head(&mut self) -> Next {
@@ -111,6 +123,9 @@ impl Session {
         let server = &snapshot.config.server;
         let registry = &worker.shared.registry;
         if self.buf.is_empty() {
+            if worker.drain.fired() {
+                return Next::Close;
+            }
             let park = PARK_AFTER < server.keepalive_timeout;
             self.timer.set(self.clock + server.keepalive_timeout.min(PARK_AFTER));
             let read = tokio::select! {
@@ -131,21 +146,13 @@ impl Session {
                 Some(Ok(_)) => {}
             }
         }
+        let limits =
+            Limits { max_header_size: server.max_header_size, max_headers: server.max_headers };
         let mut timed = false;
         loop {
-            match self.head.parse(&self.buf) {
-                // hyper answers a head beyond the configured limits with 431.
-                Parsed::Complete
-                    if self.head.len > server.max_header_size
-                        || self.head.field_count() > server.max_headers =>
-                {
-                    return Next::HandOff
-                }
+            match self.head.parse(&self.buf, limits) {
                 Parsed::Complete => return Next::Request,
-                Parsed::HandOff => return Next::HandOff,
-                Parsed::Partial if self.buf.len() >= server.max_header_size => {
-                    return Next::HandOff
-                }
+                Parsed::Refused(refusal) => return Next::Refuse(refusal),
                 Parsed::Partial => {}
             }
             if !timed {
@@ -157,8 +164,14 @@ impl Session {
             match read_within(&mut self.stream, &mut self.buf, &mut self.timer).await {
                 None => {
                     registry.header_timeouts.add(1);
+                    let mut account =
+                        Account::open(&worker, &snapshot, self.peer, self.clock, || {
+                            ("-".into(), "-".into())
+                        });
+                    account.route = None;
+                    account.finish(Served::refused(Reason::HeaderTimeout, None), Instant::now());
                     // Best effort: the client is slow, so waiting for it is not worth it.
-                    let _ = self.stream.try_write(header_timeout_http1());
+                    let _ = write_once(&mut self.stream, header_timeout_http1());
                     return Next::Close;
                 }
                 Some(Ok(0) | Err(_)) => return Next::Close,
@@ -167,165 +180,172 @@ impl Session {
         }
     }
 
-    /// Answers the request whose head is in `self.head`; `Ok(true)` when the connection stays
-    /// open for another.
-    async fn answer(&mut self, draining: bool) -> io::Result<bool> {
+    /// Answers a head the parser refused (400, 417, 431, 501), counts it, and closes.
+    async fn refuse_head(&mut self, refusal: Refusal) -> After {
         let start = self.tick();
-        let snapshot = self.worker.snapshot();
-        let buf = &self.buf[..];
-        let head = &self.head;
-        let path = head.path(buf);
-        let route = router::find(
-            &snapshot.config.routes,
-            &head.method,
-            head.host(buf),
-            path,
-            &head.view(buf),
-        );
-        let logged =
-            snapshot.config.log.access_log.then(|| {
-                (head.method.as_str().to_owned(), String::from_utf8_lossy(path).into_owned())
-            });
-        let close = head.close || draining;
-        let served = match route {
-            None => self.fail(Reason::NoRoute, "no route matches this request", close, None).await,
-            Some(index) => {
-                snapshot.route_metrics[index].inflight_add(1);
-                let route = &snapshot.config.routes[index];
-                let exchange = match route.action {
-                    RouteAction::Proxy { upstream } => {
-                        self.forward(&snapshot, route, upstream, close).await
-                    }
-                };
-                snapshot.route_metrics[index].inflight_add(-1);
-                exchange
-            }
-        };
-        let entry = Served {
-            route,
-            status: served.status,
-            upstream: served.upstream,
-            reason: served.reason.map_or("", Reason::as_str),
-        };
-        let request = logged.as_ref().map(|(m, p)| (m.as_str(), p.as_str()));
-        let end = self.tick();
-        // Durations run to the response head, as on the hyper path.
-        let elapsed = self.head_sent.take().unwrap_or(end) - start;
-        account(&snapshot, &entry, request, self.peer, elapsed);
-        served.written?;
-        Ok(served.keep_open && !close)
+        let worker = Rc::clone(&self.worker);
+        let snapshot = worker.snapshot();
+        let account =
+            Account::open(&worker, &snapshot, self.peer, start, || ("-".into(), "-".into()));
+        refusal.write_http1(&mut self.out, true);
+        let written = self.write_client_once().await;
+        account.finish(Served::refused(refusal.reason, None), Instant::now());
+        if written.is_ok() {
+            After::Linger
+        } else {
+            After::Close
+        }
     }
 
-    /// Answers with Seawall's problem document for `reason`. The unread part of a request body
-    /// would be taken for the next request, so the connection closes unless all of it is here.
-    pub(super) async fn fail(
-        &mut self,
-        reason: Reason,
-        detail: &str,
-        close: bool,
-        upstream: Option<(usize, usize)>,
-    ) -> Exchange {
-        let unread = self.head.len as u64 + self.head.content_length > self.buf.len() as u64;
-        let close = close || reason.closes_connection() || unread || self.worker.drain.fired();
-        let problem = problem_with(reason.status(), reason.as_str(), detail, reason.retry_after());
-        write_response(&mut self.out, &problem, close);
-        let written = self.stream.write_all(&self.out).await;
-        if !close {
-            self.consume_request();
+    /// Answers the request whose head is in `self.head`.
+    async fn answer(&mut self) -> After {
+        let start = self.tick();
+        let worker = Rc::clone(&self.worker);
+        let snapshot = worker.snapshot();
+        let buf = &self.buf[..];
+        let fields = self.head.fields(buf);
+        let view = self.head.view(buf, &fields, self.peer);
+        let mut account = Account::open(&worker, &snapshot, self.peer, start, || {
+            (view.method.as_str().to_owned(), String::from_utf8_lossy(view.path).into_owned())
+        });
+        let admission = policy::admit(&snapshot, &view, &mut account);
+        let permit = match admission {
+            Admission::Admit(permit) => permit,
+            Admission::Refuse(refusal) => {
+                let (after, written) = self.refuse(&refusal).await;
+                let status = if written { refusal.reason } else { Reason::ClientClosed };
+                account.finish(Served::refused(status, None), Instant::now());
+                return after;
+            }
+        };
+        let (served, after) = match permit.route().action {
+            RouteAction::Proxy { upstream } => self.proxy(&permit, upstream).await,
+        };
+        let end = self.head_sent.take().unwrap_or_else(Instant::now);
+        account.finish(served, end);
+        drop(permit);
+        after
+    }
+
+    /// Answers with Seawall's problem document for `refusal`; returns what becomes of the
+    /// connection and whether the answer was written. The unread part of a request body would be
+    /// taken for the next request, so the connection closes unless all of it is here.
+    pub(super) async fn refuse(&mut self, refusal: &Refusal) -> (After, bool) {
+        let whole = self.whole_request_len();
+        let here = whole.is_some_and(|n| n <= self.buf.len() as u64);
+        let close = self.head.close
+            || refusal.reason.closes_connection()
+            || !here
+            || self.worker.drain.fired();
+        refusal.write_http1(&mut self.out, close);
+        if self.write_client_once().await.is_err() {
+            return (After::Close, false);
         }
-        Exchange {
-            status: reason.status().as_u16(),
-            upstream,
-            reason: Some(reason),
-            keep_open: !close,
-            written,
+        if close {
+            return (if here { After::Close } else { After::Linger }, true);
         }
+        self.consume_request();
+        (After::KeepOpen, true)
+    }
+
+    /// The length of the request (head and body) when its body has a declared length.
+    fn whole_request_len(&self) -> Option<u64> {
+        match self.head.framing {
+            BodyFraming::None => Some(self.head.len as u64),
+            BodyFraming::Length(n) => Some(self.head.len as u64 + n),
+            BodyFraming::Streamed => None,
+        }
+    }
+
+    /// Drops the current request (head and body, all in the buffer) from the buffer.
+    fn consume_request(&mut self) {
+        let used = self.whole_request_len().unwrap_or(self.head.len as u64);
+        let used = usize::try_from(used).unwrap_or(usize::MAX).min(self.buf.len());
+        bytes::Buf::advance(&mut self.buf, used);
+    }
+
+    /// Writes `self.out` to the client; a client that takes nothing for `send_timeout` is given
+    /// up.
+    pub(super) async fn write_client_once(&mut self) -> io::Result<()> {
+        let send_timeout = self.worker.snapshot().config.server.send_timeout;
+        let mut slices = [io::IoSlice::new(&self.out)];
+        write_within(&mut self.stream, &mut slices, &mut self.timer, send_timeout, &self.worker)
+            .await
     }
 
     /// Reads the clock.
     pub(super) fn tick(&mut self) -> Instant {
         self.clock = Instant::now();
-        self.clock_ms = ms_at(self.clock.into_std());
         self.clock
     }
 
-    /// Drops the current request (head and body) from the buffer, once.
-    pub(super) fn consume_request(&mut self) {
-        let used = self.head.len as u64 + self.head.content_length;
-        self.buf.advance_to(usize::try_from(used).unwrap_or(usize::MAX));
-        self.head.len = 0;
-        self.head.content_length = 0;
-    }
-}
-
-/// How an exchange went, for accounting and for what happens to the connection.
-pub(super) struct Exchange {
-    pub status: u16,
-    pub upstream: Option<(usize, usize)>,
-    pub reason: Option<Reason>,
-    /// The client connection can carry another request.
-    pub keep_open: bool,
-    /// Whether writing to the client succeeded.
-    pub written: io::Result<()>,
-}
-
-/// Advancing a buffer past what a request consumed.
-pub(super) trait AdvanceTo {
-    fn advance_to(&mut self, n: usize);
-}
-
-impl AdvanceTo for BytesMut {
-    fn advance_to(&mut self, n: usize) {
-        if n >= self.len() {
-            self.clear();
-        } else {
-            bytes::Buf::advance(self, n);
+    /// Closes gently: our side of the connection is shut, and what the client still sends is
+    /// read and dropped for a short while, so that our last answer is not destroyed by the reset
+    /// that closing a socket with unread bytes would send.
+    async fn linger(&mut self) {
+        let _ = self.stream.shutdown().await;
+        let deadline = Instant::now() + LINGER_FOR;
+        self.timer.set(deadline);
+        let mut drained = 0;
+        let mut scratch = [0u8; 4096];
+        while drained < LINGER_BYTES {
+            match within(&mut self.timer, self.stream.read(&mut scratch)).await {
+                Some(Ok(n)) if n > 0 => drained += n,
+                _ => return,
+            }
         }
     }
 }
 
-/// Makes room in `buf` for the next read.
-pub(super) fn make_room(buf: &mut BytesMut) {
-    if buf.capacity() - buf.len() < 1024 {
-        buf.reserve(READ_BUFFER);
-    }
-}
-
-/// Reads what is available into `buf`; `None` when `timer` expires first.
-pub(super) async fn read_within(
-    stream: &mut TcpStream,
-    buf: &mut BytesMut,
+/// Writes `slices` to `stream`; gives up when nothing is taken for `send_timeout` (counted).
+pub(super) async fn write_within<S: Transport>(
+    stream: &mut S,
+    slices: &mut [io::IoSlice<'_>],
     timer: &mut LazyTimer,
-) -> Option<io::Result<usize>> {
-    make_room(buf);
-    within(timer, stream.read_buf(buf)).await
-}
-
-/// Runs `fut` until `timer` expires; `None` if it expired first.
-pub(super) async fn within<F: Future>(timer: &mut LazyTimer, fut: F) -> Option<F::Output> {
-    let mut fut = pin!(fut);
+    send_timeout: Duration,
+    worker: &Worker,
+) -> io::Result<()> {
+    let mut slices = slices;
+    io::IoSlice::advance_slices(&mut slices, 0);
+    let mut armed = false;
     std::future::poll_fn(|cx| {
-        if let Poll::Ready(r) = fut.as_mut().poll(cx) {
-            return Poll::Ready(Some(r));
+        if let Poll::Ready(result) = crate::io::poll_write_all(stream, &mut slices, cx) {
+            return Poll::Ready(result);
         }
-        timer.poll_expired(cx).map(|()| None)
+        if !armed {
+            // Only a write that has to wait pays for a clock reading.
+            timer.set(Instant::now() + send_timeout);
+            armed = true;
+        }
+        match timer.poll_expired(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(()) => {
+                worker.shared.registry.client_send_timeouts.add(1);
+                Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the client stopped reading",
+                )))
+            }
+        }
     })
     .await
 }
 
-/// Writes all of `slices`, in as few system calls as the socket allows.
-pub(super) async fn write_all_vectored<W: AsyncWrite + Unpin>(
-    stream: &mut W,
-    slices: &mut [IoSlice<'_>],
-) -> io::Result<()> {
-    let mut slices = slices;
-    IoSlice::advance_slices(&mut slices, 0);
-    while !slices.is_empty() {
-        let n = stream.write_vectored(slices).await?;
-        if n == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
-        IoSlice::advance_slices(&mut slices, n);
+/// One write attempt, without waiting (for a best-effort answer on a connection being closed).
+fn write_once<S: Transport>(stream: &mut S, bytes: &[u8]) -> io::Result<usize> {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match std::pin::Pin::new(stream).poll_write(&mut cx, bytes) {
+        Poll::Ready(result) => result,
+        Poll::Pending => Ok(0),
     }
-    Ok(())
+}
+
+/// Reads what is available into `buf`; `None` when `timer` expires first.
+pub(super) async fn read_within<S: Transport>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+    timer: &mut LazyTimer,
+) -> Option<io::Result<usize>> {
+    make_room(buf, READ_BUFFER);
+    within(timer, stream.read_buf(buf)).await
 }

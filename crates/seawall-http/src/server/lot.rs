@@ -1,6 +1,6 @@
 //! The worker's parking lot: idle keep-alive connections wait here without a task of their own.
 //!
-//! A connection that has been idle for [`PARK_AFTER`](super::io::PARK_AFTER) hands its socket to
+//! A connection that has been idle for [`PARK_AFTER`](crate::h1::PARK_AFTER) hands its socket to
 //! the lot and its task ends. The lot registers a small waker with the socket; when the client
 //! sends again, that waker puts the connection on the lot's ready list and the lot starts a new
 //! connection task for it. Meanwhile a parked connection costs its socket, its slot here and that
@@ -20,7 +20,7 @@ use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::metrics::Registry;
-use crate::pipeline::Worker;
+use crate::signal::LocalSignal;
 
 /// How often the lot looks for connections whose keep-alive time is over.
 pub const SCAN_EVERY: Duration = Duration::from_millis(250);
@@ -189,15 +189,19 @@ impl ParkingLot {
     }
 }
 
-/// The lot's task: resumes connections whose clients send, closes expired ones, and closes them
-/// all when the worker's drain signal fires.
-pub async fn run(worker: Rc<Worker>) {
-    let lot = &worker.lot;
+/// The lot's task: resumes connections whose clients send (`resume`), closes expired ones
+/// (`close(conn, true)`), and closes them all when `drain` fires (`close(conn, false)`).
+pub async fn run(
+    lot: Rc<ParkingLot>,
+    drain: &LocalSignal,
+    resume: impl Fn(Parked),
+    close: impl Fn(Parked, bool),
+) {
     let mut scan = tokio::time::interval(SCAN_EVERY);
     scan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut ready = Vec::new();
     loop {
-        let mut drained = std::pin::pin!(worker.drain.wait());
+        let mut drained = std::pin::pin!(drain.wait());
         let event = std::future::poll_fn(|cx| {
             lot.ready.take(&mut ready, cx.waker());
             if drained.as_mut().poll(cx).is_ready() {
@@ -212,7 +216,7 @@ pub async fn run(worker: Rc<Worker>) {
         match event {
             Event::Drain => {
                 for conn in lot.take_all() {
-                    super::close_parked(&worker, conn, false);
+                    close(conn, false);
                 }
                 // Nothing parks after this: connections check the drain before they park.
                 return;
@@ -228,12 +232,12 @@ pub async fn run(worker: Rc<Worker>) {
                         continue; // a stale wake for a slot that has moved on
                     }
                     let Some(parked) = lot.take(slot) else { continue };
-                    super::resume(&worker, parked.conn);
+                    resume(parked.conn);
                 }
             }
             Event::Scan => {
                 for conn in lot.take_expired(now_ms()) {
-                    super::close_parked(&worker, conn, true);
+                    close(conn, true);
                 }
             }
         }

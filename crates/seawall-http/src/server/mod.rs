@@ -5,8 +5,10 @@
 //! metric shards. A request never leaves the thread that accepted its connection, so there are no
 //! cross-thread wake-ups and no shared locks on the request path. The control plane (admin API,
 //! health checks, reloads, signals) runs on the runtime that called [`Gateway::start`].
+//!
+//! A connection is served by the HTTP/1 engine ([`crate::h1`]) or, when it opens with the HTTP/2
+//! preface, by hyper ([`crate::h2`]); an idle HTTP/1 connection parks in its worker's lot.
 
-pub mod io;
 pub mod lot;
 
 use std::future::Future;
@@ -14,60 +16,26 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use hyper_util::rt::TokioIo;
-use seawall_config::{Config, ConfigErrors};
+use seawall_config::Config;
 use tokio::net::TcpStream;
-use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::h1;
+use crate::h2::{self, io::ClientIo, Active};
 use crate::metrics::{set_worker_shard, Registry};
-use crate::pipeline::{self, Worker};
 use crate::signal::LocalSignal;
 use crate::snapshot::Snapshot;
-use crate::upstream::health::HealthChecks;
-use io::{ClientIo, ConnShared};
-use lot::Parked;
+use crate::state::{Phase, Running, Shared};
+use crate::worker::Worker;
+use lot::{Parked, ParkingLot};
 
-/// The life of the gateway, as the workers see it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
-    Running,
-    /// Stop accepting; finish what is in flight.
-    Draining,
-    /// Exit now.
-    Stopped,
-}
-
-/// State shared by the workers and the control plane.
-pub struct Shared {
-    /// The configuration and live state that requests use; swapped whole on reload.
-    pub snapshot: ArcSwap<Snapshot>,
-    /// Bumped after each swap of `snapshot`: workers compare it (one atomic load) before they
-    /// pay for loading the snapshot itself.
-    pub generation: std::sync::atomic::AtomicU64,
-    pub registry: Arc<Registry>,
-    /// The file the configuration came from, for reloads.
-    pub config_path: Option<PathBuf>,
-    /// True once shutdown has begun (`/readyz` answers 503).
-    pub draining: AtomicBool,
-    phase: watch::Sender<Phase>,
-    /// Open client connections allowed per worker: `server.max_connections` split evenly (each
-    /// worker has its own accept queue, so one shared cap could leave a connection waiting in a
-    /// queue whose worker has no permit while another worker holds a free one).
-    connections_per_worker: usize,
-    /// Woken each time a client connection closes (the drain waits on it).
-    connection_closed: Notify,
-    /// Serialises reloads so two cannot interleave.
-    reload_lock: Mutex<()>,
-    health: Mutex<HealthChecks>,
-    control: tokio::runtime::Handle,
-}
+pub use crate::state::ReloadError;
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -76,76 +44,6 @@ pub enum StartError {
     Listen { addr: SocketAddr, source: std::io::Error },
     #[error("cannot start worker thread: {0}")]
     Thread(std::io::Error),
-}
-
-/// Why a reload did not take effect.
-#[derive(Debug, thiserror::Error)]
-pub enum ReloadError {
-    #[error("no configuration file to reload from")]
-    NoFile,
-    #[error("{0}")]
-    Invalid(ConfigErrors),
-    #[error("the reload did not complete: {0}")]
-    Interrupted(String),
-}
-
-impl Shared {
-    /// Re-reads the configuration file and, if it is valid, makes it current.
-    pub fn reload(&self) -> Result<(), ReloadError> {
-        let path = self.config_path.as_ref().ok_or(ReloadError::NoFile)?;
-        match seawall_config::load(path) {
-            Ok(config) => {
-                self.apply(config);
-                Ok(())
-            }
-            Err(errors) => {
-                self.registry.config_reload_failures.add(1);
-                for e in &errors.0 {
-                    tracing::error!(error = %e, "configuration reload refused; the running configuration stays");
-                }
-                Err(ReloadError::Invalid(errors))
-            }
-        }
-    }
-
-    /// [`Shared::reload`] on a blocking thread: reading the file and resolving server names may
-    /// block, and the control runtime also serves the admin API and health checks.
-    pub async fn reload_in_background(shared: &Arc<Shared>) -> Result<(), ReloadError> {
-        let shared = Arc::clone(shared);
-        match tokio::task::spawn_blocking(move || shared.reload()).await {
-            Ok(result) => result,
-            Err(e) => {
-                tracing::error!(error = %e, "configuration reload task failed");
-                Err(ReloadError::Interrupted(e.to_string()))
-            }
-        }
-    }
-
-    /// Makes a validated configuration current, keeping the state of what survives.
-    pub fn apply(&self, config: Config) {
-        let _serial = self.reload_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let previous = self.snapshot.load_full();
-        let old = &previous.config.server;
-        let new = &config.server;
-        if old.listen != new.listen
-            || old.admin != new.admin
-            || old.workers != new.workers
-            || old.max_connections != new.max_connections
-        {
-            tracing::warn!("server.listen, server.admin, server.workers and server.max_connections take effect only after a restart");
-        }
-        let snapshot = Arc::new(Snapshot::build(config, Some(&previous), &self.registry));
-        self.restart_health_checks(&snapshot);
-        self.snapshot.store(snapshot);
-        self.generation.fetch_add(1, std::sync::atomic::Ordering::Release);
-        self.registry.config_reloads.add(1);
-        tracing::info!("configuration reloaded");
-    }
-
-    fn restart_health_checks(&self, snapshot: &Arc<Snapshot>) {
-        let mut health = self.health.lock().unwrap_or_else(|p| p.into_inner());
-        *health = HealthChecks::spawn(&self.control, snapshot);
-    }
 }
 
 /// A running gateway.
@@ -176,22 +74,15 @@ impl Gateway {
         let admin_addr = admin_listener
             .local_addr()
             .map_err(|source| StartError::Listen { addr: config.server.admin, source })?;
+        let running = Running {
+            listen: config.server.listen,
+            admin: config.server.admin,
+            workers: config.server.workers,
+            max_connections: config.server.max_connections,
+        };
         let control = tokio::runtime::Handle::current();
         let snapshot = Arc::new(Snapshot::build(config, None, &registry));
-        let (phase, _) = watch::channel(Phase::Running);
-        let shared = Arc::new(Shared {
-            health: Mutex::new(HealthChecks::spawn(&control, &snapshot)),
-            connections_per_worker: (snapshot.config.server.max_connections / workers).max(1),
-            snapshot: ArcSwap::new(snapshot),
-            generation: std::sync::atomic::AtomicU64::new(0),
-            registry,
-            config_path,
-            draining: AtomicBool::new(false),
-            phase,
-            connection_closed: Notify::new(),
-            reload_lock: Mutex::new(()),
-            control,
-        });
+        let shared = Arc::new(Shared::new(snapshot, registry, config_path, running, control));
         let mut threads = Vec::with_capacity(workers);
         for (index, listener) in listeners.into_iter().enumerate() {
             let shared = Arc::clone(&shared);
@@ -221,8 +112,9 @@ impl Gateway {
         &self.shared
     }
 
-    /// Graceful shutdown: stop accepting, answer `/readyz` with 503, let in-flight requests finish
-    /// for up to `server.drain_timeout`, then stop the workers. Returns whether everything drained.
+    /// Graceful shutdown: stop accepting, answer `/readyz` with 503, close idle connections and
+    /// tunnels, let in-flight requests finish for up to `server.drain_timeout`, then stop the
+    /// workers. Returns whether everything drained.
     pub async fn shutdown(self) -> bool {
         let shared = &self.shared;
         let drain_timeout = shared.snapshot.load().config.server.drain_timeout;
@@ -256,7 +148,7 @@ impl Gateway {
         })
         .await;
         self.admin_task.abort();
-        shared.health.lock().unwrap_or_else(|p| p.into_inner()).stop();
+        shared.stop_health_checks();
         tracing::info!(drained, "stopped");
         drained
     }
@@ -336,6 +228,13 @@ impl<F: Future + 'static> hyper::rt::Executor<F> for LocalExec {
     }
 }
 
+/// What the server keeps per worker thread, beside the engines' [`Worker`].
+struct Host {
+    worker: Rc<Worker>,
+    /// This worker's idle (parked) client connections.
+    lot: Rc<ParkingLot>,
+}
+
 fn run_worker(index: usize, listener: std::net::TcpListener, shared: Arc<Shared>) {
     set_worker_shard(index);
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
@@ -355,10 +254,32 @@ fn run_worker(index: usize, listener: std::net::TcpListener, shared: Arc<Shared>
             }
         };
         let worker = Rc::new(Worker::new(Arc::clone(&shared), index));
+        let lot = Rc::new(ParkingLot::new(Arc::clone(&shared.registry)));
+        let host = Rc::new(Host { worker: Rc::clone(&worker), lot: Rc::clone(&lot) });
         tokio::task::spawn_local(housekeeping(Rc::clone(&worker), shared.phase.subscribe()));
-        tokio::task::spawn_local(lot::run(Rc::clone(&worker)));
+        let lot_host = Rc::clone(&host);
+        tokio::task::spawn_local(async move {
+            let resume = |conn: Parked| {
+                let Parked { stream, peer, permit } = conn;
+                tokio::task::spawn_local(serve_connection(
+                    Rc::clone(&lot_host),
+                    stream,
+                    peer,
+                    permit,
+                    true,
+                ));
+            };
+            let close = |conn: Parked, expired: bool| {
+                if expired {
+                    lot_host.worker.shared.registry.idle_timeouts.add(1);
+                }
+                drop(conn);
+                connection_closed(&lot_host.worker);
+            };
+            lot::run(Rc::clone(&lot_host.lot), &lot_host.worker.drain, resume, close).await;
+        });
         let mut phase = shared.phase.subscribe();
-        accept_loop(&worker, &listener, &mut phase).await;
+        accept_loop(&host, &listener, &mut phase).await;
         drop(listener);
         reaches(&mut phase, Phase::Stopped).await;
     });
@@ -366,13 +287,13 @@ fn run_worker(index: usize, listener: std::net::TcpListener, shared: Arc<Shared>
 }
 
 async fn accept_loop(
-    worker: &Rc<Worker>,
+    host: &Rc<Host>,
     listener: &tokio::net::TcpListener,
     phase: &mut watch::Receiver<Phase>,
 ) {
     // A worker waits for a permit before it accepts; beyond its share, new connections wait in
     // the kernel's backlog.
-    let permits = Arc::new(Semaphore::new(worker.shared.connections_per_worker));
+    let permits = Arc::new(Semaphore::new(host.worker.shared.connections_per_worker));
     loop {
         let permit = tokio::select! {
             p = Arc::clone(&permits).acquire_owned() => match p { Ok(p) => p, Err(_) => return },
@@ -385,7 +306,7 @@ async fn accept_loop(
         match accepted {
             Ok((stream, peer)) => {
                 tokio::task::spawn_local(serve_connection(
-                    Rc::clone(worker),
+                    Rc::clone(host),
                     stream,
                     peer,
                     permit,
@@ -405,11 +326,15 @@ async fn accept_loop(
 enum Wait {
     /// Bytes are ready; `http2` when they start with the HTTP/2 preface.
     Data { http2: bool },
-    /// The client closed, the timeout passed, or the gateway is draining.
-    Close,
+    /// The client closed (or the socket failed).
+    Closed,
+    /// Nothing came within the header timeout.
+    TimedOut,
+    /// The gateway is draining.
+    Draining,
 }
 
-/// Waits on the bare socket for the client's next bytes. No buffer is held meanwhile: `peek`
+/// Waits on the bare socket for the client's first bytes. No buffer is held meanwhile: `peek`
 /// reads into a few bytes of this future's own state.
 async fn wait_for_data(
     stream: &TcpStream,
@@ -417,15 +342,12 @@ async fn wait_for_data(
     drain: &LocalSignal,
     allow_h2: bool,
 ) -> Wait {
-    // Every idle connection holds this future, so it is kept small: one `poll_fn` over the bare
-    // socket (`poll_peek` parks the waker in the socket's own slot, where a `peek` future would
-    // carry a waiter node of its own), the timer and the worker's drain signal.
     let mut head = [0u8; 3];
     let mut sleep = std::pin::pin!(tokio::time::sleep(timeout));
     let mut drained = std::pin::pin!(drain.wait());
     std::future::poll_fn(|cx| {
         if drained.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(Wait::Close);
+            return Poll::Ready(Wait::Draining);
         }
         let mut buf = tokio::io::ReadBuf::new(&mut head);
         match stream.poll_peek(cx, &mut buf) {
@@ -434,24 +356,25 @@ async fn wait_for_data(
             Poll::Ready(Ok(n)) if n > 0 => {
                 Poll::Ready(Wait::Data { http2: allow_h2 && head[..n] == *b"PRI" })
             }
-            Poll::Ready(_) => Poll::Ready(Wait::Close),
-            Poll::Pending => sleep.as_mut().poll(cx).map(|()| Wait::Close),
+            Poll::Ready(_) => Poll::Ready(Wait::Closed),
+            Poll::Pending => sleep.as_mut().poll(cx).map(|()| Wait::TimedOut),
         }
     })
     .await
 }
 
-/// Serves one client connection: a session (the HTTP/1.1 engine, or hyper's HTTP/1 or HTTP/2
-/// state) runs while requests come; an HTTP/1 connection that goes idle parks — its session ends
-/// and frees its buffers, its socket goes to the worker's parking lot and this task ends — and the
-/// lot starts a new task (`resumed`) when the client sends again.
+/// Serves one client connection: a session (the HTTP/1 engine, or hyper's HTTP/2) runs while
+/// requests come; an HTTP/1 connection that goes idle parks — its session ends and frees its
+/// buffers, its socket goes to the worker's parking lot and this task ends — and the lot starts
+/// a new task (`resumed`) when the client sends again.
 async fn serve_connection(
-    worker: Rc<Worker>,
+    host: Rc<Host>,
     mut stream: TcpStream,
     peer: SocketAddr,
     mut permit: OwnedSemaphorePermit,
     mut resumed: bool,
 ) {
+    let worker = &host.worker;
     let registry = &worker.shared.registry;
     if !resumed {
         registry.connections_open.add(1);
@@ -470,31 +393,30 @@ async fn serve_connection(
             };
             match wait_for_data(&stream, wait, &worker.drain, allow_h2).await {
                 Wait::Data { http2 } => http2,
-                Wait::Close => {
+                Wait::TimedOut => {
                     registry.header_timeouts.add(1);
                     break;
                 }
+                Wait::Closed | Wait::Draining => break,
             }
         };
+        if http2 {
+            h2_session(worker, stream, peer).await;
+            break;
+        }
         // Sessions are boxed: this task's own state stays small.
-        let parked = if http2 {
-            hyper_session(&worker, stream, peer, bytes::Bytes::new(), true).await
-        } else {
-            match Box::pin(h1::serve(Rc::clone(&worker), stream, peer)).await {
-                h1::End::Parked(parked) => Some(parked),
-                h1::End::Closed => None,
-                h1::End::HandOff(handed, read) => {
-                    hyper_session(&worker, handed, peer, read, false).await
-                }
-            }
+        let Some(socket) = (match Box::pin(h1::serve(Rc::clone(worker), stream, peer)).await {
+            h1::End::Parked(parked) => Some(parked),
+            h1::End::Closed => None,
+        }) else {
+            break;
         };
-        let Some(socket) = parked else { break };
         if worker.drain.fired() {
             break;
         }
         let keepalive =
-            worker.snapshot().config.server.keepalive_timeout.saturating_sub(io::PARK_AFTER);
-        match worker.lot.park(Parked { stream: socket, peer, permit }, keepalive) {
+            worker.snapshot().config.server.keepalive_timeout.saturating_sub(h1::PARK_AFTER);
+        match host.lot.park(Parked { stream: socket, peer, permit }, keepalive) {
             None => return,
             // The client has already sent more (or left): go on here.
             Some(conn) => {
@@ -502,7 +424,7 @@ async fn serve_connection(
             }
         }
     }
-    connection_closed(&worker);
+    connection_closed(worker);
 }
 
 /// Accounts for a client connection that closed.
@@ -511,102 +433,44 @@ fn connection_closed(worker: &Worker) {
     worker.shared.connection_closed.notify_waiters();
 }
 
-/// Serves a parked connection whose client sent again, in a task of its own.
-fn resume(worker: &Rc<Worker>, conn: Parked) {
-    let Parked { stream, peer, permit } = conn;
-    tokio::task::spawn_local(serve_connection(Rc::clone(worker), stream, peer, permit, true));
-}
-
-/// Closes a parked connection: its client left, its keep-alive time is over (`expired`), or the
-/// gateway drains.
-fn close_parked(worker: &Worker, conn: Parked, expired: bool) {
-    if expired {
-        worker.shared.registry.idle_timeouts.add(1);
-    }
-    drop(conn);
-    connection_closed(worker);
-}
-
-/// A hyper session on `stream` (HTTP/2, or HTTP/1 starting with the bytes in `prefix`); resolves to
-/// the socket when an HTTP/1 session parked, `None` when the connection is done.
-fn hyper_session(
+/// A hyper HTTP/2 session on `stream`, until the connection is done.
+fn h2_session(
     worker: &Rc<Worker>,
     stream: TcpStream,
     peer: SocketAddr,
-    prefix: bytes::Bytes,
-    http2: bool,
-) -> Pin<Box<dyn Future<Output = Option<TcpStream>>>> {
+) -> Pin<Box<dyn Future<Output = ()>>> {
     let worker = Rc::clone(worker);
     Box::pin(async move {
         let snapshot = worker.snapshot();
         let server = &snapshot.config.server;
-        let registry = Arc::clone(&worker.shared.registry);
-        let shared_state = Arc::new(ConnShared::default());
+        let active = Arc::new(Active::default());
         let io = ClientIo::new(
             stream,
-            Arc::clone(&shared_state),
-            registry,
-            http2,
-            server.header_timeout,
+            Arc::clone(&active),
+            Arc::clone(&worker.shared.registry),
             server.keepalive_timeout,
-        )
-        .with_prefix(prefix);
+            server.send_timeout,
+        );
         let service_worker = Rc::clone(&worker);
         let service = hyper::service::service_fn(move |req| {
-            pipeline::handle(Rc::clone(&service_worker), Arc::clone(&shared_state), peer, req)
+            h2::handle(Rc::clone(&service_worker), Arc::clone(&active), peer, req)
         });
-        if http2 {
-            let conn = hyper::server::conn::http2::Builder::new(LocalExec)
-                .max_header_list_size(u32::try_from(server.max_header_size).unwrap_or(u32::MAX))
-                .serve_connection(TokioIo::new(io), service);
-            drop(snapshot);
-            let drained = drive(Box::pin(conn), &worker.drain, |c| c.as_mut().graceful_shutdown());
-            log_end(peer, drained.await.0);
-            return None;
-        }
-        let conn = hyper::server::conn::http1::Builder::new()
-            .keep_alive(true)
-            .max_buf_size(server.max_header_size)
-            .max_headers(server.max_headers)
-            .header_read_timeout(None)
-            .serve_connection(TokioIo::new(io), service)
-            .with_upgrades();
+        let conn = hyper::server::conn::http2::Builder::new(LocalExec)
+            .max_header_list_size(u32::try_from(server.max_header_size).unwrap_or(u32::MAX))
+            .serve_connection(TokioIo::new(io), service);
         drop(snapshot);
-        let (result, conn) = drive(conn, &worker.drain, |c| Pin::new(c).graceful_shutdown()).await;
-        let ok = result.is_ok();
-        log_end(peer, result);
-        match conn.into_parts() {
-            Some(parts) if ok && parts.io.inner().parked() && parts.read_buf.is_empty() => {
-                Some(parts.io.into_inner().into_stream())
+        let mut conn = Box::pin(conn);
+        let result = tokio::select! {
+            r = conn.as_mut() => r,
+            () = worker.drain.wait() => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
             }
-            _ => None,
+        };
+        if let Err(e) = result {
+            tracing::debug!(%peer, error = %e, "client connection ended with an error");
         }
     })
-}
-
-/// Runs a session to its end; when the gateway starts draining, asks it to finish gracefully.
-async fn drive<C, T>(
-    mut conn: C,
-    drain: &LocalSignal,
-    graceful: impl FnOnce(&mut C),
-) -> (hyper::Result<T>, C)
-where
-    C: Future<Output = hyper::Result<T>> + Unpin,
-{
-    let result = tokio::select! {
-        r = &mut conn => r,
-        () = drain.wait() => {
-            graceful(&mut conn);
-            (&mut conn).await
-        }
-    };
-    (result, conn)
-}
-
-fn log_end<T>(peer: SocketAddr, result: hyper::Result<T>) {
-    if let Err(e) = result {
-        tracing::debug!(%peer, error = %e, "client connection ended with an error");
-    }
 }
 
 static HOUSEKEEPING_HOOK: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();

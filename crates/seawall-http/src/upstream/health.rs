@@ -3,7 +3,9 @@
 //! One task per server probes `GET <path>` every `interval`; a 2xx or 3xx answer within `timeout`
 //! counts as good. A server leaves rotation after `unhealthy_after` bad probes in a row and comes
 //! back after `healthy_after` good ones ([`HealthCounter`]). The result is one atomic flag in the
-//! server's shared state, read by every worker when it picks a server.
+//! server's shared state, read by every worker when it picks a server. A server that passive
+//! ejection took out comes back as soon as `healthy_after` probes in a row pass after its
+//! ejection: the checks show it recovered, so it need not sit out the rest of its ejection.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -69,10 +71,20 @@ async fn probe_loop(check: HealthCheck, server: Arc<ServerState>, upstream: Stri
     );
     let mut tick = tokio::time::interval(check.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Good probes in a row while the server is passively ejected.
+    let mut passed_while_ejected = 0;
     loop {
         tick.tick().await;
         let result = tokio::time::timeout(check.timeout, probe(&check, &server)).await;
         let ok = matches!(result, Ok(Ok(true)));
+        if ok && server.outlier.is_ejected(seawall_core::clock::now_ms()) {
+            passed_while_ejected += 1;
+            if passed_while_ejected >= check.healthy_after && server.outlier.uneject() {
+                tracing::info!(%upstream, server = %server.name, "ejected server passed its health checks: back in rotation");
+            }
+        } else {
+            passed_while_ejected = 0;
+        }
         match counter.observe(ok) {
             Transition::Unchanged => {}
             Transition::BecameHealthy => {

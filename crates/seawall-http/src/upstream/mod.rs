@@ -9,26 +9,55 @@ pub mod health;
 pub mod pool;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
 
 use seawall_config::{Balance, HashKey, Upstream};
 use seawall_core::balance::{least_request, HashRing, RoundRobin};
-use seawall_core::ejection::{FailureOutcome, Outlier};
+use seawall_core::ejection::{EjectionGate, FailureOutcome, Outlier};
 use seawall_core::hash::stable_hash;
 use seawall_core::rng::FastRng;
 
 use crate::headers::HeaderLookup;
 use crate::metrics::{shard_index, Padded, ServerMetrics, UpstreamOutcome};
+use crate::request::RequestView;
 
-static NEXT_SERVER_ID: AtomicUsize = AtomicUsize::new(0);
+/// Hands out server slots: a slot is reused once the server that held it is gone, so per-worker
+/// tables indexed by slot stay as large as the configuration, however many reloads happen.
+struct Slots {
+    free: Mutex<Vec<usize>>,
+    next: AtomicUsize,
+    /// Never reused: tells a slot's new server from the one before it.
+    generation: AtomicU64,
+}
+
+static SLOTS: Slots = Slots {
+    free: Mutex::new(Vec::new()),
+    next: AtomicUsize::new(0),
+    generation: AtomicU64::new(1),
+};
+
+impl Slots {
+    fn take(&self) -> (usize, u64) {
+        let reused = self.free.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let slot = reused.unwrap_or_else(|| self.next.fetch_add(1, Relaxed));
+        (slot, self.generation.fetch_add(1, Relaxed))
+    }
+
+    fn give_back(&self, slot: usize) {
+        self.free.lock().unwrap_or_else(|p| p.into_inner()).push(slot);
+    }
+}
 
 /// One server of one upstream, shared by every worker.
 #[derive(Debug)]
 pub struct ServerState {
-    /// Process-unique index; workers keep their connection pools in a vector at this index.
-    pub id: usize,
+    /// Workers keep this server's connections and in-flight count at this index of their tables.
+    pub slot: usize,
+    /// Unique for the life of the process: a table entry whose key differs belongs to a server
+    /// that held the slot before.
+    pub key: u64,
     /// As written in the config.
     pub name: String,
     pub address: SocketAddr,
@@ -41,8 +70,10 @@ pub struct ServerState {
 
 impl ServerState {
     fn new(name: &str, address: SocketAddr, shards: usize) -> Self {
+        let (slot, key) = SLOTS.take();
         ServerState {
-            id: NEXT_SERVER_ID.fetch_add(1, Relaxed),
+            slot,
+            key,
             name: name.to_string(),
             address,
             healthy: AtomicBool::new(true),
@@ -58,27 +89,34 @@ impl ServerState {
     }
 }
 
+impl Drop for ServerState {
+    fn drop(&mut self) {
+        SLOTS.give_back(self.slot);
+    }
+}
+
 enum Balancer {
     RoundRobin(RoundRobin),
     LeastRequest,
     ConsistentHash(HashRing, HashKey),
 }
 
+/// State of an upstream that outlives reloads with its name.
+#[derive(Debug, Default)]
+pub struct GroupState {
+    /// Ejections of this upstream's servers are decided one at a time (the cap must hold).
+    pub ejection: EjectionGate,
+}
+
 /// A configured upstream with its runtime state.
 pub struct UpstreamGroup {
     pub config: Upstream,
     pub servers: Vec<Arc<ServerState>>,
+    pub state: Arc<GroupState>,
     weights: Vec<u32>,
     balancer: Balancer,
     /// Round-robin position of each worker (each writes only its own).
     cursors: Box<[Padded<AtomicUsize>]>,
-}
-
-/// What the balancer needs to know about one request.
-pub struct PickContext<'a> {
-    pub headers: &'a dyn HeaderLookup,
-    pub client_ip: std::net::IpAddr,
-    pub now_ms: u64,
 }
 
 impl UpstreamGroup {
@@ -105,19 +143,30 @@ impl UpstreamGroup {
             }
         };
         let cursors = (0..shards).map(|_| Padded::default()).collect();
-        UpstreamGroup { config, servers, weights, balancer, cursors }
+        let state = previous.map_or_else(Arc::default, |p| Arc::clone(&p.state));
+        UpstreamGroup { config, servers, state, weights, balancer, cursors }
     }
 
-    /// Chooses a server for a request, skipping unavailable servers and those in `exclude`.
-    /// `load(server_id)` is the calling worker's in-flight count for a server.
+    /// The balancing key of a request (0 unless the upstream hashes): computed once, before the
+    /// request's head may be overwritten by its streaming body.
+    pub fn request_key(&self, request: &RequestView<'_>) -> u64 {
+        match &self.balancer {
+            Balancer::ConsistentHash(_, key) => hash_of(key, request.headers, request.peer.ip()),
+            _ => 0,
+        }
+    }
+
+    /// Chooses a server for a request with balancing key `key`, skipping unavailable servers and
+    /// those in `exclude`. `load(server)` is the calling worker's in-flight count for a server.
     pub fn pick(
         &self,
-        cx: &PickContext<'_>,
+        key: u64,
+        now_ms: u64,
         rng: &mut FastRng,
         exclude: &[usize],
-        load: impl Fn(usize) -> u32,
+        load: impl Fn(&ServerState) -> u32,
     ) -> Option<usize> {
-        let available = |i: usize| !exclude.contains(&i) && self.servers[i].is_available(cx.now_ms);
+        let available = |i: usize| !exclude.contains(&i) && self.servers[i].is_available(now_ms);
         match &self.balancer {
             Balancer::RoundRobin(rr) => {
                 let cursor = &self.cursors[shard_index(self.cursors.len())];
@@ -127,48 +176,65 @@ impl UpstreamGroup {
                 picked
             }
             Balancer::LeastRequest => {
-                least_request(&self.weights, rng, |i| load(self.servers[i].id), available)
+                least_request(&self.weights, rng, |i| load(&self.servers[i]), available)
             }
-            Balancer::ConsistentHash(ring, key) => ring.pick(hash_of(key, cx), available),
+            Balancer::ConsistentHash(ring, _) => ring.pick(key, available),
         }
     }
 
-    /// Records how a request to server `index` ended, for metrics and passive ejection.
+    /// Records how an attempt on server `index` ended, for metrics and passive ejection.
     pub fn record(&self, index: usize, outcome: UpstreamOutcome, now_ms: u64) {
         let server = &self.servers[index];
         server.metrics.record(outcome);
         let policy = &self.config.passive;
-        if outcome == UpstreamOutcome::Ok {
-            server.outlier.record_success(now_ms, policy);
-            return;
-        }
-        let ejected = || self.servers.iter().filter(|s| s.outlier.is_ejected(now_ms)).count();
-        if let FailureOutcome::Ejected { until_ms } =
-            server.outlier.record_failure(now_ms, policy, ejected, self.servers.len())
-        {
-            tracing::warn!(
-                upstream = %self.config.name,
-                server = %server.name,
-                seconds = (until_ms.saturating_sub(now_ms)) / 1000,
-                "server ejected after consecutive failures"
-            );
+        match outcome {
+            UpstreamOutcome::Ok => server.outlier.record_success(now_ms, policy),
+            // The client left: nothing is known about the server.
+            UpstreamOutcome::Cancelled => {}
+            UpstreamOutcome::Http5xx
+            | UpstreamOutcome::ConnectFailure
+            | UpstreamOutcome::Timeout
+            | UpstreamOutcome::Error => {
+                let ejected =
+                    || self.servers.iter().filter(|s| s.outlier.is_ejected(now_ms)).count();
+                let decided = server.outlier.record_failure(
+                    now_ms,
+                    policy,
+                    &self.state.ejection,
+                    ejected,
+                    self.servers.len(),
+                );
+                if let FailureOutcome::Ejected { until_ms } = decided {
+                    tracing::warn!(
+                        upstream = %self.config.name,
+                        server = %server.name,
+                        seconds = (until_ms.saturating_sub(now_ms)) / 1000,
+                        "server ejected after consecutive failures"
+                    );
+                }
+            }
         }
     }
 }
 
-fn hash_of(key: &HashKey, cx: &PickContext<'_>) -> u64 {
-    let by_ip = || match cx.client_ip {
-        std::net::IpAddr::V4(v4) => stable_hash(&v4.octets()),
-        std::net::IpAddr::V6(v6) => stable_hash(&v6.octets()),
+/// The hash of a request's balancing key; a request without the key — or with an empty one —
+/// falls back to its client's address, so such clients still spread over the servers.
+fn hash_of(key: &HashKey, headers: &dyn HeaderLookup, client: IpAddr) -> u64 {
+    let by_ip = || match client {
+        IpAddr::V4(v4) => stable_hash(&v4.octets()),
+        IpAddr::V6(v6) => stable_hash(&v6.octets()),
     };
+    let present = |v: &[u8]| !v.trim_ascii().is_empty();
     match key {
         HashKey::ClientIp => by_ip(),
-        HashKey::Header(name) => cx.headers.first(name.as_str()).map_or_else(by_ip, stable_hash),
-        HashKey::Cookie(name) => cookie(cx.headers, name).unwrap_or_else(by_ip),
+        HashKey::Header(name) => {
+            headers.first(name.as_str()).filter(|v| present(v)).map_or_else(by_ip, stable_hash)
+        }
+        HashKey::Cookie(name) => cookie(headers, name).unwrap_or_else(by_ip),
     }
 }
 
-/// The value of cookie `name` in the request's Cookie headers.
+/// The hash of cookie `name`'s value in the request's Cookie fields, if it has a value.
 fn cookie(headers: &dyn HeaderLookup, name: &str) -> Option<u64> {
     let mut hash = None;
     headers.for_each_value("cookie", &mut |v| {
@@ -177,6 +243,7 @@ fn cookie(headers: &dyn HeaderLookup, name: &str) -> Option<u64> {
             .find_map(|pair| {
                 pair.trim_ascii_start().strip_prefix(name.as_bytes())?.strip_prefix(b"=")
             })
+            .filter(|value| !value.trim_ascii().is_empty())
             .map(stable_hash);
         hash.is_some()
     });
@@ -190,8 +257,38 @@ mod tests {
     #[test]
     fn cookie_lookup() {
         let mut h = http::HeaderMap::new();
-        h.insert(http::header::COOKIE, "a=1; session=abc; sessionx=2".parse().unwrap());
+        h.insert(http::header::COOKIE, "a=1; session=abc; sessionx=2; empty=".parse().unwrap());
         assert_eq!(cookie(&h, "session"), Some(stable_hash(b"abc")));
         assert_eq!(cookie(&h, "nope"), None);
+        assert_eq!(cookie(&h, "empty"), None);
+    }
+
+    #[test]
+    fn an_empty_key_falls_back_to_the_client_address() {
+        let client: IpAddr = "10.1.2.3".parse().unwrap();
+        let key = HashKey::Header("x-user".into());
+        let by_ip = hash_of(&key, &http::HeaderMap::new(), client);
+        for empty in ["", "  "] {
+            let mut h = http::HeaderMap::new();
+            h.insert("x-user", empty.parse().unwrap());
+            assert_eq!(hash_of(&key, &h, client), by_ip, "{empty:?}");
+        }
+        let mut h = http::HeaderMap::new();
+        h.insert("x-user", "alice".parse().unwrap());
+        assert_eq!(hash_of(&key, &h, client), stable_hash(b"alice"));
+    }
+
+    #[test]
+    fn slots_are_reused_once_their_server_is_gone() {
+        // A thousand reloads' worth of servers come and go; the slot table does not grow with
+        // them (other tests may hold a few slots at the same time).
+        let highest = (0..1000)
+            .map(|i| ServerState::new("s", SocketAddr::from(([127, 0, 0, 1], i)), 1).slot)
+            .max()
+            .unwrap();
+        assert!(highest < 100, "slot {highest}");
+        let a = ServerState::new("a", "127.0.0.1:1".parse().unwrap(), 1);
+        let b = ServerState::new("b", "127.0.0.1:2".parse().unwrap(), 1);
+        assert_ne!(a.key, b.key);
     }
 }

@@ -1,0 +1,247 @@
+//! The hyper engine: HTTP/2 with prior knowledge (h2c). hyper parses and frames; each request is
+//! turned into a [`RequestView`] for the policy layer and, when admitted, sent through the same
+//! upstream call as the HTTP/1 engine ([`crate::proxy::forward`]), its body read from hyper's
+//! stream ([`StreamBody`]) and the upstream's body decoded into HTTP/2 frames ([`ProxyBody`]).
+//! A client that resets its stream drops the request's future: its upstream request is cancelled
+//! with it, and the request is counted as 499.
+
+mod body;
+pub mod io;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{header, Request, Response, Version};
+use http_body::Body as _;
+use hyper::body::Incoming;
+use seawall_config::RouteAction;
+use tokio::time::Instant;
+
+pub use body::ProxyBody;
+use body::StreamBody;
+
+use crate::headers::{classify, has_token, ConnectionOptions};
+use crate::policy::{self, body_limit, Account, Admission, Permit, Served};
+use crate::problem::{Reason, Refusal};
+use crate::proxy::{self, BodyError, Forward, Forwarded};
+use crate::request::{write_upstream_head, BodyFraming, FieldRef, RequestView, UpstreamHead};
+use crate::response;
+use crate::timer::LazyTimer;
+use crate::worker::Worker;
+
+/// Requests of one connection that are not finished (their response body included): while there
+/// are none, the connection's keep-alive timer runs.
+#[derive(Debug, Default)]
+pub struct Active(AtomicU32);
+
+/// Counts a request as active until dropped.
+pub struct ActiveGuard(Arc<Active>);
+
+impl ActiveGuard {
+    fn new(active: &Arc<Active>) -> Self {
+        active.0.fetch_add(1, Relaxed);
+        ActiveGuard(Arc::clone(active))
+    }
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0 .0.fetch_sub(1, Relaxed);
+    }
+}
+
+impl Active {
+    /// Whether any request is in progress.
+    pub fn any(&self) -> bool {
+        self.0.load(Relaxed) > 0
+    }
+}
+
+/// What stays alive with a response body: the request's hold on its route and connection.
+pub struct Guards {
+    _permit: Option<Permit>,
+    _active: ActiveGuard,
+}
+
+/// Handles one request from an HTTP/2 connection.
+pub async fn handle(
+    worker: Rc<Worker>,
+    active: Arc<Active>,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let start = Instant::now();
+    let active = ActiveGuard::new(&active);
+    let snapshot = worker.snapshot();
+    let (parts, body) = req.into_parts();
+    let host = parts
+        .uri
+        .authority()
+        .map(|a| a.as_str().as_bytes())
+        .or_else(|| parts.headers.get(header::HOST).map(http::HeaderValue::as_bytes));
+    let target = parts.uri.path_and_query().map_or(&b"/"[..], |pq| pq.as_str().as_bytes());
+    let path = parts.uri.path().as_bytes();
+    let mut account = Account::open(&worker, &snapshot, peer, start, || {
+        (parts.method.as_str().to_owned(), parts.uri.path().to_owned())
+    });
+    let framing = match framing(&parts.headers, &body) {
+        Ok(framing) => framing,
+        Err(refusal) => return Ok(refuse(refusal, account, None, active)),
+    };
+    let view = RequestView {
+        method: &parts.method,
+        version: parts.version,
+        path,
+        target,
+        host,
+        headers: &parts.headers,
+        framing,
+        peer,
+    };
+    let permit = match policy::admit(&snapshot, &view, &mut account) {
+        Admission::Admit(permit) => permit,
+        Admission::Refuse(refusal) => return Ok(refuse(refusal, account, None, active)),
+    };
+    let RouteAction::Proxy { upstream } = permit.route().action;
+    let group = &snapshot.upstreams[upstream];
+    let route = permit.route();
+    let host_is_server = !route.preserve_host || host.is_none();
+    let mut connection = ConnectionOptions::default();
+    for value in parts.headers.get_all(header::CONNECTION) {
+        connection.add(value.as_bytes());
+    }
+    let fields: Vec<FieldRef<'_>> = parts
+        .headers
+        .iter()
+        .map(|(name, value)| FieldRef {
+            name: name.as_str().as_bytes(),
+            value: value.as_bytes(),
+            class: classify(name.as_str().as_bytes()),
+            named: connection.names(name.as_str().as_bytes()),
+        })
+        .collect();
+    let te_trailers =
+        parts.headers.get(header::TE).is_some_and(|v| has_token(v.as_bytes(), b"trailers"));
+    let mut head = Vec::with_capacity(512);
+    write_upstream_head(
+        &mut head,
+        &UpstreamHead {
+            method: &parts.method,
+            target,
+            host: if host_is_server { None } else { host },
+            forwarded_host: host,
+            upgrade: false,
+            te_trailers,
+            framing,
+            peer,
+            version: Version::HTTP_2,
+        },
+        fields.iter().copied(),
+    );
+    let server = &snapshot.config.server;
+    let mut down = StreamBody::new(body, body_limit(&snapshot, route), server.body_timeout);
+    let mut timer = LazyTimer::new(start + Duration::from_secs(3600));
+    let forwarded = proxy::forward(
+        Forward {
+            worker: &worker,
+            snapshot: &snapshot,
+            upstream,
+            key: group.request_key(&view),
+            method: &parts.method,
+            idempotent: view.is_idempotent(),
+            upgrade: false,
+            framing,
+            head: &mut head,
+            host_is_server,
+            start,
+        },
+        &mut down,
+        &mut timer,
+    )
+    .await;
+    let response = match forwarded {
+        Forwarded::Response(response) => response,
+        Forwarded::Refused(refusal, at) => return Ok(refuse(refusal, account, at, active)),
+        Forwarded::Client(error, at) => {
+            if error == BodyError::Timeout {
+                worker.shared.registry.client_body_timeouts.add(1);
+            }
+            let refusal = Refusal::new(error.reason(), error.detail());
+            return Ok(refuse(refusal, account, at, active));
+        }
+    };
+    let mut response = response;
+    let at = response.server();
+    let Ok(headers) = response::to_header_map(&response.view()) else {
+        let detail = "the upstream's transfer coding cannot be sent to this client";
+        return Ok(refuse(Refusal::new(Reason::UpstreamError, detail), account, at, active));
+    };
+    // The body bytes that came with the head are checked before the head goes out: a body
+    // broken from its first bytes is still answered 502.
+    let mut first = bytes::BytesMut::new();
+    if let Err(fault) = response.decoded_ready(&mut |d| first.extend_from_slice(d)) {
+        let refusal = Refusal::new(Reason::UpstreamError, format!("upstream {fault}"));
+        return Ok(refuse(refusal, account, at, active));
+    }
+    let status = response.head.status;
+    let send_timeout = server.send_timeout;
+    let guards = Guards { _permit: Some(permit), _active: active };
+    let body = ProxyBody::upstream(
+        response,
+        first.freeze(),
+        timer,
+        send_timeout,
+        Rc::clone(&worker),
+        guards,
+    );
+    let mut answer = Response::new(body);
+    *answer.status_mut() =
+        http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::BAD_GATEWAY);
+    *answer.headers_mut() = headers;
+    account.finish(Served { status, upstream: at, reason: None }, Instant::now());
+    Ok(answer)
+}
+
+/// The request's framing, from its `content-length` and whether its stream has ended.
+fn framing(headers: &http::HeaderMap, body: &Incoming) -> Result<BodyFraming, Refusal> {
+    let mut length = None;
+    for value in headers.get_all(header::CONTENT_LENGTH) {
+        let parsed = value.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok());
+        match (parsed, length) {
+            (None, _) => {
+                return Err(Refusal::new(Reason::BadRequest, "the content-length is invalid"))
+            }
+            (Some(n), Some(l)) if n != l => {
+                return Err(Refusal::new(Reason::BadRequest, "the content-length fields disagree"))
+            }
+            (Some(n), _) => length = Some(n),
+        }
+    }
+    Ok(match length {
+        Some(n) => BodyFraming::Length(n),
+        None if body.is_end_stream() => BodyFraming::None,
+        None => BodyFraming::Streamed,
+    })
+}
+
+/// Seawall's own answer, accounted.
+fn refuse(
+    refusal: Refusal,
+    account: Account,
+    at: Option<(usize, usize)>,
+    active: ActiveGuard,
+) -> Response<ProxyBody> {
+    account.finish(Served::refused(refusal.reason, at), Instant::now());
+    let response = refusal.to_response();
+    let (mut parts, body) = response.into_parts();
+    // Connection-specific fields are not allowed in HTTP/2.
+    parts.headers.remove(header::CONNECTION);
+    Response::from_parts(
+        parts,
+        ProxyBody::full(body).with_guards(Guards { _permit: None, _active: active }),
+    )
+}

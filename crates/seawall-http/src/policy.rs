@@ -1,0 +1,178 @@
+//! The policy layer: everything decided between parsing a request and acting on it, written once
+//! for both engines.
+//!
+//! ```text
+//! parse (engine) ─▶ admit: route ▸ body limit ▸ (rate limits, shedding… join here) ─▶ action ─▶ account
+//! ```
+//!
+//! - [`admit`] takes a [`RequestView`] and returns a named outcome: [`Admission::Admit`] with a
+//!   [`Permit`] — an RAII guard that holds the request's place in the route's gauges (and, later,
+//!   its limiter and bulkhead slots) until the answer is done — or [`Admission::Refuse`] with the
+//!   [`Refusal`] each engine renders.
+//! - [`Account`] closes the books on a request: status and duration into the route's metrics and
+//!   one access-log line. A request dropped before it was answered (its client left) is counted as
+//!   499.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use seawall_config::Route;
+
+use crate::problem::{Reason, Refusal};
+use crate::request::RequestView;
+use crate::router;
+use crate::worker::{Pinned, Worker};
+
+/// What admission decided.
+pub enum Admission {
+    Admit(Permit),
+    Refuse(Refusal),
+}
+
+/// An admitted request's hold on its route: counted in flight until dropped.
+pub struct Permit {
+    snapshot: Rc<Pinned>,
+    route: usize,
+}
+
+impl Permit {
+    fn new(snapshot: Rc<Pinned>, route: usize) -> Self {
+        snapshot.route_metrics[route].inflight_add(1);
+        Permit { snapshot, route }
+    }
+
+    /// The route the request matched.
+    pub fn route(&self) -> &Route {
+        &self.snapshot.config.routes[self.route]
+    }
+
+    /// The snapshot the request runs on.
+    pub fn snapshot(&self) -> &Rc<Pinned> {
+        &self.snapshot
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.snapshot.route_metrics[self.route].inflight_add(-1);
+    }
+}
+
+/// The largest request body the route accepts (`u64::MAX` when unlimited).
+pub fn body_limit(snapshot: &Pinned, route: &Route) -> u64 {
+    route.max_body_size.unwrap_or(snapshot.config.server.max_body_size).unwrap_or(u64::MAX)
+}
+
+/// Routes and admits a request; the route found is noted in `account`.
+pub fn admit(snapshot: &Rc<Pinned>, request: &RequestView<'_>, account: &mut Account) -> Admission {
+    let Some(index) = router::find(&snapshot.config.routes, request) else {
+        return Admission::Refuse(Refusal::new(Reason::NoRoute, "no route matches this request"));
+    };
+    account.route = Some(index);
+    let route = &snapshot.config.routes[index];
+    let limit = body_limit(snapshot, route);
+    if request.declared_length().is_some_and(|n| n > limit) {
+        let detail = format!("the request body exceeds {limit} bytes");
+        return Admission::Refuse(Refusal::new(Reason::BodyTooLarge, detail));
+    }
+    Admission::Admit(Permit::new(Rc::clone(snapshot), index))
+}
+
+/// The books of one request, closed once: by [`Account::finish`], or by the drop of a request
+/// that was never answered (counted as 499, its client having left).
+pub struct Account {
+    worker: Rc<Worker>,
+    snapshot: Rc<Pinned>,
+    start: Instant,
+    peer: SocketAddr,
+    /// The route matched, once known.
+    pub route: Option<usize>,
+    /// Method and path, kept only when the access log is on.
+    log: Option<(String, String)>,
+    done: bool,
+}
+
+/// How a request ended, for its account.
+#[derive(Debug, Clone, Copy)]
+pub struct Served {
+    pub status: u16,
+    /// Upstream and server that answered.
+    pub upstream: Option<(usize, usize)>,
+    /// Why Seawall answered instead of the upstream.
+    pub reason: Option<Reason>,
+}
+
+impl Served {
+    /// Seawall's own answer.
+    pub fn refused(reason: Reason, upstream: Option<(usize, usize)>) -> Self {
+        Served { status: reason.status().as_u16(), upstream, reason: Some(reason) }
+    }
+}
+
+impl Account {
+    /// Opens the books of a request that started at `start`; `line` gives its method and path for
+    /// the access log (called only when the log is on).
+    pub fn open(
+        worker: &Rc<Worker>,
+        snapshot: &Rc<Pinned>,
+        peer: SocketAddr,
+        start: Instant,
+        line: impl FnOnce() -> (String, String),
+    ) -> Self {
+        Account {
+            worker: Rc::clone(worker),
+            log: snapshot.config.log.access_log.then(line),
+            snapshot: Rc::clone(snapshot),
+            start,
+            peer,
+            route: None,
+            done: false,
+        }
+    }
+
+    /// Closes the books: `served` as of `end` (when the response head went out).
+    pub fn finish(mut self, served: Served, end: Instant) {
+        self.record(served, end.saturating_duration_since(self.start));
+    }
+
+    fn record(&mut self, served: Served, elapsed: Duration) {
+        self.done = true;
+        let snapshot = &self.snapshot;
+        if served.reason == Some(Reason::ClientClosed) {
+            self.worker.shared.registry.client_aborts.add(1);
+        }
+        let metrics =
+            self.route.map_or(&snapshot.unmatched_metrics, |i| &snapshot.route_metrics[i]);
+        metrics.record(served.status, elapsed);
+        let Some((method, path)) = &self.log else { return };
+        let route = self.route.map_or("", |i| snapshot.config.routes[i].name.as_str());
+        let (upstream, server) = served.upstream.map_or(("", ""), |(u, s)| {
+            let group = &snapshot.upstreams[u];
+            (group.config.name.as_str(), group.servers[s].name.as_str())
+        });
+        tracing::info!(
+            target: "seawall::access",
+            client = %self.peer.ip(),
+            method = %method,
+            path = %path,
+            route,
+            upstream,
+            server,
+            status = served.status,
+            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            reason = served.reason.map_or("", Reason::as_str),
+        );
+    }
+}
+
+impl Drop for Account {
+    fn drop(&mut self) {
+        if !self.done {
+            // Only a request whose future was dropped gets here: its client went away.
+            self.record(Served::refused(Reason::ClientClosed, None), self.start.elapsed());
+        }
+    }
+}

@@ -1,0 +1,592 @@
+//! The `proxy` action, written once for both engines: the one upstream call.
+//!
+//! ```text
+//! choose ▸ connect ─▶ send head + body ─▶ await the head ─▶ (engine relays the body)
+//!   │ a server that cannot be reached is recorded and skipped for another (up to 3)
+//!   │ a pooled connection found closed before any answer is replaced once (idempotent only)
+//!   └ every other failure is a Refusal (502/503/504); a client that fails or leaves ends it
+//! ```
+//!
+//! An engine describes its request by a [`Forward`] (the upstream head it wrote, the balancing key,
+//! idempotency) and gives access to its client through [`Downstream`] (the request body as it
+//! arrives, the client's departure, interim answers). [`forward`] returns a [`Forwarded`]: the
+//! upstream's [`UpstreamResponse`], a refusal, or the client's own failure. Each attempt's outcome
+//! is recorded exactly once — here for attempts that end before an answer, by the
+//! [`UpstreamResponse`] when its body ends — so passive ejection sees the same signals whatever
+//! the engine.
+//!
+//! Timers: the upstream's `send_timeout` bounds each write of the request, the client's
+//! `body_timeout` each wait for its body (in the engine's [`Downstream::fill`]), and `timeout`
+//! runs from the moment the whole request has been sent to the start of the answer. A client
+//! that waits longer than [`WATCH_AFTER`] is watched: if it leaves, an idempotent request is
+//! cancelled (499); a non-idempotent one is never cut half-way — a client that only closed its
+//! sending side still gets its answer.
+
+pub mod body;
+
+use std::future::Future;
+use std::io::IoSlice;
+use std::pin::pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::Method;
+use tokio::time::Instant;
+
+pub use body::{BodyFault, BodyTap, UpstreamResponse};
+
+use crate::chunked::{chunk_line, CHUNK_END, LAST_CHUNK};
+use crate::faultlog;
+use crate::io::{make_room, poll_read_buf, poll_write_all};
+use crate::metrics::UpstreamOutcome;
+use crate::problem::{Reason, Refusal};
+use crate::request::BodyFraming;
+use crate::response::{self, Parsed, ResponseView};
+use crate::timer::LazyTimer;
+use crate::upstream::pool::{Inflight, RawConn, READ_BUFFER};
+use crate::upstream::UpstreamGroup;
+use crate::worker::{Pinned, Worker};
+
+/// A request that has waited this long for its upstream starts watching its client. Shorter
+/// waits never look (a look can cost a system call), and nobody notices a departure sooner.
+pub const WATCH_AFTER: Duration = Duration::from_millis(250);
+
+/// At most this many servers are tried when connecting fails.
+const MAX_CONNECT_ATTEMPTS: usize = 3;
+
+/// Why the client's side of an exchange failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyError {
+    /// The client paused its body longer than `body_timeout`.
+    Timeout,
+    /// The body grew past the route's limit (bytes).
+    TooLarge(u64),
+    /// The body's framing is invalid (a broken chunked upload).
+    Invalid,
+    /// The client went away.
+    Gone,
+}
+
+impl BodyError {
+    /// The refusal reason that answers it.
+    pub fn reason(self) -> Reason {
+        match self {
+            BodyError::Timeout => Reason::BodyTimeout,
+            BodyError::TooLarge(_) => Reason::BodyTooLarge,
+            BodyError::Invalid => Reason::BadRequest,
+            BodyError::Gone => Reason::ClientClosed,
+        }
+    }
+
+    /// A sentence for the problem document.
+    pub fn detail(self) -> String {
+        match self {
+            BodyError::Timeout => "the request body stalled".into(),
+            BodyError::TooLarge(limit) => format!("the request body exceeds {limit} bytes"),
+            BodyError::Invalid => "the request body's chunked framing is invalid".into(),
+            BodyError::Gone => "the client closed the connection".into(),
+        }
+    }
+}
+
+/// How a client left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gone {
+    /// It closed its side; it may still be reading (a half-close).
+    Closed,
+    /// The connection is broken: nobody reads the answer.
+    Reset,
+}
+
+/// The client side of an exchange, as the proxy needs it. The request body is seen decoded (the
+/// proxy frames it for the upstream), one run of bytes at a time.
+#[allow(async_fn_in_trait)] // worker tasks are single-threaded: no `Send` bound is wanted
+pub trait Downstream {
+    /// Body bytes received and not yet sent on (may be empty), and whether they are the last:
+    /// once consumed, the whole body has been handed out.
+    fn ready(&mut self) -> Result<(&[u8], bool), BodyError>;
+
+    /// `n` bytes of [`ready`](Self::ready) were sent on.
+    fn consume(&mut self, n: usize);
+
+    /// Whether the whole body has been received and handed out.
+    fn is_complete(&self) -> bool;
+
+    /// Makes the whole body available again for another attempt; false if it is no longer held
+    /// (part of it was streamed).
+    fn rewind(&mut self) -> bool;
+
+    /// Waits for more of the body, each wait bounded by the client's `body_timeout`.
+    async fn fill(&mut self, timer: &mut LazyTimer) -> Result<(), BodyError>;
+
+    /// Ready when the client has left (polled only while the request waits on the upstream).
+    fn poll_gone(&mut self, cx: &mut Context<'_>) -> Poll<Gone>;
+
+    /// An interim (1xx) answer came from the upstream; passes it on if the client can take it.
+    async fn interim(&mut self, view: &ResponseView<'_>) -> Result<(), BodyError>;
+
+    /// The whole body, at most `limit` bytes (for actions that keep a request, like a queue).
+    async fn read_to_end(
+        &mut self,
+        timer: &mut LazyTimer,
+        limit: u64,
+    ) -> Result<Vec<u8>, BodyError> {
+        let mut all = Vec::new();
+        loop {
+            let (ready, last) = self.ready()?;
+            if (all.len() + ready.len()) as u64 > limit {
+                return Err(BodyError::TooLarge(limit));
+            }
+            all.extend_from_slice(ready);
+            let n = ready.len();
+            self.consume(n);
+            if last {
+                return Ok(all);
+            }
+            self.fill(timer).await?;
+        }
+    }
+}
+
+/// A request on its way to an upstream, as the engine prepared it.
+pub struct Forward<'a> {
+    pub worker: &'a Worker,
+    pub snapshot: &'a Rc<Pinned>,
+    /// Index of the upstream group in the snapshot.
+    pub upstream: usize,
+    /// The balancing key ([`UpstreamGroup::request_key`]).
+    pub key: u64,
+    pub method: &'a Method,
+    /// Whether the request may be sent twice (and cancelled when its client leaves).
+    pub idempotent: bool,
+    /// The request asks to switch protocols: a 101 is a valid answer.
+    pub upgrade: bool,
+    /// How the body goes upstream; the head already says so.
+    pub framing: BodyFraming,
+    /// The upstream request head, without its `Host` field and final blank line.
+    pub head: &'a mut Vec<u8>,
+    /// Add the chosen server's name as `Host` (otherwise `head` carries the client's).
+    pub host_is_server: bool,
+    /// When the request head was read (the send deadline counts from here).
+    pub start: Instant,
+}
+
+/// What became of the exchange.
+// Moved once per request: cheaper than boxing the response, which would allocate.
+#[allow(clippy::large_enum_variant)]
+pub enum Forwarded {
+    /// The upstream answered; its head is in the response, the body follows.
+    Response(UpstreamResponse),
+    /// Seawall answers instead; the server tried, if any.
+    Refused(Refusal, Option<(usize, usize)>),
+    /// The client's side failed or the client left; the server tried, if any.
+    Client(BodyError, Option<(usize, usize)>),
+}
+
+/// One try on one connection.
+#[allow(clippy::large_enum_variant)]
+enum Attempt {
+    Answered(UpstreamResponse),
+    /// A pooled connection turned out to be closed before anything came back.
+    Stale,
+    Refused(Refusal),
+    Client(BodyError),
+}
+
+/// Sends the request to a server of the upstream and waits for the head of its answer.
+pub async fn forward<D: Downstream>(
+    f: Forward<'_>,
+    down: &mut D,
+    timer: &mut LazyTimer,
+) -> Forwarded {
+    let group = &f.snapshot.upstreams[f.upstream];
+    let name = &group.config.name;
+    let head_end = f.head.len();
+    let mut tried: Vec<usize> = Vec::new();
+    loop {
+        let now_ms = seawall_core::clock::now_ms();
+        let picked = {
+            let mut rng = f.worker.rng.borrow_mut();
+            group.pick(f.key, now_ms, &mut rng, &tried, |s| f.worker.pools.inflight(s))
+        };
+        let Some(index) = picked else {
+            let refusal = if tried.is_empty() {
+                let detail = format!("no server of upstream {name:?} is available");
+                Refusal::new(Reason::UpstreamUnavailable, detail)
+            } else {
+                let detail = format!("could not connect to any server of upstream {name:?}");
+                Refusal::new(Reason::UpstreamConnectFailed, detail)
+            };
+            return Forwarded::Refused(refusal, None);
+        };
+        let server = &group.servers[index];
+        let at = Some((f.upstream, index));
+        let inflight = Inflight::begin(&f.worker.pools, server);
+        // A request that cannot be retried must not land on a connection the server is closing:
+        // its socket is asked directly.
+        let pooled = f.worker.pools.checkout(server, now_ms, !f.idempotent);
+        let (conn, pooled) = match pooled {
+            Some(conn) => (conn, true),
+            None => match connect(&f, group, index).await {
+                Ok(conn) => (conn, false),
+                Err(e) => {
+                    tried.push(index);
+                    if tried.len() >= MAX_CONNECT_ATTEMPTS.min(group.servers.len()) {
+                        let detail = format!("could not connect to upstream {name:?}: {e}");
+                        let refusal = Refusal::new(Reason::UpstreamConnectFailed, detail);
+                        return Forwarded::Refused(refusal, at);
+                    }
+                    continue;
+                }
+            },
+        };
+        f.head.truncate(head_end);
+        if f.host_is_server {
+            crate::headers::push_field(f.head, b"host", server.name.as_bytes());
+        }
+        f.head.extend_from_slice(b"\r\n");
+        let mut attempt = attempt(&f, group, index, conn, pooled, down, timer).await;
+        if matches!(attempt, Attempt::Stale) {
+            // The server closed an idle connection as we used it: nothing reached it, or nothing
+            // it did can matter (the request is idempotent). One fresh connection, same server.
+            attempt = match connect(&f, group, index).await {
+                Ok(conn) => attempt_fresh(&f, group, index, conn, down, timer).await,
+                Err(e) => {
+                    let detail = format!("could not connect to upstream {name:?}: {e}");
+                    Attempt::Refused(Refusal::new(Reason::UpstreamConnectFailed, detail))
+                }
+            };
+        }
+        return match attempt {
+            Attempt::Answered(mut response) => {
+                let pools = Rc::clone(&f.worker.pools);
+                response.attach(Rc::clone(f.snapshot), pools, (f.upstream, index), inflight);
+                Forwarded::Response(response)
+            }
+            Attempt::Refused(refusal) => Forwarded::Refused(refusal, at),
+            Attempt::Client(e) => Forwarded::Client(e, at),
+            // A fresh connection is never stale.
+            Attempt::Stale => Forwarded::Refused(
+                Refusal::new(
+                    Reason::UpstreamError,
+                    format!("upstream {name:?} closed the connection"),
+                ),
+                at,
+            ),
+        };
+    }
+}
+
+/// Opens a connection to server `index`; a failure is recorded against it.
+async fn connect(
+    f: &Forward<'_>,
+    group: &UpstreamGroup,
+    index: usize,
+) -> Result<RawConn, crate::upstream::pool::ConnectError> {
+    let server = &group.servers[index];
+    let result = f.worker.pools.connect(server.address, group.config.connect_timeout).await;
+    if let Err(e) = &result {
+        group.record(index, UpstreamOutcome::ConnectFailure, seawall_core::clock::now_ms());
+        faultlog::upstream_fault(&group.config.name, &server.name, &e.to_string());
+    }
+    result
+}
+
+async fn attempt_fresh<D: Downstream>(
+    f: &Forward<'_>,
+    group: &UpstreamGroup,
+    index: usize,
+    conn: RawConn,
+    down: &mut D,
+    timer: &mut LazyTimer,
+) -> Attempt {
+    if !down.rewind() {
+        let detail = "the upstream closed the connection while the request was sent";
+        return failed(group, index, UpstreamOutcome::Error, Reason::UpstreamError, detail);
+    }
+    attempt(f, group, index, conn, false, down, timer).await
+}
+
+/// Records `outcome` for this attempt and refuses with `reason`.
+fn failed(
+    group: &UpstreamGroup,
+    index: usize,
+    outcome: UpstreamOutcome,
+    reason: Reason,
+    what: &str,
+) -> Attempt {
+    group.record(index, outcome, seawall_core::clock::now_ms());
+    let server = &group.servers[index];
+    faultlog::upstream_fault(&group.config.name, &server.name, what);
+    let detail = format!("upstream {:?}: {what}", group.config.name);
+    Attempt::Refused(Refusal::new(reason, detail))
+}
+
+/// What happened while the request was being sent.
+enum Sent {
+    /// The whole request went out (`at_once`: in its first write).
+    All { at_once: bool },
+    /// The upstream spoke (answered early, or closed) before the body was all sent.
+    Early,
+}
+
+/// Sends the request on `conn` and reads the head of the answer.
+#[allow(clippy::too_many_arguments)]
+async fn attempt<D: Downstream>(
+    f: &Forward<'_>,
+    group: &UpstreamGroup,
+    index: usize,
+    mut conn: RawConn,
+    pooled: bool,
+    down: &mut D,
+    timer: &mut LazyTimer,
+) -> Attempt {
+    let config = &group.config;
+    let may_retry = pooled && f.idempotent;
+    let sent = match send(f, &mut conn, down, timer, config.send_timeout).await {
+        Ok(sent) => sent,
+        Err(SendError::Upstream(e)) if may_retry && e.kind() != std::io::ErrorKind::TimedOut => {
+            return Attempt::Stale;
+        }
+        Err(SendError::Upstream(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
+            let what = format!("did not accept the request within {:?}", config.send_timeout);
+            return failed(group, index, UpstreamOutcome::Timeout, Reason::UpstreamTimeout, &what);
+        }
+        Err(SendError::Upstream(e)) => {
+            let what = format!("failed while the request was sent: {e}");
+            return failed(group, index, UpstreamOutcome::Error, Reason::UpstreamError, &what);
+        }
+        Err(SendError::Client(e)) => {
+            group.record(index, UpstreamOutcome::Cancelled, seawall_core::clock::now_ms());
+            return Attempt::Client(e);
+        }
+    };
+    let request_complete = matches!(sent, Sent::All { .. });
+    // A request sent in one write was sent when its head was read, as far as timers care.
+    let sent_at = match sent {
+        Sent::All { at_once: true } => f.start,
+        _ => Instant::now(),
+    };
+    let deadline = sent_at + config.timeout;
+    let mut received = false;
+    loop {
+        if !conn.buf.is_empty() {
+            received = true;
+            match response::parse(&conn.buf, f.method, f.upgrade, &mut conn.fields) {
+                Ok(Parsed::Head(head)) if head.is_interim() => {
+                    let view = ResponseView::new(&head, &conn.fields, &conn.buf);
+                    if let Err(e) = down.interim(&view).await {
+                        group.record(
+                            index,
+                            UpstreamOutcome::Cancelled,
+                            seawall_core::clock::now_ms(),
+                        );
+                        return Attempt::Client(e);
+                    }
+                    bytes::Buf::advance(&mut conn.buf, head.len);
+                    continue;
+                }
+                Ok(Parsed::Head(head)) => {
+                    return Attempt::Answered(UpstreamResponse::new(
+                        conn,
+                        head,
+                        request_complete,
+                        group.config.read_timeout,
+                    ));
+                }
+                Ok(Parsed::Partial) => {}
+                Err(e) => {
+                    let what = format!("sent an invalid answer: {e}");
+                    return failed(
+                        group,
+                        index,
+                        UpstreamOutcome::Error,
+                        Reason::UpstreamError,
+                        &what,
+                    );
+                }
+            }
+        }
+        make_room(&mut conn.buf, READ_BUFFER);
+        let read = std::future::poll_fn(|cx| poll_read_buf(&mut conn.stream, &mut conn.buf, cx));
+        let gone = |cx: &mut Context<'_>| down.poll_gone(cx);
+        match wait_upstream(read, timer, sent_at, deadline, gone, f.idempotent).await {
+            Waited::Done(Ok(n)) if n > 0 => {}
+            Waited::Done(_) if may_retry && !received && request_complete => return Attempt::Stale,
+            Waited::Done(result) => {
+                let what = match result {
+                    Err(e) => format!("failed before answering: {e}"),
+                    Ok(_) => "closed the connection before answering".to_string(),
+                };
+                return failed(group, index, UpstreamOutcome::Error, Reason::UpstreamError, &what);
+            }
+            Waited::TimedOut => {
+                let what = format!("did not answer within {:?}", config.timeout);
+                return failed(
+                    group,
+                    index,
+                    UpstreamOutcome::Timeout,
+                    Reason::UpstreamTimeout,
+                    &what,
+                );
+            }
+            Waited::ClientGone => {
+                group.record(index, UpstreamOutcome::Cancelled, seawall_core::clock::now_ms());
+                return Attempt::Client(BodyError::Gone);
+            }
+        }
+    }
+}
+
+/// Why sending failed.
+enum SendError {
+    /// Writing to the upstream failed (or stalled past `send_timeout`: `TimedOut`).
+    Upstream(std::io::Error),
+    Client(BodyError),
+}
+
+/// Sends the head and the body, watching the upstream for an early answer while the body
+/// streams.
+async fn send<D: Downstream>(
+    f: &Forward<'_>,
+    conn: &mut RawConn,
+    down: &mut D,
+    timer: &mut LazyTimer,
+    send_timeout: Duration,
+) -> Result<Sent, SendError> {
+    let streamed = f.framing == BodyFraming::Streamed;
+    let mut first = true;
+    let mut line = [0u8; 18];
+    loop {
+        let (ready, complete) = down.ready().map_err(SendError::Client)?;
+        if ready.is_empty() && !complete && !first {
+            // Wait for more of the body, unless the upstream answers first.
+            let mut fill = pin!(down.fill(timer));
+            let spoke = std::future::poll_fn(|cx| {
+                if let Poll::Ready(r) = fill.as_mut().poll(cx) {
+                    return Poll::Ready(r.map(|()| false));
+                }
+                conn.stream.poll_read_ready(cx).map(|_| Ok(true))
+            })
+            .await
+            .map_err(SendError::Client)?;
+            if spoke {
+                return Ok(Sent::Early);
+            }
+            continue;
+        }
+        let (frame_start, frame_end): (&[u8], &[u8]) = if streamed && !ready.is_empty() {
+            (chunk_line(ready.len(), &mut line), CHUNK_END)
+        } else {
+            (b"", b"")
+        };
+        let last: &[u8] = if streamed && complete { LAST_CHUNK } else { b"" };
+        let head: &[u8] = if first { f.head } else { b"" };
+        let mut slices = [
+            IoSlice::new(head),
+            IoSlice::new(frame_start),
+            IoSlice::new(ready),
+            IoSlice::new(frame_end),
+            IoSlice::new(last),
+        ];
+        let n = ready.len();
+        // The head was read a moment ago: its clock reading serves the first write.
+        let now = if first { f.start } else { Instant::now() };
+        timer.set(now + send_timeout);
+        match write_watching(conn, &mut slices, timer, !first).await {
+            Written::All => {}
+            Written::UpstreamSpoke => return Ok(Sent::Early),
+            Written::Failed(e) => return Err(SendError::Upstream(e)),
+        }
+        down.consume(n);
+        if complete {
+            return Ok(Sent::All { at_once: first });
+        }
+        first = false;
+    }
+}
+
+enum Written {
+    All,
+    UpstreamSpoke,
+    Failed(std::io::Error),
+}
+
+/// Writes `slices` to the upstream within `timer`; with `watch`, stops as soon as the upstream
+/// has something to say (an early answer to a request whose body is still coming).
+async fn write_watching(
+    conn: &mut RawConn,
+    slices: &mut [IoSlice<'_>],
+    timer: &mut LazyTimer,
+    watch: bool,
+) -> Written {
+    let mut slices = slices;
+    IoSlice::advance_slices(&mut slices, 0);
+    std::future::poll_fn(|cx| {
+        match poll_write_all(&mut conn.stream, &mut slices, cx) {
+            Poll::Ready(Ok(())) => return Poll::Ready(Written::All),
+            Poll::Ready(Err(e)) => return Poll::Ready(Written::Failed(e)),
+            Poll::Pending => {}
+        }
+        if watch && conn.stream.poll_read_ready(cx).is_ready() {
+            return Poll::Ready(Written::UpstreamSpoke);
+        }
+        timer.poll_expired(cx).map(|()| {
+            Written::Failed(std::io::Error::new(std::io::ErrorKind::TimedOut, "send timeout"))
+        })
+    })
+    .await
+}
+
+/// How a wait on the upstream ended.
+pub enum Waited<T> {
+    Done(T),
+    TimedOut,
+    /// The client left and the request may be cancelled.
+    ClientGone,
+}
+
+/// Waits for `fut` until `deadline`. From [`WATCH_AFTER`] after `since`, the client is watched
+/// too (`gone` polls it): if it leaves — broken, or closed when `cancel_on_close` — the wait ends
+/// with `ClientGone`; a client that only closed its side of a request that must not be cut is
+/// left to read its answer.
+pub async fn wait_upstream<F: Future>(
+    fut: F,
+    timer: &mut LazyTimer,
+    since: Instant,
+    deadline: Instant,
+    mut gone: impl FnMut(&mut Context<'_>) -> Poll<Gone>,
+    cancel_on_close: bool,
+) -> Waited<F::Output> {
+    let mut fut = pin!(fut);
+    let watch_from = since + WATCH_AFTER;
+    let mut watching = watch_from >= deadline;
+    timer.set(if watching { deadline } else { watch_from });
+    // Set once the client closed without that being a reason to stop: stop looking.
+    let mut settled = false;
+    std::future::poll_fn(|cx| loop {
+        if let Poll::Ready(v) = fut.as_mut().poll(cx) {
+            return Poll::Ready(Waited::Done(v));
+        }
+        if watching && !settled {
+            match gone(cx) {
+                Poll::Ready(Gone::Reset) => return Poll::Ready(Waited::ClientGone),
+                Poll::Ready(Gone::Closed) if cancel_on_close => {
+                    return Poll::Ready(Waited::ClientGone)
+                }
+                Poll::Ready(Gone::Closed) => settled = true,
+                Poll::Pending => {}
+            }
+        }
+        match timer.poll_expired(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(()) if watching => return Poll::Ready(Waited::TimedOut),
+            Poll::Ready(()) => {
+                watching = true;
+                timer.set(deadline);
+            }
+        }
+    })
+    .await
+}

@@ -1,0 +1,157 @@
+//! The request as every stage after parsing sees it, whichever engine parsed it: routing,
+//! admission, balancing keys and the proxy read a [`RequestView`] and nothing engine-specific.
+
+use std::net::SocketAddr;
+
+use http::{Method, Version};
+
+use crate::headers::{
+    forwards_request_field, push_field, via_for, write_forwarding, HeaderLookup, Name,
+};
+use crate::response::itoa_u64;
+
+/// How the body of a request is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFraming {
+    /// No body.
+    None,
+    /// `Content-Length` bytes.
+    Length(u64),
+    /// A body of unknown length, streamed (chunked on HTTP/1.1, DATA frames on HTTP/2).
+    Streamed,
+}
+
+/// One request, borrowed from the engine that parsed it.
+pub struct RequestView<'a> {
+    pub method: &'a Method,
+    /// The version the client spoke.
+    pub version: Version,
+    /// The path, without the query.
+    pub path: &'a [u8],
+    /// The path and query as sent upstream (origin form).
+    pub target: &'a [u8],
+    /// The authority of an absolute target, else the `Host` field; `None` when neither is given.
+    pub host: Option<&'a [u8]>,
+    pub headers: &'a dyn HeaderLookup,
+    pub framing: BodyFraming,
+    /// The client's address.
+    pub peer: SocketAddr,
+}
+
+impl RequestView<'_> {
+    /// Whether sending the request twice has the effect of sending it once (RFC 9110 §9.2.2),
+    /// or the client made it so with an `Idempotency-Key`. Only such requests may be retried
+    /// after they may have reached an upstream, or cancelled when their client leaves.
+    pub fn is_idempotent(&self) -> bool {
+        self.method.is_idempotent() || self.headers.first("idempotency-key").is_some()
+    }
+
+    /// The declared body length, when there is one.
+    pub fn declared_length(&self) -> Option<u64> {
+        match self.framing {
+            BodyFraming::Length(n) => Some(n),
+            BodyFraming::None => Some(0),
+            BodyFraming::Streamed => None,
+        }
+    }
+}
+
+/// One field of a client's request, as the upstream head writer sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct FieldRef<'a> {
+    pub name: &'a [u8],
+    pub value: &'a [u8],
+    pub class: Name,
+    /// Listed in the request's `Connection` field: not forwarded.
+    pub named: bool,
+}
+
+/// What the head sent upstream says, besides the client's own fields.
+pub struct UpstreamHead<'a> {
+    pub method: &'a Method,
+    /// Path and query.
+    pub target: &'a [u8],
+    /// The client's host, written as `Host` unless `None` (the proxy then adds the server's).
+    pub host: Option<&'a [u8]>,
+    /// The host the client asked for, for `X-Forwarded-Host`.
+    pub forwarded_host: Option<&'a [u8]>,
+    /// Keep `Upgrade` and send `Connection: upgrade`.
+    pub upgrade: bool,
+    /// Ask the upstream for trailers (`TE: trailers`).
+    pub te_trailers: bool,
+    pub framing: BodyFraming,
+    pub peer: SocketAddr,
+    /// The version the client spoke (for `Via`).
+    pub version: Version,
+}
+
+/// Writes the head sent upstream into `out`, without the final blank line (nor `Host` when the
+/// proxy adds the server's): the request line in origin form, the client's end-to-end fields,
+/// then what Seawall states itself — `Host`, `Upgrade`, `TE`, exactly one framing field matching
+/// the bytes that follow, and the forwarding fields. One writer for both engines.
+pub fn write_upstream_head<'f, I>(out: &mut Vec<u8>, head: &UpstreamHead<'_>, fields: I)
+where
+    I: Iterator<Item = FieldRef<'f>> + Clone,
+{
+    out.clear();
+    out.extend_from_slice(head.method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(head.target);
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for field in fields.clone() {
+        if forwards_request_field(field.class) && !field.named {
+            push_field(out, field.name, field.value);
+        }
+    }
+    if let Some(host) = head.host {
+        push_field(out, b"host", host);
+    }
+    if head.upgrade {
+        for field in fields.clone().filter(|f| f.class == Name::Upgrade) {
+            push_field(out, b"upgrade", field.value);
+        }
+        out.extend_from_slice(b"connection: upgrade\r\n");
+    }
+    if head.te_trailers {
+        out.extend_from_slice(b"te: trailers\r\n");
+    }
+    match head.framing {
+        BodyFraming::None => {}
+        BodyFraming::Length(n) => {
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(itoa_u64(n, &mut [0u8; 20]));
+            out.extend_from_slice(b"\r\n");
+        }
+        BodyFraming::Streamed => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+    }
+    let prior = fields.filter(|f| f.class == Name::XForwardedFor && !f.named).map(|f| f.value);
+    write_forwarding(out, prior, head.peer.ip(), head.forwarded_host, via_for(head.version));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idempotency_comes_from_the_method_or_a_key() {
+        let mut headers = http::HeaderMap::new();
+        let view = |method: &Method, headers: &http::HeaderMap| {
+            let v = RequestView {
+                method,
+                version: Version::HTTP_11,
+                path: b"/",
+                target: b"/",
+                host: None,
+                headers,
+                framing: BodyFraming::None,
+                peer: "127.0.0.1:1".parse().unwrap(),
+            };
+            v.is_idempotent()
+        };
+        assert!(view(&Method::GET, &headers));
+        assert!(view(&Method::PUT, &headers));
+        assert!(!view(&Method::POST, &headers));
+        headers.insert("idempotency-key", "abc".parse().unwrap());
+        assert!(view(&Method::POST, &headers));
+    }
+}

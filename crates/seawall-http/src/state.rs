@@ -1,0 +1,161 @@
+//! State shared by the workers and the control plane: the current [`Snapshot`] (swapped whole on
+//! reload), the metrics registry, the gateway's phase (running, draining, stopped) and the
+//! reload procedure. Engines reach it through their [`Worker`](crate::worker::Worker).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use seawall_config::{Config, ConfigErrors};
+use tokio::sync::{watch, Notify};
+
+use crate::metrics::Registry;
+use crate::snapshot::Snapshot;
+use crate::upstream::health::HealthChecks;
+
+/// The life of the gateway, as the workers see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Running,
+    /// Stop accepting; finish what is in flight.
+    Draining,
+    /// Exit now.
+    Stopped,
+}
+
+/// The settings that only a restart changes, as the gateway runs them (a reloaded file may say
+/// otherwise until then).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Running {
+    pub listen: SocketAddr,
+    pub admin: SocketAddr,
+    pub workers: usize,
+    pub max_connections: usize,
+}
+
+/// State shared by the workers and the control plane.
+pub struct Shared {
+    /// The configuration and live state that requests use; swapped whole on reload.
+    pub snapshot: ArcSwap<Snapshot>,
+    /// Bumped after each swap of `snapshot`: workers compare it (one atomic load) before they
+    /// pay for loading the snapshot itself.
+    pub generation: AtomicU64,
+    pub registry: Arc<Registry>,
+    /// The file the configuration came from, for reloads.
+    pub config_path: Option<PathBuf>,
+    /// True once shutdown has begun (`/readyz` answers 503).
+    pub draining: AtomicBool,
+    pub running: Running,
+    pub(crate) phase: watch::Sender<Phase>,
+    /// Open client connections allowed per worker: `server.max_connections` split evenly (each
+    /// worker has its own accept queue, so one shared cap could leave a connection waiting in a
+    /// queue whose worker has no permit while another worker holds a free one).
+    pub(crate) connections_per_worker: usize,
+    /// Woken each time a client connection closes (the drain waits on it).
+    pub(crate) connection_closed: Notify,
+    /// Serialises reloads so two cannot interleave.
+    reload_lock: Mutex<()>,
+    health: Mutex<HealthChecks>,
+    control: tokio::runtime::Handle,
+}
+
+/// Why a reload did not take effect.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("no configuration file to reload from")]
+    NoFile,
+    #[error("{0}")]
+    Invalid(ConfigErrors),
+    #[error("the reload did not complete: {0}")]
+    Interrupted(String),
+}
+
+impl Shared {
+    /// Shared state for a gateway starting with `snapshot`; health checks run on `control`.
+    pub(crate) fn new(
+        snapshot: Arc<Snapshot>,
+        registry: Arc<Registry>,
+        config_path: Option<PathBuf>,
+        running: Running,
+        control: tokio::runtime::Handle,
+    ) -> Self {
+        let workers = running.workers.max(1);
+        let (phase, _) = watch::channel(Phase::Running);
+        Shared {
+            health: Mutex::new(HealthChecks::spawn(&control, &snapshot)),
+            connections_per_worker: (running.max_connections / workers).max(1),
+            snapshot: ArcSwap::new(snapshot),
+            generation: AtomicU64::new(0),
+            registry,
+            config_path,
+            draining: AtomicBool::new(false),
+            running,
+            phase,
+            connection_closed: Notify::new(),
+            reload_lock: Mutex::new(()),
+            control,
+        }
+    }
+
+    /// Re-reads the configuration file and, if it is valid, makes it current.
+    pub fn reload(&self) -> Result<(), ReloadError> {
+        let path = self.config_path.as_ref().ok_or(ReloadError::NoFile)?;
+        match seawall_config::load(path) {
+            Ok(config) => {
+                self.apply(config);
+                Ok(())
+            }
+            Err(errors) => {
+                self.registry.config_reload_failures.add(1);
+                for e in &errors.0 {
+                    tracing::error!(error = %e, "configuration reload refused; the running configuration stays");
+                }
+                Err(ReloadError::Invalid(errors))
+            }
+        }
+    }
+
+    /// [`Shared::reload`] on a blocking thread: reading the file and resolving server names may
+    /// block, and the control runtime also serves the admin API and health checks.
+    pub async fn reload_in_background(shared: &Arc<Shared>) -> Result<(), ReloadError> {
+        let shared = Arc::clone(shared);
+        match tokio::task::spawn_blocking(move || shared.reload()).await {
+            Ok(result) => result,
+            Err(e) => {
+                tracing::error!(error = %e, "configuration reload task failed");
+                Err(ReloadError::Interrupted(e.to_string()))
+            }
+        }
+    }
+
+    /// Makes a validated configuration current, keeping the state of what survives.
+    pub fn apply(&self, config: Config) {
+        let _serial = self.reload_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let previous = self.snapshot.load_full();
+        let new = &config.server;
+        let running = self.running;
+        if running.listen != new.listen
+            || running.admin != new.admin
+            || running.workers != new.workers
+            || running.max_connections != new.max_connections
+        {
+            tracing::warn!("server.listen, server.admin, server.workers and server.max_connections take effect only after a restart");
+        }
+        let snapshot = Arc::new(Snapshot::build(config, Some(&previous), &self.registry));
+        {
+            let mut health = self.health.lock().unwrap_or_else(|p| p.into_inner());
+            *health = HealthChecks::spawn(&self.control, &snapshot);
+        }
+        self.snapshot.store(snapshot);
+        self.generation.fetch_add(1, Ordering::Release);
+        self.registry.config_reloads.add(1);
+        tracing::info!("configuration reloaded");
+    }
+
+    /// Stops the health checks (at shutdown).
+    pub(crate) fn stop_health_checks(&self) {
+        self.health.lock().unwrap_or_else(|p| p.into_inner()).stop();
+    }
+}
