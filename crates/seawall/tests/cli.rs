@@ -153,12 +153,14 @@ fn run_reloads_on_sighup_and_on_file_change_and_drains_on_sigterm() {
         )
     };
     let path = temp_config("run", &config("/first"));
+    let log_path = path.with_extension("log");
+    let log = std::fs::File::create(&log_path).unwrap();
     let running = Running(Some(
         seawall()
             .args(["run", "--config"])
             .arg(&path)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .unwrap(),
     ));
@@ -191,6 +193,10 @@ fn run_reloads_on_sighup_and_on_file_change_and_drains_on_sigterm() {
 
     signal(child, "-TERM");
     assert_eq!(exit_code(running.take()), 0);
+    // A log that is not a terminal gets plain text: no colour codes.
+    let logged = std::fs::read_to_string(&log_path).unwrap();
+    assert!(logged.contains("configuration reloaded"), "{logged}");
+    assert!(!logged.contains('\u{1b}'), "colour codes in a file: {logged:?}");
 }
 
 #[test]
