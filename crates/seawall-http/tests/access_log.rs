@@ -35,13 +35,15 @@ async fn one_json_line_per_request() {
         .init();
     let origin = Origin::start().await;
     let mut cfg = config(&format!(
-        "[upstreams.app]\nservers = [\"{}\"]\n[[routes]]\nname = \"echo\"\npath_prefix = \"/echo\"\nupstream = \"app\"\n",
+        "[upstreams.app]\nservers = [\"{}\"]\n[[routes]]\nname = \"echo\"\npath_prefix = \"/echo\"\nupstream = \"app\"\n\
+         [[routes]]\nname = \"slow\"\npath = \"/slow\"\nupstream = \"app\"\n",
         origin.addr
     ));
     cfg.log.access_log = true;
     let gw = start(cfg).await;
     assert_eq!(get(gw.listen_addr(), "/echo").await.status, StatusCode::OK);
     assert_eq!(get(gw.listen_addr(), "/nowhere").await.status, StatusCode::NOT_FOUND);
+    assert_eq!(get(gw.listen_addr(), "/slow?ms=200").await.status, StatusCode::OK);
     gw.shutdown().await;
 
     let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
@@ -49,7 +51,7 @@ async fn one_json_line_per_request() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
         .collect();
-    assert_eq!(lines.len(), 2, "{text}");
+    assert_eq!(lines.len(), 3, "{text}");
     let first = &lines[0];
     assert_eq!(first["target"], "seawall::access");
     assert_eq!(first["route"], "echo");
@@ -58,7 +60,7 @@ async fn one_json_line_per_request() {
     assert_eq!(first["status"], 200);
     assert_eq!(first["path"], "/echo");
     assert_eq!(first["method"], "GET");
-    assert!(first["duration_ms"].as_f64().unwrap() >= 0.0);
+    assert!(first["duration_ms"].as_f64().unwrap() < 200.0, "{first}");
     assert_eq!(first["reason"], "");
     let refused = &lines[1];
     assert_eq!(
@@ -66,4 +68,9 @@ async fn one_json_line_per_request() {
         (Some(404), Some("no_route"))
     );
     assert_eq!(refused["route"], "");
+    // The duration covers the wait for the upstream's answer.
+    let slow = &lines[2];
+    assert_eq!((slow["route"].as_str(), slow["status"].as_u64()), (Some("slow"), Some(200)));
+    let took = slow["duration_ms"].as_f64().unwrap();
+    assert!((200.0..5000.0).contains(&took), "{slow}");
 }

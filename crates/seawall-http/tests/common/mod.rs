@@ -1,6 +1,10 @@
 //! Test fixtures: a real origin server, a gateway built from TOML, and small HTTP clients.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+mod engines;
+#[allow(unused_imports)]
+pub use engines::*;
+
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
