@@ -96,6 +96,10 @@ where
     out.clear();
     out.extend_from_slice(head.method.as_str().as_bytes());
     out.push(b' ');
+    if !head.target.starts_with(b"/") && head.target != b"*" {
+        // An absolute target without a path (`http://host?q`): origin form starts with `/`.
+        out.push(b'/');
+    }
     out.extend_from_slice(head.target);
     out.extend_from_slice(b" HTTP/1.1\r\n");
     for field in fields.clone() {

@@ -270,22 +270,18 @@ impl RequestHead {
         self.fields.len()
     }
 
-    /// The request target as sent upstream: path and query (`/` when an absolute target had no
-    /// path).
+    /// The request target's path and query (from an absolute target, they may lack the leading
+    /// `/`, which the upstream head writer adds).
     pub fn target<'b>(&self, buf: &'b [u8]) -> &'b [u8] {
-        match slice(buf, self.target) {
-            [] => b"/",
-            target => target,
-        }
+        slice(buf, self.target)
     }
 
-    /// The path, without the query.
+    /// The path, without the query (`/` when an absolute target had none).
     pub fn path<'b>(&self, buf: &'b [u8]) -> &'b [u8] {
         let target = self.target(buf);
-        match memchr::memchr(b'?', target) {
-            Some(0) => b"/",
-            Some(i) => &target[..i],
-            None => target,
+        match memchr::memchr(b'?', target).map_or(target, |i| &target[..i]) {
+            [] => b"/",
+            path => path,
         }
     }
 
@@ -399,5 +395,164 @@ impl HeaderLookup for HeadFields<'_> {
             .iter()
             .find(|f| slice(self.buf, f.name).eq_ignore_ascii_case(name.as_bytes()))?;
         Some(slice(self.buf, field.value))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: Limits = Limits { max_header_size: 16 * 1024, max_headers: 100 };
+
+    fn parsed(text: &str) -> (RequestHead, Parsed) {
+        let mut head = RequestHead::default();
+        let result = head.parse(text.as_bytes(), LIMITS);
+        (head, result)
+    }
+
+    fn refused(text: &str) -> Reason {
+        match parsed(text).1 {
+            Parsed::Refused(r) => r.reason,
+            other => panic!("{text:?} was not refused: {other:?}"),
+        }
+    }
+
+    fn upstream(text: &str, host_is_server: bool) -> String {
+        let (head, result) = parsed(text);
+        assert_eq!(result, Parsed::Complete, "{text:?}");
+        let mut out = Vec::new();
+        head.write_upstream(
+            text.as_bytes(),
+            &mut out,
+            "192.0.2.7:1".parse().unwrap(),
+            host_is_server,
+        );
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn every_http1_shape_is_served_here() {
+        for text in [
+            "GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+            "GET / HTTP/1.0\r\n\r\n",
+            "GET http://a.example/x?y HTTP/1.1\r\nHost: a\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "PUT / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+            "OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n",
+        ] {
+            assert_eq!(parsed(text).1, Parsed::Complete, "{text}");
+        }
+        assert_eq!(parsed("GET / HTTP/1.1\r\nHost: a\r\n").1, Parsed::Partial);
+    }
+
+    #[test]
+    fn what_a_server_must_refuse_is_refused() {
+        for (text, reason) in [
+            ("GET / HTTP/1.1\r\n\r\n", Reason::BadRequest),
+            ("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", Reason::BadRequest),
+            ("GET / HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n", Reason::BadRequest),
+            ("GET / HTTP/1.1\r\nHost: a b\r\n\r\n", Reason::BadRequest),
+            ("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", Reason::BadRequest),
+            ("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1, 1\r\n\r\n", Reason::BadRequest),
+            ("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: -1\r\n\r\n", Reason::BadRequest),
+            ("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 99999999999999999999\r\n\r\n", Reason::BadRequest),
+            ("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n", Reason::BadRequest),
+            ("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, chunked\r\n\r\n", Reason::BadRequest),
+            ("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n", Reason::BadRequest),
+            ("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding:\r\n\r\n", Reason::BadRequest),
+            ("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", Reason::BadRequest),
+            ("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n", Reason::UnsupportedTransferCoding),
+            ("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", Reason::UnsupportedTransferCoding),
+            ("GET / HTTP/1.1\r\nHost: a\r\nExpect: magic\r\n\r\n", Reason::ExpectationFailed),
+            ("CONNECT a:443 HTTP/1.1\r\nHost: a\r\n\r\n", Reason::BadRequest),
+            ("GET a/b HTTP/1.1\r\nHost: a\r\n\r\n", Reason::BadRequest),
+            ("GET http:///x HTTP/1.1\r\nHost: a\r\n\r\n", Reason::BadRequest),
+            ("GET / HTTP/1.1\r\nHost: a\r\nX-Folded: a\r\n b\r\n\r\n", Reason::BadRequest),
+            ("GET / HTTP/1.1\r\nHost : a\r\n\r\n", Reason::BadRequest),
+            ("GET / HTTP/2.0\r\n\r\n", Reason::BadRequest),
+            ("GARBAGE\r\n\r\n", Reason::BadRequest),
+        ] {
+            assert_eq!(refused(text), reason, "{text:?}");
+        }
+        let big = format!("GET / HTTP/1.1\r\nHost: a\r\nX: {}\r\n\r\n", "a".repeat(20_000));
+        assert_eq!(refused(&big), Reason::HeaderTooLarge);
+        let partial_big = format!("GET / HTTP/1.1\r\nHost: a\r\nX: {}", "a".repeat(20_000));
+        assert_eq!(refused(&partial_big), Reason::HeaderTooLarge);
+        let many: String = (0..150).map(|i| format!("X-{i}: v\r\n")).collect();
+        assert_eq!(
+            refused(&format!("GET / HTTP/1.1\r\nHost: a\r\n{many}\r\n")),
+            Reason::HeaderTooLarge
+        );
+    }
+
+    #[test]
+    fn more_fields_than_the_stack_holds_are_read_up_to_max_headers() {
+        let many: String = (0..150).map(|i| format!("X-{i}: v\r\n")).collect();
+        let text = format!("GET / HTTP/1.1\r\nHost: a\r\n{many}\r\n");
+        let mut head = RequestHead::default();
+        let limits = Limits { max_header_size: 64 * 1024, max_headers: 200 };
+        assert_eq!(head.parse(text.as_bytes(), limits), Parsed::Complete);
+        assert_eq!(head.field_count(), 151);
+    }
+
+    #[test]
+    fn the_upstream_head_has_one_framing_field_and_no_hop_by_hop_fields() {
+        let text = "POST /p?q=1 HTTP/1.1\r\nHost: shop\r\nConnection: keep-alive, x-secret\r\n\
+                    Connection: content-length, host, x-other\r\nX-Secret: 1\r\nX-Other: 2\r\nKeep-Alive: 5\r\n\
+                    Proxy-Authorization: x\r\nX-Forwarded-For: 10.0.0.1\r\nX-Forwarded-For: 10.0.0.2\r\n\
+                    X-Forwarded-Host: evil\r\nX-Forwarded-Proto: https\r\nContent-Length: 3\r\n\
+                    Content-Length: 3\r\nTE: trailers, deflate\r\nExpect: 100-continue\r\nX-Kept: yes\r\n\r\n";
+        assert_eq!(
+            upstream(text, true),
+            "POST /p?q=1 HTTP/1.1\r\nX-Kept: yes\r\nte: trailers\r\ncontent-length: 3\r\n\
+             x-forwarded-for: 10.0.0.1, 10.0.0.2, 192.0.2.7\r\nx-forwarded-proto: http\r\n\
+             x-forwarded-host: shop\r\nvia: 1.1 seawall\r\n"
+        );
+        assert!(
+            upstream(text, false).contains("host: shop\r\n"),
+            "Connection: host cannot drop Host"
+        );
+    }
+
+    #[test]
+    fn absolute_targets_http10_and_upgrades() {
+        let out =
+            upstream("GET HTTP://Api.Example:8080?x=1 HTTP/1.1\r\nHost: other\r\n\r\n", false);
+        assert!(out.starts_with("GET /?x=1 HTTP/1.1\r\n"), "{out}");
+        assert!(out.contains("host: Api.Example:8080\r\n"), "the target's authority wins: {out}");
+        let (head, _) = parsed("GET http://a/x HTTP/1.1\r\nHost: b\r\n\r\n");
+        assert_eq!(head.path(b"GET http://a/x HTTP/1.1\r\nHost: b\r\n\r\n"), b"/x");
+
+        let text = "GET / HTTP/1.0\r\nX-Forwarded-Host: evil\r\n\r\n";
+        let (head, _) = parsed(text);
+        assert!(head.close, "HTTP/1.0 closes unless asked to keep alive");
+        let out = upstream(text, true);
+        assert!(!out.contains("x-forwarded-host"), "no Host, no X-Forwarded-Host: {out}");
+        assert!(out.contains("via: 1.0 seawall\r\n"), "{out}");
+        let (head, _) = parsed("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+        assert!(!head.close);
+
+        let text = "GET /ws HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\n\r\n";
+        let (head, _) = parsed(text);
+        assert!(head.upgrade);
+        let out = upstream(text, false);
+        assert!(out.contains("upgrade: websocket\r\nconnection: upgrade\r\n"), "{out}");
+        let (head, _) = parsed("GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n\r\n");
+        assert!(!head.upgrade, "Upgrade without Connection: upgrade is hop-by-hop noise");
+    }
+
+    #[test]
+    fn lookups_are_case_insensitive() {
+        let text = "GET / HTTP/1.1\r\nHost: a\r\nCookie: a=1\r\ncookie: b=2\r\n\r\n";
+        let (head, _) = parsed(text);
+        let fields = head.fields(text.as_bytes());
+        assert_eq!(fields.first("COOKIE"), Some(&b"a=1"[..]));
+        let mut all = Vec::new();
+        fields.for_each_value("cookie", &mut |v| {
+            all.push(v.to_vec());
+            false
+        });
+        assert_eq!(all.len(), 2);
     }
 }

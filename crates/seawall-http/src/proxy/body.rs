@@ -383,3 +383,109 @@ impl UpstreamResponse {
         (self.conn, rest)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+    use std::sync::Arc;
+
+    use tokio::io::AsyncWriteExt;
+
+    use super::*;
+    use crate::metrics::Registry;
+    use crate::response::{self, Parsed};
+    use crate::upstream::pool::WorkerPools;
+
+    /// Keeps what it is shown.
+    #[derive(Clone, Default)]
+    struct Seen(Rc<RefCell<(Vec<u8>, Option<bool>)>>);
+
+    impl BodyTap for Seen {
+        fn data(&mut self, bytes: &[u8]) {
+            self.0.borrow_mut().0.extend_from_slice(bytes);
+        }
+        fn end(&mut self, complete: bool) {
+            self.0.borrow_mut().1 = Some(complete);
+        }
+    }
+
+    /// A response read from an upstream that writes `pieces` (with a pause between them).
+    async fn response(pieces: &'static [&'static [u8]]) -> UpstreamResponse {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            for piece in pieces {
+                socket.write_all(piece).await.unwrap();
+                tokio::task::yield_now().await;
+            }
+        });
+        let pools = WorkerPools::new(Arc::new(Registry::new(1)));
+        let mut conn = pools.connect(addr, Duration::from_secs(1)).await.unwrap();
+        let head = loop {
+            conn.buf.reserve(1024);
+            tokio::io::AsyncReadExt::read_buf(&mut conn.stream, &mut conn.buf).await.unwrap();
+            match response::parse(&conn.buf, &http::Method::GET, false, &mut conn.fields).unwrap() {
+                Parsed::Head(head) => break head,
+                Parsed::Partial => {}
+            }
+        };
+        UpstreamResponse::new(conn, head, true, Duration::from_secs(5))
+    }
+
+    async fn relay_raw(response: &mut UpstreamResponse) -> Vec<u8> {
+        let mut timer = LazyTimer::new(Instant::now());
+        let mut raw = Vec::new();
+        loop {
+            let (bytes, done) = response.raw_ready().unwrap();
+            raw.extend_from_slice(bytes);
+            if done {
+                return raw;
+            }
+            response.fill(&mut timer).await.unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_tap_sees_the_decoded_body_while_raw_bytes_pass_through() {
+        let mut r = response(&[
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel",
+            b"lo\r\n6;ext=1\r\n world\r\n0\r\nx-sum: 1\r\n\r\n",
+        ])
+        .await;
+        let seen = Seen::default();
+        r.set_tap(Box::new(seen.clone()));
+        let raw = relay_raw(&mut r).await;
+        assert_eq!(raw, b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nx-sum: 1\r\n\r\n");
+        assert_eq!(seen.0.borrow().1, None, "not ended before the relay is finished");
+        r.finish();
+        assert_eq!(&seen.0.borrow().0, b"hello world");
+        assert_eq!(seen.0.borrow().1, Some(true));
+    }
+
+    #[tokio::test]
+    async fn a_tap_hears_of_a_cut_body() {
+        let mut r = response(&[b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhalf", b""]).await;
+        let seen = Seen::default();
+        r.set_tap(Box::new(seen.clone()));
+        let (first, done) = r.raw_ready().unwrap();
+        assert_eq!((first, done), (&b"half"[..], false));
+        let mut timer = LazyTimer::new(Instant::now());
+        let cut = r.fill(&mut timer).await;
+        assert_eq!(cut, Err(BodyFault::Broken("closed before the body ended")));
+        drop(r);
+        assert_eq!(seen.0.borrow().1, Some(false), "an abandoned body ends incomplete");
+    }
+
+    #[tokio::test]
+    async fn decoding_gives_data_and_trailers() {
+        let mut r = response(&[
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nx-t: 9\r\n\r\n",
+        ])
+        .await;
+        let mut data = Vec::new();
+        assert!(r.decoded_ready(&mut |d| data.extend_from_slice(d)).unwrap());
+        assert_eq!(data, b"abc");
+        assert_eq!(r.trailers(), b"x-t: 9\r\n");
+    }
+}

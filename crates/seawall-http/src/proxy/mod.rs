@@ -590,3 +590,51 @@ pub async fn wait_upstream<F: Future>(
     })
     .await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A client body that arrives in `pieces`, one per fill.
+    struct Pieces {
+        pieces: Vec<&'static [u8]>,
+        at: usize,
+        pos: usize,
+    }
+
+    impl Downstream for Pieces {
+        fn ready(&mut self) -> Result<(&[u8], bool), BodyError> {
+            let piece = self.pieces.get(self.at).copied().unwrap_or_default();
+            Ok((&piece[self.pos..], self.at + 1 >= self.pieces.len()))
+        }
+        fn consume(&mut self, n: usize) {
+            self.pos += n;
+        }
+        fn is_complete(&self) -> bool {
+            self.at + 1 >= self.pieces.len() && self.pos >= self.pieces[self.at].len()
+        }
+        fn rewind(&mut self) -> bool {
+            false
+        }
+        async fn fill(&mut self, _timer: &mut LazyTimer) -> Result<(), BodyError> {
+            self.at += 1;
+            self.pos = 0;
+            Ok(())
+        }
+        fn poll_gone(&mut self, _cx: &mut Context<'_>) -> Poll<Gone> {
+            Poll::Pending
+        }
+        async fn interim(&mut self, _view: &ResponseView<'_>) -> Result<(), BodyError> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_whole_body_is_read_within_its_bound() {
+        let mut timer = LazyTimer::new(Instant::now());
+        let mut body = Pieces { pieces: vec![b"ab", b"", b"cde"], at: 0, pos: 0 };
+        assert_eq!(body.read_to_end(&mut timer, 5).await, Ok(b"abcde".to_vec()));
+        let mut body = Pieces { pieces: vec![b"ab", b"cdef"], at: 0, pos: 0 };
+        assert_eq!(body.read_to_end(&mut timer, 5).await, Err(BodyError::TooLarge(5)));
+    }
+}
