@@ -11,8 +11,6 @@ use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::error::ConfigErrors;
-
 /// A string value with its position in the file.
 pub type Text = Spanned<String>;
 
@@ -200,14 +198,4 @@ pub struct RawRoute {
 pub struct RawHeaderMatch {
     pub name: Text,
     pub value: Option<Text>,
-}
-
-/// Parses TOML into the raw model. Every unknown key and mistyped value is reported, each with its
-/// position and key path, in file order; a syntax error is reported alone.
-pub fn parse(source: &str, file: &str) -> Result<RawConfig, ConfigErrors> {
-    let read = crate::recover::read(source, file);
-    match read.raw {
-        Some(raw) if read.errors.is_empty() => Ok(raw),
-        _ => Err(ConfigErrors(crate::recover::in_file_order(read.errors))),
-    }
 }

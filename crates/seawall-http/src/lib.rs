@@ -11,12 +11,14 @@
 //!   engine-neutral upstream call);
 //! - the engines, which only move bytes: [`h1`] (HTTP/1.x, Seawall's own) and [`h2`] (hyper,
 //!   HTTP/2);
-//! - [`server`] (listeners, workers, parked connections, drain) and [`admin`] on top.
+//! - [`server`] (listeners, workers, parked connections), then [`admin`], and [`gateway`] on top
+//!   (start, reload, drain).
 
 pub mod admin;
 pub mod chunked;
 pub mod control;
 pub mod faultlog;
+pub mod gateway;
 pub mod h1;
 pub mod h2;
 pub mod headers;
@@ -36,5 +38,6 @@ pub mod timer;
 pub mod upstream;
 pub mod worker;
 
-pub use server::{Gateway, StartError};
+pub use gateway::Gateway;
+pub use server::StartError;
 pub use state::{ReloadError, Shared};

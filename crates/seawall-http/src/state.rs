@@ -84,7 +84,7 @@ impl Shared {
         let workers = running.workers.max(1);
         let (phase, _) = watch::channel(Phase::Running);
         Shared {
-            health: Mutex::new(HealthChecks::spawn(&control, &snapshot)),
+            health: Mutex::new(HealthChecks::spawn(&control, &snapshot.upstreams)),
             connections_per_worker: (running.max_connections / workers).max(1),
             snapshot: ArcSwap::new(snapshot),
             generation: AtomicU64::new(0),
@@ -146,7 +146,7 @@ impl Shared {
         let snapshot = Arc::new(Snapshot::build(config, Some(&previous), &self.registry));
         {
             let mut health = self.health.lock().unwrap_or_else(|p| p.into_inner());
-            *health = HealthChecks::spawn(&self.control, &snapshot);
+            *health = HealthChecks::spawn(&self.control, &snapshot.upstreams);
         }
         self.snapshot.store(snapshot);
         self.generation.fetch_add(1, Ordering::Release);

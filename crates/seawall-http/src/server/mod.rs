@@ -1,10 +1,12 @@
-//! The gateway process: worker threads, listeners, connections, reload and graceful shutdown.
+//! The worker threads: listeners, connections, parked idle connections, and each worker's part in
+//! the drain.
 //!
 //! Layout (decided for CPU per request, see `bench/`): one single-threaded tokio runtime per worker
 //! thread, each with its own `SO_REUSEPORT` listener, its own upstream connection pools and its own
 //! metric shards. A request never leaves the thread that accepted its connection, so there are no
 //! cross-thread wake-ups and no shared locks on the request path. The control plane (admin API,
-//! health checks, reloads, signals) runs on the runtime that called [`Gateway::start`].
+//! health checks, reloads, signals) runs on the runtime that started the
+//! [`Gateway`](crate::Gateway).
 //!
 //! A connection is served by the HTTP/1 engine ([`crate::h1`]) or, when it opens with the HTTP/2
 //! preface, by hyper ([`crate::h2`]); an idle HTTP/1 connection parks in its worker's lot.
@@ -13,29 +15,23 @@ pub mod lot;
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
-use seawall_config::Config;
 use tokio::net::TcpStream;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::h1;
 use crate::h2::{self, io::ClientIo, Active};
-use crate::metrics::{set_worker_shard, Registry};
+use crate::metrics::set_worker_shard;
 use crate::signal::LocalSignal;
-use crate::snapshot::Snapshot;
-use crate::state::{Phase, Running, Shared};
+use crate::state::{Phase, Shared};
 use crate::worker::Worker;
 use lot::{Parked, ParkingLot};
-
-pub use crate::state::ReloadError;
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -46,142 +42,9 @@ pub enum StartError {
     Thread(std::io::Error),
 }
 
-/// A running gateway.
-pub struct Gateway {
-    shared: Arc<Shared>,
-    threads: Vec<std::thread::JoinHandle<()>>,
-    listen_addr: SocketAddr,
-    admin_addr: SocketAddr,
-    admin_task: tokio::task::JoinHandle<()>,
-}
-
-impl Gateway {
-    /// Binds the listeners and starts the workers, the admin API and health checks. Must be called
-    /// from within a tokio runtime, which then runs the control plane.
-    pub async fn start(
-        config: Config,
-        config_path: Option<PathBuf>,
-    ) -> Result<Gateway, StartError> {
-        let workers = config.server.workers.max(1);
-        let registry = Arc::new(Registry::new(workers));
-        let listeners = bind_reuseport(config.server.listen, workers)?;
-        let listen_addr = listeners[0]
-            .local_addr()
-            .map_err(|source| StartError::Listen { addr: config.server.listen, source })?;
-        let admin_listener = tokio::net::TcpListener::bind(config.server.admin)
-            .await
-            .map_err(|source| StartError::Listen { addr: config.server.admin, source })?;
-        let admin_addr = admin_listener
-            .local_addr()
-            .map_err(|source| StartError::Listen { addr: config.server.admin, source })?;
-        let running = Running {
-            listen: config.server.listen,
-            admin: config.server.admin,
-            workers: config.server.workers,
-            max_connections: config.server.max_connections,
-        };
-        let control = tokio::runtime::Handle::current();
-        let snapshot = Arc::new(Snapshot::build(config, None, &registry));
-        let shared = Arc::new(Shared::new(snapshot, registry, config_path, running, control));
-        let mut threads = Vec::with_capacity(workers);
-        for (index, listener) in listeners.into_iter().enumerate() {
-            let shared = Arc::clone(&shared);
-            let thread = std::thread::Builder::new()
-                .name(format!("seawall-worker-{index}"))
-                .spawn(move || run_worker(index, listener, shared))
-                .map_err(StartError::Thread)?;
-            threads.push(thread);
-        }
-        let admin_task = tokio::spawn(crate::admin::serve(admin_listener, Arc::clone(&shared)));
-        tracing::info!(%listen_addr, %admin_addr, workers, "seawall is listening");
-        Ok(Gateway { shared, threads, listen_addr, admin_addr, admin_task })
-    }
-
-    /// The address the gateway accepts clients on (useful when the config said port 0).
-    pub fn listen_addr(&self) -> SocketAddr {
-        self.listen_addr
-    }
-
-    /// The admin API's address.
-    pub fn admin_addr(&self) -> SocketAddr {
-        self.admin_addr
-    }
-
-    /// State shared with the workers (for reloads and inspection).
-    pub fn shared(&self) -> &Arc<Shared> {
-        &self.shared
-    }
-
-    /// Graceful shutdown: stop accepting, answer `/readyz` with 503, close idle connections and
-    /// tunnels, let in-flight requests finish for up to `server.drain_timeout`, then stop the
-    /// workers. Returns whether everything drained.
-    pub async fn shutdown(self) -> bool {
-        let shared = &self.shared;
-        let drain_timeout = shared.snapshot.load().config.server.drain_timeout;
-        shared.draining.store(true, Relaxed);
-        shared.phase.send_replace(Phase::Draining);
-        tracing::info!(open = shared.registry.connections_open.get(), ?drain_timeout, "draining");
-        let deadline = tokio::time::Instant::now() + drain_timeout;
-        let drained = loop {
-            let closed = shared.connection_closed.notified();
-            tokio::pin!(closed);
-            closed.as_mut().enable();
-            if shared.registry.connections_open.get() <= 0 {
-                break true;
-            }
-            if tokio::time::timeout_at(deadline, closed).await.is_err() {
-                break false;
-            }
-        };
-        if !drained {
-            tracing::warn!(
-                open = shared.registry.connections_open.get(),
-                "drain timeout reached; closing the remaining connections"
-            );
-        }
-        shared.phase.send_replace(Phase::Stopped);
-        let threads = self.threads;
-        let _ = tokio::task::spawn_blocking(move || {
-            for t in threads {
-                let _ = t.join();
-            }
-        })
-        .await;
-        self.admin_task.abort();
-        shared.stop_health_checks();
-        tracing::info!(drained, "stopped");
-        drained
-    }
-
-    /// Runs until SIGTERM or SIGINT, reloading on SIGHUP and whenever the configuration file
-    /// changes; then shuts down gracefully.
-    pub async fn run_until_signal(self) -> std::io::Result<bool> {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate())?;
-        let mut int = signal(SignalKind::interrupt())?;
-        let mut hup = signal(SignalKind::hangup())?;
-        let mut watcher = crate::control::FileWatcher::new(self.shared.config_path.clone());
-        loop {
-            tokio::select! {
-                _ = term.recv() => break,
-                _ = int.recv() => break,
-                _ = hup.recv() => {
-                    tracing::info!("SIGHUP: reloading configuration");
-                    let _ = Shared::reload_in_background(&self.shared).await;
-                }
-                _ = watcher.changed() => {
-                    tracing::info!("configuration file changed: reloading");
-                    let _ = Shared::reload_in_background(&self.shared).await;
-                }
-            }
-        }
-        Ok(self.shutdown().await)
-    }
-}
-
 /// Binds `workers` listeners to the same address with `SO_REUSEPORT` so the kernel spreads
 /// connections across workers. With port 0, the first socket picks the port and the rest join it.
-fn bind_reuseport(
+pub(crate) fn bind_reuseport(
     addr: SocketAddr,
     workers: usize,
 ) -> Result<Vec<std::net::TcpListener>, StartError> {
@@ -233,6 +96,18 @@ struct Host {
     worker: Rc<Worker>,
     /// This worker's idle (parked) client connections.
     lot: Rc<ParkingLot>,
+}
+
+/// Starts worker `index` on a thread of its own, serving `listener`.
+pub(crate) fn spawn_worker(
+    index: usize,
+    listener: std::net::TcpListener,
+    shared: Arc<Shared>,
+) -> Result<std::thread::JoinHandle<()>, StartError> {
+    std::thread::Builder::new()
+        .name(format!("seawall-worker-{index}"))
+        .spawn(move || run_worker(index, listener, shared))
+        .map_err(StartError::Thread)
 }
 
 fn run_worker(index: usize, listener: std::net::TcpListener, shared: Arc<Shared>) {

@@ -19,8 +19,7 @@ use seawall_core::health::{HealthCounter, Transition};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
-use super::ServerState;
-use crate::snapshot::Snapshot;
+use super::{ServerState, UpstreamGroup};
 
 /// The probe tasks of one snapshot; dropping this stops them.
 #[derive(Default)]
@@ -30,9 +29,9 @@ pub struct HealthChecks {
 
 impl HealthChecks {
     /// Starts a probe task for every server of every upstream that has `health` configured.
-    pub fn spawn(runtime: &tokio::runtime::Handle, snapshot: &Snapshot) -> Self {
+    pub fn spawn(runtime: &tokio::runtime::Handle, upstreams: &[UpstreamGroup]) -> Self {
         let mut tasks = Vec::new();
-        for group in &snapshot.upstreams {
+        for group in upstreams {
             let Some(check) = &group.config.health else {
                 // Without active checks a server is always eligible (passive ejection still applies).
                 for s in &group.servers {

@@ -1,0 +1,143 @@
+//! The gateway as a whole: [`Gateway::start`] binds the listeners, starts the workers
+//! ([`crate::server`]), the admin API ([`crate::admin`]) and the health checks; the control plane
+//! then reloads on request and drains on shutdown.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use seawall_config::Config;
+
+use crate::metrics::Registry;
+use crate::server::{self, StartError};
+use crate::snapshot::Snapshot;
+use crate::state::{Phase, Running, Shared};
+
+/// A running gateway.
+pub struct Gateway {
+    shared: Arc<Shared>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    listen_addr: SocketAddr,
+    admin_addr: SocketAddr,
+    admin_task: tokio::task::JoinHandle<()>,
+}
+
+impl Gateway {
+    /// Binds the listeners and starts the workers, the admin API and health checks. Must be called
+    /// from within a tokio runtime, which then runs the control plane.
+    pub async fn start(
+        config: Config,
+        config_path: Option<PathBuf>,
+    ) -> Result<Gateway, StartError> {
+        let workers = config.server.workers.max(1);
+        let registry = Arc::new(Registry::new(workers));
+        let listeners = server::bind_reuseport(config.server.listen, workers)?;
+        let listen_addr = listeners[0]
+            .local_addr()
+            .map_err(|source| StartError::Listen { addr: config.server.listen, source })?;
+        let admin_listener = tokio::net::TcpListener::bind(config.server.admin)
+            .await
+            .map_err(|source| StartError::Listen { addr: config.server.admin, source })?;
+        let admin_addr = admin_listener
+            .local_addr()
+            .map_err(|source| StartError::Listen { addr: config.server.admin, source })?;
+        let running = Running {
+            listen: config.server.listen,
+            admin: config.server.admin,
+            workers: config.server.workers,
+            max_connections: config.server.max_connections,
+        };
+        let control = tokio::runtime::Handle::current();
+        let snapshot = Arc::new(Snapshot::build(config, None, &registry));
+        let shared = Arc::new(Shared::new(snapshot, registry, config_path, running, control));
+        let mut threads = Vec::with_capacity(workers);
+        for (index, listener) in listeners.into_iter().enumerate() {
+            threads.push(server::spawn_worker(index, listener, Arc::clone(&shared))?);
+        }
+        let admin_task = tokio::spawn(crate::admin::serve(admin_listener, Arc::clone(&shared)));
+        tracing::info!(%listen_addr, %admin_addr, workers, "seawall is listening");
+        Ok(Gateway { shared, threads, listen_addr, admin_addr, admin_task })
+    }
+
+    /// The address the gateway accepts clients on (useful when the config said port 0).
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.listen_addr
+    }
+
+    /// The admin API's address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// State shared with the workers (for reloads and inspection).
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Graceful shutdown: stop accepting, answer `/readyz` with 503, close idle connections and
+    /// tunnels, let in-flight requests finish for up to `server.drain_timeout`, then stop the
+    /// workers. Returns whether everything drained.
+    pub async fn shutdown(self) -> bool {
+        let shared = &self.shared;
+        let drain_timeout = shared.snapshot.load().config.server.drain_timeout;
+        shared.draining.store(true, Relaxed);
+        shared.phase.send_replace(Phase::Draining);
+        tracing::info!(open = shared.registry.connections_open.get(), ?drain_timeout, "draining");
+        let deadline = tokio::time::Instant::now() + drain_timeout;
+        let drained = loop {
+            let closed = shared.connection_closed.notified();
+            tokio::pin!(closed);
+            closed.as_mut().enable();
+            if shared.registry.connections_open.get() <= 0 {
+                break true;
+            }
+            if tokio::time::timeout_at(deadline, closed).await.is_err() {
+                break false;
+            }
+        };
+        if !drained {
+            tracing::warn!(
+                open = shared.registry.connections_open.get(),
+                "drain timeout reached; closing the remaining connections"
+            );
+        }
+        shared.phase.send_replace(Phase::Stopped);
+        let threads = self.threads;
+        let _ = tokio::task::spawn_blocking(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        })
+        .await;
+        self.admin_task.abort();
+        shared.stop_health_checks();
+        tracing::info!(drained, "stopped");
+        drained
+    }
+
+    /// Runs until SIGTERM or SIGINT, reloading on SIGHUP and whenever the configuration file
+    /// changes; then shuts down gracefully.
+    pub async fn run_until_signal(self) -> std::io::Result<bool> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let mut hup = signal(SignalKind::hangup())?;
+        let mut watcher = crate::control::FileWatcher::new(self.shared.config_path.clone());
+        loop {
+            tokio::select! {
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+                _ = hup.recv() => {
+                    tracing::info!("SIGHUP: reloading configuration");
+                    let _ = Shared::reload_in_background(&self.shared).await;
+                }
+                _ = watcher.changed() => {
+                    tracing::info!("configuration file changed: reloading");
+                    let _ = Shared::reload_in_background(&self.shared).await;
+                }
+            }
+        }
+        Ok(self.shutdown().await)
+    }
+}
