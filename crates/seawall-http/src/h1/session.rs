@@ -222,6 +222,8 @@ impl<S: Transport> Session<S> {
             RouteAction::Proxy { upstream } => self.proxy(&permit, upstream).await,
         };
         let end = self.head_sent.take().unwrap_or_else(Instant::now);
+        // The keep-alive wait that follows counts from here.
+        self.clock = end;
         account.finish(served, end);
         drop(permit);
         after

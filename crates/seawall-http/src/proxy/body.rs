@@ -74,6 +74,9 @@ struct Owner {
     index: usize,
     /// The request counts against the server until the body is done.
     _inflight: Inflight,
+    /// A clock reading from the start of the exchange (milliseconds), good enough for outcome
+    /// and pool bookkeeping.
+    now_ms: u64,
 }
 
 /// Records the attempt's outcome exactly once: when the body is finished, or when the response
@@ -103,7 +106,7 @@ impl Ledger {
             None => UpstreamOutcome::Ok,
         };
         let group = &owner.snapshot.upstreams[owner.upstream];
-        group.record(owner.index, outcome, seawall_core::clock::now_ms());
+        group.record(owner.index, outcome, owner.now_ms);
     }
 }
 
@@ -176,8 +179,10 @@ impl UpstreamResponse {
         pools: Rc<WorkerPools>,
         (upstream, index): (usize, usize),
         inflight: Inflight,
+        now_ms: u64,
     ) {
-        self.ledger.owner = Some(Owner { snapshot, pools, upstream, index, _inflight: inflight });
+        let owner = Owner { snapshot, pools, upstream, index, _inflight: inflight, now_ms };
+        self.ledger.owner = Some(owner);
     }
 
     /// The upstream and server that answered.
@@ -367,8 +372,8 @@ impl UpstreamResponse {
         if reusable {
             let group = &owner.snapshot.upstreams[owner.upstream];
             let pool = &group.config.pool;
-            let expires =
-                seawall_core::clock::now_ms() + seawall_core::clock::duration_ms(pool.idle_timeout);
+            // Counted from the exchange's start: a connection leaves the pool early rather than late.
+            let expires = owner.now_ms + seawall_core::clock::duration_ms(pool.idle_timeout);
             let mut conn = self.conn;
             conn.check_before_reuse = self.head.framing == Framing::Empty;
             owner.pools.checkin(&group.servers[owner.index], conn, pool.max_idle, expires);

@@ -205,7 +205,8 @@ pub async fn forward<D: Downstream>(
     let head_end = f.head.len();
     let mut tried: Vec<usize> = Vec::new();
     loop {
-        let now_ms = seawall_core::clock::now_ms();
+        // The head was read a moment ago: its clock reading is good enough here.
+        let now_ms = seawall_core::clock::ms_at(f.start.into_std());
         let picked = {
             let mut rng = f.worker.rng.borrow_mut();
             group.pick(f.key, now_ms, &mut rng, &tried, |s| f.worker.pools.inflight(s))
@@ -261,7 +262,13 @@ pub async fn forward<D: Downstream>(
         return match attempt {
             Attempt::Answered(mut response) => {
                 let pools = Rc::clone(&f.worker.pools);
-                response.attach(Rc::clone(f.snapshot), pools, (f.upstream, index), inflight);
+                response.attach(
+                    Rc::clone(f.snapshot),
+                    pools,
+                    (f.upstream, index),
+                    inflight,
+                    now_ms,
+                );
                 Forwarded::Response(response)
             }
             Attempt::Refused(refusal) => Forwarded::Refused(refusal, at),
