@@ -4,7 +4,14 @@
 //!
 //! The scanner is strict: every line ends with CRLF, sizes are at most 16 hex digits, and trailer
 //! lines cannot be folded. A proxy that passes chunked bytes through must never accept a shape the
-//! next hop could read differently.
+//! next hop could read differently. It is bounded too: a chunk line (size and extension) is at
+//! most [`MAX_CHUNK_LINE`] bytes and the trailer section at most [`MAX_TRAILERS`], so a peer
+//! cannot make a reader hold an endless line.
+
+/// The longest chunk-size line, extension included.
+pub const MAX_CHUNK_LINE: usize = 4096;
+/// The largest trailer section.
+pub const MAX_TRAILERS: usize = 16 * 1024;
 
 /// Where the scanner is inside a chunked body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,11 +53,13 @@ pub struct ChunkedScanner {
     size: u64,
     /// Data bytes seen so far.
     data_len: u64,
+    /// Bytes of the current chunk line, or of the trailer section, so far.
+    line: usize,
 }
 
 impl Default for ChunkedScanner {
     fn default() -> Self {
-        ChunkedScanner { state: State::Size { digits: 0 }, size: 0, data_len: 0 }
+        ChunkedScanner { state: State::Size { digits: 0 }, size: 0, data_len: 0, line: 0 }
     }
 }
 
@@ -106,21 +115,32 @@ impl ChunkedScanner {
                     None if digits == 0 => return Err(InvalidChunked),
                     None => match b {
                         b'\r' => State::SizeLf,
-                        b';' | b' ' | b'\t' => State::Extension,
+                        b';' | b' ' | b'\t' => {
+                            self.line = usize::from(digits);
+                            State::Extension
+                        }
                         _ => return Err(InvalidChunked),
                     },
                 },
-                State::Extension => match memchr::memchr2(b'\r', b'\n', &bytes[i..]) {
-                    Some(at) if bytes[i + at] == b'\r' => {
-                        i += at + 1;
-                        self.state = State::SizeLf;
-                        continue;
+                State::Extension => {
+                    let end = memchr::memchr2(b'\r', b'\n', &bytes[i..]);
+                    self.line += end.unwrap_or(bytes.len() - i);
+                    if self.line > MAX_CHUNK_LINE {
+                        return Err(InvalidChunked);
                     }
-                    Some(_) => return Err(InvalidChunked),
-                    None => return Ok(bytes.len()),
-                },
+                    match end {
+                        Some(at) if bytes[i + at] == b'\r' => {
+                            i += at + 1;
+                            self.state = State::SizeLf;
+                            continue;
+                        }
+                        Some(_) => return Err(InvalidChunked),
+                        None => return Ok(bytes.len()),
+                    }
+                }
                 State::SizeLf if b == b'\n' => {
                     if self.size == 0 {
+                        self.line = 0;
                         State::TrailerStart
                     } else {
                         State::Data
@@ -134,19 +154,26 @@ impl ChunkedScanner {
                     b' ' | b'\t' | b'\n' => return Err(InvalidChunked),
                     _ => State::TrailerLine,
                 },
-                State::TrailerLine => match memchr::memchr2(b'\r', b'\n', &bytes[i..]) {
-                    Some(at) if bytes[i + at] == b'\r' => {
-                        trailer(&bytes[i..=i + at]);
-                        i += at + 1;
-                        self.state = State::TrailerLf;
-                        continue;
+                State::TrailerLine => {
+                    let end = memchr::memchr2(b'\r', b'\n', &bytes[i..]);
+                    self.line += end.map_or(bytes.len() - i, |at| at + 2);
+                    if self.line > MAX_TRAILERS {
+                        return Err(InvalidChunked);
                     }
-                    Some(_) => return Err(InvalidChunked),
-                    None => {
-                        trailer(&bytes[i..]);
-                        return Ok(bytes.len());
+                    match end {
+                        Some(at) if bytes[i + at] == b'\r' => {
+                            trailer(&bytes[i..=i + at]);
+                            i += at + 1;
+                            self.state = State::TrailerLf;
+                            continue;
+                        }
+                        Some(_) => return Err(InvalidChunked),
+                        None => {
+                            trailer(&bytes[i..]);
+                            return Ok(bytes.len());
+                        }
                     }
-                },
+                }
                 State::TrailerLf if b == b'\n' => {
                     trailer(b"\n");
                     State::TrailerStart
@@ -266,6 +293,23 @@ mod tests {
                 "step {step}"
             );
         }
+    }
+
+    #[test]
+    fn endless_lines_are_refused() {
+        let mut long_ext = b"1;x=".to_vec();
+        long_ext.extend(std::iter::repeat_n(b'a', MAX_CHUNK_LINE));
+        assert_eq!(end_of(&long_ext, 1000), Err(InvalidChunked));
+        let mut ok_ext = b"1;x=".to_vec();
+        ok_ext.extend(std::iter::repeat_n(b'a', 100));
+        ok_ext.extend_from_slice(b"\r\nz\r\n0\r\n\r\n");
+        assert_eq!(end_of(&ok_ext, 7), Ok(Some(ok_ext.len())));
+        let mut long_trailer = b"0\r\nx-t: ".to_vec();
+        long_trailer.extend(std::iter::repeat_n(b'a', MAX_TRAILERS));
+        assert_eq!(end_of(&long_trailer, 1000), Err(InvalidChunked));
+        let many: String = (0..2000).map(|i| format!("x-{i}: v\r\n")).collect();
+        let many_trailers = format!("0\r\n{many}\r\n");
+        assert_eq!(end_of(many_trailers.as_bytes(), 100), Err(InvalidChunked));
     }
 
     #[test]

@@ -168,6 +168,12 @@ pub fn forwards_response_field(class: Name) -> bool {
     )
 }
 
+/// Whether a `Host` value (or an authority) has only the bytes a host and port may have
+/// (RFC 3986 reg-name, IP literal, port; no user information); empty is allowed.
+pub fn valid_host(value: &[u8]) -> bool {
+    value.iter().all(|&b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:%[]".contains(&b))
+}
+
 /// Writes one header field line.
 pub fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);

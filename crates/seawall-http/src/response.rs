@@ -29,8 +29,13 @@ pub struct Field {
     named: bool,
 }
 
+/// The offsets of `part` in `buf`. The parser hands out slices of `buf`, except that an empty
+/// part (a missing reason phrase, say) may be a static empty string: that is `(0, 0)`.
 fn range(buf: &[u8], part: &[u8]) -> (u32, u32) {
-    let start = part.as_ptr() as usize - buf.as_ptr() as usize;
+    let start = (part.as_ptr() as usize).wrapping_sub(buf.as_ptr() as usize);
+    if part.is_empty() || start > buf.len() || part.len() > buf.len() - start {
+        return (0, 0);
+    }
     (start as u32, (start + part.len()) as u32)
 }
 
@@ -92,7 +97,7 @@ pub enum BadResponse {
     Status(u16),
     #[error("response head over {MAX_RESPONSE_HEAD} bytes")]
     TooLarge,
-    #[error("the response has an invalid Content-Length")]
+    #[error("the response has an invalid Content-Length or Transfer-Encoding")]
     Length,
     #[error("the upstream switched protocols without being asked to")]
     UnexpectedSwitch,
@@ -151,10 +156,14 @@ pub fn parse(
                 length = Some(value);
             }
             Name::TransferEncoding => {
-                // Across lines the codings form one list; chunked counts only when it is last.
+                // Across lines the codings form one list; chunked counts only when it is last,
+                // and may be applied only once.
                 for token in tokens(h.value) {
                     transfer_coded = true;
                     if token.eq_ignore_ascii_case(b"chunked") {
+                        if chunked {
+                            return Err(BadResponse::Length);
+                        }
                         chunked = true;
                     } else {
                         chunked = false;
@@ -335,6 +344,8 @@ pub fn write_http1(
     }
     match head.framing {
         Framing::Length(n) => write_length(out, n),
+        // A 204 carries no length (RFC 9110 §8.6); HEAD and 304 state the would-be body's.
+        Framing::Empty if head.status == 204 => {}
         Framing::Empty => {
             if let Some(n) = head.content_length {
                 write_length(out, n);

@@ -21,6 +21,7 @@ use crate::proxy::{self, BodyError, Downstream, Forward, Forwarded, Gone, Upstre
 use crate::request::BodyFraming;
 use crate::response::{self, ClientBody as Relay, Http1Client, ResponseView};
 use crate::timer::LazyTimer;
+use crate::upstream::pool::RawConn;
 use crate::worker::Worker;
 
 /// Room made in the client buffer while a request body streams through it.
@@ -87,7 +88,7 @@ impl<S: Transport> Session<S> {
         };
         let at = response.server();
         if response.head.status == 101 {
-            return self.tunnel(response, at).await;
+            return self.switch(response, at).await;
         }
         // An early answer leaves the client's body unread: the connection cannot carry more.
         let close = self.head.close || draining || self.worker.drain.fired() || !body_complete;
@@ -107,7 +108,11 @@ impl<S: Transport> Session<S> {
             Relayed::Cut { status } => {
                 return (Served { status, upstream: at, reason: None }, After::Close);
             }
-            Relayed::ClientGone { status } => {
+            // The head never reached the client: it left before its answer (499).
+            Relayed::ClientGone { status: None } => {
+                return (Served::refused(Reason::ClientClosed, at), After::Close);
+            }
+            Relayed::ClientGone { status: Some(status) } => {
                 self.worker.shared.registry.client_aborts.add(1);
                 return (Served { status, upstream: at, reason: None }, After::Close);
             }
@@ -126,7 +131,8 @@ impl<S: Transport> Session<S> {
             || !body_complete
             || self.worker.drain.fired()
             || refusal.reason.closes_connection();
-        refusal.write_http1(&mut self.out, close);
+        let how = self.answer_kind(close);
+        refusal.write_http1(&mut self.out, how);
         if self.write_client_once().await.is_err() {
             return (Served::refused(Reason::ClientClosed, at), After::Close);
         }
@@ -151,7 +157,8 @@ impl<S: Transport> Session<S> {
             BodyError::Timeout => {
                 self.worker.shared.registry.client_body_timeouts.add(1);
                 let refusal = Refusal::new(error.reason(), error.detail());
-                refusal.write_http1(&mut self.out, true);
+                let how = self.answer_kind(true);
+                refusal.write_http1(&mut self.out, how);
                 let _ = self.write_client_once().await;
                 (Served::refused(error.reason(), at), After::Close)
             }
@@ -209,7 +216,7 @@ impl<S: Transport> Session<S> {
             .await
             .is_err()
         {
-            return Relayed::ClientGone { status };
+            return Relayed::ClientGone { status: None };
         }
         if done {
             response.finish();
@@ -221,7 +228,7 @@ impl<S: Transport> Session<S> {
             match watched {
                 Filled::Ok => {}
                 Filled::Fault => return Relayed::Cut { status },
-                Filled::ClientGone => return Relayed::ClientGone { status },
+                Filled::ClientGone => return Relayed::ClientGone { status: Some(status) },
             }
             decoded.clear();
             let piece = match mode {
@@ -249,7 +256,7 @@ impl<S: Transport> Session<S> {
             .await
             .is_err()
             {
-                return Relayed::ClientGone { status };
+                return Relayed::ClientGone { status: Some(status) };
             }
             if done {
                 response.finish();
@@ -283,16 +290,16 @@ impl<S: Transport> Session<S> {
         .await
     }
 
-    /// Completes a protocol switch: the client gets the upstream's 101, then bytes are copied
-    /// both ways until either side closes, the tunnel idles past `tunnel_idle_timeout`, or the
-    /// gateway drains.
-    async fn tunnel(
+    /// Completes a protocol switch: the client gets the upstream's 101, and the connection
+    /// becomes a tunnel (run by the session once the request is accounted for).
+    async fn switch(
         &mut self,
         response: UpstreamResponse,
         at: Option<(usize, usize)>,
     ) -> (Served, After) {
+        let served = Served { status: 101, upstream: at, reason: None };
         response::write_http1_informational(&response.view(), &mut self.out);
-        let (mut upstream, rest) = response.into_tunnel();
+        let (upstream, rest) = response.into_tunnel();
         let mut slices = [IoSlice::new(&self.out), IoSlice::new(&rest)];
         let send_timeout = self.worker.snapshot().config.server.send_timeout;
         let written = write_within(
@@ -303,9 +310,14 @@ impl<S: Transport> Session<S> {
             &self.worker,
         );
         if written.await.is_err() {
-            return (Served { status: 101, upstream: at, reason: None }, After::Close);
+            return (Served::refused(Reason::ClientClosed, at), After::Close);
         }
-        let served = Served { status: 101, upstream: at, reason: None };
+        (served, After::Tunnel(Box::new(upstream)))
+    }
+
+    /// Copies bytes both ways until either side closes, the tunnel idles past
+    /// `tunnel_idle_timeout`, or the gateway drains.
+    pub(super) async fn tunnel(&mut self, mut upstream: Box<RawConn>) {
         let idle = self.worker.snapshot().config.server.tunnel_idle_timeout;
         let registry = &self.worker.shared.registry;
         registry.tunnels_open.add(1);
@@ -322,7 +334,6 @@ impl<S: Transport> Session<S> {
         if ended == super::tunnel::Ended::Idle {
             registry.tunnel_idle_timeouts.add(1);
         }
-        (served, After::Close)
     }
 }
 
@@ -338,9 +349,9 @@ enum Relayed {
     Cut {
         status: u16,
     },
-    /// The client left or stopped reading.
+    /// The client left or stopped reading: before the head reached it (`None`) or after.
     ClientGone {
-        status: u16,
+        status: Option<u16>,
     },
 }
 
@@ -375,8 +386,17 @@ fn poll_client_gone<S: Transport>(
 enum BodyState {
     /// `remaining` bytes of a `Content-Length` body of `total` still to hand out.
     Length { total: u64, remaining: u64 },
-    /// A chunked body: data runs found in the buffer, handed out one at a time.
-    Chunked { scanner: ChunkedScanner, runs: Vec<(usize, usize)>, scanned: usize },
+    /// A chunked body, decoded in place: its data is moved together in the buffer, so however
+    /// small the client's chunks, what is ready goes upstream in one write.
+    Chunked {
+        scanner: ChunkedScanner,
+        /// `buf[pos..decoded]` is decoded data ready to send; `buf[decoded..scanned]` is framing
+        /// (and data already moved); from `scanned` on, nothing is read yet.
+        decoded: usize,
+        scanned: usize,
+        /// Scratch: the data runs found by the last scan.
+        runs: Vec<(usize, usize)>,
+    },
 }
 
 /// The request body as it arrives on this connection (the HTTP/1.1 engine's [`Downstream`]).
@@ -416,8 +436,9 @@ impl<'s, S: Transport> ClientBody<'s, S> {
             BodyFraming::Length(n) => BodyState::Length { total: n, remaining: n },
             BodyFraming::Streamed => BodyState::Chunked {
                 scanner: ChunkedScanner::default(),
-                runs: Vec::new(),
+                decoded: head.len,
                 scanned: head.len,
+                runs: Vec::new(),
             },
         };
         let has_body = head.framing != BodyFraming::None && head.framing != BodyFraming::Length(0);
@@ -438,22 +459,37 @@ impl<'s, S: Transport> ClientBody<'s, S> {
         }
     }
 
-    /// Where the request ends in the buffer, and whether the whole body was read.
+    /// Where the request ends in the buffer (as far as known), and whether the whole body was
+    /// read.
     fn finish(self) -> (usize, bool) {
-        (self.pos, self.is_complete())
+        (self.request_end(), self.is_complete())
     }
 
-    /// Finds the data runs in the bytes not scanned yet (chunked bodies).
+    /// Where the request ends in the buffer; the whole buffer while its end is not known yet.
+    fn request_end(&self) -> usize {
+        match &self.state {
+            BodyState::Length { remaining, .. } => {
+                let rest = usize::try_from(*remaining).unwrap_or(usize::MAX);
+                self.pos.saturating_add(rest).min(self.buf.len())
+            }
+            BodyState::Chunked { scanner, scanned, .. } if scanner.is_done() => *scanned,
+            BodyState::Chunked { .. } => self.buf.len(),
+        }
+    }
+
+    /// Decodes what arrived of a chunked body, moving its data next to what is already decoded.
     fn scan(&mut self) -> Result<(), BodyError> {
-        let BodyState::Chunked { scanner, runs, scanned } = &mut self.state else { return Ok(()) };
+        let BodyState::Chunked { scanner, decoded, scanned, runs } = &mut self.state else {
+            return Ok(());
+        };
         if scanner.is_done() || *scanned >= self.buf.len() {
             return Ok(());
         }
+        runs.clear();
         let base = self.buf.as_ptr() as usize;
-        let bytes = &self.buf[*scanned..];
         let used = scanner
             .feed_with(
-                bytes,
+                &self.buf[*scanned..],
                 |d| {
                     let start = d.as_ptr() as usize - base;
                     runs.push((start, start + d.len()));
@@ -461,32 +497,36 @@ impl<'s, S: Transport> ClientBody<'s, S> {
                 |_| {},
             )
             .map_err(|_| BodyError::Invalid)?;
+        for &(start, end) in runs.iter() {
+            // Data only ever moves towards the front, over framing already read.
+            self.buf.copy_within(start..end, *decoded);
+            *decoded += end - start;
+        }
         *scanned += used;
         if scanner.data_len() > self.limit {
             return Err(BodyError::TooLarge(self.limit));
         }
-        if scanner.is_done() && runs.is_empty() {
-            // Nothing left to hand out: the body ends where the scanner stopped.
-            self.pos = *scanned;
-        }
         Ok(())
     }
 
-    /// Drops consumed bytes from the front of the buffer, keeping offsets right.
+    /// Drops what was handed out (and framing read) from the front of the buffer.
     fn compact(&mut self) {
-        if self.pos == 0 {
+        let consumed = match &self.state {
+            BodyState::Length { .. } => self.pos,
+            BodyState::Chunked { decoded, scanned, .. } if self.pos == *decoded => *scanned,
+            BodyState::Chunked { .. } => self.pos,
+        };
+        if consumed == 0 {
             return;
         }
-        let pos = self.pos;
-        self.buf.advance(pos);
-        self.pos = 0;
+        self.buf.advance(consumed);
+        // Only the head left: the body is all still here.
+        self.streamed |= consumed > self.start;
+        self.pos -= consumed.min(self.pos);
         self.start = 0;
-        self.streamed = true;
-        if let BodyState::Chunked { runs, scanned, .. } = &mut self.state {
-            for run in runs.iter_mut() {
-                *run = (run.0 - pos, run.1 - pos);
-            }
-            *scanned -= pos;
+        if let BodyState::Chunked { decoded, scanned, .. } = &mut self.state {
+            *decoded -= consumed.min(*decoded);
+            *scanned -= consumed;
         }
     }
 }
@@ -500,36 +540,25 @@ impl<S: Transport> Downstream for ClientBody<'_, S> {
                 let n = available.min(usize::try_from(*remaining).unwrap_or(usize::MAX));
                 Ok((&self.buf[self.pos..self.pos + n], n as u64 == *remaining))
             }
-            BodyState::Chunked { scanner, runs, .. } => {
-                let last = scanner.is_done() && runs.len() <= 1;
-                Ok((runs.first().map_or(&[][..], |&(start, end)| &self.buf[start..end]), last))
+            BodyState::Chunked { scanner, decoded, .. } => {
+                Ok((&self.buf[self.pos..*decoded], scanner.is_done()))
             }
         }
     }
 
     fn consume(&mut self, n: usize) {
-        match &mut self.state {
-            BodyState::Length { remaining, .. } => {
-                self.pos += n;
-                *remaining -= n as u64;
-            }
-            BodyState::Chunked { runs, scanned, .. } => {
-                if let Some(run) = runs.first_mut() {
-                    run.0 += n;
-                    if run.0 >= run.1 {
-                        runs.remove(0);
-                    }
-                }
-                // Everything before the next run (or the scan point) is handed out.
-                self.pos = runs.first().map_or(*scanned, |r| r.0);
-            }
+        self.pos += n;
+        if let BodyState::Length { remaining, .. } = &mut self.state {
+            *remaining -= n as u64;
         }
     }
 
     fn is_complete(&self) -> bool {
         match &self.state {
             BodyState::Length { remaining, .. } => *remaining == 0,
-            BodyState::Chunked { scanner, runs, .. } => scanner.is_done() && runs.is_empty(),
+            BodyState::Chunked { scanner, decoded, .. } => {
+                scanner.is_done() && self.pos >= *decoded
+            }
         }
     }
 
@@ -537,20 +566,13 @@ impl<S: Transport> Downstream for ClientBody<'_, S> {
         if self.streamed {
             return false;
         }
-        // Nothing left the buffer: the whole body is still there, from its start.
+        // Nothing of the body left the buffer: it is all still there, from its start (a chunked
+        // body decoded in place there).
         self.pos = self.start;
-        match &mut self.state {
-            BodyState::Length { total, remaining } => {
-                *remaining = *total;
-                true
-            }
-            BodyState::Chunked { scanner, runs, scanned } => {
-                *scanner = ChunkedScanner::default();
-                runs.clear();
-                *scanned = self.start;
-                true
-            }
+        if let BodyState::Length { total, remaining } = &mut self.state {
+            *remaining = *total;
         }
+        true
     }
 
     async fn fill(&mut self, timer: &mut LazyTimer) -> Result<(), BodyError> {
@@ -574,7 +596,7 @@ impl<S: Transport> Downstream for ClientBody<'_, S> {
     }
 
     fn poll_gone(&mut self, cx: &mut Context<'_>) -> Poll<Gone> {
-        if self.buf.len() > self.pos {
+        if self.buf.len() > self.request_end() {
             // Bytes past the request: the client is sending its next one.
             return Poll::Pending;
         }

@@ -10,7 +10,9 @@ use std::net::SocketAddr;
 
 use http::{Method, Version};
 
-use crate::headers::{classify, has_token, tokens, ConnectionOptions, HeaderLookup, Name};
+use crate::headers::{
+    classify, has_token, tokens, valid_host, ConnectionOptions, HeaderLookup, Name,
+};
 use crate::problem::{Reason, Refusal};
 use crate::request::{write_upstream_head, BodyFraming, FieldRef, RequestView, UpstreamHead};
 
@@ -90,8 +92,13 @@ pub struct Limits {
     pub max_headers: usize,
 }
 
+/// The offsets of `part` in `buf`. The parser hands out slices of `buf`, except that an empty
+/// part (a missing reason phrase, say) may be a static empty string: that is `(0, 0)`.
 fn range(buf: &[u8], part: &[u8]) -> (u32, u32) {
-    let start = part.as_ptr() as usize - buf.as_ptr() as usize;
+    let start = (part.as_ptr() as usize).wrapping_sub(buf.as_ptr() as usize);
+    if part.is_empty() || start > buf.len() || part.len() > buf.len() - start {
+        return (0, 0);
+    }
     (start as u32, (start + part.len()) as u32)
 }
 
@@ -178,6 +185,7 @@ impl RequestHead {
         let mut transfer_encoding = false;
         let mut hosts = 0;
         let mut upgrade_field = false;
+        let mut upgrade_h2c = false;
         let mut connection = ConnectionOptions::default();
         for h in req.headers.iter() {
             let name = h.name.as_bytes();
@@ -223,7 +231,10 @@ impl RequestHead {
                     }
                     self.expect_continue = true;
                 }
-                Name::Upgrade => upgrade_field = true,
+                Name::Upgrade => {
+                    upgrade_field = true;
+                    upgrade_h2c |= has_token(h.value, b"h2c");
+                }
                 Name::Te => self.te_trailers |= has_token(h.value, b"trailers"),
                 _ => {}
             }
@@ -257,8 +268,10 @@ impl RequestHead {
             (false, Some(n)) => BodyFraming::Length(n),
             (false, None) => BodyFraming::None,
         };
-        self.upgrade = http11 && connection.upgrade && upgrade_field;
-        self.close = if http11 { connection.close } else { !connection.keep_alive };
+        // An upgrade to h2c (deprecated by RFC 9113) is not passed on: a server that took it
+        // would get a raw HTTP/2 tunnel past every per-request policy.
+        self.upgrade = http11 && connection.upgrade && upgrade_field && !upgrade_h2c;
+        self.close = connection.close || !(http11 || connection.keep_alive);
         for field in &mut self.fields {
             field.named = connection.names(slice(buf, field.name));
         }
@@ -356,12 +369,6 @@ fn strip_scheme(target: &[u8]) -> Option<&[u8]> {
         }
     }
     None
-}
-
-/// Whether a `Host` value (or an authority) has only the bytes a host and port may have
-/// (RFC 3986 reg-name, IP literal, port); empty is allowed.
-fn valid_host(value: &[u8]) -> bool {
-    value.iter().all(|&b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:%[]".contains(&b))
 }
 
 fn parse_length(value: &[u8]) -> Option<u64> {

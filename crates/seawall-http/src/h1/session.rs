@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use super::head::{Limits, Parsed, RequestHead};
 use crate::io::{make_room, within, Transport};
 use crate::policy::{self, Account, Admission, Served};
-use crate::problem::{header_timeout_http1, Reason, Refusal};
+use crate::problem::{header_timeout_http1, Http1Answer, Reason, Refusal};
 use crate::request::BodyFraming;
 use crate::timer::LazyTimer;
 use crate::worker::Worker;
@@ -72,7 +72,6 @@ enum Next {
 }
 
 /// What an exchange did to the connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum After {
     /// The connection can carry another request.
     KeepOpen,
@@ -80,6 +79,8 @@ pub(super) enum After {
     Linger,
     /// Close it now (the client is gone, or timed out).
     Close,
+    /// The protocol switched: the connection is now a tunnel to this upstream connection.
+    Tunnel(Box<crate::upstream::pool::RawConn>),
 }
 
 /// Serves requests on `stream` until it parks or closes. The client has already sent bytes.
@@ -110,6 +111,10 @@ pub async fn serve<S: Transport>(worker: Rc<Worker>, stream: S, peer: SocketAddr
                 return End::Closed;
             }
             After::Close => return End::Closed,
+            After::Tunnel(upstream) => {
+                session.tunnel(upstream).await;
+                return End::Closed;
+            }
         }
     }
 }
@@ -187,7 +192,7 @@ impl<S: Transport> Session<S> {
         let snapshot = worker.snapshot();
         let account =
             Account::open(&worker, &snapshot, self.peer, start, || ("-".into(), "-".into()));
-        refusal.write_http1(&mut self.out, true);
+        refusal.write_http1(&mut self.out, Http1Answer { close: true, ..Http1Answer::default() });
         let written = self.write_client_once().await;
         account.finish(Served::refused(refusal.reason, None), Instant::now());
         if written.is_ok() {
@@ -239,7 +244,8 @@ impl<S: Transport> Session<S> {
             || refusal.reason.closes_connection()
             || !here
             || self.worker.drain.fired();
-        refusal.write_http1(&mut self.out, close);
+        let how = self.answer_kind(close);
+        refusal.write_http1(&mut self.out, how);
         if self.write_client_once().await.is_err() {
             return (After::Close, false);
         }
@@ -248,6 +254,15 @@ impl<S: Transport> Session<S> {
         }
         self.consume_request();
         (After::KeepOpen, true)
+    }
+
+    /// How Seawall's own answer to the current request goes out.
+    pub(super) fn answer_kind(&self, close: bool) -> Http1Answer {
+        Http1Answer {
+            close,
+            head: self.head.method == http::Method::HEAD,
+            http10: self.head.version == http::Version::HTTP_10,
+        }
     }
 
     /// The length of the request (head and body) when its body has a declared length.

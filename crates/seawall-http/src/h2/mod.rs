@@ -24,7 +24,7 @@ use tokio::time::Instant;
 pub use body::ProxyBody;
 use body::StreamBody;
 
-use crate::headers::{classify, has_token, ConnectionOptions};
+use crate::headers::{classify, has_token, valid_host, ConnectionOptions};
 use crate::policy::{self, body_limit, Account, Admission, Permit, Served};
 use crate::problem::{Reason, Refusal};
 use crate::proxy::{self, BodyError, Forward, Forwarded};
@@ -88,7 +88,8 @@ pub async fn handle(
     let mut account = Account::open(&worker, &snapshot, peer, start, || {
         (parts.method.as_str().to_owned(), parts.uri.path().to_owned())
     });
-    let framing = match framing(&parts.headers, &body) {
+    let checked = check_head(&parts.headers, host, snapshot.config.server.max_headers);
+    let framing = match checked.and_then(|()| framing(&parts.headers, &body)) {
         Ok(framing) => framing,
         Err(refusal) => return Ok(refuse(refusal, account, None, active)),
     };
@@ -204,6 +205,22 @@ pub async fn handle(
     *answer.headers_mut() = headers;
     account.finish(Served { status, upstream: at, reason: None }, Instant::now());
     Ok(answer)
+}
+
+/// What the HTTP/1 engine refuses in a head is refused here too: too many fields, a host that is
+/// not one (user information included).
+fn check_head(
+    headers: &http::HeaderMap,
+    host: Option<&[u8]>,
+    max_headers: usize,
+) -> Result<(), Refusal> {
+    if headers.len() > max_headers {
+        return Err(Refusal::new(Reason::HeaderTooLarge, "the request has too many header fields"));
+    }
+    if host.is_some_and(|h| !valid_host(h)) {
+        return Err(Refusal::new(Reason::BadRequest, "the request's authority is invalid"));
+    }
+    Ok(())
 }
 
 /// The request's framing, from its `content-length` and whether its stream has ended.

@@ -247,7 +247,7 @@ pub async fn forward<D: Downstream>(
             crate::headers::push_field(f.head, b"host", server.name.as_bytes());
         }
         f.head.extend_from_slice(b"\r\n");
-        let mut attempt = attempt(&f, group, index, conn, pooled, down, timer).await;
+        let mut attempt = attempt(&f, group, index, conn, pooled, f.start, down, timer).await;
         if matches!(attempt, Attempt::Stale) {
             // The server closed an idle connection as we used it: nothing reached it, or nothing
             // it did can matter (the request is idempotent). One fresh connection, same server.
@@ -312,7 +312,8 @@ async fn attempt_fresh<D: Downstream>(
         let detail = "the upstream closed the connection while the request was sent";
         return failed(group, index, UpstreamOutcome::Error, Reason::UpstreamError, detail);
     }
-    attempt(f, group, index, conn, false, down, timer).await
+    // A retry is timed from now, not from the request's start.
+    attempt(f, group, index, conn, false, Instant::now(), down, timer).await
 }
 
 /// Records `outcome` for this attempt and refuses with `reason`.
@@ -346,12 +347,13 @@ async fn attempt<D: Downstream>(
     index: usize,
     mut conn: RawConn,
     pooled: bool,
+    since: Instant,
     down: &mut D,
     timer: &mut LazyTimer,
 ) -> Attempt {
     let config = &group.config;
     let may_retry = pooled && f.idempotent;
-    let sent = match send(f, &mut conn, down, timer, config.send_timeout).await {
+    let sent = match send(f, &mut conn, down, timer, config.send_timeout, since).await {
         Ok(sent) => sent,
         Err(SendError::Upstream(e)) if may_retry && e.kind() != std::io::ErrorKind::TimedOut => {
             return Attempt::Stale;
@@ -372,7 +374,7 @@ async fn attempt<D: Downstream>(
     let request_complete = matches!(sent, Sent::All { .. });
     // A request sent in one write was sent when its head was read, as far as timers care.
     let sent_at = match sent {
-        Sent::All { at_once: true } => f.start,
+        Sent::All { at_once: true } => since,
         _ => Instant::now(),
     };
     let deadline = sent_at + config.timeout;
@@ -461,6 +463,7 @@ async fn send<D: Downstream>(
     down: &mut D,
     timer: &mut LazyTimer,
     send_timeout: Duration,
+    since: Instant,
 ) -> Result<Sent, SendError> {
     let streamed = f.framing == BodyFraming::Streamed;
     let mut first = true;
@@ -469,17 +472,23 @@ async fn send<D: Downstream>(
         let (ready, complete) = down.ready().map_err(SendError::Client)?;
         if ready.is_empty() && !complete && !first {
             // Wait for more of the body, unless the upstream answers first.
-            let mut fill = pin!(down.fill(timer));
-            let spoke = std::future::poll_fn(|cx| {
-                if let Poll::Ready(r) = fill.as_mut().poll(cx) {
-                    return Poll::Ready(r.map(|()| false));
-                }
-                conn.stream.poll_read_ready(cx).map(|_| Ok(true))
-            })
-            .await
-            .map_err(SendError::Client)?;
+            let spoke = {
+                let mut fill = pin!(down.fill(timer));
+                std::future::poll_fn(|cx| {
+                    if let Poll::Ready(r) = fill.as_mut().poll(cx) {
+                        return Poll::Ready(r.map(|()| false));
+                    }
+                    conn.stream.poll_read_ready(cx).map(|_| Ok(true))
+                })
+                .await
+                .map_err(SendError::Client)?
+            };
             if spoke {
-                return Ok(Sent::Early);
+                if answered(f, conn) {
+                    return Ok(Sent::Early);
+                }
+                // Interim answers go to the client now: it may wait for one before it goes on.
+                pass_interims(f, conn, down).await.map_err(SendError::Client)?;
             }
             continue;
         }
@@ -499,12 +508,18 @@ async fn send<D: Downstream>(
         ];
         let n = ready.len();
         // The head was read a moment ago: its clock reading serves the first write.
-        let now = if first { f.start } else { Instant::now() };
+        let now = if first { since } else { Instant::now() };
         timer.set(now + send_timeout);
-        match write_watching(conn, &mut slices, timer, !first).await {
-            Written::All => {}
-            Written::UpstreamSpoke => return Ok(Sent::Early),
-            Written::Failed(e) => return Err(SendError::Upstream(e)),
+        let mut unsent = &mut slices[..];
+        IoSlice::advance_slices(&mut unsent, 0);
+        loop {
+            match write_watching(conn, &mut unsent, timer, !first).await {
+                Written::All => break,
+                Written::UpstreamSpoke if answered(f, conn) => return Ok(Sent::Early),
+                // An interim answer, or nothing after all: the body goes on.
+                Written::UpstreamSpoke => {}
+                Written::Failed(e) => return Err(SendError::Upstream(e)),
+            }
         }
         down.consume(n);
         if complete {
@@ -520,18 +535,60 @@ enum Written {
     Failed(std::io::Error),
 }
 
-/// Writes `slices` to the upstream within `timer`; with `watch`, stops as soon as the upstream
-/// has something to say (an early answer to a request whose body is still coming).
+/// Whether the upstream, which became readable while the request body was still being sent, has
+/// given its final answer (or closed, or broken its answer): then sending stops. What it sent
+/// stays in the connection's buffer for the head reader, which passes interim answers on; an
+/// interim answer alone (103, 100) does not stop the body. A readable mark with nothing behind it
+/// (left by an earlier read) is cleared by the read that finds nothing.
+fn answered(f: &Forward<'_>, conn: &mut RawConn) -> bool {
+    make_room(&mut conn.buf, READ_BUFFER);
+    match conn.stream.try_read_buf(&mut conn.buf) {
+        Ok(0) => return true,
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        Err(_) => return true,
+    }
+    if conn.buf.len() > response::MAX_RESPONSE_HEAD {
+        return true;
+    }
+    let mut at = 0;
+    loop {
+        match response::parse(&conn.buf[at..], f.method, f.upgrade, &mut conn.fields) {
+            Ok(Parsed::Head(head)) if head.is_interim() => at += head.len,
+            Ok(Parsed::Partial) => return false,
+            Ok(Parsed::Head(_)) | Err(_) => return true,
+        }
+    }
+}
+
+/// Passes the interim answers at the front of the connection's buffer to the client.
+async fn pass_interims<D: Downstream>(
+    f: &Forward<'_>,
+    conn: &mut RawConn,
+    down: &mut D,
+) -> Result<(), BodyError> {
+    while let Ok(Parsed::Head(head)) =
+        response::parse(&conn.buf, f.method, f.upgrade, &mut conn.fields)
+    {
+        if !head.is_interim() {
+            break;
+        }
+        down.interim(&ResponseView::new(&head, &conn.fields, &conn.buf)).await?;
+        bytes::Buf::advance(&mut conn.buf, head.len);
+    }
+    Ok(())
+}
+
+/// Writes `slices` to the upstream within `timer`, advancing them as they go; with `watch`, stops
+/// as soon as the upstream has something to say.
 async fn write_watching(
     conn: &mut RawConn,
-    slices: &mut [IoSlice<'_>],
+    slices: &mut &mut [IoSlice<'_>],
     timer: &mut LazyTimer,
     watch: bool,
 ) -> Written {
-    let mut slices = slices;
-    IoSlice::advance_slices(&mut slices, 0);
     std::future::poll_fn(|cx| {
-        match poll_write_all(&mut conn.stream, &mut slices, cx) {
+        match poll_write_all(&mut conn.stream, slices, cx) {
             Poll::Ready(Ok(())) => return Poll::Ready(Written::All),
             Poll::Ready(Err(e)) => return Poll::Ready(Written::Failed(e)),
             Poll::Pending => {}

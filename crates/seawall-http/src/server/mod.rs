@@ -256,6 +256,7 @@ async fn serve_connection(
         registry.connections_total.add(1);
         let _ = stream.set_nodelay(true);
     }
+    let mut open = OpenConnection { worker, parked: false };
     loop {
         // A new connection must start a request within the header timeout. A resumed one has
         // bytes waiting and was HTTP/1 (HTTP/2 sessions do not park).
@@ -292,14 +293,33 @@ async fn serve_connection(
         let keepalive =
             worker.snapshot().config.server.keepalive_timeout.saturating_sub(h1::PARK_AFTER);
         match host.lot.park(Parked { stream: socket, peer, permit }, keepalive) {
-            None => return,
+            None => {
+                // The lot holds it now, and closes its books when it closes it.
+                open.parked = true;
+                return;
+            }
             // The client has already sent more (or left): go on here.
             Some(conn) => {
                 (stream, permit, resumed) = (conn.stream, conn.permit, true);
             }
         }
     }
-    connection_closed(worker);
+}
+
+/// A client connection's place in the books while a task serves it: when the task ends — by
+/// returning, by the worker's end, or by a panic — the connection is accounted closed, unless it
+/// went to the parking lot.
+struct OpenConnection<'w> {
+    worker: &'w Worker,
+    parked: bool,
+}
+
+impl Drop for OpenConnection<'_> {
+    fn drop(&mut self) {
+        if !self.parked {
+            connection_closed(self.worker);
+        }
+    }
 }
 
 /// Accounts for a client connection that closed.
