@@ -3,7 +3,8 @@
 //! Start with [`Gateway::start`]. The modules are layered, each using only those above it here:
 //!
 //! - plain types: [`problem`] (refusals), [`headers`] (the header policy), [`request`] (the
-//!   request view both engines give), [`response`] (upstream response heads), [`chunked`],
+//!   request view both engines give), [`fields`] and [`response`] (heads parsed in place),
+//!   [`chunked`],
 //!   [`metrics`], [`timer`], [`signal`], [`io`], [`faultlog`];
 //! - the upstream model: [`upstream`] (groups, balancing, pools, health checks);
 //! - state: [`snapshot`], [`state`] (shared with the control plane), [`worker`] (per thread);
@@ -18,6 +19,7 @@ pub mod admin;
 pub mod chunked;
 pub mod control;
 pub mod faultlog;
+pub mod fields;
 pub mod gateway;
 pub mod h1;
 pub mod h2;

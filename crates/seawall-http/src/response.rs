@@ -8,9 +8,9 @@ use std::mem::MaybeUninit;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 
+use crate::fields::{range, slice, Field, Fields};
 use crate::headers::{
-    classify, forwards_response_field, has_token, push_field, tokens, ConnectionOptions,
-    HeaderLookup, Name,
+    forwards_response_field, has_token, push_field, tokens, ConnectionOptions, HeaderLookup, Name,
 };
 
 /// A response head larger than this is refused (502).
@@ -18,30 +18,6 @@ pub const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 
 /// More header fields than this in a response are refused (502).
 const MAX_FIELDS: usize = 200;
-
-/// One header field: offsets of its name and value in the buffer, and its class.
-#[derive(Debug, Clone, Copy)]
-pub struct Field {
-    name: (u32, u32),
-    value: (u32, u32),
-    class: Name,
-    /// Listed in the response's `Connection` field: not forwarded.
-    named: bool,
-}
-
-/// The offsets of `part` in `buf`. The parser hands out slices of `buf`, except that an empty
-/// part (a missing reason phrase, say) may be a static empty string: that is `(0, 0)`.
-fn range(buf: &[u8], part: &[u8]) -> (u32, u32) {
-    let start = (part.as_ptr() as usize).wrapping_sub(buf.as_ptr() as usize);
-    if part.is_empty() || start > buf.len() || part.len() > buf.len() - start {
-        return (0, 0);
-    }
-    (start as u32, (start + part.len()) as u32)
-}
-
-fn slice(buf: &[u8], (start, end): (u32, u32)) -> &[u8] {
-    &buf[start as usize..end as usize]
-}
 
 /// How the body of a response is delimited (RFC 9112 §6.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,8 +122,8 @@ pub fn parse(
     let mut connection = ConnectionOptions::default();
     for h in res.headers.iter() {
         let name = h.name.as_bytes();
-        let class = classify(name);
-        match class {
+        let field = Field::new(buf, name, h.value);
+        match field.class {
             Name::ContentLength => {
                 let value = parse_length(h.value).ok_or(BadResponse::Length)?;
                 if length.is_some_and(|l| l != value) {
@@ -174,12 +150,7 @@ pub fn parse(
             Name::Connection => connection.add(h.value),
             _ => {}
         }
-        fields.push(Field {
-            name: range(buf, name),
-            value: range(buf, h.value),
-            class,
-            named: false,
-        });
+        fields.push(field);
     }
     if connection.overflow {
         return Err(BadResponse::Parse(httparse::Error::TooManyHeaders));
@@ -239,6 +210,10 @@ impl<'h> ResponseView<'h> {
         ResponseView { head, fields, buf }
     }
 
+    fn lookup(&self) -> Fields<'h> {
+        Fields { fields: self.fields, buf: self.buf }
+    }
+
     /// The reason phrase as sent.
     pub fn reason(&self) -> &'h [u8] {
         slice(self.buf, self.head.reason)
@@ -269,21 +244,13 @@ impl<'h> ResponseView<'h> {
 
 impl HeaderLookup for ResponseView<'_> {
     fn for_each_value(&self, name: &str, found: &mut dyn FnMut(&[u8]) -> bool) {
-        for field in self.fields {
-            if slice(self.buf, field.name).eq_ignore_ascii_case(name.as_bytes())
-                && found(slice(self.buf, field.value))
-            {
-                return;
-            }
-        }
+        self.lookup().for_each_value(name, found);
     }
 
     fn first(&self, name: &str) -> Option<&[u8]> {
-        let field = self
-            .fields
-            .iter()
-            .find(|f| slice(self.buf, f.name).eq_ignore_ascii_case(name.as_bytes()))?;
-        Some(slice(self.buf, field.value))
+        let (_, value, _) =
+            self.lookup().iter().find(|(n, ..)| n.eq_ignore_ascii_case(name.as_bytes()))?;
+        Some(value)
     }
 }
 

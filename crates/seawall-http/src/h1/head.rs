@@ -10,24 +10,13 @@ use std::net::SocketAddr;
 
 use http::{Method, Version};
 
-use crate::headers::{
-    classify, has_token, tokens, valid_host, ConnectionOptions, HeaderLookup, Name,
-};
+use crate::fields::{range, slice, Field, Fields};
+use crate::headers::{has_token, tokens, valid_host, ConnectionOptions, Name};
 use crate::problem::{Reason, Refusal};
 use crate::request::{write_upstream_head, BodyFraming, FieldRef, RequestView, UpstreamHead};
 
 /// Header fields parsed without a heap allocation; beyond, up to `server.max_headers`.
 const STACK_FIELDS: usize = 100;
-
-/// One header field: offsets of its name and value in the buffer.
-#[derive(Debug, Clone, Copy)]
-struct Field {
-    name: (u32, u32),
-    value: (u32, u32),
-    class: Name,
-    /// Named in `Connection`: not forwarded.
-    named: bool,
-}
 
 /// A parsed request head. Offsets point into the buffer it was parsed from, which must not change
 /// while the head is in use.
@@ -90,20 +79,6 @@ pub enum Parsed {
 pub struct Limits {
     pub max_header_size: usize,
     pub max_headers: usize,
-}
-
-/// The offsets of `part` in `buf`. The parser hands out slices of `buf`, except that an empty
-/// part (a missing reason phrase, say) may be a static empty string: that is `(0, 0)`.
-fn range(buf: &[u8], part: &[u8]) -> (u32, u32) {
-    let start = (part.as_ptr() as usize).wrapping_sub(buf.as_ptr() as usize);
-    if part.is_empty() || start > buf.len() || part.len() > buf.len() - start {
-        return (0, 0);
-    }
-    (start as u32, (start + part.len()) as u32)
-}
-
-fn slice(buf: &[u8], (start, end): (u32, u32)) -> &[u8] {
-    &buf[start as usize..end as usize]
 }
 
 fn refuse(reason: Reason, detail: &'static str) -> Parsed {
@@ -188,9 +163,8 @@ impl RequestHead {
         let mut upgrade_h2c = false;
         let mut connection = ConnectionOptions::default();
         for h in req.headers.iter() {
-            let name = h.name.as_bytes();
-            let class = classify(name);
-            match class {
+            let field = Field::new(buf, h.name.as_bytes(), h.value);
+            match field.class {
                 Name::ContentLength => {
                     let Some(n) = parse_length(h.value) else {
                         return refuse(Reason::BadRequest, "the Content-Length is invalid");
@@ -238,12 +212,7 @@ impl RequestHead {
                 Name::Te => self.te_trailers |= has_token(h.value, b"trailers"),
                 _ => {}
             }
-            self.fields.push(Field {
-                name: range(buf, name),
-                value: range(buf, h.value),
-                class,
-                named: false,
-            });
+            self.fields.push(field);
         }
         if hosts > 1 || (http11 && hosts == 0) {
             return refuse(Reason::BadRequest, "an HTTP/1.1 request needs exactly one Host field");
@@ -307,15 +276,15 @@ impl RequestHead {
     }
 
     /// The head's fields with their buffer, for [`view`](Self::view).
-    pub fn fields<'h>(&'h self, buf: &'h [u8]) -> HeadFields<'h> {
-        HeadFields { head: self, buf }
+    pub fn fields<'h>(&'h self, buf: &'h [u8]) -> Fields<'h> {
+        Fields { fields: &self.fields, buf }
     }
 
     /// A view of the head for the policy layer (`fields` from [`fields`](Self::fields)).
     pub fn view<'h>(
         &'h self,
         buf: &'h [u8],
-        fields: &'h HeadFields<'h>,
+        fields: &'h Fields<'h>,
         peer: SocketAddr,
     ) -> RequestView<'h> {
         RequestView {
@@ -378,36 +347,10 @@ fn parse_length(value: &[u8]) -> Option<u64> {
     value.iter().try_fold(0u64, |n, &d| n.checked_mul(10)?.checked_add(u64::from(d - b'0')))
 }
 
-/// The fields of a request head with the buffer they point into (for routing and balancing).
-pub struct HeadFields<'h> {
-    head: &'h RequestHead,
-    buf: &'h [u8],
-}
-
-impl HeaderLookup for HeadFields<'_> {
-    fn for_each_value(&self, name: &str, found: &mut dyn FnMut(&[u8]) -> bool) {
-        for field in &self.head.fields {
-            if slice(self.buf, field.name).eq_ignore_ascii_case(name.as_bytes())
-                && found(slice(self.buf, field.value))
-            {
-                return;
-            }
-        }
-    }
-
-    fn first(&self, name: &str) -> Option<&[u8]> {
-        let field = self
-            .head
-            .fields
-            .iter()
-            .find(|f| slice(self.buf, f.name).eq_ignore_ascii_case(name.as_bytes()))?;
-        Some(slice(self.buf, field.value))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::headers::HeaderLookup;
 
     const LIMITS: Limits = Limits { max_header_size: 16 * 1024, max_headers: 100 };
 

@@ -18,8 +18,8 @@ use bytes::BytesMut;
 use tokio::net::TcpStream;
 
 use super::ServerState;
+use crate::fields::Field;
 use crate::metrics::Registry;
-use crate::response::Field;
 
 /// Read buffer of a raw upstream connection; it grows for a larger response head.
 pub const READ_BUFFER: usize = 16 * 1024;
