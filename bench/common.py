@@ -19,13 +19,16 @@ BODY_1K = "x" * 1024
 
 
 def need(*tools):
-    """Installs the Debian packages that provide missing tools (the scripts run as root here)."""
-    packages = {"nginx": "nginx", "haproxy": "haproxy", "wrk": "wrk"}
+    """Installs missing tools: Debian packages with apt (the scripts run as root here), oha with
+    cargo."""
+    packages = {"nginx": "nginx", "haproxy": "haproxy", "wrk": "wrk", "valgrind": "valgrind"}
     missing = [packages[t] for t in tools if t in packages and shutil.which(t) is None]
     if missing:
         env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
         subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
         subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=True, env=env)
+    if "oha" in tools and shutil.which("oha") is None:
+        subprocess.run(["cargo", "install", "oha", "--locked"], check=True)
 
 
 def build_seawall():

@@ -55,7 +55,7 @@ def main():
     ap.add_argument("--binary", help="a seawall binary to measure instead of building this tree")
     args = ap.parse_args()
     c.setup()
-    c.need("nginx")
+    c.need("nginx", "oha", "valgrind")
     binary = args.binary or c.build_seawall()
     origin = c.nginx_origin(ORIGIN)
     try:

@@ -8,7 +8,6 @@ Needs oha (`cargo install oha --locked`); writes bench/results/latency.md.
 
 import argparse
 import json
-import shutil
 import subprocess
 
 import common as c
@@ -37,9 +36,7 @@ def main():
     ap.add_argument("--out", default=str(c.ROOT / "bench" / "results" / "latency.md"))
     args = ap.parse_args()
     c.setup()
-    c.need("nginx", "haproxy", "wrk")
-    if shutil.which("oha") is None:
-        subprocess.run(["cargo", "install", "oha", "--locked"], check=True)
+    c.need("nginx", "haproxy", "wrk", "oha")
     binary = c.build_seawall()
     origin = c.nginx_origin(ORIGIN)
     peers = [
