@@ -133,11 +133,17 @@ impl Outlier {
         FailureOutcome::Ejected { until_ms }
     }
 
-    /// Takes the server back into rotation at once (its active health checks show it recovered);
-    /// its count of ejections stays, so a relapse is ejected for longer.
-    pub fn uneject(&self) -> bool {
+    /// Takes the server back into rotation at `now_ms` (its active health checks show it
+    /// recovered); returns whether it was ejected. Its count of ejections stays, so a relapse soon
+    /// is ejected for longer, and is forgiven as after any ejection that ran its course.
+    pub fn uneject(&self, now_ms: u64) -> bool {
+        if !self.is_ejected(now_ms) {
+            return false;
+        }
         self.failures.store(0, Relaxed);
-        self.ejected_until.swap(0, Relaxed) != 0
+        // The ejection ends now: the forgiveness clock of `record_success` runs from here.
+        self.ejected_until.store(now_ms.max(1), Relaxed);
+        true
     }
 }
 
@@ -248,13 +254,17 @@ mod tests {
             o.record_failure(1, &p, &gate(), || 0, 4),
             FailureOutcome::Ejected { .. }
         ));
-        assert!(o.uneject());
+        assert!(o.uneject(2));
         assert!(!o.is_ejected(2));
-        assert!(!o.uneject(), "nothing to undo twice");
+        assert!(!o.uneject(3), "nothing to undo twice");
         // The next ejection is the second one: twice as long.
         assert_eq!(
             o.record_failure(10, &p, &gate(), || 0, 4),
             FailureOutcome::Ejected { until_ms: 2010 }
         );
+        // Back again, and well behaved for max_ms: the count is forgiven.
+        assert!(o.uneject(11));
+        o.record_success(11 + p.max_ms, &p);
+        assert_eq!(o.ejections(), 0);
     }
 }

@@ -20,7 +20,9 @@ enum State {
     Size {
         digits: u8,
     },
-    /// After the size: a chunk extension up to the CR.
+    /// After the size: whitespace, before `;` or the CR.
+    SizeWs,
+    /// After `;`: a chunk extension up to the CR.
     Extension,
     /// Expecting the LF that ends the size line.
     SizeLf,
@@ -55,11 +57,19 @@ pub struct ChunkedScanner {
     data_len: u64,
     /// Bytes of the current chunk line, or of the trailer section, so far.
     line: usize,
+    /// Inside a trailer line's name (no colon yet).
+    in_name: bool,
 }
 
 impl Default for ChunkedScanner {
     fn default() -> Self {
-        ChunkedScanner { state: State::Size { digits: 0 }, size: 0, data_len: 0, line: 0 }
+        ChunkedScanner {
+            state: State::Size { digits: 0 },
+            size: 0,
+            data_len: 0,
+            line: 0,
+            in_name: false,
+        }
     }
 }
 
@@ -113,19 +123,34 @@ impl ChunkedScanner {
                     }
                     Some(_) => return Err(InvalidChunked),
                     None if digits == 0 => return Err(InvalidChunked),
-                    None => match b {
-                        b'\r' => State::SizeLf,
-                        b';' | b' ' | b'\t' => {
-                            self.line = usize::from(digits);
-                            State::Extension
+                    None => {
+                        self.line = usize::from(digits);
+                        match b {
+                            b'\r' => State::SizeLf,
+                            b';' => State::Extension,
+                            b' ' | b'\t' => State::SizeWs,
+                            _ => return Err(InvalidChunked),
                         }
-                        _ => return Err(InvalidChunked),
-                    },
+                    }
                 },
+                State::SizeWs => {
+                    self.line += 1;
+                    match b {
+                        _ if self.line > MAX_CHUNK_LINE => return Err(InvalidChunked),
+                        b' ' | b'\t' => State::SizeWs,
+                        b';' => State::Extension,
+                        b'\r' => State::SizeLf,
+                        _ => return Err(InvalidChunked),
+                    }
+                }
                 State::Extension => {
                     let end = memchr::memchr2(b'\r', b'\n', &bytes[i..]);
                     self.line += end.unwrap_or(bytes.len() - i);
                     if self.line > MAX_CHUNK_LINE {
+                        return Err(InvalidChunked);
+                    }
+                    let text = &bytes[i..end.map_or(bytes.len(), |at| i + at)];
+                    if !text.iter().all(|&c| is_field_text(c)) {
                         return Err(InvalidChunked);
                     }
                     match end {
@@ -150,9 +175,13 @@ impl ChunkedScanner {
                 State::DataLf if b == b'\n' => State::Size { digits: 0 },
                 State::TrailerStart => match b {
                     b'\r' => State::EndLf,
-                    // A field line cannot start with whitespace (obsolete line folding).
-                    b' ' | b'\t' | b'\n' => return Err(InvalidChunked),
-                    _ => State::TrailerLine,
+                    // A field line starts with its name: not with whitespace (obsolete line
+                    // folding), nor anything but a token character.
+                    _ if is_token(b) => {
+                        self.in_name = true;
+                        State::TrailerLine
+                    }
+                    _ => return Err(InvalidChunked),
                 },
                 State::TrailerLine => {
                     let end = memchr::memchr2(b'\r', b'\n', &bytes[i..]);
@@ -160,7 +189,22 @@ impl ChunkedScanner {
                     if self.line > MAX_TRAILERS {
                         return Err(InvalidChunked);
                     }
+                    // `name: value`: token characters up to the colon, then field text.
+                    for &c in &bytes[i..end.map_or(bytes.len(), |at| i + at)] {
+                        let ok = match (self.in_name, c) {
+                            (true, b':') => {
+                                self.in_name = false;
+                                true
+                            }
+                            (true, c) => is_token(c),
+                            (false, c) => is_field_text(c),
+                        };
+                        if !ok {
+                            return Err(InvalidChunked);
+                        }
+                    }
                     match end {
+                        Some(_) if self.in_name => return Err(InvalidChunked),
                         Some(at) if bytes[i + at] == b'\r' => {
                             trailer(&bytes[i..=i + at]);
                             i += at + 1;
@@ -184,13 +228,25 @@ impl ChunkedScanner {
                 }
             };
             if self.state == State::TrailerLine {
-                // The first byte of a trailer line: hand it over with the rest of the line.
+                // The first byte of a trailer line (a name's, checked above): hand it over with
+                // the rest of the line.
                 trailer(&bytes[i..=i]);
             }
             i += 1;
         }
         Ok(bytes.len())
     }
+}
+
+/// A token character (RFC 9110 §5.6.2), as field names are made of.
+fn is_token(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// A byte a field value or chunk extension may hold: anything but control characters, tab
+/// aside.
+fn is_field_text(b: u8) -> bool {
+    (b >= 0x20 && b != 0x7f) || b == b'\t'
 }
 
 fn hex_value(b: u8) -> Option<u8> {
@@ -200,11 +256,6 @@ fn hex_value(b: u8) -> Option<u8> {
         b'A'..=b'F' => Some(b - b'A' + 10),
         _ => None,
     }
-}
-
-/// Writes the line that starts a chunk of `len` bytes into `out`.
-pub fn chunk_start(out: &mut Vec<u8>, len: usize) {
-    out.extend_from_slice(chunk_line(len, &mut [0u8; 18]));
 }
 
 /// The line that starts a chunk of `len` bytes, written into `buf`.
@@ -248,6 +299,7 @@ mod tests {
             assert_eq!(end_of(body, step), Ok(Some(body.len() - 4)), "step {step}");
         }
         assert_eq!(end_of(b"0\r\n\r\n", 1), Ok(Some(5)));
+        assert_eq!(end_of(b"1 ;a=b \r\nz\r\n0  \r\n\r\n", 1), Ok(Some(19)), "whitespace before ;");
         assert_eq!(end_of(b"5\r\nhel", 2), Ok(None));
     }
 
@@ -264,6 +316,11 @@ mod tests {
             b"0\r\nx: 1\n\r\n",
             b"0\r\nx: 1\r\n folded\r\n\r\n",
             b"1;ext\n",
+            b"5 x\r\nhello\r\n0\r\n\r\n",
+            b"5;a\x00b\r\nhello\r\n0\r\n\r\n",
+            b"0\r\nno colon\r\n\r\n",
+            b"0\r\n:empty name\r\n\r\n",
+            b"0\r\nx: bad\x01\r\n\r\n",
         ] {
             assert_eq!(end_of(bad, 100), Err(InvalidChunked), "{:?}", String::from_utf8_lossy(bad));
         }
@@ -315,9 +372,7 @@ mod tests {
     #[test]
     fn chunk_lines() {
         for (len, text) in [(0, "0\r\n"), (5, "5\r\n"), (255, "ff\r\n"), (4096, "1000\r\n")] {
-            let mut out = Vec::new();
-            chunk_start(&mut out, len);
-            assert_eq!(out, text.as_bytes());
+            assert_eq!(chunk_line(len, &mut [0u8; 18]), text.as_bytes());
         }
     }
 }

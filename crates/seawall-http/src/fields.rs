@@ -49,6 +49,11 @@ pub struct Fields<'h> {
 }
 
 impl<'h> Fields<'h> {
+    /// The first value of `name`, borrowed from the buffer (not from this view).
+    pub fn get(&self, name: &str) -> Option<&'h [u8]> {
+        self.iter().find(|(n, ..)| n.eq_ignore_ascii_case(name.as_bytes())).map(|(_, v, _)| v)
+    }
+
     /// Each field's name and value.
     pub fn iter(&self) -> impl Iterator<Item = (&'h [u8], &'h [u8], &'h Field)> + 'h {
         let buf = self.buf;
@@ -66,7 +71,7 @@ impl HeaderLookup for Fields<'_> {
     }
 
     fn first(&self, name: &str) -> Option<&[u8]> {
-        self.iter().find(|(n, ..)| n.eq_ignore_ascii_case(name.as_bytes())).map(|(_, v, _)| v)
+        self.get(name)
     }
 }
 

@@ -72,7 +72,31 @@ pub fn eq_lower(name: &[u8], lower: &[u8]) -> bool {
 }
 
 /// Classifies a header name: by length first, so most names cost one comparison or none.
+///
+/// A name spelt with `_` where one Seawall acts on has `-` (`X_Forwarded_For`) is read as that
+/// field by servers that map both to one variable (CGI, WSGI, many frameworks): such a twin is
+/// treated as hop-by-hop and never forwarded, so it cannot pass for the real one.
 pub fn classify(name: &[u8]) -> Name {
+    match classify_exact(name) {
+        Name::Other if memchr::memchr(b'_', name).is_some() && is_twin(name) => Name::HopByHop,
+        class => class,
+    }
+}
+
+/// Whether `name` with `_` read as `-` is a name Seawall acts on.
+fn is_twin(name: &[u8]) -> bool {
+    let mut dashed = [0u8; 32];
+    let Some(dashed) = dashed.get_mut(..name.len()) else {
+        // Longer than every name that matters, except the `proxy-` family.
+        return name[..6].eq_ignore_ascii_case(b"proxy_");
+    };
+    for (d, &b) in dashed.iter_mut().zip(name) {
+        *d = if b == b'_' { b'-' } else { b };
+    }
+    classify_exact(dashed) != Name::Other
+}
+
+fn classify_exact(name: &[u8]) -> Name {
     let is = |want: &[u8]| eq_lower(name, want);
     match name.len() {
         2 if is(b"te") => Name::Te,
@@ -174,6 +198,35 @@ pub fn valid_host(value: &[u8]) -> bool {
     value.iter().all(|&b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:%[]".contains(&b))
 }
 
+/// Parses a `Content-Length` value: decimal digits only (no sign, no list), at most 19 of them.
+pub fn parse_length(value: &[u8]) -> Option<u64> {
+    let value = value.trim_ascii();
+    if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    value.iter().try_fold(0u64, |n, &d| n.checked_mul(10)?.checked_add(u64::from(d - b'0')))
+}
+
+/// Writes `content-length: n`.
+pub fn write_content_length(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(b"content-length: ");
+    out.extend_from_slice(itoa_u64(n, &mut [0u8; 20]));
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Formats `n` in decimal into `buf`, returning the digits (`fmt` costs more on the hot path).
+pub fn itoa_u64(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[i..];
+        }
+    }
+}
+
 /// Writes one header field line.
 pub fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
@@ -262,6 +315,15 @@ mod tests {
         assert_eq!(classify(b"X-Forwarded-Proto"), Name::XForwardedReplaced);
         assert_eq!(classify(b"Transfer-Encoding"), Name::TransferEncoding);
         assert_eq!(classify(b"X-Custom"), Name::Other);
+        assert_eq!(classify(b"X_Custom"), Name::Other);
+        for twin in [
+            &b"X_Forwarded_For"[..],
+            b"x_forwarded_host",
+            b"Content_Length",
+            b"proxy_authorization",
+        ] {
+            assert_eq!(classify(twin), Name::HopByHop, "{}", String::from_utf8_lossy(twin));
+        }
     }
 
     #[test]

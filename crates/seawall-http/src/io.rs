@@ -58,16 +58,6 @@ pub fn poll_write_all<W: AsyncWrite + Unpin>(
     Poll::Ready(Ok(()))
 }
 
-/// Writes all of `slices`, in as few system calls as the stream allows.
-pub async fn write_all_vectored<W: AsyncWrite + Unpin>(
-    stream: &mut W,
-    slices: &mut [IoSlice<'_>],
-) -> io::Result<()> {
-    let mut slices = slices;
-    IoSlice::advance_slices(&mut slices, 0);
-    std::future::poll_fn(|cx| poll_write_all(stream, &mut slices, cx)).await
-}
-
 /// Makes room in `buf` for the next read of at least `want` bytes.
 pub fn make_room(buf: &mut BytesMut, want: usize) {
     if buf.capacity() - buf.len() < want.min(1024) {

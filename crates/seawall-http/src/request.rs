@@ -6,9 +6,9 @@ use std::net::SocketAddr;
 use http::{Method, Version};
 
 use crate::headers::{
-    forwards_request_field, push_field, via_for, write_forwarding, HeaderLookup, Name,
+    forwards_request_field, push_field, via_for, write_content_length, write_forwarding,
+    HeaderLookup, Name,
 };
-use crate::response::itoa_u64;
 
 /// How the body of a request is delimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,11 +121,7 @@ where
     }
     match head.framing {
         BodyFraming::None => {}
-        BodyFraming::Length(n) => {
-            out.extend_from_slice(b"content-length: ");
-            out.extend_from_slice(itoa_u64(n, &mut [0u8; 20]));
-            out.extend_from_slice(b"\r\n");
-        }
+        BodyFraming::Length(n) => write_content_length(out, n),
         BodyFraming::Streamed => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
     }
     let prior = fields.filter(|f| f.class == Name::XForwardedFor && !f.named).map(|f| f.value);

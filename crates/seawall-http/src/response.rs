@@ -10,7 +10,8 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method};
 
 use crate::fields::{range, slice, Field, Fields};
 use crate::headers::{
-    forwards_response_field, has_token, push_field, tokens, ConnectionOptions, HeaderLookup, Name,
+    forwards_response_field, parse_length, push_field, tokens, via_for, write_content_length,
+    ConnectionOptions, HeaderLookup, Name,
 };
 
 /// A response head larger than this is refused (502).
@@ -117,6 +118,7 @@ pub fn parse(
     fields.clear();
     let mut length: Option<u64> = None;
     let mut chunked = false;
+    let mut chunked_seen = false;
     let mut transfer_coded = false;
     let mut other_codings = false;
     let mut connection = ConnectionOptions::default();
@@ -137,9 +139,10 @@ pub fn parse(
                 for token in tokens(h.value) {
                     transfer_coded = true;
                     if token.eq_ignore_ascii_case(b"chunked") {
-                        if chunked {
+                        if chunked_seen {
                             return Err(BadResponse::Length);
                         }
+                        chunked_seen = true;
                         chunked = true;
                     } else {
                         chunked = false;
@@ -187,14 +190,6 @@ pub fn parse(
         coded: other_codings,
         content_length: length,
     }))
-}
-
-fn parse_length(value: &[u8]) -> Option<u64> {
-    let value = value.trim_ascii();
-    if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    value.iter().try_fold(0u64, |n, &d| n.checked_mul(10)?.checked_add(u64::from(d - b'0')))
 }
 
 /// A response head with the buffer and fields it points into, for policies (and the cache).
@@ -248,10 +243,13 @@ impl HeaderLookup for ResponseView<'_> {
     }
 
     fn first(&self, name: &str) -> Option<&[u8]> {
-        let (_, value, _) =
-            self.lookup().iter().find(|(n, ..)| n.eq_ignore_ascii_case(name.as_bytes()))?;
-        Some(value)
+        self.lookup().get(name)
     }
+}
+
+/// Our `Via` entry on an answer: the protocol received from the upstream.
+fn via_from(head: &ResponseHead) -> &'static str {
+    via_for(if head.http10 { http::Version::HTTP_10 } else { http::Version::HTTP_11 })
 }
 
 /// How the body reaches an HTTP/1 client.
@@ -310,12 +308,12 @@ pub fn write_http1(
         push_field(out, name, value);
     }
     match head.framing {
-        Framing::Length(n) => write_length(out, n),
+        Framing::Length(n) => write_content_length(out, n),
         // A 204 carries no length (RFC 9110 §8.6); HEAD and 304 state the would-be body's.
         Framing::Empty if head.status == 204 => {}
         Framing::Empty => {
             if let Some(n) = head.content_length {
-                write_length(out, n);
+                write_content_length(out, n);
             }
         }
         Framing::Chunked if !client.http10 => {
@@ -333,11 +331,7 @@ pub fn write_http1(
         }
         Framing::Chunked | Framing::UntilClose => {}
     }
-    out.extend_from_slice(if head.http10 {
-        b"via: 1.0 seawall\r\n"
-    } else {
-        b"via: 1.1 seawall\r\n"
-    });
+    push_field(out, b"via", via_from(head).as_bytes());
     if !keep_open {
         out.extend_from_slice(b"connection: close\r\n");
     } else if client.http10 {
@@ -361,7 +355,8 @@ pub fn write_http1_informational(view: &ResponseView<'_>, out: &mut Vec<u8>) {
         }
         out.extend_from_slice(b"connection: upgrade\r\n");
     }
-    out.extend_from_slice(b"via: 1.1 seawall\r\n\r\n");
+    push_field(out, b"via", via_from(view.head).as_bytes());
+    out.extend_from_slice(b"\r\n");
 }
 
 fn write_status_line(out: &mut Vec<u8>, status: u16, reason: &[u8]) {
@@ -374,25 +369,6 @@ fn write_status_line(out: &mut Vec<u8>, status: u16, reason: &[u8]) {
     ]);
     out.extend_from_slice(reason);
     out.extend_from_slice(b"\r\n");
-}
-
-fn write_length(out: &mut Vec<u8>, n: u64) {
-    out.extend_from_slice(b"content-length: ");
-    out.extend_from_slice(itoa_u64(n, &mut [0u8; 20]));
-    out.extend_from_slice(b"\r\n");
-}
-
-/// Formats `n` in decimal into `buf`, returning the digits.
-pub fn itoa_u64(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            return &buf[i..];
-        }
-    }
 }
 
 /// The head as a header map for the hyper engine (HTTP/2 clients): hop-by-hop fields removed,
@@ -412,20 +388,16 @@ pub fn to_header_map(view: &ResponseView<'_>) -> Result<HeaderMap, Unrepresentab
     }
     let length = match head.framing {
         Framing::Length(n) => Some(n),
+        // A 204 carries no length (RFC 9110 §8.6).
+        Framing::Empty if head.status == 204 => None,
         Framing::Empty => head.content_length,
         _ => None,
     };
     if let Some(n) = length {
         map.insert(http::header::CONTENT_LENGTH, HeaderValue::from(n));
     }
-    let via = if head.http10 { "1.0 seawall" } else { "1.1 seawall" };
-    map.append(http::header::VIA, HeaderValue::from_static(via));
+    map.append(http::header::VIA, HeaderValue::from_static(via_from(head)));
     Ok(map)
-}
-
-/// Whether the client's `TE` asks for trailers.
-pub fn accepts_trailers(te: Option<&[u8]>) -> bool {
-    te.is_some_and(|v| has_token(v, b"trailers"))
 }
 
 #[cfg(test)]
@@ -569,7 +541,7 @@ mod tests {
     #[test]
     fn numbers_format() {
         for n in [0u64, 7, 10, 1234567890, u64::MAX] {
-            assert_eq!(itoa_u64(n, &mut [0u8; 20]), n.to_string().as_bytes());
+            assert_eq!(crate::headers::itoa_u64(n, &mut [0u8; 20]), n.to_string().as_bytes());
         }
     }
 }

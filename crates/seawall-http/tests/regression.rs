@@ -1637,6 +1637,12 @@ async fn a_client_that_stops_reading_is_closed_after_send_timeout() {
             })
             .await;
         }
+        // The stalled request gives back its place: hyper no longer polls a body whose window
+        // stays shut, so it must not be what releases it.
+        eventually(Duration::from_secs(3), "the request leaves the in-flight gauge", || async {
+            metric(&gw, "seawall_inflight_requests{route=\"all\"}").await == 0.0
+        })
+        .await;
         gw.shutdown().await;
     }
 }
@@ -2565,5 +2571,181 @@ async fn an_endless_chunk_extension_or_trailer_is_refused_not_buffered() {
             "{shape}: no refusal within 5 s (the process grew by {grown:.0} MiB meanwhile): {got:?}"
         );
     }
+    gw.shutdown().await;
+}
+
+// =============================================================================================
+// Found by reviewing the rewritten request path
+// =============================================================================================
+
+/// A listener whose accept queue is full: connecting to it hangs until the connect timeout.
+fn blackhole() -> (socket2::Socket, SocketAddr, Vec<std::net::TcpStream>) {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into()).unwrap();
+    socket.listen(0).unwrap();
+    let addr = socket.local_addr().unwrap().as_socket().unwrap();
+    let fillers = (0..4)
+        .filter_map(|_| {
+            std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()
+        })
+        .collect();
+    (socket, addr, fillers)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn time_spent_connecting_to_dead_servers_is_not_charged_to_the_live_one() {
+    // Two servers whose connects hang for 600 ms each, then one that answers in 300 ms: the
+    // request's `timeout` (1 s) starts when the live server has it, not when the client asked.
+    let (_a, dead_a, _fa) = blackhole();
+    let (_b, dead_b, _fb) = blackhole();
+    let live =
+        Scripted::start(|_| vec![Step::Pause(Duration::from_millis(300)), ok("late but fine")])
+            .await;
+    let upstream = format!(
+        "balance = \"round_robin\"\nconnect_timeout = \"600ms\"\ntimeout = \"1s\"\n{NO_EJECTION}"
+    );
+    let gw = start(proxy_to(&[dead_a, dead_b, live.addr], &upstream, "")).await;
+    // Round robin starts with the first server: a request that meets both dead ones first.
+    let answer = ask(Engine::Http1, gw.listen_addr(), Engine::Http1.get("/after-dead")).await;
+    assert_eq!((answer.status, answer.body.as_str()), (StatusCode::OK, "late but fine"));
+    assert_eq!(outcome(&gw, live.addr, "timeout").await, 0.0, "the live server did nothing wrong");
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_found_late_still_ejects_its_server() {
+    // The body stalls past read_timeout (1.5 s), longer than the ejection (1 s) the failure
+    // brings: the ejection must run from when the failure was found, not from the request.
+    let origin = Scripted::start(|_| {
+        vec![
+            write("HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhalf"),
+            Step::Stall(Duration::from_secs(5)),
+        ]
+    })
+    .await;
+    let passive = "passive = { consecutive_failures = 1, base_ejection = \"1s\" }";
+    let other = Scripted::start(|_| vec![ok("other")]).await;
+    let upstream = format!("read_timeout = \"1500ms\"\n{passive}");
+    let gw = start(proxy_to(&[origin.addr, other.addr], &upstream, "")).await;
+    let mut client = Wire::open(gw.listen_addr()).await;
+    client.send("GET /stalls HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    assert!(client.closes_within(5.0).await, "the stalled answer is cut");
+    eventually(Duration::from_secs(3), "the timeout is recorded", || async {
+        outcome(&gw, origin.addr, "timeout").await == 1.0
+    })
+    .await;
+    let state = admin(&gw, "/api/v1/state").await.json();
+    let server = state["upstreams"][0]["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["address"] == origin.addr.to_string())
+        .cloned()
+        .unwrap();
+    assert_eq!(server["ejected"], true, "{server}");
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_client_leaving_mid_body_is_counted_as_an_abort() {
+    let origin = Scripted::start(|_| {
+        vec![
+            write("HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhalf"),
+            Step::Stall(Duration::from_secs(5)),
+        ]
+    })
+    .await;
+    let gw = start(proxy_to(&[origin.addr], NO_EJECTION, "")).await;
+    let mut client = Client::connect(Engine::H2c, gw.listen_addr()).await;
+    let response = bounded(5.0, "h2c head", client.send(Engine::H2c.get("/stalls"))).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    // The client resets the stream: it drops the body half-way.
+    drop(response);
+    eventually(Duration::from_secs(3), "the origin sees its connection closed", || async {
+        origin.noted("closed") == 1
+    })
+    .await;
+    eventually(Duration::from_secs(3), "the abort is counted", || async {
+        metric(&gw, "seawall_client_aborts_total").await == 1.0
+    })
+    .await;
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_204_never_states_a_length() {
+    let origin =
+        Scripted::start(|_| vec![write("HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n")])
+            .await;
+    let gw = start(proxy_to(&[origin.addr], NO_EJECTION, "")).await;
+    for engine in ENGINES {
+        let answer = ask(engine, gw.listen_addr(), engine.get("/none")).await;
+        assert_eq!(answer.status, StatusCode::NO_CONTENT, "{engine:?}");
+        assert_eq!(answer.header("content-length"), "", "{engine:?}: RFC 9110 §8.6");
+    }
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_but_steady_reader_is_not_cut_by_send_timeout() {
+    // The client takes 1 MiB every 100 ms: every write makes progress within send_timeout
+    // (500 ms), though the whole answer takes seconds.
+    const BODY: usize = 24 << 20;
+    let origin = Scripted::start(|_| {
+        vec![write(format!("HTTP/1.1 200 OK\r\nContent-Length: {BODY}\r\n\r\n")), Step::Flood(BODY)]
+    })
+    .await;
+    let gw = start(proxy_to(&[origin.addr], NO_EJECTION, "send_timeout = \"500ms\"")).await;
+    let mut client = Wire::open(gw.listen_addr()).await;
+    client.send("GET /big HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    let mut received = 0usize;
+    let mut chunk = vec![0u8; 1 << 20];
+    let read_all = async {
+        loop {
+            let mut got = 0;
+            while got < chunk.len() {
+                match client.stream.read(&mut chunk[got..]).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => got += n,
+                }
+            }
+            received += got;
+            if received >= BODY {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    bounded(20.0, "the whole body", read_all).await;
+    assert!(received >= BODY, "cut after {received} bytes");
+    assert_eq!(metric(&gw, "seawall_client_send_timeouts_total").await, 0.0);
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_request_refused_by_the_parser_gets_no_body() {
+    let origin = Scripted::start(|_| vec![ok("x")]).await;
+    let gw = start(proxy_to(&[origin.addr], NO_EJECTION, "")).await;
+    let mut client = Wire::open(gw.listen_addr()).await;
+    client.send("HEAD / HTTP/1.1\r\nHost: a b\r\n\r\n").await;
+    assert!(client.closes_within(5.0).await);
+    let got = lossy(&client.buf);
+    assert!(got.starts_with("HTTP/1.1 400"), "{got}");
+    assert!(got.ends_with("\r\n\r\n"), "no body after the head: {got:?}");
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn underscore_twins_of_forwarding_fields_are_not_forwarded() {
+    let origin = Scripted::start(|_| vec![ok("x")]).await;
+    let gw = start(proxy_to(&[origin.addr], NO_EJECTION, "")).await;
+    let mut client = Wire::open(gw.listen_addr()).await;
+    client
+        .send("GET / HTTP/1.1\r\nHost: a\r\nX_Forwarded_For: 6.6.6.6\r\nX_Forwarded_Host: evil\r\nX_Ok: yes\r\n\r\n")
+        .await;
+    assert_eq!(client.response("GET").await.status, 200);
+    let seen = origin.seen().pop().unwrap();
+    assert!(!seen.head.contains("6.6.6.6") && !seen.head.contains("evil"), "{}", seen.head);
+    assert_eq!(seen.header("x_ok").as_deref(), Some("yes"), "other underscored names pass");
     gw.shutdown().await;
 }

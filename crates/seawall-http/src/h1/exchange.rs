@@ -100,10 +100,8 @@ impl<S: Transport> Session<S> {
             }
             Relayed::Done { status, .. } if !body_complete => (status, After::Linger),
             Relayed::Done { status, .. } => (status, After::Close),
-            Relayed::Refused(refusal, status_at) => {
-                let (served, after) =
-                    self.refuse_after_forward(&refusal, status_at.or(at), body_complete).await;
-                return (served, after);
+            Relayed::Refused(refusal) => {
+                return self.refuse_after_forward(&refusal, at, body_complete).await;
             }
             Relayed::Cut { status } => {
                 return (Served { status, upstream: at, reason: None }, After::Close);
@@ -179,7 +177,7 @@ impl<S: Transport> Session<S> {
         let rendered = response::write_http1(&response.view(), client, &mut self.out);
         let Ok((mode, keep_open)) = rendered else {
             let detail = "the upstream's transfer coding cannot be sent to this client";
-            return Relayed::Refused(Refusal::new(Reason::UpstreamError, detail), None);
+            return Relayed::Refused(Refusal::new(Reason::UpstreamError, detail));
         };
         let status = response.head.status;
         // The first bytes go out with the head, in one write where they fit.
@@ -194,7 +192,7 @@ impl<S: Transport> Session<S> {
             Ok(first) => first,
             Err(fault) => {
                 let detail = format!("upstream {fault}");
-                return Relayed::Refused(Refusal::new(Reason::UpstreamError, detail), None);
+                return Relayed::Refused(Refusal::new(Reason::UpstreamError, detail));
             }
         };
         let mut line = [0u8; 18];
@@ -344,7 +342,7 @@ enum Relayed {
         status: u16,
     },
     /// Seawall answers instead (nothing was sent yet); the server, if known.
-    Refused(Refusal, Option<(usize, usize)>),
+    Refused(Refusal),
     /// The upstream broke off a body already under way: the client's connection is cut.
     Cut {
         status: u16,

@@ -128,7 +128,9 @@ impl<S: Transport> Session<S> {
         let server = &snapshot.config.server;
         let registry = &worker.shared.registry;
         if self.buf.is_empty() {
-            if worker.drain.fired() {
+            if worker.drain.fired() && !self.has_bytes_waiting() {
+                // Draining: an idle connection closes; one whose client already sent its next
+                // request has that one answered (with `Connection: close`).
                 return Next::Close;
             }
             let park = PARK_AFTER < server.keepalive_timeout;
@@ -169,11 +171,9 @@ impl<S: Transport> Session<S> {
             match read_within(&mut self.stream, &mut self.buf, &mut self.timer).await {
                 None => {
                     registry.header_timeouts.add(1);
-                    let mut account =
-                        Account::open(&worker, &snapshot, self.peer, self.clock, || {
-                            ("-".into(), "-".into())
-                        });
-                    account.route = None;
+                    let account = Account::open(&worker, &snapshot, self.peer, self.clock, || {
+                        ("-".into(), "-".into())
+                    });
                     account.finish(Served::refused(Reason::HeaderTimeout, None), Instant::now());
                     // Best effort: the client is slow, so waiting for it is not worth it.
                     let _ = write_once(&mut self.stream, header_timeout_http1());
@@ -192,7 +192,9 @@ impl<S: Transport> Session<S> {
         let snapshot = worker.snapshot();
         let account =
             Account::open(&worker, &snapshot, self.peer, start, || ("-".into(), "-".into()));
-        refusal.write_http1(&mut self.out, Http1Answer { close: true, ..Http1Answer::default() });
+        // The head did not parse, but a refused HEAD still gets no body.
+        let head = self.buf.starts_with(b"HEAD ");
+        refusal.write_http1(&mut self.out, Http1Answer { close: true, head, http10: false });
         let written = self.write_client_once().await;
         account.finish(Served::refused(refusal.reason, None), Instant::now());
         if written.is_ok() {
@@ -226,9 +228,9 @@ impl<S: Transport> Session<S> {
         let (served, after) = match permit.route().action {
             RouteAction::Proxy { upstream } => self.proxy(&permit, upstream).await,
         };
-        let end = self.head_sent.take().unwrap_or_else(Instant::now);
-        // The keep-alive wait that follows counts from here.
-        self.clock = end;
+        // The duration runs to the response head; the keep-alive wait that follows, from now.
+        let now = self.tick();
+        let end = self.head_sent.take().unwrap_or(now);
         account.finish(served, end);
         drop(permit);
         after
@@ -290,6 +292,12 @@ impl<S: Transport> Session<S> {
             .await
     }
 
+    /// Whether the client has sent bytes not read yet (without waiting).
+    fn has_bytes_waiting(&mut self) -> bool {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        matches!(self.stream.poll_peek(&mut cx), Poll::Ready(Ok(n)) if n > 0)
+    }
+
     /// Reads the clock.
     pub(super) fn tick(&mut self) -> Instant {
         self.clock = Instant::now();
@@ -324,15 +332,19 @@ pub(super) async fn write_within<S: Transport>(
 ) -> io::Result<()> {
     let mut slices = slices;
     io::IoSlice::advance_slices(&mut slices, 0);
-    let mut armed = false;
+    let left = |s: &[io::IoSlice<'_>]| s.iter().map(|b| b.len()).sum::<usize>();
+    // The bytes left when the deadline was last armed; `None` until a write has to wait.
+    let mut armed_at: Option<usize> = None;
     std::future::poll_fn(|cx| {
         if let Poll::Ready(result) = crate::io::poll_write_all(stream, &mut slices, cx) {
             return Poll::Ready(result);
         }
-        if !armed {
-            // Only a write that has to wait pays for a clock reading.
+        let now_left = left(slices);
+        if armed_at != Some(now_left) {
+            // Only a write that has to wait pays for a clock reading, and the client has
+            // `send_timeout` after each bit of progress, not for the whole answer.
             timer.set(Instant::now() + send_timeout);
-            armed = true;
+            armed_at = Some(now_left);
         }
         match timer.poll_expired(cx) {
             Poll::Pending => Poll::Pending,

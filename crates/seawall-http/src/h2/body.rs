@@ -138,12 +138,16 @@ struct Streaming {
     timer: LazyTimer,
     /// Shared with the stall watchdog, which holds the upstream response too.
     watch: Rc<Stall>,
+    worker: Rc<Worker>,
 }
 
 /// What a streaming body shares with its watchdog.
 struct Stall {
     /// The upstream's answer; taken (and its connection closed) by the watchdog on a stall.
     response: RefCell<Option<UpstreamResponse>>,
+    /// The request's hold on its route and connection; released by the watchdog on a stall, so
+    /// a client that never takes its body holds no slot (hyper no longer polls such a body).
+    guards: RefCell<Option<Guards>>,
     /// When the body last handed a frame to hyper and left the next move to it.
     waiting_since: Cell<Option<Instant>>,
     /// Set by the watchdog: the client stopped taking the body.
@@ -191,24 +195,32 @@ impl ProxyBody {
         let streams = !response.is_done();
         let watch = Rc::new(Stall {
             response: RefCell::new(Some(response)),
+            guards: RefCell::new(Some(guards)),
             waiting_since: Cell::new(None),
             stalled: Cell::new(false),
             done: Cell::new(false),
             waker: RefCell::new(None),
         });
         if streams {
-            tokio::task::spawn_local(watchdog(Rc::clone(&watch), send_timeout, worker));
+            tokio::task::spawn_local(watchdog(Rc::clone(&watch), send_timeout, Rc::clone(&worker)));
         }
-        let streaming = Streaming { first: (!first.is_empty()).then_some(first), timer, watch };
-        ProxyBody { kind: Kind::Upstream(Box::new(streaming)), _guards: Some(guards) }
+        let first = (!first.is_empty()).then_some(first);
+        let streaming = Streaming { first, timer, watch, worker };
+        ProxyBody { kind: Kind::Upstream(Box::new(streaming)), _guards: None }
     }
 }
 
 impl Drop for ProxyBody {
     fn drop(&mut self) {
         if let Kind::Upstream(s) = &self.kind {
-            s.watch.done.set(true);
-            if let Some(waker) = s.watch.waker.borrow_mut().take() {
+            let watch = &s.watch;
+            let unfinished = watch.response.borrow().as_ref().is_some_and(|r| !r.is_done());
+            if unfinished && !watch.stalled.get() {
+                // The client reset its stream (or left) while its answer was under way.
+                s.worker.shared.registry.client_aborts.add(1);
+            }
+            watch.done.set(true);
+            if let Some(waker) = watch.waker.borrow_mut().take() {
                 waker.wake();
             }
         }
@@ -240,6 +252,7 @@ async fn watchdog(watch: Rc<Stall>, send_timeout: Duration, worker: Rc<Worker>) 
             watch.stalled.set(true);
             // Dropping the response closes the upstream connection.
             drop(watch.response.borrow_mut().take());
+            drop(watch.guards.borrow_mut().take());
             return;
         }
     }

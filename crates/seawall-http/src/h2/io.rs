@@ -146,7 +146,10 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ClientIo<S> {
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match Pin::new(&mut self.stream).poll_flush(cx) {
-            Poll::Ready(result) => Poll::Ready(result),
+            Poll::Ready(result) => {
+                self.send_armed = false;
+                Poll::Ready(result)
+            }
             Poll::Pending => self.poll_stalled(cx).map(Err),
         }
     }

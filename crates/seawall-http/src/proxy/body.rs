@@ -74,9 +74,6 @@ struct Owner {
     index: usize,
     /// The request counts against the server until the body is done.
     _inflight: Inflight,
-    /// A clock reading from the start of the exchange (milliseconds), good enough for outcome
-    /// and pool bookkeeping.
-    now_ms: u64,
 }
 
 /// Records the attempt's outcome exactly once: when the body is finished, or when the response
@@ -106,7 +103,8 @@ impl Ledger {
             None => UpstreamOutcome::Ok,
         };
         let group = &owner.snapshot.upstreams[owner.upstream];
-        group.record(owner.index, outcome, owner.now_ms);
+        // Read now: a failure found late (a body that stalls) is dated when it was found.
+        group.record(owner.index, outcome, seawall_core::clock::now_ms());
     }
 }
 
@@ -179,9 +177,8 @@ impl UpstreamResponse {
         pools: Rc<WorkerPools>,
         (upstream, index): (usize, usize),
         inflight: Inflight,
-        now_ms: u64,
     ) {
-        let owner = Owner { snapshot, pools, upstream, index, _inflight: inflight, now_ms };
+        let owner = Owner { snapshot, pools, upstream, index, _inflight: inflight };
         self.ledger.owner = Some(owner);
     }
 
@@ -322,8 +319,10 @@ impl UpstreamResponse {
         }
         if !self.reading {
             if self.pos >= self.conn.buf.len() {
-                self.conn.buf.clear();
-                self.pos = 0;
+                // Everything after the head was handed out: drop it, but keep the head (the
+                // view's offsets point into it).
+                self.conn.buf.truncate(self.head.len);
+                self.pos = self.head.len;
             }
             make_room(&mut self.conn.buf, READ_BUFFER);
             timer.set(Instant::now() + self.read_timeout);
@@ -354,11 +353,6 @@ impl UpstreamResponse {
         }
     }
 
-    /// [`poll_fill`](Self::poll_fill) as a future.
-    pub async fn fill(&mut self, timer: &mut LazyTimer) -> Result<(), BodyFault> {
-        std::future::poll_fn(|cx| self.poll_fill(cx, timer)).await
-    }
-
     /// The body was relayed to its end: records the outcome and returns the connection to its
     /// pool if it is clean.
     pub fn finish(mut self) {
@@ -372,8 +366,8 @@ impl UpstreamResponse {
         if reusable {
             let group = &owner.snapshot.upstreams[owner.upstream];
             let pool = &group.config.pool;
-            // Counted from the exchange's start: a connection leaves the pool early rather than late.
-            let expires = owner.now_ms + seawall_core::clock::duration_ms(pool.idle_timeout);
+            let expires =
+                seawall_core::clock::now_ms() + seawall_core::clock::duration_ms(pool.idle_timeout);
             let mut conn = self.conn;
             conn.check_before_reuse = self.head.framing == Framing::Empty;
             owner.pools.checkin(&group.servers[owner.index], conn, pool.max_idle, expires);
@@ -447,7 +441,7 @@ mod tests {
             if done {
                 return raw;
             }
-            response.fill(&mut timer).await.unwrap();
+            std::future::poll_fn(|cx| response.poll_fill(cx, &mut timer)).await.unwrap();
         }
     }
 
@@ -476,7 +470,7 @@ mod tests {
         let (first, done) = r.raw_ready().unwrap();
         assert_eq!((first, done), (&b"half"[..], false));
         let mut timer = LazyTimer::new(Instant::now());
-        let cut = r.fill(&mut timer).await;
+        let cut = std::future::poll_fn(|cx| r.poll_fill(cx, &mut timer)).await;
         assert_eq!(cut, Err(BodyFault::Broken("closed before the body ended")));
         drop(r);
         assert_eq!(seen.0.borrow().1, Some(false), "an abandoned body ends incomplete");

@@ -247,7 +247,10 @@ pub async fn forward<D: Downstream>(
             crate::headers::push_field(f.head, b"host", server.name.as_bytes());
         }
         f.head.extend_from_slice(b"\r\n");
-        let mut attempt = attempt(&f, group, index, conn, pooled, f.start, down, timer).await;
+        // Time spent connecting (to this server or to others first) is not the server's: its
+        // deadlines count from when it has the request.
+        let since = if pooled { f.start } else { Instant::now() };
+        let mut attempt = attempt(&f, group, index, conn, pooled, since, down, timer).await;
         if matches!(attempt, Attempt::Stale) {
             // The server closed an idle connection as we used it: nothing reached it, or nothing
             // it did can matter (the request is idempotent). One fresh connection, same server.
@@ -262,13 +265,7 @@ pub async fn forward<D: Downstream>(
         return match attempt {
             Attempt::Answered(mut response) => {
                 let pools = Rc::clone(&f.worker.pools);
-                response.attach(
-                    Rc::clone(f.snapshot),
-                    pools,
-                    (f.upstream, index),
-                    inflight,
-                    now_ms,
-                );
+                response.attach(Rc::clone(f.snapshot), pools, (f.upstream, index), inflight);
                 Forwarded::Response(response)
             }
             Attempt::Refused(refusal) => Forwarded::Refused(refusal, at),
@@ -484,7 +481,7 @@ async fn send<D: Downstream>(
                 .map_err(SendError::Client)?
             };
             if spoke {
-                if answered(f, conn) {
+                if heard(f, conn) != Heard::Nothing {
                     return Ok(Sent::Early);
                 }
                 // Interim answers go to the client now: it may wait for one before it goes on.
@@ -513,13 +510,24 @@ async fn send<D: Downstream>(
         let mut unsent = &mut slices[..];
         IoSlice::advance_slices(&mut unsent, 0);
         loop {
-            match write_watching(conn, &mut unsent, timer, !first).await {
+            let failed = match write_watching(conn, &mut unsent, timer).await {
                 Written::All => break,
-                Written::UpstreamSpoke if answered(f, conn) => return Ok(Sent::Early),
-                // An interim answer, or nothing after all: the body goes on.
-                Written::UpstreamSpoke => {}
-                Written::Failed(e) => return Err(SendError::Upstream(e)),
+                Written::UpstreamSpoke => match heard(f, conn) {
+                    Heard::Final => return Ok(Sent::Early),
+                    // Before anything was sent, a closed connection is a failed write (a stale
+                    // pooled connection may be replaced); later, the head reader reports it.
+                    Heard::Gone if first => std::io::ErrorKind::ConnectionReset.into(),
+                    Heard::Gone => return Ok(Sent::Early),
+                    // An interim answer, or nothing after all: the body goes on.
+                    Heard::Nothing => continue,
+                },
+                Written::Failed(e) => e,
+            };
+            // The upstream may have answered and closed (its own 413, say): that answer counts.
+            if heard(f, conn) == Heard::Final {
+                return Ok(Sent::Early);
             }
+            return Err(SendError::Upstream(failed));
         }
         down.consume(n);
         if complete {
@@ -535,28 +543,38 @@ enum Written {
     Failed(std::io::Error),
 }
 
-/// Whether the upstream, which became readable while the request body was still being sent, has
-/// given its final answer (or closed, or broken its answer): then sending stops. What it sent
-/// stays in the connection's buffer for the head reader, which passes interim answers on; an
-/// interim answer alone (103, 100) does not stop the body. A readable mark with nothing behind it
-/// (left by an earlier read) is cleared by the read that finds nothing.
-fn answered(f: &Forward<'_>, conn: &mut RawConn) -> bool {
+/// What the upstream said while the request was still being sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Heard {
+    /// Nothing that stops the request: interim answers, part of a head, or nothing at all.
+    Nothing,
+    /// Its final answer's head (or something that is not one: the head reader says what).
+    Final,
+    /// It closed the connection, or the connection failed.
+    Gone,
+}
+
+/// What the upstream, which became readable while the request was still being sent, has said.
+/// What it sent stays in the connection's buffer for the head reader, which passes interim
+/// answers on; an interim answer alone (103, 100) does not stop the body. A readable mark with
+/// nothing behind it (left by an earlier read) is cleared by the read that finds nothing.
+fn heard(f: &Forward<'_>, conn: &mut RawConn) -> Heard {
     make_room(&mut conn.buf, READ_BUFFER);
-    match conn.stream.try_read_buf(&mut conn.buf) {
-        Ok(0) => return true,
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-        Err(_) => return true,
-    }
+    let closed = match conn.stream.try_read_buf(&mut conn.buf) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+    };
     if conn.buf.len() > response::MAX_RESPONSE_HEAD {
-        return true;
+        return Heard::Final;
     }
     let mut at = 0;
     loop {
         match response::parse(&conn.buf[at..], f.method, f.upgrade, &mut conn.fields) {
             Ok(Parsed::Head(head)) if head.is_interim() => at += head.len,
-            Ok(Parsed::Partial) => return false,
-            Ok(Parsed::Head(_)) | Err(_) => return true,
+            Ok(Parsed::Partial) if closed => return Heard::Gone,
+            Ok(Parsed::Partial) => return Heard::Nothing,
+            Ok(Parsed::Head(_)) | Err(_) => return Heard::Final,
         }
     }
 }
@@ -579,13 +597,12 @@ async fn pass_interims<D: Downstream>(
     Ok(())
 }
 
-/// Writes `slices` to the upstream within `timer`, advancing them as they go; with `watch`, stops
-/// as soon as the upstream has something to say.
+/// Writes `slices` to the upstream within `timer`, advancing them as they go; stops as soon as
+/// the upstream has something to say.
 async fn write_watching(
     conn: &mut RawConn,
     slices: &mut &mut [IoSlice<'_>],
     timer: &mut LazyTimer,
-    watch: bool,
 ) -> Written {
     std::future::poll_fn(|cx| {
         match poll_write_all(&mut conn.stream, slices, cx) {
@@ -593,7 +610,7 @@ async fn write_watching(
             Poll::Ready(Err(e)) => return Poll::Ready(Written::Failed(e)),
             Poll::Pending => {}
         }
-        if watch && conn.stream.poll_read_ready(cx).is_ready() {
+        if conn.stream.poll_read_ready(cx).is_ready() {
             return Poll::Ready(Written::UpstreamSpoke);
         }
         timer.poll_expired(cx).map(|()| {

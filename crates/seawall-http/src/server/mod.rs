@@ -221,17 +221,16 @@ async fn wait_for_data(
     let mut sleep = std::pin::pin!(tokio::time::sleep(timeout));
     let mut drained = std::pin::pin!(drain.wait());
     std::future::poll_fn(|cx| {
-        if drained.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(Wait::Draining);
-        }
         let mut buf = tokio::io::ReadBuf::new(&mut head);
         match stream.poll_peek(cx, &mut buf) {
             // "PRI" starts the HTTP/2 connection preface (RFC 9113 §3.4) and no HTTP/1 method;
-            // the HTTP/2 session checks the rest of the preface itself.
+            // the HTTP/2 session checks the rest of the preface itself. A request already sent
+            // is served even when the drain has begun (its answer closes the connection).
             Poll::Ready(Ok(n)) if n > 0 => {
                 Poll::Ready(Wait::Data { http2: allow_h2 && head[..n] == *b"PRI" })
             }
             Poll::Ready(_) => Poll::Ready(Wait::Closed),
+            Poll::Pending if drained.as_mut().poll(cx).is_ready() => Poll::Ready(Wait::Draining),
             Poll::Pending => sleep.as_mut().poll(cx).map(|()| Wait::TimedOut),
         }
     })

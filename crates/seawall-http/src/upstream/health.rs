@@ -76,9 +76,10 @@ async fn probe_loop(check: HealthCheck, server: Arc<ServerState>, upstream: Stri
         tick.tick().await;
         let result = tokio::time::timeout(check.timeout, probe(&check, &server)).await;
         let ok = matches!(result, Ok(Ok(true)));
-        if ok && server.outlier.is_ejected(seawall_core::clock::now_ms()) {
+        let now_ms = seawall_core::clock::now_ms();
+        if ok && server.outlier.is_ejected(now_ms) {
             passed_while_ejected += 1;
-            if passed_while_ejected >= check.healthy_after && server.outlier.uneject() {
+            if passed_while_ejected >= check.healthy_after && server.outlier.uneject(now_ms) {
                 tracing::info!(%upstream, server = %server.name, "ejected server passed its health checks: back in rotation");
             }
         } else {
