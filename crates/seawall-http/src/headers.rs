@@ -78,8 +78,17 @@ pub fn eq_lower(name: &[u8], lower: &[u8]) -> bool {
 /// treated as hop-by-hop and never forwarded, so it cannot pass for the real one.
 pub fn classify(name: &[u8]) -> Name {
     match classify_exact(name) {
-        Name::Other if memchr::memchr(b'_', name).is_some() && is_twin(name) => Name::HopByHop,
+        Name::Other if may_be_twin(name) && is_twin(name) => Name::HopByHop,
         class => class,
+    }
+}
+
+/// Whether `name` could be an underscore twin at all: it has the length of a dashed name Seawall
+/// acts on, or the `proxy_` prefix. Most names are neither, and cost two comparisons.
+fn may_be_twin(name: &[u8]) -> bool {
+    match name.len() {
+        10 | 14..=17 => name.contains(&b'_'),
+        n => n > 6 && name[5] == b'_',
     }
 }
 
@@ -166,6 +175,11 @@ impl<'a> ConnectionOptions<'a> {
         }
     }
 
+    /// Whether any field name was listed (most messages list none).
+    pub fn names_any(&self) -> bool {
+        self.count > 0
+    }
+
     /// Whether the sender listed `name` in `Connection` (so it must not be forwarded).
     pub fn names(&self, name: &[u8]) -> bool {
         self.named[..self.count].iter().any(|t| t.eq_ignore_ascii_case(name))
@@ -195,8 +209,26 @@ pub fn forwards_response_field(class: Name) -> bool {
 /// Whether a `Host` value (or an authority) has only the bytes a host and port may have
 /// (RFC 3986 reg-name, IP literal, port; no user information); empty is allowed.
 pub fn valid_host(value: &[u8]) -> bool {
-    value.iter().all(|&b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:%[]".contains(&b))
+    value.iter().all(|&b| HOST_BYTES[usize::from(b)])
 }
+
+/// The bytes a host may have, as a table: checked for every byte of every `Host`.
+static HOST_BYTES: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric();
+        b += 1;
+    }
+    let extra = b"-._~!$&'()*+,;=:%[]";
+    let mut i = 0;
+    while i < extra.len() {
+        table[extra[i] as usize] = true;
+        i += 1;
+    }
+    table
+};
 
 /// Parses a `Content-Length` value: decimal digits only (no sign, no list), at most 19 of them.
 pub fn parse_length(value: &[u8]) -> Option<u64> {

@@ -158,8 +158,10 @@ pub fn parse(
     if connection.overflow {
         return Err(BadResponse::Parse(httparse::Error::TooManyHeaders));
     }
-    for field in fields.iter_mut() {
-        field.named = connection.names(slice(buf, field.name));
+    if connection.names_any() {
+        for field in fields.iter_mut() {
+            field.named = connection.names(slice(buf, field.name));
+        }
     }
     let no_body = *request_method == Method::HEAD
         || (100..200).contains(&status)

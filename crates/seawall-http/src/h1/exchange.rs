@@ -12,7 +12,7 @@ use bytes::{Buf, BytesMut};
 use tokio::io::AsyncReadExt;
 use tokio::time::Instant;
 
-use super::session::{write_within, After, Session};
+use super::session::{write_within, After, Facts, Session};
 use crate::chunked::{chunk_line, ChunkedScanner, CHUNK_END, LAST_CHUNK};
 use crate::io::{make_room, within, Transport};
 use crate::policy::{body_limit, Permit, Served};
@@ -32,18 +32,17 @@ const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
 impl<S: Transport> Session<S> {
     /// Forwards the current request to upstream `upstream` and relays the answer.
-    pub(super) async fn proxy(&mut self, permit: &Permit, upstream: usize) -> (Served, After) {
+    pub(super) async fn proxy(
+        &mut self,
+        permit: &Permit,
+        upstream: usize,
+        facts: Facts,
+    ) -> (Served, After) {
         let snapshot = permit.snapshot();
         let route = permit.route();
         let server_config = &snapshot.config.server;
-        let group = &snapshot.upstreams[upstream];
-        let (key, idempotent, host_is_server) = {
-            let buf = &self.buf[..];
-            let fields = self.head.fields(buf);
-            let view = self.head.view(buf, &fields, self.peer);
-            let host_is_server = !route.preserve_host || view.host.is_none();
-            (group.request_key(&view), view.is_idempotent(), host_is_server)
-        };
+        let Facts { key, idempotent, has_host } = facts;
+        let host_is_server = !route.preserve_host || !has_host;
         self.head.write_upstream(&self.buf, &mut self.out, self.peer, host_is_server);
         let method = self.head.method.clone();
         let draining = self.worker.drain.fired();
@@ -170,7 +169,7 @@ impl<S: Transport> Session<S> {
     /// Relays the upstream's answer to the client.
     async fn relay(
         &mut self,
-        mut response: UpstreamResponse,
+        mut response: Box<UpstreamResponse>,
         client: Http1Client,
         idempotent: bool,
     ) -> Relayed {
@@ -217,7 +216,10 @@ impl<S: Transport> Session<S> {
             return Relayed::ClientGone { status: None };
         }
         if done {
-            response.finish();
+            {
+                let now = self.tick_ms();
+                response.finish(now);
+            }
             return Relayed::Done { keep_open, status };
         }
         self.head_sent = Some(Instant::now());
@@ -257,7 +259,10 @@ impl<S: Transport> Session<S> {
                 return Relayed::ClientGone { status: Some(status) };
             }
             if done {
-                response.finish();
+                {
+                    let now = self.tick_ms();
+                    response.finish(now);
+                }
                 return Relayed::Done { keep_open, status };
             }
         }
@@ -292,7 +297,7 @@ impl<S: Transport> Session<S> {
     /// becomes a tunnel (run by the session once the request is accounted for).
     async fn switch(
         &mut self,
-        response: UpstreamResponse,
+        response: Box<UpstreamResponse>,
         at: Option<(usize, usize)>,
     ) -> (Served, After) {
         let served = Served { status: 101, upstream: at, reason: None };

@@ -241,8 +241,10 @@ impl RequestHead {
         // would get a raw HTTP/2 tunnel past every per-request policy.
         self.upgrade = http11 && connection.upgrade && upgrade_field && !upgrade_h2c;
         self.close = connection.close || !(http11 || connection.keep_alive);
-        for field in &mut self.fields {
-            field.named = connection.names(slice(buf, field.name));
+        if connection.names_any() {
+            for field in &mut self.fields {
+                field.named = connection.names(slice(buf, field.name));
+            }
         }
         Parsed::Complete
     }

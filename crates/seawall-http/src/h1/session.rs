@@ -61,6 +61,18 @@ pub(super) struct Session<S> {
     /// When the response head went out, if its body took further writes (else the end of the
     /// exchange is as good).
     pub(super) head_sent: Option<Instant>,
+    /// `clock` was read at the end of the exchange (it need not be read again to close it).
+    pub(super) clock_fresh: bool,
+}
+
+/// What the upstream call needs of a request's view.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Facts {
+    /// The balancing key.
+    pub key: u64,
+    pub idempotent: bool,
+    /// The request named a host.
+    pub has_host: bool,
 }
 
 /// What reading the next head came to.
@@ -96,6 +108,7 @@ pub async fn serve<S: Transport>(worker: Rc<Worker>, stream: S, peer: SocketAddr
         timer: LazyTimer::new(clock + Duration::from_secs(3600)),
         clock,
         head_sent: None,
+        clock_fresh: false,
     };
     loop {
         let after = match session.next_head().await {
@@ -226,10 +239,18 @@ impl<S: Transport> Session<S> {
             }
         };
         let (served, after) = match permit.route().action {
-            RouteAction::Proxy { upstream } => self.proxy(&permit, upstream).await,
+            RouteAction::Proxy { upstream } => {
+                // What the upstream call needs of the view, taken while the head is at hand.
+                let facts = Facts {
+                    key: snapshot.upstreams[upstream].request_key(&view),
+                    idempotent: view.is_idempotent(),
+                    has_host: view.host.is_some(),
+                };
+                self.proxy(&permit, upstream, facts).await
+            }
         };
         // The duration runs to the response head; the keep-alive wait that follows, from now.
-        let now = self.tick();
+        let now = if std::mem::take(&mut self.clock_fresh) { self.clock } else { self.tick() };
         let end = self.head_sent.take().unwrap_or(now);
         account.finish(served, end);
         drop(permit);
@@ -296,6 +317,13 @@ impl<S: Transport> Session<S> {
     fn has_bytes_waiting(&mut self) -> bool {
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
         matches!(self.stream.poll_peek(&mut cx), Poll::Ready(Ok(n)) if n > 0)
+    }
+
+    /// Reads the clock at the end of an exchange, in [`seawall_core::clock`] milliseconds.
+    pub(super) fn tick_ms(&mut self) -> u64 {
+        let now = self.tick();
+        self.clock_fresh = true;
+        seawall_core::clock::ms_at(now.into_std())
     }
 
     /// Reads the clock.

@@ -144,7 +144,7 @@ struct Streaming {
 /// What a streaming body shares with its watchdog.
 struct Stall {
     /// The upstream's answer; taken (and its connection closed) by the watchdog on a stall.
-    response: RefCell<Option<UpstreamResponse>>,
+    response: RefCell<Option<Box<UpstreamResponse>>>,
     /// The request's hold on its route and connection; released by the watchdog on a stall, so
     /// a client that never takes its body holds no slot (hyper no longer polls such a body).
     guards: RefCell<Option<Guards>>,
@@ -185,7 +185,7 @@ impl ProxyBody {
 
     /// The upstream's body, decoded into frames.
     pub(super) fn upstream(
-        response: UpstreamResponse,
+        response: Box<UpstreamResponse>,
         first: Bytes,
         timer: LazyTimer,
         send_timeout: Duration,
@@ -288,7 +288,7 @@ impl Streaming {
             if response.is_done() {
                 let trailers = trailer_map(response.trailers());
                 if let Some(done) = slot.take() {
-                    done.finish();
+                    done.finish(seawall_core::clock::now_ms());
                 }
                 return Poll::Ready(trailers.map(|t| Ok(Frame::trailers(t))));
             }

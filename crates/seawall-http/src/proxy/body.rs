@@ -89,7 +89,8 @@ struct Ledger {
 }
 
 impl Ledger {
-    fn record(&mut self) {
+    /// Records the outcome as of `now_ms` (a failure found late is dated when it was found).
+    fn record(&mut self, now_ms: u64) {
         if std::mem::replace(&mut self.recorded, true) {
             return;
         }
@@ -103,14 +104,15 @@ impl Ledger {
             None => UpstreamOutcome::Ok,
         };
         let group = &owner.snapshot.upstreams[owner.upstream];
-        // Read now: a failure found late (a body that stalls) is dated when it was found.
-        group.record(owner.index, outcome, seawall_core::clock::now_ms());
+        group.record(owner.index, outcome, now_ms);
     }
 }
 
 impl Drop for Ledger {
     fn drop(&mut self) {
-        self.record();
+        if !self.recorded {
+            self.record(seawall_core::clock::now_ms());
+        }
     }
 }
 
@@ -353,10 +355,10 @@ impl UpstreamResponse {
         }
     }
 
-    /// The body was relayed to its end: records the outcome and returns the connection to its
-    /// pool if it is clean.
-    pub fn finish(mut self) {
-        self.ledger.record();
+    /// The body was relayed to its end, at `now_ms`: records the outcome and returns the
+    /// connection to its pool if it is clean.
+    pub fn finish(mut self, now_ms: u64) {
+        self.ledger.record(now_ms);
         let reusable = self.is_done()
             && self.ledger.fault.is_none()
             && self.head.keep_alive
@@ -366,8 +368,7 @@ impl UpstreamResponse {
         if reusable {
             let group = &owner.snapshot.upstreams[owner.upstream];
             let pool = &group.config.pool;
-            let expires =
-                seawall_core::clock::now_ms() + seawall_core::clock::duration_ms(pool.idle_timeout);
+            let expires = now_ms + seawall_core::clock::duration_ms(pool.idle_timeout);
             let mut conn = self.conn;
             conn.check_before_reuse = self.head.framing == Framing::Empty;
             owner.pools.checkin(&group.servers[owner.index], conn, pool.max_idle, expires);
@@ -377,7 +378,7 @@ impl UpstreamResponse {
     /// A protocol switch (101): the connection now carries the tunnel. Records the outcome and
     /// returns the connection with any bytes the upstream sent after the head.
     pub fn into_tunnel(mut self) -> (RawConn, Vec<u8>) {
-        self.ledger.record();
+        self.ledger.record(seawall_core::clock::now_ms());
         let rest = self.conn.buf[self.pos..].to_vec();
         (self.conn, rest)
     }
@@ -457,7 +458,7 @@ mod tests {
         let raw = relay_raw(&mut r).await;
         assert_eq!(raw, b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nx-sum: 1\r\n\r\n");
         assert_eq!(seen.0.borrow().1, None, "not ended before the relay is finished");
-        r.finish();
+        r.finish(seawall_core::clock::now_ms());
         assert_eq!(&seen.0.borrow().0, b"hello world");
         assert_eq!(seen.0.borrow().1, Some(true));
     }

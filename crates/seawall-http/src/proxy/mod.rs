@@ -173,11 +173,10 @@ pub struct Forward<'a> {
 }
 
 /// What became of the exchange.
-// Moved once per request: cheaper than boxing the response, which would allocate.
-#[allow(clippy::large_enum_variant)]
 pub enum Forwarded {
-    /// The upstream answered; its head is in the response, the body follows.
-    Response(UpstreamResponse),
+    /// The upstream answered; its head is in the response, the body follows. Boxed: the
+    /// response is large, and moving it through every layer cost more than one allocation.
+    Response(Box<UpstreamResponse>),
     /// Seawall answers instead; the server tried, if any.
     Refused(Refusal, Option<(usize, usize)>),
     /// The client's side failed or the client left; the server tried, if any.
@@ -185,9 +184,8 @@ pub enum Forwarded {
 }
 
 /// One try on one connection.
-#[allow(clippy::large_enum_variant)]
 enum Attempt {
-    Answered(UpstreamResponse),
+    Answered(Box<UpstreamResponse>),
     /// A pooled connection turned out to be closed before anything came back.
     Stale,
     Refused(Refusal),
@@ -394,12 +392,12 @@ async fn attempt<D: Downstream>(
                     continue;
                 }
                 Ok(Parsed::Head(head)) => {
-                    return Attempt::Answered(UpstreamResponse::new(
+                    return Attempt::Answered(Box::new(UpstreamResponse::new(
                         conn,
                         head,
                         request_complete,
                         group.config.read_timeout,
-                    ));
+                    )));
                 }
                 Ok(Parsed::Partial) => {}
                 Err(e) => {

@@ -83,9 +83,17 @@ struct ServerLocal {
     inflight: u32,
 }
 
+/// Read buffers kept for reuse per worker: idle connections hold none (a crisis can leave many
+/// of them in the pools), and taking one back here spares an allocation per request.
+const SPARE_BUFFERS: usize = 64;
+
 /// One worker's connections and in-flight counts for every upstream server.
 pub struct WorkerPools {
     servers: RefCell<Vec<ServerLocal>>,
+    /// Read buffers of connections that went idle, for the next checkout.
+    spare: RefCell<Vec<BytesMut>>,
+    /// Checkouts since the last sweep: a worker with none lets its spare buffers go.
+    checkouts: std::cell::Cell<u64>,
     registry: Arc<Registry>,
 }
 
@@ -101,7 +109,12 @@ pub enum ConnectError {
 impl WorkerPools {
     /// Empty pools for one worker.
     pub fn new(registry: Arc<Registry>) -> Self {
-        WorkerPools { servers: RefCell::new(Vec::new()), registry }
+        WorkerPools {
+            servers: RefCell::new(Vec::new()),
+            spare: RefCell::new(Vec::new()),
+            checkouts: std::cell::Cell::new(0),
+            registry,
+        }
     }
 
     fn with<R>(&self, slot: usize, key: u64, f: impl FnOnce(&mut ServerLocal) -> R) -> R {
@@ -129,16 +142,18 @@ impl WorkerPools {
     /// candidate's socket directly (for requests that must not land on a connection the server
     /// is closing: they cannot be retried).
     pub fn checkout(&self, server: &ServerState, now_ms: u64, thorough: bool) -> Option<RawConn> {
-        self.with(server.slot, server.key, |s| {
+        let mut conn = self.with(server.slot, server.key, |s| {
             while let Some(idle) = s.idle.pop() {
                 if idle.expires_ms > now_ms && idle.conn.is_clean(thorough) {
-                    let mut conn = idle.conn;
-                    conn.buf.reserve(READ_BUFFER);
-                    return Some(conn);
+                    return Some(idle.conn);
                 }
             }
             None
-        })
+        })?;
+        conn.buf = self.spare.borrow_mut().pop().unwrap_or_default();
+        conn.buf.reserve(READ_BUFFER);
+        self.checkouts.set(self.checkouts.get() + 1);
+        Some(conn)
     }
 
     /// Returns a connection whose last exchange is complete; dropped (closed) when the pool is
@@ -150,8 +165,15 @@ impl WorkerPools {
         max_idle: usize,
         expires_ms: u64,
     ) {
-        // An idle connection holds no buffer: a crisis can leave many of them in the pools.
-        conn.buf = BytesMut::new();
+        // An idle connection holds no buffer: a crisis can leave many of them in the pools. Its
+        // buffer waits for the next checkout instead, a bounded number of them.
+        let mut buf = std::mem::take(&mut conn.buf);
+        let mut spare = self.spare.borrow_mut();
+        if spare.len() < SPARE_BUFFERS {
+            buf.clear();
+            spare.push(buf);
+        }
+        drop(spare);
         if conn.check_before_reuse {
             // Acknowledge the answer at once: a server holding stray bytes back (Nagle's
             // algorithm waits for our delayed acknowledgement) sends them now, where the check
@@ -179,10 +201,15 @@ impl WorkerPools {
         Ok(RawConn::new(stream))
     }
 
-    /// Closes idle connections that expired or that the server closed.
+    /// Closes idle connections that expired or that the server closed; lets the spare buffers go
+    /// when the worker had no use for them since the last sweep.
     pub fn sweep(&self, now_ms: u64) {
         for s in self.servers.borrow_mut().iter_mut() {
             s.idle.retain(|i| i.expires_ms > now_ms && i.conn.is_clean(false));
+        }
+        // A quiet worker keeps no spare buffers (their memory goes back with the rest).
+        if self.checkouts.replace(0) == 0 {
+            self.spare.borrow_mut().clear();
         }
     }
 }
