@@ -154,6 +154,15 @@ pub struct ConnectionOptions<'a> {
 impl<'a> ConnectionOptions<'a> {
     /// Adds the tokens of one `Connection` line.
     pub fn add(&mut self, value: &'a [u8]) {
+        // The common lines, a single option, without splitting.
+        if value.eq_ignore_ascii_case(b"keep-alive") {
+            self.keep_alive = true;
+            return;
+        }
+        if value.eq_ignore_ascii_case(b"close") {
+            self.close = true;
+            return;
+        }
         for token in tokens(value) {
             if token.eq_ignore_ascii_case(b"close") {
                 self.close = true;
