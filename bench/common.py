@@ -21,7 +21,8 @@ BODY_1K = "x" * 1024
 def need(*tools):
     """Installs missing tools: Debian packages with apt (the scripts run as root here), oha with
     cargo."""
-    packages = {"nginx": "nginx", "haproxy": "haproxy", "wrk": "wrk", "valgrind": "valgrind"}
+    packages = {"nginx": "nginx", "haproxy": "haproxy", "wrk": "wrk", "valgrind": "valgrind",
+                "perf": "linux-perf"}
     missing = [packages[t] for t in tools if t in packages and shutil.which(t) is None]
     if missing:
         env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
@@ -127,10 +128,19 @@ http {{
   server {{
     listen 127.0.0.1:{port} backlog=4096 reuseport;
     location / {{ default_type text/plain; return 200 "{BODY_1K}"; }}
+    location = /__origin_status {{ stub_status; }}
   }}
 }}
 """)
     return Proc("origin", ["nginx", "-c", str(conf), "-p", str(TMP)], port)
+
+
+def origin_accepts(port):
+    """Connections the nginx origin on `port` has accepted so far (its stub_status counter)."""
+    import urllib.request
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/__origin_status", timeout=5) as r:
+        text = r.read().decode()
+    return int(text.splitlines()[2].split()[0])
 
 
 def nginx_proxy(port, origin_port):

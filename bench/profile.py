@@ -1,7 +1,8 @@
 """Profiles Seawall's proxy path: perf (software cpu-clock samples, as this VM has no hardware
 counters) while wrk drives it like bench/proxy.py does; prints the hottest symbols.
 
-Usage: python3 bench/profile.py [--seconds 10]   (needs `apt-get install linux-perf`)
+Usage: python3 bench/profile.py [--seconds 10] [--connections 64]
+Installs perf (Debian's linux-perf) when missing.
 """
 
 import argparse
@@ -15,16 +16,17 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--top", type=int, default=45)
+    ap.add_argument("--connections", type=int, default=64)
     args = ap.parse_args()
     c.setup()
-    c.need("nginx", "wrk")
+    c.need("nginx", "wrk", "perf")
     binary = c.build_seawall()
     origin = c.nginx_origin(18000)
     proxy = c.seawall(binary, 18003, 19903, 18000)
     try:
-        c.wrk(18003, 2)
+        c.wrk(18003, 2, args.connections)
         data = c.TMP / "perf.data"
-        load = threading.Thread(target=c.wrk, args=(18003, args.seconds + 1))
+        load = threading.Thread(target=c.wrk, args=(18003, args.seconds + 1, args.connections))
         load.start()
         subprocess.run(["perf", "record", "-e", "cpu-clock", "-F", "2000", "-g", "-o", str(data),
                         "-p", str(proxy.popen.pid), "--", "sleep", str(args.seconds)],

@@ -110,7 +110,9 @@ pub enum HashKey {
 /// Keep-alive connections to each server, per worker.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pool {
-    pub max_idle: usize,
+    /// A fixed cap on idle connections per server and worker; `None`: as many as recent demand
+    /// needs.
+    pub max_idle: Option<usize>,
     pub idle_timeout: Duration,
 }
 

@@ -31,7 +31,6 @@ pub mod defaults {
     pub const UPSTREAM_SEND_TIMEOUT: &str = "60s";
     pub const CONNECT_TIMEOUT: &str = "1s";
     pub const TIMEOUT: &str = "30s";
-    pub const POOL_MAX_IDLE: usize = 64;
     pub const POOL_IDLE_TIMEOUT: &str = "60s";
     pub const HEALTH_INTERVAL: &str = "5s";
     pub const HEALTH_TIMEOUT: &str = "1s";
@@ -336,15 +335,10 @@ fn upstream(cx: &mut Ctx<'_>, name: &str, raw: &RawUpstream) -> Upstream {
         );
     }
     let pool = Pool {
-        max_idle: raw.pool.as_ref().map_or(defaults::POOL_MAX_IDLE as u64, |p| {
-            cx.count(
-                p.max_idle.as_ref(),
-                &key("pool.max_idle"),
-                defaults::POOL_MAX_IDLE as u64,
-                0,
-                100_000,
-            )
-        }) as usize,
+        // No cap unless one is set: the pools are sized by demand.
+        max_idle: raw.pool.as_ref().and_then(|p| p.max_idle.as_ref()).map(|max_idle| {
+            cx.count(Some(max_idle), &key("pool.max_idle"), 0, 0, 100_000) as usize
+        }),
         idle_timeout: cx.duration(
             raw.pool.as_ref().and_then(|p| p.idle_timeout.as_ref()),
             &key("pool.idle_timeout"),

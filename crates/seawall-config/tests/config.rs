@@ -44,6 +44,18 @@ fn minimal_config_is_accepted_as_written() {
 }
 
 #[test]
+fn pools_are_sized_by_demand_unless_max_idle_caps_them() {
+    let c = parse(MINIMAL, "t.toml").unwrap();
+    assert_eq!(c.upstreams[0].pool.max_idle, None);
+    assert_eq!(c.upstreams[0].pool.idle_timeout, Duration::from_secs(60));
+    let capped = MINIMAL.replace("timeout = \"5s\"", "timeout = \"5s\"\npool = { max_idle = 8 }");
+    assert_eq!(parse(&capped, "t.toml").unwrap().upstreams[0].pool.max_idle, Some(8));
+    let e =
+        errors(&MINIMAL.replace("timeout = \"5s\"", "timeout = \"5s\"\npool = { max_idle = -1 }"));
+    assert!(e[0].starts_with("t.toml:11:21: upstreams.app.pool.max_idle"), "{e:?}");
+}
+
+#[test]
 fn example_file_in_the_repository_is_valid() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/seawall.toml");
     load(std::path::Path::new(path)).unwrap();

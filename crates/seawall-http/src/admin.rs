@@ -25,7 +25,6 @@ use serde_json::json;
 
 use crate::metrics::{escape, UpstreamOutcome};
 use crate::problem::problem_with;
-use crate::snapshot::Snapshot;
 use crate::state::{ReloadError, Shared};
 use crate::upstream::ServerState;
 
@@ -175,51 +174,66 @@ fn metrics(shared: &Shared) -> String {
     shared.registry.render_process(&mut out);
     let snapshot = shared.snapshot.load();
     let now = seawall_core::clock::now_ms();
-    out.push_str("# HELP seawall_upstream_requests_total Attempts to use an upstream server, by outcome.\n# TYPE seawall_upstream_requests_total counter\n");
-    for group in &snapshot.upstreams {
-        for s in &group.servers {
-            for outcome in UpstreamOutcome::ALL {
-                let _ = writeln!(out, "seawall_upstream_requests_total{{upstream=\"{}\",server=\"{}\",outcome=\"{}\"}} {}", escape(&group.config.name), escape(&s.name), outcome.label(), s.metrics.get(outcome));
+    let families: [(&str, &str, &str, ServerSamples); 5] = [
+        (
+            "seawall_upstream_requests_total",
+            "counter",
+            "Attempts to use an upstream server, by outcome.",
+            &|s, sample| {
+                for outcome in UpstreamOutcome::ALL {
+                    sample(&format!("outcome=\"{}\"", outcome.label()), s.metrics.get(outcome));
+                }
+            },
+        ),
+        (
+            "seawall_upstream_connections_opened_total",
+            "counter",
+            "Connections opened to an upstream server.",
+            &|s, sample| sample("", s.metrics.opened()),
+        ),
+        (
+            "seawall_upstream_connections",
+            "gauge",
+            "Connections to an upstream server open now: idle in a pool, or busy with a request.",
+            &|s, sample| {
+                let (idle, busy) = s.metrics.connections();
+                sample("state=\"idle\"", idle.unsigned_abs());
+                sample("state=\"busy\"", busy.unsigned_abs());
+            },
+        ),
+        (
+            "seawall_upstream_healthy",
+            "gauge",
+            "Whether a server passes its active health checks (1) or not (0).",
+            &|s, sample| sample("", u64::from(s.healthy.load(Relaxed))),
+        ),
+        (
+            "seawall_upstream_ejected",
+            "gauge",
+            "Whether a server is ejected by passive outlier detection (1) or not (0).",
+            &|s, sample| sample("", u64::from(s.outlier.is_ejected(now))),
+        ),
+    ];
+    for (name, kind, help, samples) in families {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for group in &snapshot.upstreams {
+            for s in &group.servers {
+                let (upstream, server) = (escape(&group.config.name), escape(&s.name));
+                samples(s, &mut |labels, value| {
+                    let sep = if labels.is_empty() { "" } else { "," };
+                    let _ = writeln!(
+                        out,
+                        "{name}{{upstream=\"{upstream}\",server=\"{server}\"{sep}{labels}}} {value}"
+                    );
+                });
             }
         }
     }
-    server_gauge(
-        &mut out,
-        &snapshot,
-        "seawall_upstream_healthy",
-        "Whether a server passes its active health checks (1) or not (0).",
-        |s| s.healthy.load(Relaxed),
-    );
-    server_gauge(
-        &mut out,
-        &snapshot,
-        "seawall_upstream_ejected",
-        "Whether a server is ejected by passive outlier detection (1) or not (0).",
-        |s| s.outlier.is_ejected(now),
-    );
     out
 }
 
-/// Writes a 0/1 gauge with one sample per upstream server.
-fn server_gauge(
-    out: &mut String,
-    snapshot: &Snapshot,
-    name: &str,
-    help: &str,
-    value: impl Fn(&ServerState) -> bool,
-) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
-    for group in &snapshot.upstreams {
-        for s in &group.servers {
-            let (upstream, server) = (escape(&group.config.name), escape(&s.name));
-            let _ = writeln!(
-                out,
-                "{name}{{upstream=\"{upstream}\",server=\"{server}\"}} {}",
-                u8::from(value(s))
-            );
-        }
-    }
-}
+/// Writes one metric family's samples for a server: `sample(extra labels, value)` per sample.
+type ServerSamples<'a> = &'a dyn Fn(&ServerState, &mut dyn FnMut(&str, u64));
 
 fn state(shared: &Shared) -> String {
     let snapshot = shared.snapshot.load();

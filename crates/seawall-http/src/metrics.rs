@@ -197,10 +197,22 @@ impl UpstreamOutcome {
     }
 }
 
-/// Per-server upstream outcome counters.
+/// One worker's share of a server's counters and gauges.
+#[derive(Debug, Default)]
+struct ServerShard {
+    outcomes: [AtomicU64; UpstreamOutcome::ALL.len()],
+    /// Connections opened.
+    opened: AtomicU64,
+    /// Connections open now (idle or carrying a request).
+    open: AtomicI64,
+    /// Connections idle in a pool now.
+    idle: AtomicI64,
+}
+
+/// Per-server upstream outcome counters and connection gauges.
 #[derive(Debug)]
 pub struct ServerMetrics {
-    shards: Box<[Padded<[AtomicU64; UpstreamOutcome::ALL.len()]>]>,
+    shards: Box<[Padded<ServerShard>]>,
 }
 
 impl ServerMetrics {
@@ -209,15 +221,49 @@ impl ServerMetrics {
         ServerMetrics { shards: (0..shards).map(|_| Padded::default()).collect() }
     }
 
+    #[inline]
+    fn shard(&self) -> &ServerShard {
+        &self.shards[shard_index(self.shards.len())]
+    }
+
     /// Counts one outcome.
     #[inline]
     pub fn record(&self, outcome: UpstreamOutcome) {
-        self.shards[shard_index(self.shards.len())][outcome as usize].fetch_add(1, Relaxed);
+        self.shard().outcomes[outcome as usize].fetch_add(1, Relaxed);
     }
 
     /// Total of one outcome.
     pub fn get(&self, outcome: UpstreamOutcome) -> u64 {
-        self.shards.iter().map(|s| s[outcome as usize].load(Relaxed)).sum()
+        self.shards.iter().map(|s| s.outcomes[outcome as usize].load(Relaxed)).sum()
+    }
+
+    /// A connection to the server was opened (`1`) or closed (`-1`).
+    pub fn connection(&self, delta: i64) {
+        let shard = self.shard();
+        if delta > 0 {
+            shard.opened.fetch_add(delta.unsigned_abs(), Relaxed);
+        }
+        shard.open.fetch_add(delta, Relaxed);
+    }
+
+    /// `delta` connections became idle (or, negative, left the pool).
+    #[inline]
+    pub fn idle(&self, delta: i64) {
+        self.shard().idle.fetch_add(delta, Relaxed);
+    }
+
+    /// Connections opened to the server since start.
+    pub fn opened(&self) -> u64 {
+        self.shards.iter().map(|s| s.opened.load(Relaxed)).sum()
+    }
+
+    /// Connections open now: (idle in a pool, carrying a request).
+    pub fn connections(&self) -> (i64, i64) {
+        let sum = |f: fn(&ServerShard) -> &AtomicI64| {
+            self.shards.iter().map(|s| f(s).load(Relaxed)).sum::<i64>()
+        };
+        let (open, idle) = (sum(|s| &s.open), sum(|s| &s.idle));
+        (idle.max(0), (open - idle).max(0))
     }
 }
 
@@ -252,8 +298,6 @@ pub struct Registry {
     pub config_reloads: Counter,
     /// Reloads refused because the new file was invalid.
     pub config_reload_failures: Counter,
-    /// Upstream connections opened.
-    pub upstream_connects: Counter,
 }
 
 impl Registry {
@@ -276,7 +320,6 @@ impl Registry {
             tunnel_idle_timeouts: Counter::new(shards),
             config_reloads: Counter::new(shards),
             config_reload_failures: Counter::new(shards),
-            upstream_connects: Counter::new(shards),
         }
     }
 
@@ -367,7 +410,7 @@ impl Registry {
         for (name, help, v) in gauges {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
         }
-        let counters: [(&str, &str, u64); 11] = [
+        let counters: [(&str, &str, u64); 10] = [
             (
                 "seawall_connections_total",
                 "Client connections accepted.",
@@ -417,11 +460,6 @@ impl Registry {
                 "seawall_config_reload_failures_total",
                 "Configuration reloads refused because the new file was invalid.",
                 self.config_reload_failures.get(),
-            ),
-            (
-                "seawall_upstream_connections_opened_total",
-                "Connections opened to upstream servers.",
-                self.upstream_connects.get(),
             ),
         ];
         for (name, help, v) in counters {

@@ -31,7 +31,7 @@ impl Worker {
         let generation = shared.generation.load(Ordering::Acquire);
         let current = (generation, Rc::new(Pinned(shared.snapshot.load_full())));
         Worker {
-            pools: Rc::new(WorkerPools::new(shared.registry.clone())),
+            pools: Rc::default(),
             rng: RefCell::new(FastRng::new(0x5EA_3A11 + index as u64 * 0x9E37_79B9)),
             drain: LocalSignal::default(),
             current: RefCell::new(current),

@@ -402,7 +402,14 @@ async fn keep_alive_connections_to_the_upstream_are_reused() {
         assert_eq!(r.body.len(), 5000);
     }
     assert_eq!(
-        metric(&gw, "seawall_upstream_connections_opened_total").await,
+        metric(
+            &gw,
+            &format!(
+                "seawall_upstream_connections_opened_total{{upstream=\"app\",server=\"{}\"}}",
+                origin.addr
+            )
+        )
+        .await,
         1.0,
         "one client connection on one worker needs one upstream connection"
     );

@@ -392,9 +392,9 @@ mod tests {
     use tokio::io::AsyncWriteExt;
 
     use super::*;
-    use crate::metrics::Registry;
     use crate::response::{self, Parsed};
     use crate::upstream::pool::WorkerPools;
+    use crate::upstream::ServerState;
 
     /// Keeps what it is shown.
     #[derive(Clone, Default)]
@@ -420,8 +420,9 @@ mod tests {
                 tokio::task::yield_now().await;
             }
         });
-        let pools = WorkerPools::new(Arc::new(Registry::new(1)));
-        let mut conn = pools.connect(addr, Duration::from_secs(1)).await.unwrap();
+        let server = Arc::new(ServerState::new("origin", addr, 1));
+        let mut conn =
+            WorkerPools::default().connect(&server, Duration::from_secs(1)).await.unwrap();
         let head = loop {
             conn.buf.reserve(1024);
             tokio::io::AsyncReadExt::read_buf(&mut conn.stream, &mut conn.buf).await.unwrap();

@@ -287,7 +287,7 @@ async fn connect(
     index: usize,
 ) -> Result<RawConn, crate::upstream::pool::ConnectError> {
     let server = &group.servers[index];
-    let result = f.worker.pools.connect(server.address, group.config.connect_timeout).await;
+    let result = f.worker.pools.connect(server, group.config.connect_timeout).await;
     if let Err(e) = &result {
         group.record(index, UpstreamOutcome::ConnectFailure, seawall_core::clock::now_ms());
         faultlog::upstream_fault(&group.config.name, &server.name, &e.to_string());

@@ -383,7 +383,17 @@ async fn housekeeping(worker: Rc<Worker>, mut phase: watch::Receiver<Phase>) {
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                worker.pools.sweep(seawall_core::clock::now_ms());
+                // The key each slot holds in the configuration now.
+                let snapshot = worker.snapshot();
+                let mut current = Vec::new();
+                for s in snapshot.upstreams.iter().flat_map(|g| &g.servers) {
+                    if current.len() <= s.slot {
+                        current.resize(s.slot + 1, 0);
+                    }
+                    current[s.slot] = s.key;
+                }
+                let is_current = |slot: usize, key: u64| current.get(slot) == Some(&key);
+                worker.pools.sweep(seawall_core::clock::now_ms(), is_current);
                 if let Some(hook) = HOUSEKEEPING_HOOK.get() {
                     hook();
                 }

@@ -69,7 +69,7 @@ pub struct ServerState {
 }
 
 impl ServerState {
-    fn new(name: &str, address: SocketAddr, shards: usize) -> Self {
+    pub(crate) fn new(name: &str, address: SocketAddr, shards: usize) -> Self {
         let (slot, key) = SLOTS.take();
         ServerState {
             slot,

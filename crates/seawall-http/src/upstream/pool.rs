@@ -1,14 +1,21 @@
-//! Per-worker upstream connections: keep-alive pools and in-flight counts, indexed by server slot.
+//! Per-worker upstream connections: keep-alive pools sized by demand, and in-flight counts,
+//! indexed by server slot.
 //!
 //! Each worker thread owns one [`WorkerPools`] (behind an `Rc`, no locks): a request checks out an
 //! idle connection to its server or opens a new one, and the proxy puts it back when the
 //! upstream's answer has been read to the end and the connection is known to be clean. Both
 //! engines use the same raw HTTP/1.1 connections ([`RawConn`]), driven by the task that serves the
 //! request — no task or channel per connection.
+//!
+//! A pool keeps as many idle connections as its server's busiest moment of the last two seconds
+//! needed on this worker (the most requests in flight at once), so that under steady load, at any
+//! concurrency, a request finds a connection its predecessor left: a fixed cap closes every
+//! connection beyond it when its request ends and opens a new one for the next request. When
+//! demand falls, the surplus is closed half at a time, once a second; `pool.max_idle`, when set,
+//! caps the pool whatever the demand.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::mem::MaybeUninit;
-use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::Poll;
@@ -19,7 +26,6 @@ use tokio::net::TcpStream;
 
 use super::ServerState;
 use crate::fields::Field;
-use crate::metrics::Registry;
 
 /// Read buffer of a raw upstream connection; it grows for a larger response head.
 pub const READ_BUFFER: usize = 16 * 1024;
@@ -34,15 +40,19 @@ pub struct RawConn {
     /// The last answer had no body (HEAD, 204, 304): a broken server may still send one, so the
     /// socket is checked with a system call before the next request is written.
     pub check_before_reuse: bool,
+    /// The server, whose connection gauges count this connection until it closes.
+    server: Arc<ServerState>,
 }
 
 impl RawConn {
-    fn new(stream: TcpStream) -> Self {
+    fn new(stream: TcpStream, server: &Arc<ServerState>) -> Self {
+        server.metrics.connection(1);
         RawConn {
             stream,
             buf: BytesMut::with_capacity(READ_BUFFER),
             fields: Vec::new(),
             check_before_reuse: false,
+            server: Arc::clone(server),
         }
     }
 
@@ -69,6 +79,12 @@ impl RawConn {
     }
 }
 
+impl Drop for RawConn {
+    fn drop(&mut self) {
+        self.server.metrics.connection(-1);
+    }
+}
+
 struct Idle {
     conn: RawConn,
     expires_ms: u64,
@@ -79,8 +95,48 @@ struct Idle {
 struct ServerLocal {
     /// The key of the server this entry belongs to (a reused slot starts over).
     key: u64,
+    /// Idle connections, the oldest first: the newest is taken first, so that a surplus ages
+    /// at the front.
     idle: Vec<Idle>,
     inflight: u32,
+    /// The most requests in flight at once since the last sweep, and in the second before it:
+    /// what the pool is sized for.
+    peak: u32,
+    last_peak: u32,
+}
+
+impl ServerLocal {
+    /// Takes idle connections `range` out of the pool (they close when dropped).
+    fn remove_idle(&mut self, range: std::ops::Range<usize>) {
+        let Some(first) = self.idle.get(range.start) else { return };
+        let server = Arc::clone(&first.conn.server);
+        let removed = self.idle.drain(range).count();
+        server.metrics.idle(-(removed as i64));
+    }
+
+    /// Closes expired connections, those the server closed, and half of the idle connections
+    /// beyond what the last two seconds' demand needs (the oldest first).
+    fn sweep(&mut self, now_ms: u64) {
+        let mut gone = 0i64;
+        let mut server = None;
+        self.idle.retain(|i| {
+            let keep = i.expires_ms > now_ms && i.conn.is_clean(false);
+            if !keep {
+                gone += 1;
+                server.get_or_insert_with(|| Arc::clone(&i.conn.server));
+            }
+            keep
+        });
+        if let Some(server) = server {
+            server.metrics.idle(-gone);
+        }
+        let demand = self.peak.max(self.last_peak);
+        let wanted = demand.saturating_sub(self.inflight) as usize;
+        let surplus = self.idle.len().saturating_sub(wanted);
+        self.remove_idle(0..surplus.div_ceil(2));
+        self.last_peak = self.peak;
+        self.peak = self.inflight;
+    }
 }
 
 /// Read buffers kept for reuse per worker: idle connections hold none (a crisis can leave many
@@ -88,13 +144,13 @@ struct ServerLocal {
 const SPARE_BUFFERS: usize = 64;
 
 /// One worker's connections and in-flight counts for every upstream server.
+#[derive(Default)]
 pub struct WorkerPools {
     servers: RefCell<Vec<ServerLocal>>,
     /// Read buffers of connections that went idle, for the next checkout.
     spare: RefCell<Vec<BytesMut>>,
     /// Checkouts since the last sweep: a worker with none lets its spare buffers go.
-    checkouts: std::cell::Cell<u64>,
-    registry: Arc<Registry>,
+    checkouts: Cell<u64>,
 }
 
 /// Why no connection could be made.
@@ -107,16 +163,6 @@ pub enum ConnectError {
 }
 
 impl WorkerPools {
-    /// Empty pools for one worker.
-    pub fn new(registry: Arc<Registry>) -> Self {
-        WorkerPools {
-            servers: RefCell::new(Vec::new()),
-            spare: RefCell::new(Vec::new()),
-            checkouts: std::cell::Cell::new(0),
-            registry,
-        }
-    }
-
     fn with<R>(&self, slot: usize, key: u64, f: impl FnOnce(&mut ServerLocal) -> R) -> R {
         let mut servers = self.servers.borrow_mut();
         if servers.len() <= slot {
@@ -124,6 +170,7 @@ impl WorkerPools {
         }
         let local = &mut servers[slot];
         if local.key != key {
+            local.remove_idle(0..local.idle.len());
             *local = ServerLocal { key, ..ServerLocal::default() };
         }
         f(local)
@@ -143,12 +190,18 @@ impl WorkerPools {
     /// is closing: they cannot be retried).
     pub fn checkout(&self, server: &ServerState, now_ms: u64, thorough: bool) -> Option<RawConn> {
         let mut conn = self.with(server.slot, server.key, |s| {
-            while let Some(idle) = s.idle.pop() {
+            let mut taken = 0;
+            let found = loop {
+                let Some(idle) = s.idle.pop() else { break None };
+                taken += 1;
                 if idle.expires_ms > now_ms && idle.conn.is_clean(thorough) {
-                    return Some(idle.conn);
+                    break Some(idle.conn);
                 }
+            };
+            if taken > 0 {
+                server.metrics.idle(-taken);
             }
-            None
+            found
         })?;
         conn.buf = self.spare.borrow_mut().pop().unwrap_or_default();
         conn.buf.reserve(READ_BUFFER);
@@ -156,13 +209,13 @@ impl WorkerPools {
         Some(conn)
     }
 
-    /// Returns a connection whose last exchange is complete; dropped (closed) when the pool is
-    /// full.
+    /// Returns a connection whose last exchange is complete; dropped (closed) when the pool
+    /// holds `max_idle` connections already.
     pub fn checkin(
         &self,
         server: &ServerState,
         mut conn: RawConn,
-        max_idle: usize,
+        max_idle: Option<usize>,
         expires_ms: u64,
     ) {
         // An idle connection holds no buffer: a crisis can leave many of them in the pools. Its
@@ -181,31 +234,37 @@ impl WorkerPools {
             let _ = socket2::SockRef::from(&conn.stream).set_quickack(true);
         }
         self.with(server.slot, server.key, |s| {
-            if s.idle.len() < max_idle {
+            if max_idle.is_none_or(|max| s.idle.len() < max) {
                 s.idle.push(Idle { conn, expires_ms });
+                server.metrics.idle(1);
             }
         });
     }
 
-    /// Opens a new connection to `address`, counted in the registry.
+    /// Opens a new connection to `server`, counted in its metrics.
     pub async fn connect(
         &self,
-        address: SocketAddr,
+        server: &Arc<ServerState>,
         timeout: Duration,
     ) -> Result<RawConn, ConnectError> {
-        let stream = tokio::time::timeout(timeout, TcpStream::connect(address))
+        let stream = tokio::time::timeout(timeout, TcpStream::connect(server.address))
             .await
             .map_err(|_| ConnectError::Timeout(timeout))??;
         stream.set_nodelay(true)?;
-        self.registry.upstream_connects.add(1);
-        Ok(RawConn::new(stream))
+        Ok(RawConn::new(stream, server))
     }
 
-    /// Closes idle connections that expired or that the server closed; lets the spare buffers go
-    /// when the worker had no use for them since the last sweep.
-    pub fn sweep(&self, now_ms: u64) {
-        for s in self.servers.borrow_mut().iter_mut() {
-            s.idle.retain(|i| i.expires_ms > now_ms && i.conn.is_clean(false));
+    /// Once a second: closes idle connections that expired, that the server closed, that
+    /// demand no longer needs, or whose server is no longer configured (`is_current(slot,
+    /// key)` is false); lets the spare buffers go when the worker had no use for them since the
+    /// last sweep.
+    pub fn sweep(&self, now_ms: u64, is_current: impl Fn(usize, u64) -> bool) {
+        for (slot, s) in self.servers.borrow_mut().iter_mut().enumerate() {
+            if is_current(slot, s.key) {
+                s.sweep(now_ms);
+            } else {
+                s.remove_idle(0..s.idle.len());
+            }
         }
         // A quiet worker keeps no spare buffers (their memory goes back with the rest).
         if self.checkouts.replace(0) == 0 {
@@ -224,7 +283,10 @@ pub struct Inflight {
 impl Inflight {
     /// A request to `server` starts.
     pub fn begin(pools: &Rc<WorkerPools>, server: &ServerState) -> Self {
-        pools.with(server.slot, server.key, |s| s.inflight += 1);
+        pools.with(server.slot, server.key, |s| {
+            s.inflight += 1;
+            s.peak = s.peak.max(s.inflight);
+        });
         Inflight { pools: Rc::clone(pools), slot: server.slot, key: server.key }
     }
 }
