@@ -2,8 +2,9 @@
 latency correction: p50/p90/p99/p99.9 and the latency each proxy adds over a direct connection,
 plus CPU per request at that rate. Seawall, nginx, HAProxy and direct, one run.
 
-Usage: python3 bench/latency.py [--rate N] [--seconds 10] [--rounds 3]
-Needs oha (`cargo install oha --locked`); writes bench/results/latency.md.
+Usage: python3 bench/latency.py [--rate N] [--seconds 10] [--rounds 3] [--baseline PATH]
+Installs oha (`cargo install oha --locked`) when missing; writes bench/results/latency.md.
+--baseline adds another seawall binary (an earlier commit) to the same run.
 """
 
 import argparse
@@ -12,7 +13,7 @@ import subprocess
 
 import common as c
 
-ORIGIN, NGINX, HAPROXY, SEAWALL = 18000, 18001, 18002, 18003
+ORIGIN, NGINX, HAPROXY, SEAWALL, BASELINE = 18000, 18001, 18002, 18003, 18005
 
 
 def oha(port, rate, seconds):
@@ -34,6 +35,7 @@ def main():
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out", default=str(c.ROOT / "bench" / "results" / "latency.md"))
+    ap.add_argument("--baseline", help="another seawall binary to measure in the same run")
     args = ap.parse_args()
     c.setup()
     c.need("nginx", "haproxy", "wrk", "oha")
@@ -45,6 +47,9 @@ def main():
         ("HAProxy nbthread 2", lambda: c.haproxy(HAPROXY, ORIGIN), HAPROXY),
         ("Seawall 2 workers", lambda: c.seawall(binary, SEAWALL, 19903, ORIGIN), SEAWALL),
     ]
+    if args.baseline:
+        peers.append(("Seawall baseline (--baseline)",
+                      lambda: c.seawall(args.baseline, BASELINE, 19905, ORIGIN, "seawall-baseline"), BASELINE))
     rate = args.rate
     if not rate:
         proc = c.nginx_proxy(NGINX, ORIGIN)
@@ -70,7 +75,8 @@ def main():
     med = {name: {k: c.median([r[k] for r in runs]) for k in ("p50", "p90", "p99", "p999")}
            for name, runs in results.items()}
     lines = [c.header("Latency at a fixed rate",
-                      f"python3 bench/latency.py --rate {rate} --seconds {args.seconds} --rounds {args.rounds}"),
+                      f"python3 bench/latency.py --rate {rate} --seconds {args.seconds} --rounds {args.rounds}"
+                      + (f" --baseline {args.baseline}" if args.baseline else "")),
              f"- open loop: oha -q {rate} -c 64 --latency-correction, {args.seconds} s per run after a 2 s "
              "warm-up; origin: nginx 1 worker, fixed 1 KiB body",
              f"- medians of {args.rounds} rounds; \"added\" is the proxy's value minus direct's",
@@ -82,6 +88,8 @@ def main():
         lines.append(f"| {name} | {m['p50']:.3f} | {m['p90']:.3f} | {m['p99']:.3f} | {m['p999']:.3f} | "
                      f"{m['p50'] - d['p50']:+.3f} | {m['p90'] - d['p90']:+.3f} | "
                      f"{'—' if cpu is None else f'{cpu:.1f}'} | {sum(r['errors'] for r in results[name])} |")
+    lines += ["", "Per-round p99 ms: " + "; ".join(
+        f"{name}: " + ", ".join(f"{r['p99']:.2f}" for r in results[name]) for name, _, _ in peers), ""]
     c.write_result(args.out, lines)
 
 

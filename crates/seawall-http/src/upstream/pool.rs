@@ -7,12 +7,13 @@
 //! engines use the same raw HTTP/1.1 connections ([`RawConn`]), driven by the task that serves the
 //! request — no task or channel per connection.
 //!
-//! A pool keeps as many idle connections as its server's busiest moment of the last two seconds
+//! A pool keeps as many connections as its server's busiest moment of the last five seconds
 //! needed on this worker (the most requests in flight at once), so that under steady load, at any
 //! concurrency, a request finds a connection its predecessor left: a fixed cap closes every
 //! connection beyond it when its request ends and opens a new one for the next request. When
-//! demand falls, the surplus is closed half at a time, once a second; `pool.max_idle`, when set,
-//! caps the pool whatever the demand.
+//! demand falls, the surplus is closed half at a time, once a second (bursts that come back within
+//! five seconds find their connections); `pool.max_idle`, when set, caps the pool whatever the
+//! demand.
 
 use std::cell::{Cell, RefCell};
 use std::mem::MaybeUninit;
@@ -99,11 +100,15 @@ struct ServerLocal {
     /// at the front.
     idle: Vec<Idle>,
     inflight: u32,
-    /// The most requests in flight at once since the last sweep, and in the second before it:
-    /// what the pool is sized for.
+    /// The most requests in flight at once since the last sweep, and in each of the seconds
+    /// before it (a ring, `window` the oldest): what the pool is sized for.
     peak: u32,
-    last_peak: u32,
+    earlier_peaks: [u32; DEMAND_SECONDS - 1],
+    window: usize,
 }
+
+/// How many seconds of demand a pool is sized for.
+const DEMAND_SECONDS: usize = 5;
 
 impl ServerLocal {
     /// Takes idle connections `range` out of the pool (they close when dropped).
@@ -115,7 +120,7 @@ impl ServerLocal {
     }
 
     /// Closes expired connections, those the server closed, and half of the idle connections
-    /// beyond what the last two seconds' demand needs (the oldest first).
+    /// beyond what the last five seconds' demand needs (the oldest first).
     fn sweep(&mut self, now_ms: u64) {
         let mut gone = 0i64;
         let mut server = None;
@@ -130,11 +135,12 @@ impl ServerLocal {
         if let Some(server) = server {
             server.metrics.idle(-gone);
         }
-        let demand = self.peak.max(self.last_peak);
+        let demand = self.earlier_peaks.iter().fold(self.peak, |a, &b| a.max(b));
         let wanted = demand.saturating_sub(self.inflight) as usize;
         let surplus = self.idle.len().saturating_sub(wanted);
         self.remove_idle(0..surplus.div_ceil(2));
-        self.last_peak = self.peak;
+        self.earlier_peaks[self.window] = self.peak;
+        self.window = (self.window + 1) % self.earlier_peaks.len();
         self.peak = self.inflight;
     }
 }
