@@ -10,7 +10,8 @@ use std::sync::Arc;
 use seawall_config::Config;
 
 use crate::metrics::Registry;
-use crate::server::{self, StartError};
+use crate::server::spread::Spread;
+use crate::server::{self, StartError, WorkerStart};
 use crate::snapshot::Snapshot;
 use crate::state::{Phase, Running, Shared};
 
@@ -51,9 +52,12 @@ impl Gateway {
         let control = tokio::runtime::Handle::current();
         let snapshot = Arc::new(Snapshot::build(config, None, &registry));
         let shared = Arc::new(Shared::new(snapshot, registry, config_path, running, control));
+        let (spread, inboxes) = Spread::new(Arc::clone(&shared.registry), workers);
         let mut threads = Vec::with_capacity(workers);
-        for (index, listener) in listeners.into_iter().enumerate() {
-            threads.push(server::spawn_worker(index, listener, Arc::clone(&shared))?);
+        for (index, (listener, inbox)) in listeners.into_iter().zip(inboxes).enumerate() {
+            let (shared, spread) = (Arc::clone(&shared), Arc::clone(&spread));
+            let start = WorkerStart { index, listener, shared, spread, inbox };
+            threads.push(server::spawn_worker(start)?);
         }
         let admin_task = tokio::spawn(crate::admin::serve(admin_listener, Arc::clone(&shared)));
         tracing::info!(%listen_addr, %admin_addr, workers, "seawall is listening");

@@ -149,6 +149,17 @@ impl Gauge {
         self.shards[shard_index(self.shards.len())].fetch_add(delta, Relaxed);
     }
 
+    /// Adds `delta` on shard `shard` (another thread's: for a value that worker will take back
+    /// on its own shard).
+    pub fn add_to(&self, shard: usize, delta: i64) {
+        self.shards[shard.min(self.shards.len() - 1)].fetch_add(delta, Relaxed);
+    }
+
+    /// One shard's value.
+    pub fn shard(&self, shard: usize) -> i64 {
+        self.shards.get(shard).map_or(0, |s| s.load(Relaxed))
+    }
+
     /// The sum over all shards.
     pub fn get(&self) -> i64 {
         self.shards.iter().map(|s| s.load(Relaxed)).sum()
@@ -272,8 +283,11 @@ impl ServerMetrics {
 pub struct Registry {
     shards: usize,
     routes: Mutex<BTreeMap<String, Arc<RouteMetrics>>>,
-    /// Client connections open now.
+    /// Client connections open now, each on the shard of the worker that serves it (counted
+    /// from the moment it is assigned to that worker).
     pub connections_open: Gauge,
+    /// Connections a worker accepted and handed to a less loaded one.
+    pub connections_handed_over: Counter,
     /// Open client connections that are parked (idle, waiting in a worker's parking lot).
     pub connections_parked: Gauge,
     /// Client connections accepted since start.
@@ -310,6 +324,7 @@ impl Registry {
             connections_open: Gauge::new(shards),
             connections_parked: Gauge::new(shards),
             connections_total: Counter::new(shards),
+            connections_handed_over: Counter::new(shards),
             header_timeouts: Counter::new(shards),
             idle_timeouts: Counter::new(shards),
             parks: Counter::new(shards),
@@ -410,11 +425,23 @@ impl Registry {
         for (name, help, v) in gauges {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
         }
-        let counters: [(&str, &str, u64); 10] = [
+        let name = "seawall_worker_connections";
+        let _ = writeln!(out, "# HELP {name} Client connections each worker serves now.");
+        let _ = writeln!(out, "# TYPE {name} gauge");
+        for worker in 0..self.shards - 1 {
+            let v = self.connections_open.shard(worker);
+            let _ = writeln!(out, "{name}{{worker=\"{worker}\"}} {v}");
+        }
+        let counters: [(&str, &str, u64); 11] = [
             (
                 "seawall_connections_total",
                 "Client connections accepted.",
                 self.connections_total.get(),
+            ),
+            (
+                "seawall_connections_handed_over_total",
+                "Connections a worker accepted and handed to a less loaded worker.",
+                self.connections_handed_over.get(),
             ),
             (
                 "seawall_client_header_timeouts_total",

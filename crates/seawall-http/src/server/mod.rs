@@ -9,9 +9,11 @@
 //! [`Gateway`](crate::Gateway).
 //!
 //! A connection is served by the HTTP/1 engine ([`crate::h1`]) or, when it opens with the HTTP/2
-//! preface, by hyper ([`crate::h2`]); an idle HTTP/1 connection parks in its worker's lot.
+//! preface, by hyper ([`crate::h2`]); an idle HTTP/1 connection parks in its worker's lot. A
+//! worker that serves clearly more connections than another hands new ones over ([`spread`]).
 
 pub mod lot;
+pub mod spread;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -23,7 +25,7 @@ use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::h1;
 use crate::h2::{self, io::ClientIo, Active};
@@ -32,6 +34,7 @@ use crate::signal::LocalSignal;
 use crate::state::{Phase, Shared};
 use crate::worker::Worker;
 use lot::{Parked, ParkingLot};
+use spread::{Handed, Spread};
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -93,24 +96,35 @@ impl<F: Future + 'static> hyper::rt::Executor<F> for LocalExec {
 
 /// What the server keeps per worker thread, beside the engines' [`Worker`].
 struct Host {
+    index: usize,
     worker: Rc<Worker>,
     /// This worker's idle (parked) client connections.
     lot: Rc<ParkingLot>,
+    spread: Arc<Spread>,
+    /// This worker's share of `max_connections`: a connection holds a permit while it is open.
+    permits: Arc<Semaphore>,
 }
 
-/// Starts worker `index` on a thread of its own, serving `listener`.
-pub(crate) fn spawn_worker(
-    index: usize,
-    listener: std::net::TcpListener,
-    shared: Arc<Shared>,
-) -> Result<std::thread::JoinHandle<()>, StartError> {
+/// What a worker thread starts with.
+pub(crate) struct WorkerStart {
+    pub index: usize,
+    pub listener: std::net::TcpListener,
+    pub shared: Arc<Shared>,
+    pub spread: Arc<Spread>,
+    /// Connections other workers hand to this one.
+    pub inbox: mpsc::UnboundedReceiver<Handed>,
+}
+
+/// Starts a worker on a thread of its own.
+pub(crate) fn spawn_worker(start: WorkerStart) -> Result<std::thread::JoinHandle<()>, StartError> {
     std::thread::Builder::new()
-        .name(format!("seawall-worker-{index}"))
-        .spawn(move || run_worker(index, listener, shared))
+        .name(format!("seawall-worker-{}", start.index))
+        .spawn(move || run_worker(start))
         .map_err(StartError::Thread)
 }
 
-fn run_worker(index: usize, listener: std::net::TcpListener, shared: Arc<Shared>) {
+fn run_worker(start: WorkerStart) {
+    let WorkerStart { index, listener, shared, spread, inbox } = start;
     set_worker_shard(index);
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -130,7 +144,15 @@ fn run_worker(index: usize, listener: std::net::TcpListener, shared: Arc<Shared>
         };
         let worker = Rc::new(Worker::new(Arc::clone(&shared), index));
         let lot = Rc::new(ParkingLot::new(Arc::clone(&shared.registry)));
-        let host = Rc::new(Host { worker: Rc::clone(&worker), lot: Rc::clone(&lot) });
+        let permits = Arc::new(Semaphore::new(shared.connections_per_worker));
+        let host = Rc::new(Host {
+            index,
+            worker: Rc::clone(&worker),
+            lot: Rc::clone(&lot),
+            spread,
+            permits,
+        });
+        tokio::task::spawn_local(receive_handed(Rc::clone(&host), inbox, shared.phase.subscribe()));
         tokio::task::spawn_local(housekeeping(Rc::clone(&worker), shared.phase.subscribe()));
         let lot_host = Rc::clone(&host);
         tokio::task::spawn_local(async move {
@@ -168,10 +190,9 @@ async fn accept_loop(
 ) {
     // A worker waits for a permit before it accepts; beyond its share, new connections wait in
     // the kernel's backlog.
-    let permits = Arc::new(Semaphore::new(host.worker.shared.connections_per_worker));
     loop {
         let permit = tokio::select! {
-            p = Arc::clone(&permits).acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            p = Arc::clone(&host.permits).acquire_owned() => match p { Ok(p) => p, Err(_) => return },
             _ = leaves(phase, Phase::Running) => return,
         };
         let accepted = tokio::select! {
@@ -180,13 +201,18 @@ async fn accept_loop(
         };
         match accepted {
             Ok((stream, peer)) => {
-                tokio::task::spawn_local(serve_connection(
-                    Rc::clone(host),
-                    stream,
-                    peer,
-                    permit,
-                    false,
-                ));
+                let to = host.spread.assign(host.index);
+                let stream =
+                    if to == host.index { Some(stream) } else { hand_over(host, to, stream, peer) };
+                if let Some(stream) = stream {
+                    tokio::task::spawn_local(serve_connection(
+                        Rc::clone(host),
+                        stream,
+                        peer,
+                        permit,
+                        false,
+                    ));
+                }
             }
             Err(e) => {
                 // Out of file descriptors and similar: back off instead of spinning.
@@ -194,6 +220,73 @@ async fn accept_loop(
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
+    }
+}
+
+/// Hands a connection this worker accepted to worker `to`; returns it when it is to be served
+/// here after all (`to` is draining).
+fn hand_over(host: &Host, to: usize, stream: TcpStream, peer: SocketAddr) -> Option<TcpStream> {
+    let stream = match stream.into_std() {
+        Ok(stream) => stream,
+        Err(e) => {
+            // The socket could not leave this worker's poller: it is closed.
+            tracing::warn!(error = %e, "cannot hand a connection over");
+            host.spread.lost(to);
+            return None;
+        }
+    };
+    let handed = host.spread.hand_over(host.index, to, Handed { stream, peer }).err()?;
+    match TcpStream::from_std(handed.stream) {
+        Ok(stream) => Some(stream),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot register a connection");
+            connection_closed(&host.worker);
+            None
+        }
+    }
+}
+
+/// Serves the connections other workers hand to this one, each with a permit of this worker's
+/// own share. When the gateway drains, those still on their way are closed, as those waiting in
+/// the kernel's backlog are.
+async fn receive_handed(
+    host: Rc<Host>,
+    mut inbox: mpsc::UnboundedReceiver<Handed>,
+    mut phase: watch::Receiver<Phase>,
+) {
+    loop {
+        let handed = tokio::select! {
+            h = inbox.recv() => match h { Some(h) => h, None => return },
+            _ = leaves(&mut phase, Phase::Running) => break,
+        };
+        let permit = tokio::select! {
+            p = Arc::clone(&host.permits).acquire_owned() => p.ok(),
+            _ = leaves(&mut phase, Phase::Running) => None,
+        };
+        let Some(permit) = permit else {
+            connection_closed(&host.worker);
+            break;
+        };
+        match TcpStream::from_std(handed.stream) {
+            Ok(stream) => {
+                tokio::task::spawn_local(serve_connection(
+                    Rc::clone(&host),
+                    stream,
+                    handed.peer,
+                    permit,
+                    false,
+                ));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot register a handed connection");
+                connection_closed(&host.worker);
+            }
+        }
+    }
+    inbox.close();
+    while let Ok(handed) = inbox.try_recv() {
+        drop(handed);
+        connection_closed(&host.worker);
     }
 }
 
@@ -251,7 +344,7 @@ async fn serve_connection(
     let worker = &host.worker;
     let registry = &worker.shared.registry;
     if !resumed {
-        registry.connections_open.add(1);
+        // Counted open when it was assigned to this worker (see `spread`).
         registry.connections_total.add(1);
         let _ = stream.set_nodelay(true);
     }
