@@ -34,7 +34,8 @@ def need(*tools):
 
 def build_seawall():
     subprocess.run(["cargo", "build", "--release", "-q", "-p", "seawall"], cwd=ROOT, check=True)
-    return ROOT / "target" / "release" / "seawall"
+    target = os.environ.get("CARGO_TARGET_DIR")
+    return (Path(target) if target else ROOT / "target") / "release" / "seawall"
 
 
 def wait_port(port, timeout=15.0):
