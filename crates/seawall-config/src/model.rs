@@ -4,7 +4,10 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+pub use seawall_core::breaker::BreakerPolicy;
 pub use seawall_core::ejection::EjectionPolicy;
+pub use seawall_core::gcra::Quota;
+pub use seawall_core::priority::Priority;
 
 /// The whole validated configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -15,6 +18,12 @@ pub struct Config {
     pub upstreams: Vec<Upstream>,
     /// Routes in file order: the first match wins.
     pub routes: Vec<Route>,
+    /// Rate limiters in name order; routes refer to them by index.
+    pub rate_limits: Vec<RateLimit>,
+    /// What is valid but probably not meant (a timeout chain that cannot hold, a key this
+    /// version accepts but does not enforce yet); `seawall check` prints them, the gateway logs
+    /// them.
+    pub warnings: Vec<crate::ConfigError>,
 }
 
 /// `[server]`: listeners, workers and client-facing limits.
@@ -44,6 +53,9 @@ pub struct Server {
     pub tunnel_idle_timeout: Duration,
     /// Accept HTTP/2 with prior knowledge (h2c) on the plain listener.
     pub http2: bool,
+    /// The request header in which a client says how long it will wait (lower-case); the time
+    /// left is forwarded upstream in the same header.
+    pub deadline_header: String,
 }
 
 /// `[log]`
@@ -78,6 +90,44 @@ pub struct Upstream {
     pub pool: Pool,
     pub health: Option<HealthCheck>,
     pub passive: EjectionPolicy,
+    /// The longest a request may take here, every attempt and backoff included; `None`: bounded
+    /// only by each attempt's timeouts.
+    pub total_timeout: Option<Duration>,
+    pub breaker: Option<BreakerPolicy>,
+    pub retry: Retry,
+    pub bulkhead: Option<Bulkhead>,
+    /// Upstream groups tried in order when this one cannot answer (indices into
+    /// [`Config::upstreams`]).
+    pub fallback: Vec<usize>,
+}
+
+/// When and how a failed attempt is tried again.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Retry {
+    /// Attempts in all, the first included (1 = no retries).
+    pub attempts: u32,
+    /// The first backoff's ceiling; each later one doubles, with full jitter.
+    pub backoff: Duration,
+    pub max_backoff: Duration,
+    /// Retries may add at most this fraction to the requests of the last 10 s...
+    pub budget: f64,
+    /// ...and at least this many a second.
+    pub min_retries_per_second: u32,
+    /// Answers retried like a failed connection (for example 502, 503, 504).
+    pub on_status: Vec<u16>,
+    /// An upstream's `Retry-After` on 429/503 longer than this is not waited for.
+    pub max_retry_after: Duration,
+    /// Request bodies up to this size are kept to be sent again; larger ones are not retried.
+    pub max_body: u64,
+}
+
+/// At most `max_concurrency` requests at once to an upstream group; others wait.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bulkhead {
+    pub max_concurrency: usize,
+    /// Requests waiting at most (0 = none wait).
+    pub max_queue: usize,
+    pub queue_timeout: Duration,
 }
 
 /// One server of an upstream.
@@ -137,6 +187,60 @@ pub struct Route {
     pub preserve_host: bool,
     /// Overrides `server.max_body_size` for this route.
     pub max_body_size: Option<Option<u64>>,
+    /// The rate limiter applied (index into [`Config::rate_limits`]).
+    pub rate_limit: Option<usize>,
+    pub priority: Priority,
+    /// Every request of this route changes data (refused in read-only mode whatever its method).
+    pub writes: bool,
+    /// GET and HEAD go to this upstream group, falling back to the route's own when it has no
+    /// server up.
+    pub read_upstream: Option<usize>,
+    /// What to answer instead of an error when the route is disabled, shed or failed.
+    pub degrade: Option<Degrade>,
+}
+
+/// A stand-in answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Degrade {
+    pub status: u16,
+    pub body: String,
+    pub content_type: String,
+}
+
+/// `[rate_limits.NAME]`: quotas per client key, by tier.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RateLimit {
+    pub name: String,
+    pub key: LimitKey,
+    /// Tiers in name order.
+    pub tiers: Vec<Tier>,
+    /// The request header naming a tier (lower-case).
+    pub tier_header: Option<String>,
+    /// The tier of a key the header and the key table do not place.
+    pub default_tier: usize,
+    /// Static key → tier (index into `tiers`); wins over the header.
+    pub keys: Vec<(String, usize)>,
+    /// Keys remembered at most.
+    pub max_keys: usize,
+}
+
+/// What identifies a client to a rate limiter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LimitKey {
+    ClientIp,
+    /// A request header (lower-case name); requests without it are keyed by client IP.
+    Header(String),
+    /// A query parameter; requests without it are keyed by client IP.
+    Query(String),
+}
+
+/// One tier of a rate limiter.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tier {
+    pub name: String,
+    pub quota: Quota,
+    /// Moves the request's priority this many classes (-1: one class more important).
+    pub priority_shift: i8,
 }
 
 /// The conditions a request must meet, all of them.

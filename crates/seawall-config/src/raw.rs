@@ -26,6 +26,8 @@ pub struct RawConfig {
     pub upstreams: BTreeMap<String, RawUpstream>,
     #[serde(default)]
     pub routes: Vec<Spanned<RawRoute>>,
+    #[serde(default)]
+    pub rate_limits: BTreeMap<String, RawRateLimit>,
 }
 
 /// `[server]`
@@ -47,6 +49,7 @@ pub struct RawServer {
     pub send_timeout: Option<Text>,
     pub tunnel_idle_timeout: Option<Text>,
     pub http2: Option<bool>,
+    pub deadline_header: Option<Text>,
 }
 
 /// `[log]`
@@ -107,36 +110,53 @@ pub struct RawUpstream {
     /// toml refuses to read it into one.
     pub health: Option<RawHealth>,
     pub passive: Option<RawPassive>,
+    pub total_timeout: Option<Text>,
+    pub breaker: Option<RawBreaker>,
+    pub retry: Option<RawRetry>,
+    pub bulkhead: Option<RawBulkhead>,
+    pub fallback: Option<Vec<Text>>,
 }
 
-/// One entry of `servers`: `"host:port"` or `{ address = "host:port", weight = 3 }`.
+/// A value written either as a string or as a table `T`: a server (`"host:port"` or
+/// `{ address = "host:port", weight = 3 }`), a tier (`"100/min"` or `{ rate = "100/min", burst = 10 }`).
 #[derive(Debug, Clone)]
-pub enum RawServerEntry {
-    Address(String),
-    Weighted(RawWeightedServer),
+pub enum StrOrTable<T> {
+    Str(String),
+    Table(T),
+}
+
+/// What a [`StrOrTable`] says it expected when it finds neither.
+pub trait Expecting {
+    const EXPECTING: &'static str;
 }
 
 // By hand rather than `untagged`: an untagged enum buffers the table and turns an unknown or
 // mistyped key inside it into "data did not match any variant"; this way the table is read by
-// `RawWeightedServer` itself and its errors name the key.
-impl<'de> Deserialize<'de> for RawServerEntry {
+// `T` itself and its errors name the key.
+impl<'de, T: Deserialize<'de> + Expecting> Deserialize<'de> for StrOrTable<T> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct EntryVisitor;
-        impl<'de> Visitor<'de> for EntryVisitor {
-            type Value = RawServerEntry;
+        struct EntryVisitor<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de> + Expecting> Visitor<'de> for EntryVisitor<T> {
+            type Value = StrOrTable<T>;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("\"host:port\" or { address = \"host:port\", weight = N }")
+                f.write_str(T::EXPECTING)
             }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawServerEntry, E> {
-                Ok(RawServerEntry::Address(v.to_string()))
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<StrOrTable<T>, E> {
+                Ok(StrOrTable::Str(v.to_string()))
             }
-            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawServerEntry, A::Error> {
-                RawWeightedServer::deserialize(de::value::MapAccessDeserializer::new(map))
-                    .map(RawServerEntry::Weighted)
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<StrOrTable<T>, A::Error> {
+                T::deserialize(de::value::MapAccessDeserializer::new(map)).map(StrOrTable::Table)
             }
         }
-        deserializer.deserialize_any(EntryVisitor)
+        deserializer.deserialize_any(EntryVisitor(std::marker::PhantomData))
     }
+}
+
+/// One entry of `servers`.
+pub type RawServerEntry = StrOrTable<RawWeightedServer>;
+
+impl Expecting for RawWeightedServer {
+    const EXPECTING: &'static str = "\"host:port\" or { address = \"host:port\", weight = N }";
 }
 
 /// `{ address = "...", weight = N }`
@@ -190,6 +210,11 @@ pub struct RawRoute {
     pub upstream: Option<Text>,
     pub preserve_host: Option<bool>,
     pub max_body_size: Option<Spanned<RawSize>>,
+    pub rate_limit: Option<Text>,
+    pub priority: Option<Text>,
+    pub writes: Option<bool>,
+    pub read_upstream: Option<Text>,
+    pub degrade: Option<RawDegrade>,
 }
 
 /// `header = { name = "x-canary", value = "1" }`
@@ -198,4 +223,81 @@ pub struct RawRoute {
 pub struct RawHeaderMatch {
     pub name: Text,
     pub value: Option<Text>,
+}
+
+/// `breaker = { ... }` on an upstream.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub struct RawBreaker {
+    pub failure_rate: Option<Spanned<f64>>,
+    pub min_requests: Option<Spanned<i64>>,
+    pub window: Option<Text>,
+    pub consecutive_failures: Option<Spanned<i64>>,
+    pub slow_call: Option<Text>,
+    pub open_for: Option<Text>,
+    pub max_open_for: Option<Text>,
+    pub half_open_probes: Option<Spanned<i64>>,
+}
+
+/// `retry = { ... }` on an upstream.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub struct RawRetry {
+    pub attempts: Option<Spanned<i64>>,
+    pub backoff: Option<Text>,
+    pub max_backoff: Option<Text>,
+    pub budget: Option<Spanned<f64>>,
+    pub min_retries_per_second: Option<Spanned<i64>>,
+    pub on_status: Option<Vec<Spanned<i64>>>,
+    pub max_retry_after: Option<Text>,
+    pub max_body: Option<Spanned<RawSize>>,
+}
+
+/// `bulkhead = { ... }` on an upstream.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub struct RawBulkhead {
+    pub max_concurrency: Option<Spanned<i64>>,
+    pub max_queue: Option<Spanned<i64>>,
+    pub queue_timeout: Option<Text>,
+}
+
+/// `degrade = { ... }` on a route.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub struct RawDegrade {
+    pub status: Option<Spanned<i64>>,
+    pub body: Option<Text>,
+    pub content_type: Option<Text>,
+}
+
+/// `[rate_limits.NAME]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub struct RawRateLimit {
+    pub key: Option<Text>,
+    pub rate: Option<Text>,
+    pub burst: Option<Spanned<i64>>,
+    pub tiers: Option<BTreeMap<String, Spanned<RawTier>>>,
+    pub tier_header: Option<Text>,
+    pub default_tier: Option<Text>,
+    pub keys: Option<BTreeMap<String, Text>>,
+    pub max_keys: Option<Spanned<i64>>,
+}
+
+/// One tier: `"1000/min"` or `{ rate = "1000/min", burst = 50, priority = "raise" }`.
+pub type RawTier = StrOrTable<RawTierTable>;
+
+/// A tier written as a table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub struct RawTierTable {
+    pub rate: Option<String>,
+    pub burst: Option<i64>,
+    pub priority: Option<String>,
+}
+
+impl Expecting for RawTierTable {
+    const EXPECTING: &'static str =
+        "a rate like \"100/min\" or { rate = \"100/min\", burst = N, priority = \"raise\" }";
 }

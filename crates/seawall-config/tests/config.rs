@@ -189,7 +189,7 @@ upstream = "app"
 name = "canary"
 upstream = "app"
 header = { name = "x-canary", equals = "1" }
-priority = 1
+stickiness = 1
 "#;
 
 #[test]
@@ -213,7 +213,7 @@ fn every_unknown_key_type_error_and_validation_error_is_reported_in_line_order()
             "t.toml:22:31: routes[1].header.equals: ",
             "unknown field `equals`, expected `name` or `value`",
         ),
-        ("t.toml:23:1: routes[1].priority: ", "unknown field `priority`, expected one of"),
+        ("t.toml:23:1: routes[1].stickiness: ", "unknown field `stickiness`, expected one of"),
     ];
     assert_eq!(e.len(), expected.len(), "{e:#?}");
     for (got, (prefix, message)) in e.iter().zip(expected) {

@@ -1,12 +1,22 @@
-//! Micro-benchmarks of the policy primitives on the request path (results: bench/results/core.md).
+//! Micro-benchmarks of the policy primitives on the request path (results: bench/results/core.md),
+//! and the bytes a rate-limit key costs (counted by a wrapping allocator, printed first).
+#![allow(unsafe_code)] // the counting allocator
 
 use std::hint::black_box;
 
-use criterion::{criterion_group, criterion_main, Criterion};
+use criterion::{criterion_group, Criterion};
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicIsize, Ordering::Relaxed};
+
 use seawall_core::balance::{least_request, HashRing, RoundRobin};
+use seawall_core::breaker::{Breaker, BreakerPolicy};
+use seawall_core::budget::RetryBudget;
+use seawall_core::bulkhead::Bulkhead;
 use seawall_core::ejection::{EjectionPolicy, Outlier};
+use seawall_core::gcra::{Gcra, Quota};
 use seawall_core::hash::stable_hash;
 use seawall_core::health::HealthCounter;
+use seawall_core::ratelimit::KeyTable;
 use seawall_core::rng::FastRng;
 
 fn balance(c: &mut Criterion) {
@@ -58,5 +68,106 @@ fn outliers(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, balance, outliers);
-criterion_main!(benches);
+fn protections(c: &mut Criterion) {
+    const SEC: u64 = 1_000_000_000;
+    let gcra = Gcra::new(Quota { count: 1_000_000, period_ns: SEC, burst: 1000 });
+    let mut now = SEC;
+    let mut tat = 0;
+    c.bench_function("gcra check", |b| {
+        b.iter(|| {
+            now += 1500;
+            if let seawall_core::gcra::Verdict::Allow { tat: t, .. } =
+                gcra.check(black_box(tat), now)
+            {
+                tat = t;
+            }
+        })
+    });
+    let table = KeyTable::new(100_000);
+    let keys: Vec<String> = (0..10_000).map(|i| format!("api-key-{i:08}")).collect();
+    let mut i = 0;
+    c.bench_function("rate limit table check (10,000 keys, 16-byte key)", |b| {
+        b.iter(|| {
+            i = (i + 1) % keys.len();
+            now += 150;
+            table.check(black_box(keys[i].as_bytes()), &gcra, now)
+        })
+    });
+    let breaker = Breaker::new(BreakerPolicy {
+        failure_rate: 0.5,
+        min_requests: 20,
+        window_ms: 10_000,
+        consecutive_failures: 0,
+        slow_call_ms: 0,
+        open_ms: 30_000,
+        max_open_ms: 300_000,
+        half_open_probes: 1,
+    });
+    let mut ms = 1000;
+    c.bench_function("breaker admit (closed)", |b| b.iter(|| breaker.admit(black_box(ms))));
+    c.bench_function("breaker record (success)", |b| {
+        b.iter(|| {
+            ms += 1;
+            breaker.record(ms, black_box(false), 3, false)
+        })
+    });
+    let budget = RetryBudget::new(0.2, 3, 10_000);
+    c.bench_function("retry budget record_request", |b| {
+        b.iter(|| {
+            ms += 1;
+            budget.record_request(black_box(ms))
+        })
+    });
+    let bulkhead = std::sync::Mutex::new(Bulkhead::<()>::new(100, 100));
+    c.bench_function("bulkhead acquire and release (behind its mutex)", |b| {
+        b.iter(|| {
+            let lock = || bulkhead.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let got = lock().try_acquire();
+            black_box(got);
+            lock().release()
+        })
+    });
+}
+
+/// Counts the bytes allocated and not yet freed.
+struct Counting;
+static LIVE: AtomicIsize = AtomicIsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size() as isize, Relaxed);
+        System.alloc(layout)
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size() as isize, Relaxed);
+        System.dealloc(ptr, layout)
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+/// Bytes a rate-limit table holds per key, for 100,000 keys of 16 bytes (what callers see as
+/// memory, allocator rounding aside).
+fn bytes_per_key() {
+    let gcra = Gcra::new(Quota { count: 100, period_ns: 60_000_000_000, burst: 100 });
+    let before = LIVE.load(Relaxed);
+    let table = KeyTable::new(100_000);
+    for i in 0..100_000u32 {
+        table.check(format!("api-key-{i:08}").as_bytes(), &gcra, 1);
+    }
+    let after = LIVE.load(Relaxed);
+    println!(
+        "rate limit table bytes per key (100,000 keys of 16 bytes): {}",
+        (after - before) / 100_000
+    );
+    drop(table);
+}
+
+criterion_group!(benches, balance, outliers, protections);
+
+fn main() {
+    bytes_per_key();
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

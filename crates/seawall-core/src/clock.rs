@@ -1,4 +1,4 @@
-//! A coarse monotonic clock in milliseconds since process start.
+//! A monotonic clock in milliseconds (or nanoseconds) since process start.
 //!
 //! Policies store deadlines as plain `u64` milliseconds so that they fit in one atomic and can be
 //! compared without locks; callers pass `now` in, which keeps the primitives free of I/O and lets
@@ -21,6 +21,12 @@ pub fn now_ms() -> u64 {
 pub fn ms_at(at: Instant) -> u64 {
     // +1 so that 0 can mean "never" in atomics that hold deadlines.
     at.saturating_duration_since(origin()).as_millis() as u64 + 1
+}
+
+/// Nanoseconds since the first call in this process (never 0), for rate limits: at thousands of
+/// requests a second a millisecond is too coarse a step.
+pub fn ns_at(at: Instant) -> u64 {
+    u64::try_from(at.saturating_duration_since(origin()).as_nanos()).unwrap_or(u64::MAX - 1) + 1
 }
 
 /// Converts a duration into whole milliseconds, saturating.

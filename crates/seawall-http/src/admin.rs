@@ -173,6 +173,7 @@ fn metrics(shared: &Shared) -> String {
     shared.registry.render_routes(&mut out);
     shared.registry.render_process(&mut out);
     let snapshot = shared.snapshot.load();
+    crate::ratelimit::render_metrics(&mut out, &snapshot.limiters);
     let now = seawall_core::clock::now_ms();
     let families: [(&str, &str, &str, ServerSamples); 5] = [
         (

@@ -22,6 +22,7 @@ pub struct Gateway {
     listen_addr: SocketAddr,
     admin_addr: SocketAddr,
     admin_task: tokio::task::JoinHandle<()>,
+    sweeper: tokio::task::JoinHandle<()>,
 }
 
 impl Gateway {
@@ -50,6 +51,7 @@ impl Gateway {
             max_connections: config.server.max_connections,
         };
         let control = tokio::runtime::Handle::current();
+        crate::state::log_warnings(&config);
         let snapshot = Arc::new(Snapshot::build(config, None, &registry));
         let shared = Arc::new(Shared::new(snapshot, registry, config_path, running, control));
         let (spread, inboxes) = Spread::new(Arc::clone(&shared.registry), workers);
@@ -60,8 +62,9 @@ impl Gateway {
             threads.push(server::spawn_worker(start)?);
         }
         let admin_task = tokio::spawn(crate::admin::serve(admin_listener, Arc::clone(&shared)));
+        let sweeper = tokio::spawn(sweep_rate_limits(Arc::clone(&shared)));
         tracing::info!(%listen_addr, %admin_addr, workers, "seawall is listening");
-        Ok(Gateway { shared, threads, listen_addr, admin_addr, admin_task })
+        Ok(Gateway { shared, threads, listen_addr, admin_addr, admin_task, sweeper })
     }
 
     /// The address the gateway accepts clients on (useful when the config said port 0).
@@ -115,6 +118,7 @@ impl Gateway {
         })
         .await;
         self.admin_task.abort();
+        self.sweeper.abort();
         shared.stop_health_checks();
         tracing::info!(drained, "stopped");
         drained
@@ -143,5 +147,23 @@ impl Gateway {
             }
         }
         Ok(self.shutdown().await)
+    }
+}
+
+/// Once a second, rate limiters forget the keys that owe nothing (a key that comes back is in the
+/// same state as a new one), so their tables hold only recent clients.
+async fn sweep_rate_limits(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let snapshot = shared.snapshot.load();
+        if snapshot.limiters.is_empty() {
+            continue;
+        }
+        let now_ns = seawall_core::clock::ns_at(std::time::Instant::now());
+        for limiter in &snapshot.limiters {
+            limiter.sweep(now_ns);
+        }
     }
 }

@@ -29,6 +29,7 @@ pub mod metrics;
 pub mod policy;
 pub mod problem;
 pub mod proxy;
+pub mod ratelimit;
 pub mod request;
 pub mod response;
 pub mod router;

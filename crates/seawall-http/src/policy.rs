@@ -2,7 +2,7 @@
 //! for both engines.
 //!
 //! ```text
-//! parse (engine) ─▶ admit: route ▸ body limit ▸ (rate limits, shedding… join here) ─▶ action ─▶ account
+//! parse (engine) ─▶ admit: route ▸ body limit ▸ rate limit ▸ (shedding… joins here) ─▶ action ─▶ account
 //! ```
 //!
 //! - [`admit`] takes a [`RequestView`] and returns a named outcome: [`Admission::Admit`] with a
@@ -20,6 +20,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use seawall_config::Route;
+use seawall_core::priority::Priority;
 
 use crate::problem::{Reason, Refusal};
 use crate::request::RequestView;
@@ -36,12 +37,16 @@ pub enum Admission {
 pub struct Permit {
     snapshot: Rc<Pinned>,
     route: usize,
+    /// The request's priority: its route's, moved by its rate-limit tier.
+    pub priority: Priority,
+    /// Fields Seawall adds to the answer, as HTTP/1 field lines (the rate-limit state).
+    pub fields: Vec<u8>,
 }
 
 impl Permit {
-    fn new(snapshot: Rc<Pinned>, route: usize) -> Self {
+    fn new(snapshot: Rc<Pinned>, route: usize, priority: Priority, fields: Vec<u8>) -> Self {
         snapshot.route_metrics[route].inflight_add(1);
-        Permit { snapshot, route }
+        Permit { snapshot, route, priority, fields }
     }
 
     /// The route the request matched.
@@ -78,7 +83,17 @@ pub fn admit(snapshot: &Rc<Pinned>, request: &RequestView<'_>, account: &mut Acc
         let detail = format!("the request body exceeds {limit} bytes");
         return Admission::Refuse(Refusal::new(Reason::BodyTooLarge, detail));
     }
-    Admission::Admit(Permit::new(Rc::clone(snapshot), index))
+    let (priority, fields) = match route.rate_limit {
+        None => (route.priority, Vec::new()),
+        Some(limit) => {
+            let now_ns = seawall_core::clock::ns_at(account.start.into_std());
+            match snapshot.limiters[limit].check(request, route.priority, now_ns) {
+                Ok(passed) => (passed.priority, passed.fields),
+                Err(refusal) => return Admission::Refuse(refusal),
+            }
+        }
+    };
+    Admission::Admit(Permit::new(Rc::clone(snapshot), index, priority, fields))
 }
 
 /// The books of one request, closed once: by [`Account::finish`], or by the drop of a request

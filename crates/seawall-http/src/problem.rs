@@ -23,6 +23,8 @@ pub enum Reason {
     BodyTimeout,
     /// No route matched the request (404).
     NoRoute,
+    /// The client is over its rate limit (429).
+    RateLimited,
     /// The request body was larger than allowed (413).
     BodyTooLarge,
     /// An `Expect` other than `100-continue` (417).
@@ -51,6 +53,7 @@ impl Reason {
             Reason::HeaderTimeout => "header_timeout",
             Reason::BodyTimeout => "body_timeout",
             Reason::NoRoute => "no_route",
+            Reason::RateLimited => "rate_limited",
             Reason::BodyTooLarge => "body_too_large",
             Reason::ExpectationFailed => "expectation_failed",
             Reason::HeaderTooLarge => "header_too_large",
@@ -69,6 +72,7 @@ impl Reason {
             Reason::BadRequest => StatusCode::BAD_REQUEST,
             Reason::HeaderTimeout | Reason::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Reason::NoRoute => StatusCode::NOT_FOUND,
+            Reason::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Reason::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Reason::ExpectationFailed => StatusCode::EXPECTATION_FAILED,
             Reason::HeaderTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -118,12 +122,20 @@ pub struct Refusal {
     pub detail: Cow<'static, str>,
     /// Seconds after which trying again may help (`Retry-After`).
     pub retry_after: Option<u32>,
+    /// More fields for the answer, as HTTP/1 field lines (`name: value\r\n`; the rate-limit
+    /// state of a 429, say).
+    pub fields: Vec<u8>,
 }
 
 impl Refusal {
     /// A refusal for `reason`, with the reason's own `Retry-After`.
     pub fn new(reason: Reason, detail: impl Into<Cow<'static, str>>) -> Self {
-        Refusal { reason, detail: detail.into(), retry_after: reason.retry_after() }
+        Refusal {
+            reason,
+            detail: detail.into(),
+            retry_after: reason.retry_after(),
+            fields: Vec::new(),
+        }
     }
 
     /// The status code of the answer.
@@ -138,14 +150,31 @@ impl Refusal {
         if self.reason.closes_connection() {
             response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
+        append_field_lines(response.headers_mut(), &self.fields);
         response
     }
 
     /// The answer as HTTP/1.1 bytes in `out` (replacing what was there).
     pub fn write_http1(&self, out: &mut Vec<u8>, how: Http1Answer) {
-        let problem =
+        let mut problem =
             problem_with(self.status(), self.reason.as_str(), &self.detail, self.retry_after);
+        append_field_lines(problem.headers_mut(), &self.fields);
         write_http1(out, &problem, how);
+    }
+}
+
+/// Adds HTTP/1 field lines (`name: value\r\n`, as Seawall wrote them) to a header map; a line
+/// that is not a valid field is skipped.
+pub fn append_field_lines(map: &mut http::HeaderMap, lines: &[u8]) {
+    for line in lines.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let Some(colon) = line.iter().position(|&b| b == b':') else { continue };
+        let value = line[colon + 1..].trim_ascii_start();
+        if let (Ok(name), Ok(value)) =
+            (http::HeaderName::from_bytes(&line[..colon]), HeaderValue::from_bytes(value))
+        {
+            map.append(name, value);
+        }
     }
 }
 

@@ -281,11 +281,12 @@ pub struct Http1Client {
 #[error("the response uses a transfer coding this client cannot receive")]
 pub struct Unrepresentable;
 
-/// Writes the head for an HTTP/1 client into `out`; returns how the body goes and whether the
-/// client connection stays open after it.
+/// Writes the head for an HTTP/1 client into `out`, with Seawall's own `added` field lines;
+/// returns how the body goes and whether the client connection stays open after it.
 pub fn write_http1(
     view: &ResponseView<'_>,
     client: Http1Client,
+    added: &[u8],
     out: &mut Vec<u8>,
 ) -> Result<(ClientBody, bool), Unrepresentable> {
     let head = view.head;
@@ -309,6 +310,7 @@ pub fn write_http1(
     for (name, value) in view.forwarded() {
         push_field(out, name, value);
     }
+    out.extend_from_slice(added);
     match head.framing {
         Framing::Length(n) => write_content_length(out, n),
         // A 204 carries no length (RFC 9110 §8.6); HEAD and 304 state the would-be body's.
@@ -374,8 +376,9 @@ fn write_status_line(out: &mut Vec<u8>, status: u16, reason: &[u8]) {
 }
 
 /// The head as a header map for the hyper engine (HTTP/2 clients): hop-by-hop fields removed,
-/// `content-length` kept when the length is known, `Via` added. A coded body cannot be sent.
-pub fn to_header_map(view: &ResponseView<'_>) -> Result<HeaderMap, Unrepresentable> {
+/// `content-length` kept when the length is known, `Via` and Seawall's `added` field lines
+/// added. A coded body cannot be sent.
+pub fn to_header_map(view: &ResponseView<'_>, added: &[u8]) -> Result<HeaderMap, Unrepresentable> {
     let head = view.head;
     if head.coded && head.framing != Framing::Empty {
         return Err(Unrepresentable);
@@ -399,6 +402,7 @@ pub fn to_header_map(view: &ResponseView<'_>) -> Result<HeaderMap, Unrepresentab
         map.insert(http::header::CONTENT_LENGTH, HeaderValue::from(n));
     }
     map.append(http::header::VIA, HeaderValue::from_static(via_from(head)));
+    crate::problem::append_field_lines(&mut map, added);
     Ok(map)
 }
 
@@ -418,7 +422,7 @@ mod tests {
         let (h, fields) = head(text, Method::GET).unwrap();
         let view = ResponseView::new(&h, &fields, text.as_bytes());
         let mut out = Vec::new();
-        let (body, open) = write_http1(&view, client, &mut out).unwrap();
+        let (body, open) = write_http1(&view, client, b"", &mut out).unwrap();
         (String::from_utf8(out).unwrap(), body, open)
     }
 

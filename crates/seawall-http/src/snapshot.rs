@@ -1,13 +1,14 @@
 //! The runtime snapshot: a validated configuration plus the live state built from it (upstream
-//! groups with their servers, route metrics). One `Arc<Snapshot>` is swapped atomically on reload;
+//! groups with their servers, rate limiters, route metrics). One `Arc<Snapshot>` is swapped atomically on reload;
 //! state whose name survives the reload (a server at the same address in the same upstream, a route
-//! with the same name) keeps its history.
+//! with the same name, a rate limiter with the same name and size) keeps its history.
 
 use std::sync::Arc;
 
 use seawall_config::Config;
 
 use crate::metrics::{Registry, RouteMetrics};
+use crate::ratelimit::Limiter;
 use crate::upstream::UpstreamGroup;
 
 /// The metrics label used for requests that matched no route.
@@ -21,6 +22,8 @@ pub struct Snapshot {
     /// Indexed like `config.routes`.
     pub route_metrics: Vec<Arc<RouteMetrics>>,
     pub unmatched_metrics: Arc<RouteMetrics>,
+    /// Indexed like `config.rate_limits`.
+    pub limiters: Vec<Arc<Limiter>>,
 }
 
 impl Snapshot {
@@ -36,8 +39,18 @@ impl Snapshot {
             })
             .collect();
         let route_metrics = config.routes.iter().map(|r| registry.route(&r.name)).collect();
+        let limiters = config
+            .rate_limits
+            .iter()
+            .map(|l| {
+                let old =
+                    previous.and_then(|p| p.limiters.iter().find(|o| o.config.name == l.name));
+                Arc::new(Limiter::new(l.clone(), old.map(Arc::as_ref), registry.shards()))
+            })
+            .collect();
         Snapshot {
             upstreams,
+            limiters,
             route_metrics,
             unmatched_metrics: registry.route(UNMATCHED_ROUTE),
             config,

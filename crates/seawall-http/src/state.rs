@@ -133,6 +133,7 @@ impl Shared {
     /// Makes a validated configuration current, keeping the state of what survives.
     pub fn apply(&self, config: Config) {
         let _serial = self.reload_lock.lock().unwrap_or_else(|p| p.into_inner());
+        log_warnings(&config);
         let previous = self.snapshot.load_full();
         let new = &config.server;
         let running = self.running;
@@ -157,5 +158,12 @@ impl Shared {
     /// Stops the health checks (at shutdown).
     pub(crate) fn stop_health_checks(&self) {
         self.health.lock().unwrap_or_else(|p| p.into_inner()).stop();
+    }
+}
+
+/// Logs what the configuration's validation warned about (see `seawall check`).
+pub(crate) fn log_warnings(config: &Config) {
+    for w in &config.warnings {
+        tracing::warn!(warning = %w, "configuration");
     }
 }

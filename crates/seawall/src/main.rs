@@ -72,11 +72,15 @@ fn main() -> ExitCode {
 fn check(path: &Path) -> ExitCode {
     match seawall_config::load(path) {
         Ok(c) => {
+            for w in &c.warnings {
+                eprintln!("warning: {w}");
+            }
             println!(
-                "{}: ok ({} routes, {} upstreams)",
+                "{}: ok ({} routes, {} upstreams, {} warning(s))",
                 path.display(),
                 c.routes.len(),
-                c.upstreams.len()
+                c.upstreams.len(),
+                c.warnings.len()
             );
             ExitCode::SUCCESS
         }

@@ -113,6 +113,21 @@ fn check_accepts_the_example_and_lists_every_error() {
     );
     assert!(err.contains("2 error(s)"), "{err}");
 
+    // Valid but not quite meant: warnings, and success.
+    let odd = temp_config(
+        "odd",
+        "[upstreams.app]\nservers = [\"127.0.0.1:1\"]\ntimeout = \"5s\"\ntotal_timeout = \"2s\"\n",
+    );
+    let out = seawall().args(["check", "--config"]).arg(&odd).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let file = odd.display().to_string();
+    assert!(
+        err.contains(&format!("warning: {file}:4:17: upstreams.app.total_timeout: 2 attempts")),
+        "{err}"
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("2 warning(s)"));
+
     let out = seawall().args(["check", "--config", "/nonexistent/seawall.toml"]).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read the file"));
@@ -133,7 +148,7 @@ fn check_prints_every_error_in_line_order() {
         ":3:11: server.workers: invalid type: string \"four\"",
         ":7:1: upstreams.app.timout: unknown field `timout`, expected one of",
         ":8:11: upstreams.app.balance: expected round_robin",
-        ":12:1: routes[0].priority: unknown field `priority`, expected one of",
+        ":12:12: routes[0].priority: invalid type: integer `1`, expected a string",
         "5 error(s)",
     ];
     assert_eq!(prefixes.len(), expected.len(), "{err}");

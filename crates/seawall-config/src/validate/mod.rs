@@ -39,17 +39,43 @@ pub mod defaults {
     pub const PASSIVE_BASE: &str = "10s";
     pub const PASSIVE_MAX: &str = "300s";
     pub const PASSIVE_PERCENT: u32 = 50;
+    pub const DEADLINE_HEADER: &str = "x-request-timeout";
+    pub const RATE_LIMIT_MAX_KEYS: u64 = 100_000;
+    pub const BREAKER_FAILURE_RATE: f64 = 0.5;
+    pub const BREAKER_MIN_REQUESTS: u64 = 20;
+    pub const BREAKER_WINDOW: &str = "10s";
+    pub const BREAKER_OPEN_FOR: &str = "30s";
+    pub const BREAKER_MAX_OPEN_FOR: &str = "5m";
+    pub const RETRY_ATTEMPTS: u64 = 2;
+    pub const RETRY_BACKOFF: &str = "25ms";
+    pub const RETRY_MAX_BACKOFF: &str = "1s";
+    pub const RETRY_BUDGET: f64 = 0.2;
+    pub const RETRY_MIN_PER_SECOND: u64 = 3;
+    pub const RETRY_MAX_RETRY_AFTER: &str = "2s";
+    pub const RETRY_MAX_BODY: u64 = 64 * 1024;
+    pub const BULKHEAD_MAX_CONCURRENCY: u64 = 100;
+    pub const BULKHEAD_MAX_QUEUE: u64 = 100;
+    pub const BULKHEAD_QUEUE_TIMEOUT: &str = "1s";
 }
+
+mod protections;
 
 struct Ctx<'a> {
     file: &'a str,
     source: &'a str,
     errors: Vec<ConfigError>,
+    warnings: Vec<ConfigError>,
 }
 
 impl Ctx<'_> {
     fn error(&mut self, span: Range<usize>, key: &str, message: impl Into<String>) {
         self.errors.push(ConfigError::at(self.file, self.source, span.start, key, message.into()));
+    }
+
+    /// Something that runs but probably not as meant.
+    fn warn(&mut self, span: Range<usize>, key: &str, message: impl Into<String>) {
+        let warning = ConfigError::at(self.file, self.source, span.start, key, message.into());
+        self.warnings.push(warning);
     }
 
     fn duration(&mut self, value: Option<&Text>, key: &str, default: &str) -> Duration {
@@ -118,18 +144,23 @@ impl Ctx<'_> {
 
 /// Validates the raw model.
 pub fn validate(raw: RawConfig, source: &str, file: &str) -> Result<Config, ConfigErrors> {
-    let mut cx = Ctx { file, source, errors: Vec::new() };
+    let mut cx = Ctx { file, source, errors: Vec::new(), warnings: Vec::new() };
     let server = server(&mut cx, &raw.server);
     let log = log(&mut cx, &raw.log);
     let mut upstreams = Vec::new();
-    let mut upstream_names = Vec::new();
+    let upstream_names: Vec<String> = raw.upstreams.keys().cloned().collect();
     for (name, up) in &raw.upstreams {
-        upstream_names.push(name.clone());
-        upstreams.push(upstream(&mut cx, name, up));
+        upstreams.push(upstream(&mut cx, name, up, &upstream_names));
     }
+    let rate_limits: Vec<RateLimit> = raw
+        .rate_limits
+        .iter()
+        .map(|(name, limit)| protections::rate_limit(&mut cx, name, limit))
+        .collect();
+    let names = Names { upstreams: &upstream_names, rate_limits: &rate_limits };
     let mut routes: Vec<Route> = Vec::new();
     for (i, r) in raw.routes.iter().enumerate() {
-        if let Some(route) = route(&mut cx, i, r, &upstream_names) {
+        if let Some(route) = route(&mut cx, i, r, &names) {
             if routes.iter().any(|other| other.name == route.name) {
                 cx.error(
                     r.span(),
@@ -141,7 +172,8 @@ pub fn validate(raw: RawConfig, source: &str, file: &str) -> Result<Config, Conf
         }
     }
     if cx.errors.is_empty() {
-        Ok(Config { server, log, upstreams, routes })
+        let warnings = cx.warnings;
+        Ok(Config { server, log, upstreams, routes, rate_limits, warnings })
     } else {
         Err(ConfigErrors(cx.errors))
     }
@@ -229,6 +261,18 @@ fn server(cx: &mut Ctx<'_>, raw: &RawServer) -> Server {
             defaults::TUNNEL_IDLE_TIMEOUT,
         ),
         http2: raw.http2.unwrap_or(true),
+        deadline_header: match &raw.deadline_header {
+            Some(h) if !valid_header_name(h.get_ref()) => {
+                let message = format!("{:?} is not a valid header name", h.get_ref());
+                cx.error(h.span(), "server.deadline_header", message);
+                defaults::DEADLINE_HEADER.to_string()
+            }
+            Some(h) => {
+                cx.warn(h.span(), "server.deadline_header", NOT_ENFORCED_YET);
+                h.get_ref().to_ascii_lowercase()
+            }
+            None => defaults::DEADLINE_HEADER.to_string(),
+        },
     }
 }
 
@@ -269,7 +313,36 @@ impl RawLog {
     }
 }
 
-fn upstream(cx: &mut Ctx<'_>, name: &str, raw: &RawUpstream) -> Upstream {
+const NOT_ENFORCED_YET: &str = "accepted, but this version of Seawall does not enforce it yet";
+
+/// Warns that a key is read and checked but not acted on by this version (the protections that
+/// are still being built); removed key by key as each one is enforced.
+fn not_enforced_yet(cx: &mut Ctx<'_>, path: &[&str], key: &str) {
+    let span = key_span(cx.source, path).unwrap_or(0..0);
+    cx.warn(span, key, NOT_ENFORCED_YET);
+}
+
+/// What routes may name.
+struct Names<'a> {
+    upstreams: &'a [String],
+    rate_limits: &'a [RateLimit],
+}
+
+/// The index of the upstream `v` names, or an error listing those that exist.
+fn upstream_index(cx: &mut Ctx<'_>, v: &Text, key: &str, upstreams: &[String]) -> Option<usize> {
+    let found = upstreams.iter().position(|u| u == v.get_ref());
+    if found.is_none() {
+        let known = if upstreams.is_empty() {
+            "none is defined".to_string()
+        } else {
+            format!("expected one of: {}", upstreams.join(", "))
+        };
+        cx.error(v.span(), key, format!("no upstream named {:?} ({known})", v.get_ref()));
+    }
+    found
+}
+
+fn upstream(cx: &mut Ctx<'_>, name: &str, raw: &RawUpstream, names: &[String]) -> Upstream {
     let key = |k: &str| format!("upstreams.{name}.{k}");
     let mut servers = Vec::new();
     let entries = match &raw.servers {
@@ -293,8 +366,8 @@ fn upstream(cx: &mut Ctx<'_>, name: &str, raw: &RawUpstream) -> Upstream {
     for (i, entry) in entries.iter().enumerate() {
         let k = format!("{}[{i}]", key("servers"));
         let (addr, weight) = match entry.get_ref() {
-            RawServerEntry::Address(a) => (a.clone(), 1),
-            RawServerEntry::Weighted(w) => (w.address.clone(), w.weight.unwrap_or(1)),
+            StrOrTable::Str(a) => (a.clone(), 1),
+            StrOrTable::Table(w) => (w.address.clone(), w.weight.unwrap_or(1)),
         };
         if !(1..=1000).contains(&weight) {
             cx.error(entry.span(), &k, format!("weight must be from 1 to 1000, got {weight}"));
@@ -347,16 +420,59 @@ fn upstream(cx: &mut Ctx<'_>, name: &str, raw: &RawUpstream) -> Upstream {
     };
     let health = raw.health.as_ref().map(|h| health(cx, h, &key("health")));
     let passive = passive(cx, raw.passive.as_ref(), &key("passive"));
+    let mut fallback = Vec::new();
+    for (i, f) in raw.fallback.iter().flatten().enumerate() {
+        let k = format!("{}[{i}]", key("fallback"));
+        if f.get_ref() == name {
+            cx.error(f.span(), &k, "an upstream cannot be its own fallback");
+        } else if let Some(index) = upstream_index(cx, f, &k, names) {
+            fallback.push(index);
+        }
+    }
+    let total_timeout = raw
+        .total_timeout
+        .as_ref()
+        .map(|t| cx.duration(Some(t), &key("total_timeout"), defaults::TIMEOUT));
+    let connect_timeout = cx.duration(
+        raw.connect_timeout.as_ref(),
+        &key("connect_timeout"),
+        defaults::CONNECT_TIMEOUT,
+    );
+    let timeout = cx.duration(raw.timeout.as_ref(), &key("timeout"), defaults::TIMEOUT);
+    let retry = protections::retry(cx, raw.retry.as_ref(), &key("retry"));
+    if let (Some(total), Some(t)) = (total_timeout, raw.total_timeout.as_ref()) {
+        let chain = (connect_timeout + timeout) * retry.attempts;
+        if chain > total {
+            let message = format!(
+                "{} attempts of connect_timeout ({connect_timeout:?}) + timeout ({timeout:?}) \
+                 take up to {chain:?}, more than total_timeout ({total:?}): later attempts are cut short",
+                retry.attempts
+            );
+            cx.warn(t.span(), &key("total_timeout"), message);
+        }
+    }
+    for (set, k) in [
+        (raw.total_timeout.is_some(), "total_timeout"),
+        (raw.breaker.is_some(), "breaker"),
+        (raw.retry.is_some(), "retry"),
+        (raw.bulkhead.is_some(), "bulkhead"),
+        (raw.fallback.is_some(), "fallback"),
+    ] {
+        if set {
+            not_enforced_yet(cx, &["upstreams", name, k], &key(k));
+        }
+    }
     Upstream {
+        total_timeout,
+        breaker: raw.breaker.as_ref().map(|b| protections::breaker(cx, b, &key("breaker"))),
+        retry,
+        bulkhead: raw.bulkhead.as_ref().map(|b| protections::bulkhead(cx, b, &key("bulkhead"))),
+        fallback,
         name: name.to_string(),
         servers,
         balance,
-        connect_timeout: cx.duration(
-            raw.connect_timeout.as_ref(),
-            &key("connect_timeout"),
-            defaults::CONNECT_TIMEOUT,
-        ),
-        timeout: cx.duration(raw.timeout.as_ref(), &key("timeout"), defaults::TIMEOUT),
+        connect_timeout,
+        timeout,
         read_timeout: cx.duration(
             raw.read_timeout.as_ref(),
             &key("read_timeout"),
@@ -482,12 +598,7 @@ fn passive(cx: &mut Ctx<'_>, raw: Option<&RawPassive>, key: &str) -> EjectionPol
     }
 }
 
-fn route(
-    cx: &mut Ctx<'_>,
-    i: usize,
-    raw: &Spanned<RawRoute>,
-    upstreams: &[String],
-) -> Option<Route> {
+fn route(cx: &mut Ctx<'_>, i: usize, raw: &Spanned<RawRoute>, names: &Names<'_>) -> Option<Route> {
     let r = raw.get_ref();
     let key = |k: &str| format!("routes[{i}].{k}");
     let name = r.name.as_ref().map_or_else(|| format!("route{i}"), |n| n.get_ref().clone());
@@ -552,25 +663,50 @@ fn route(
         cx.error(raw.span(), &key("upstream"), "a route needs an upstream to send requests to");
         return None;
     };
-    let Some(index) = upstreams.iter().position(|u| u == up.get_ref()) else {
-        let known = if upstreams.is_empty() {
-            "none is defined".to_string()
-        } else {
-            format!("expected one of: {}", upstreams.join(", "))
-        };
-        cx.error(
-            up.span(),
-            &key("upstream"),
-            format!("no upstream named {:?} ({known})", up.get_ref()),
-        );
-        return None;
-    };
+    let index = upstream_index(cx, up, &key("upstream"), names.upstreams)?;
+    let read_upstream = r
+        .read_upstream
+        .as_ref()
+        .and_then(|u| upstream_index(cx, u, &key("read_upstream"), names.upstreams));
+    let rate_limit = r.rate_limit.as_ref().and_then(|l| {
+        let found = names.rate_limits.iter().position(|x| x.name == *l.get_ref());
+        if found.is_none() {
+            let known: Vec<&str> = names.rate_limits.iter().map(|x| x.name.as_str()).collect();
+            let known = if known.is_empty() {
+                "none is defined under [rate_limits]".to_string()
+            } else {
+                format!("expected one of: {}", known.join(", "))
+            };
+            cx.error(
+                l.span(),
+                &key("rate_limit"),
+                format!("no rate limit named {:?} ({known})", l.get_ref()),
+            );
+        }
+        found
+    });
+    let priority = protections::priority(cx, r.priority.as_ref(), &key("priority"));
+    for (set, k) in [
+        (r.writes.is_some(), "writes"),
+        (r.read_upstream.is_some(), "read_upstream"),
+        (r.degrade.is_some(), "degrade"),
+    ] {
+        if set {
+            cx.warn(raw.span(), &key(k), NOT_ENFORCED_YET);
+        }
+    }
+    let degrade = r.degrade.as_ref().map(|d| protections::degrade(cx, d, &key("degrade")));
     Some(Route {
         name,
         matcher: RouteMatch { host, path, methods, header },
         action: RouteAction::Proxy { upstream: index },
         preserve_host: r.preserve_host.unwrap_or(true),
         max_body_size,
+        rate_limit,
+        priority,
+        writes: r.writes.unwrap_or(false),
+        read_upstream,
+        degrade,
     })
 }
 

@@ -92,7 +92,7 @@ impl<S: Transport> Session<S> {
         // An early answer leaves the client's body unread: the connection cannot carry more.
         let close = self.head.close || draining || self.worker.drain.fired() || !body_complete;
         let client = Http1Client { http10: self.head.version == http::Version::HTTP_10, close };
-        let relayed = self.relay(response, client, idempotent).await;
+        let relayed = self.relay(response, client, idempotent, &permit.fields).await;
         let (status, after) = match relayed {
             Relayed::Done { keep_open, status } if keep_open && body_complete => {
                 (status, After::KeepOpen)
@@ -172,8 +172,9 @@ impl<S: Transport> Session<S> {
         mut response: Box<UpstreamResponse>,
         client: Http1Client,
         idempotent: bool,
+        added: &[u8],
     ) -> Relayed {
-        let rendered = response::write_http1(&response.view(), client, &mut self.out);
+        let rendered = response::write_http1(&response.view(), client, added, &mut self.out);
         let Ok((mode, keep_open)) = rendered else {
             let detail = "the upstream's transfer coding cannot be sent to this client";
             return Relayed::Refused(Refusal::new(Reason::UpstreamError, detail));

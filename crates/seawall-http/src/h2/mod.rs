@@ -177,7 +177,7 @@ pub async fn handle(
     };
     let mut response = response;
     let at = response.server();
-    let Ok(headers) = response::to_header_map(&response.view()) else {
+    let Ok(headers) = response::to_header_map(&response.view(), &permit.fields) else {
         let detail = "the upstream's transfer coding cannot be sent to this client";
         return Ok(refuse(Refusal::new(Reason::UpstreamError, detail), account, at, active));
     };
