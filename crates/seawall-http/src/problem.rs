@@ -41,6 +41,8 @@ pub enum Reason {
     UpstreamConnectFailed,
     /// No server of the upstream is available: all unhealthy or ejected (503).
     UpstreamUnavailable,
+    /// The upstream's circuit breaker is open: refused without trying it (503).
+    CircuitOpen,
     /// The upstream did not answer in time (504).
     UpstreamTimeout,
 }
@@ -62,6 +64,7 @@ impl Reason {
             Reason::UpstreamError => "upstream_error",
             Reason::UpstreamConnectFailed => "upstream_connect_failed",
             Reason::UpstreamUnavailable => "upstream_unavailable",
+            Reason::CircuitOpen => "circuit_open",
             Reason::UpstreamTimeout => "upstream_timeout",
         }
     }
@@ -79,7 +82,7 @@ impl Reason {
             Reason::ClientClosed => client_closed_status(),
             Reason::UnsupportedTransferCoding => StatusCode::NOT_IMPLEMENTED,
             Reason::UpstreamError | Reason::UpstreamConnectFailed => StatusCode::BAD_GATEWAY,
-            Reason::UpstreamUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Reason::UpstreamUnavailable | Reason::CircuitOpen => StatusCode::SERVICE_UNAVAILABLE,
             Reason::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
     }

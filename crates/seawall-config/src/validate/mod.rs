@@ -453,7 +453,6 @@ fn upstream(cx: &mut Ctx<'_>, name: &str, raw: &RawUpstream, names: &[String]) -
     }
     for (set, k) in [
         (raw.total_timeout.is_some(), "total_timeout"),
-        (raw.breaker.is_some(), "breaker"),
         (raw.retry.is_some(), "retry"),
         (raw.bulkhead.is_some(), "bulkhead"),
         (raw.fallback.is_some(), "fallback"),

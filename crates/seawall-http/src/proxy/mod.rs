@@ -192,8 +192,35 @@ enum Attempt {
     Client(BodyError),
 }
 
-/// Sends the request to a server of the upstream and waits for the head of its answer.
+/// Sends the request to a server of the upstream and waits for the head of its answer, through
+/// the upstream's circuit breaker when it has one: an open breaker refuses at once, and the
+/// outcome of the call (a 5xx or no answer is a failure) is reported to it.
 pub async fn forward<D: Downstream>(
+    f: Forward<'_>,
+    down: &mut D,
+    timer: &mut LazyTimer,
+) -> Forwarded {
+    let Some(breaker) = &f.snapshot.upstreams[f.upstream].breaker else {
+        return forward_to_server(f, down, timer).await;
+    };
+    let ticket = match breaker.admit(f.start.into_std()) {
+        Ok(ticket) => ticket,
+        Err(refusal) => return Forwarded::Refused(refusal, None),
+    };
+    let forwarded = forward_to_server(f, down, timer).await;
+    let failed = match &forwarded {
+        Forwarded::Response(response) => response.head.status >= 500,
+        Forwarded::Refused(..) => true,
+        // The client's side failed: nothing is known of the upstream (the ticket is dropped).
+        Forwarded::Client(..) => return forwarded,
+    };
+    ticket.finish(failed, std::time::Instant::now());
+    forwarded
+}
+
+/// Chooses a server, sends the request and waits for the head of its answer (a server that cannot
+/// be reached is skipped for another).
+async fn forward_to_server<D: Downstream>(
     f: Forward<'_>,
     down: &mut D,
     timer: &mut LazyTimer,

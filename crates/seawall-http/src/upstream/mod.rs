@@ -5,6 +5,7 @@
 //! in-flight counts used by `least_request` are per worker (see [`pool`]): choosing a server and
 //! getting a connection to it never touch another core's memory.
 
+pub mod breaker;
 pub mod health;
 pub mod pool;
 
@@ -22,6 +23,7 @@ use seawall_core::rng::FastRng;
 use crate::headers::HeaderLookup;
 use crate::metrics::{shard_index, Padded, ServerMetrics, UpstreamOutcome};
 use crate::request::RequestView;
+use breaker::GroupBreaker;
 
 /// Hands out server slots: a slot is reused once the server that held it is gone, so per-worker
 /// tables indexed by slot stay as large as the configuration, however many reloads happen.
@@ -113,6 +115,8 @@ pub struct UpstreamGroup {
     pub config: Upstream,
     pub servers: Vec<Arc<ServerState>>,
     pub state: Arc<GroupState>,
+    /// The group's circuit breaker, when it has one; its state outlives reloads.
+    pub breaker: Option<Arc<GroupBreaker>>,
     weights: Vec<u32>,
     balancer: Balancer,
     /// Round-robin position of each worker (each writes only its own).
@@ -144,7 +148,11 @@ impl UpstreamGroup {
         };
         let cursors = (0..shards).map(|_| Padded::default()).collect();
         let state = previous.map_or_else(Arc::default, |p| Arc::clone(&p.state));
-        UpstreamGroup { config, servers, state, weights, balancer, cursors }
+        let breaker = config.breaker.clone().map(|policy| {
+            let old = previous.and_then(|p| p.breaker.as_deref());
+            Arc::new(GroupBreaker::new(&config.name, policy, old, shards))
+        });
+        UpstreamGroup { config, servers, state, breaker, weights, balancer, cursors }
     }
 
     /// The balancing key of a request (0 unless the upstream hashes): computed once, before the

@@ -7,8 +7,11 @@
 //! | GET | `/metrics` | Prometheus text |
 //! | GET | `/api/v1/state` | routes, upstreams and servers with health, as JSON |
 //! | POST | `/api/v1/reload` | re-reads the configuration file (token-protected) |
+//! | POST | `/api/v1/upstreams/{name}/breaker` | forces a breaker open or closed, or back to auto ([`switches`]) |
 //!
 //! Mutating endpoints require `Authorization: Bearer <server.admin_token>` when a token is set.
+
+mod switches;
 
 use std::convert::Infallible;
 use std::fmt::Write as _;
@@ -72,13 +75,55 @@ async fn route(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Bytes> 
             return reload(shared).await;
         }
         _ => {
-            return problem_with(StatusCode::NOT_FOUND, "not_found", "no such admin endpoint", None)
+            let Some(upstream) =
+                path.strip_prefix("/api/v1/upstreams/").and_then(|p| p.strip_suffix("/breaker"))
+            else {
+                return problem_with(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    "no such admin endpoint",
+                    None,
+                );
+            };
+            if method != Method::POST {
+                return method_not_allowed(Method::POST);
+            }
+            if let Some(refusal) = authorize(shared, &req) {
+                return refusal;
+            }
+            let upstream = percent_decoded(upstream);
+            return switches::breaker(shared, &upstream, req).await;
         }
     };
     if method != allowed && !(allowed == Method::GET && method == Method::HEAD) {
         return method_not_allowed(allowed);
     }
     response
+}
+
+/// A path segment with its `%XX` escapes decoded (upstream names may hold any character).
+fn percent_decoded(segment: &str) -> String {
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (
+            bytes[i],
+            bytes.get(i + 1).copied().and_then(hex),
+            bytes.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(hi), Some(lo)) => {
+                out.push((hi * 16 + lo) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Bytes> {
@@ -174,6 +219,7 @@ fn metrics(shared: &Shared) -> String {
     shared.registry.render_process(&mut out);
     let snapshot = shared.snapshot.load();
     crate::ratelimit::render_metrics(&mut out, &snapshot.limiters);
+    breaker_metrics(&mut out, &snapshot.upstreams);
     let now = seawall_core::clock::now_ms();
     let families: [(&str, &str, &str, ServerSamples); 5] = [
         (
@@ -233,6 +279,46 @@ fn metrics(shared: &Shared) -> String {
     out
 }
 
+/// The breakers' state, transitions and refusals.
+fn breaker_metrics(out: &mut String, groups: &[crate::upstream::UpstreamGroup]) {
+    use crate::upstream::breaker::mode_value;
+    let breakers: Vec<_> = groups
+        .iter()
+        .filter_map(|g| g.breaker.as_ref().map(|b| (escape(&g.config.name), b)))
+        .collect();
+    let family = |out: &mut String, name: &str, kind: &str, help: &str| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    };
+    let name = "seawall_breaker_state";
+    family(
+        out,
+        name,
+        "gauge",
+        "Circuit breaker state: 0 closed, 1 open, 2 half-open (a forced state included).",
+    );
+    for (upstream, b) in &breakers {
+        let _ = writeln!(out, "{name}{{upstream=\"{upstream}\"}} {}", mode_value(b.view().mode));
+    }
+    let name = "seawall_breaker_transitions_total";
+    family(out, name, "counter", "Circuit breaker state changes, by the state entered.");
+    for (upstream, b) in &breakers {
+        let c = &b.counters;
+        for (to, n) in [("open", &c.opened), ("half_open", &c.half_opened), ("closed", &c.closed)] {
+            let _ = writeln!(out, "{name}{{upstream=\"{upstream}\",to=\"{to}\"}} {}", n.get());
+        }
+    }
+    let name = "seawall_breaker_refused_total";
+    family(
+        out,
+        name,
+        "counter",
+        "Requests refused at once because the upstream's circuit breaker was open (circuit_open).",
+    );
+    for (upstream, b) in &breakers {
+        let _ = writeln!(out, "{name}{{upstream=\"{upstream}\"}} {}", b.counters.refused.get());
+    }
+}
+
 /// Writes one metric family's samples for a server: `sample(extra labels, value)` per sample.
 type ServerSamples<'a> = &'a dyn Fn(&ServerState, &mut dyn FnMut(&str, u64));
 
@@ -283,7 +369,19 @@ fn state(shared: &Shared) -> String {
                     })
                 })
                 .collect();
-            json!({"name": g.config.name, "balance": balance, "health_checks": g.config.health.is_some(), "servers": servers})
+            let breaker = g.breaker.as_ref().map(|b| {
+                let v = b.view();
+                json!({
+                    "state": v.mode.as_str(),
+                    "forced": v.forced.as_str(),
+                    "calls": v.calls,
+                    "failures": v.failures,
+                    "consecutive_failures": v.consecutive_failures,
+                    "trips": v.trips,
+                    "open_for_ms": v.open_for_ms,
+                })
+            });
+            json!({"name": g.config.name, "balance": balance, "health_checks": g.config.health.is_some(), "breaker": breaker, "servers": servers})
         })
         .collect();
     // listen, admin and workers as running: a reloaded file's values wait for a restart.
