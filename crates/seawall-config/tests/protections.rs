@@ -90,7 +90,7 @@ fn without_protections_a_route_has_defaults_and_nothing_limits_it() {
     let (route, app) = (&c.routes[0], &c.upstreams[0]);
     assert_eq!((route.rate_limit, route.priority, route.writes), (None, Priority::P1, false));
     assert!(app.breaker.is_none() && app.bulkhead.is_none() && app.fallback.is_empty());
-    assert_eq!(app.retry.attempts, 2);
+    assert_eq!(app.retry.attempts, 1, "retries are opt-in");
     assert_eq!(app.retry.budget, 0.2);
     assert_eq!(c.server.deadline_header, "x-request-timeout");
 }
@@ -173,7 +173,7 @@ fn a_timeout_chain_that_cannot_hold_is_a_warning_not_an_error() {
     let c = parse(src, "t.toml").unwrap();
     let warnings: Vec<String> = c.warnings.iter().map(ToString::to_string).collect();
     assert!(
-        warnings.iter().any(|w| w.starts_with("t.toml:5:17: upstreams.app.total_timeout: 2 attempts of connect_timeout (1s) + timeout (2s) take up to 6s, more than total_timeout (5s)")),
+        warnings.iter().any(|w| w.starts_with("t.toml:5:17: upstreams.app.total_timeout: 2 attempt(s) of connect_timeout (1s) + timeout (2s) take up to 6s, more than total_timeout (5s)")),
         "{warnings:#?}"
     );
     let fits = src.replace("\"5s\"", "\"6s\"");
@@ -182,14 +182,16 @@ fn a_timeout_chain_that_cannot_hold_is_a_warning_not_an_error() {
 }
 
 #[test]
-fn rate_limits_and_breakers_are_enforced_and_the_rest_is_flagged_until_it_is() {
+fn what_is_enforced_is_not_flagged_and_the_rest_is_until_it_is() {
     let c = parse(CONTRACT, "t.toml").unwrap();
     let flagged: Vec<&str> = c.warnings.iter().map(|w| w.key.as_str()).collect();
-    for key in ["upstreams.payments.retry", "routes[0].degrade"] {
+    for key in ["upstreams.payments.bulkhead", "upstreams.payments.fallback", "routes[0].degrade"] {
         assert!(flagged.contains(&key), "{key} not flagged: {flagged:?}");
     }
     assert!(
-        !flagged.iter().any(|k| k.contains("rate_limit") || k.contains("breaker")),
+        !flagged
+            .iter()
+            .any(|k| k.contains("rate_limit") || k.contains("breaker") || k.contains("retry")),
         "{flagged:?}"
     );
 }

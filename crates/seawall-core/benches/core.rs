@@ -111,7 +111,7 @@ fn protections(c: &mut Criterion) {
             breaker.record(ms, black_box(false), 3, false)
         })
     });
-    let budget = RetryBudget::new(0.2, 3, 10_000);
+    let budget = RetryBudget::new(10_000);
     c.bench_function("retry budget record_request", |b| {
         b.iter(|| {
             ms += 1;

@@ -216,6 +216,15 @@ impl<'h> ResponseView<'h> {
         slice(self.buf, self.head.reason)
     }
 
+    /// The first value of field `name` (given in lower case).
+    pub fn first(&self, name: &str) -> Option<&'h [u8]> {
+        let found = self
+            .fields
+            .iter()
+            .find(|f| crate::headers::eq_lower(slice(self.buf, f.name), name.as_bytes()));
+        found.map(|f| slice(self.buf, f.value))
+    }
+
     /// The fields that go on to the client, in order.
     fn forwarded(&self) -> impl Iterator<Item = (&'h [u8], &'h [u8])> + '_ {
         self.fields

@@ -123,10 +123,10 @@ fn check_accepts_the_example_and_lists_every_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     let file = odd.display().to_string();
     assert!(
-        err.contains(&format!("warning: {file}:4:17: upstreams.app.total_timeout: 2 attempts")),
+        err.contains(&format!("warning: {file}:4:17: upstreams.app.total_timeout: 1 attempt(s)")),
         "{err}"
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("2 warning(s)"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1 warning(s)"));
 
     let out = seawall().args(["check", "--config", "/nonexistent/seawall.toml"]).output().unwrap();
     assert_eq!(out.status.code(), Some(1));

@@ -46,7 +46,7 @@ pub mod defaults {
     pub const BREAKER_WINDOW: &str = "10s";
     pub const BREAKER_OPEN_FOR: &str = "30s";
     pub const BREAKER_MAX_OPEN_FOR: &str = "5m";
-    pub const RETRY_ATTEMPTS: u64 = 2;
+    pub const RETRY_ATTEMPTS: u64 = 1;
     pub const RETRY_BACKOFF: &str = "25ms";
     pub const RETRY_MAX_BACKOFF: &str = "1s";
     pub const RETRY_BUDGET: f64 = 0.2;
@@ -444,19 +444,14 @@ fn upstream(cx: &mut Ctx<'_>, name: &str, raw: &RawUpstream, names: &[String]) -
         let chain = (connect_timeout + timeout) * retry.attempts;
         if chain > total {
             let message = format!(
-                "{} attempts of connect_timeout ({connect_timeout:?}) + timeout ({timeout:?}) \
+                "{} attempt(s) of connect_timeout ({connect_timeout:?}) + timeout ({timeout:?}) \
                  take up to {chain:?}, more than total_timeout ({total:?}): later attempts are cut short",
                 retry.attempts
             );
             cx.warn(t.span(), &key("total_timeout"), message);
         }
     }
-    for (set, k) in [
-        (raw.total_timeout.is_some(), "total_timeout"),
-        (raw.retry.is_some(), "retry"),
-        (raw.bulkhead.is_some(), "bulkhead"),
-        (raw.fallback.is_some(), "fallback"),
-    ] {
+    for (set, k) in [(raw.bulkhead.is_some(), "bulkhead"), (raw.fallback.is_some(), "fallback")] {
         if set {
             not_enforced_yet(cx, &["upstreams", name, k], &key(k));
         }

@@ -220,6 +220,7 @@ fn metrics(shared: &Shared) -> String {
     let snapshot = shared.snapshot.load();
     crate::ratelimit::render_metrics(&mut out, &snapshot.limiters);
     breaker_metrics(&mut out, &snapshot.upstreams);
+    retry_metrics(&mut out, &snapshot.upstreams);
     let now = seawall_core::clock::now_ms();
     let families: [(&str, &str, &str, ServerSamples); 5] = [
         (
@@ -277,6 +278,29 @@ fn metrics(shared: &Shared) -> String {
         }
     }
     out
+}
+
+/// Retries made, and refused by the budget.
+fn retry_metrics(out: &mut String, groups: &[crate::upstream::UpstreamGroup]) {
+    let name = "seawall_upstream_retries_total";
+    let _ = writeln!(out, "# HELP {name} Attempts made again, by why: connect (no connection), reset (broken before an answer), status (an answer in retry.on_status).\n# TYPE {name} counter");
+    for g in groups {
+        let (upstream, r) = (escape(&g.config.name), &g.state.retries);
+        for (reason, n) in [("connect", &r.connect), ("reset", &r.reset), ("status", &r.status)] {
+            let _ =
+                writeln!(out, "{name}{{upstream=\"{upstream}\",reason=\"{reason}\"}} {}", n.get());
+        }
+    }
+    let name = "seawall_upstream_retries_over_budget_total";
+    let _ = writeln!(out, "# HELP {name} Retries not made because the upstream's retry budget was spent.\n# TYPE {name} counter");
+    for g in groups {
+        let upstream = escape(&g.config.name);
+        let _ = writeln!(
+            out,
+            "{name}{{upstream=\"{upstream}\"}} {}",
+            g.state.retries.over_budget.get()
+        );
+    }
 }
 
 /// The breakers' state, transitions and refusals.

@@ -68,6 +68,7 @@ impl<S: Transport> Session<S> {
                 head: &mut self.out,
                 host_is_server,
                 start: self.clock,
+                deadline: None,
             },
             &mut body,
             &mut self.timer,

@@ -28,7 +28,9 @@ use crate::response::ResponseView;
 use crate::timer::LazyTimer;
 use crate::worker::Worker;
 
-/// The client's request body, streamed upstream as the proxy asks for it.
+/// The client's request body, streamed upstream as the proxy asks for it. What has been handed
+/// out is kept (as cheap references to hyper's frames) while it stays within the replay cap, so
+/// a retry can send it again.
 pub struct StreamBody {
     inner: Incoming,
     /// The current DATA frame, from `pos`.
@@ -39,13 +41,20 @@ pub struct StreamBody {
     seen: u64,
     limit: u64,
     body_timeout: Duration,
-    /// Part of the body was handed out: it can no longer be sent again.
+    /// The pieces handed out so far, while they fit in `replay_cap`.
+    kept: Vec<Bytes>,
+    kept_len: u64,
+    replay_cap: u64,
+    /// More was handed out than could be kept: the body can no longer be sent again.
     streamed: bool,
+    /// While a rewound body is sent again: the kept piece and the offset in it.
+    replay: Option<(usize, usize)>,
 }
 
 impl StreamBody {
-    /// Reads `inner`, allowing at most `limit` bytes.
-    pub fn new(inner: Incoming, limit: u64, body_timeout: Duration) -> Self {
+    /// Reads `inner`, allowing at most `limit` bytes and keeping up to `replay_cap` bytes to
+    /// send again.
+    pub fn new(inner: Incoming, limit: u64, body_timeout: Duration, replay_cap: u64) -> Self {
         let ended = inner.is_end_stream();
         StreamBody {
             inner,
@@ -55,31 +64,58 @@ impl StreamBody {
             seen: 0,
             limit,
             body_timeout,
+            kept: Vec::new(),
+            kept_len: 0,
+            replay_cap,
             streamed: false,
+            replay: None,
         }
     }
 }
 
 impl Downstream for StreamBody {
     fn ready(&mut self) -> Result<(&[u8], bool), BodyError> {
+        if let Some((piece, offset)) = self.replay {
+            // The kept pieces come before whatever is left of the current frame.
+            let last = self.ended && self.pos >= self.frame.len() && piece + 1 == self.kept.len();
+            return Ok((&self.kept[piece][offset..], last));
+        }
         Ok((&self.frame[self.pos..], self.ended))
     }
 
     fn consume(&mut self, n: usize) {
+        if let Some((piece, offset)) = &mut self.replay {
+            *offset += n;
+            if *offset >= self.kept[*piece].len() {
+                *piece += 1;
+                *offset = 0;
+            }
+            if *piece >= self.kept.len() {
+                self.replay = None;
+            }
+            return;
+        }
+        if n > 0 && !self.streamed {
+            if self.kept_len + n as u64 <= self.replay_cap {
+                self.kept.push(self.frame.slice(self.pos..self.pos + n));
+                self.kept_len += n as u64;
+            } else {
+                self.streamed = true;
+                self.kept = Vec::new();
+            }
+        }
         self.pos += n;
-        self.streamed |= n > 0;
     }
 
     fn is_complete(&self) -> bool {
-        self.ended && self.pos >= self.frame.len()
+        self.replay.is_none() && self.ended && self.pos >= self.frame.len()
     }
 
     fn rewind(&mut self) -> bool {
-        // Only an empty body can be sent again: the rest is gone once read from hyper.
         if self.streamed {
             return false;
         }
-        self.pos = 0;
+        self.replay = (!self.kept.is_empty()).then_some((0, 0));
         true
     }
 

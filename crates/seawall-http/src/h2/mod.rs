@@ -144,7 +144,10 @@ pub async fn handle(
         fields.iter().copied(),
     );
     let server = &snapshot.config.server;
-    let mut down = StreamBody::new(body, body_limit(&snapshot, route), server.body_timeout);
+    let retry = &group.config.retry;
+    let replay_cap = if retry.attempts > 1 { retry.max_body } else { 0 };
+    let mut down =
+        StreamBody::new(body, body_limit(&snapshot, route), server.body_timeout, replay_cap);
     let mut timer = LazyTimer::new(start + Duration::from_secs(3600));
     let forwarded = proxy::forward(
         Forward {
@@ -159,6 +162,7 @@ pub async fn handle(
             head: &mut head,
             host_is_server,
             start,
+            deadline: None,
         },
         &mut down,
         &mut timer,

@@ -45,7 +45,7 @@ use crate::request::BodyFraming;
 use crate::response::{self, Parsed, ResponseView};
 use crate::timer::LazyTimer;
 use crate::upstream::pool::{Inflight, RawConn, READ_BUFFER};
-use crate::upstream::UpstreamGroup;
+use crate::upstream::{ServerState, UpstreamGroup};
 use crate::worker::{Pinned, Worker};
 
 /// A request that has waited this long for its upstream starts watching its client. Shorter
@@ -170,6 +170,8 @@ pub struct Forward<'a> {
     pub host_is_server: bool,
     /// When the request head was read (the send deadline counts from here).
     pub start: Instant,
+    /// When the whole request must be answered by (`total_timeout`); set by [`forward`].
+    pub deadline: Option<Instant>,
 }
 
 /// What became of the exchange.
@@ -192,22 +194,137 @@ enum Attempt {
     Client(BodyError),
 }
 
-/// Sends the request to a server of the upstream and waits for the head of its answer, through
-/// the upstream's circuit breaker when it has one: an open breaker refuses at once, and the
-/// outcome of the call (a 5xx or no answer is a failure) is reported to it.
+/// Sends the request to the upstream and waits for the head of its answer, trying again when
+/// that is safe and worth it: after a failed connection (nothing was sent), after a connection
+/// that broke before any answer or an answer in `retry.on_status` (idempotent requests only),
+/// within `retry.attempts`, the retry budget, the body replay cap and `total_timeout`, after a
+/// backoff with full jitter (or the upstream's own `Retry-After`, up to `max_retry_after`). A
+/// retry prefers another server.
 pub async fn forward<D: Downstream>(
-    f: Forward<'_>,
+    mut f: Forward<'_>,
+    down: &mut D,
+    timer: &mut LazyTimer,
+) -> Forwarded {
+    let snapshot = f.snapshot;
+    let group = &snapshot.upstreams[f.upstream];
+    let retry = &group.config.retry;
+    f.deadline = group.config.total_timeout.map(|total| f.start + total);
+    let start_ms = seawall_core::clock::ms_at(f.start.into_std());
+    group.state.budget.record_request(start_ms);
+    let mut avoid: Vec<usize> = Vec::new();
+    let mut attempt = 1;
+    loop {
+        let forwarded = through_breaker(&mut f, &avoid, down, timer).await;
+        if attempt >= retry.attempts {
+            return forwarded;
+        }
+        let Some(why) = retryable(&f, retry, &forwarded) else { return forwarded };
+        let body_fits = match f.framing {
+            BodyFraming::Length(n) => n <= retry.max_body,
+            BodyFraming::None | BodyFraming::Streamed => true,
+        };
+        if !body_fits || !down.rewind() {
+            return forwarded;
+        }
+        let backoff = {
+            let mut rng = f.worker.rng.borrow_mut();
+            let base = seawall_core::clock::duration_ms(retry.backoff);
+            let cap = seawall_core::clock::duration_ms(retry.max_backoff);
+            Duration::from_millis(seawall_core::backoff::full_jitter(base, cap, attempt, &mut rng))
+        };
+        let wait = match why {
+            Retryable::Status { retry_after: Some(asked) } => asked.max(backoff),
+            _ => backoff,
+        };
+        let now = Instant::now();
+        if f.deadline.is_some_and(|deadline| now + wait >= deadline) {
+            return forwarded;
+        }
+        let state = &group.state;
+        let now_ms = seawall_core::clock::ms_at(now.into_std());
+        if !state.budget.try_retry(now_ms, retry.budget, retry.min_retries_per_second) {
+            state.retries.over_budget.add(1);
+            return forwarded;
+        }
+        match why {
+            Retryable::Connect => state.retries.connect.add(1),
+            Retryable::Reset => state.retries.reset.add(1),
+            Retryable::Status { .. } => state.retries.status.add(1),
+        }
+        let server = match &forwarded {
+            Forwarded::Response(response) => response.server(),
+            Forwarded::Refused(_, at) | Forwarded::Client(_, at) => *at,
+        };
+        avoid.extend(server.map(|(_, index)| index));
+        // A discarded answer closes its connection; its outcome is recorded as it goes.
+        drop(forwarded);
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+        attempt += 1;
+    }
+}
+
+/// Why a failed attempt may be made again.
+#[derive(Debug, Clone, Copy)]
+enum Retryable {
+    /// No connection could be made: nothing was sent.
+    Connect,
+    /// The connection broke (or the answer was not HTTP) before any answer.
+    Reset,
+    /// The answer's status is one the upstream's `retry.on_status` lists; it asked to wait this
+    /// long (`Retry-After` in seconds).
+    Status { retry_after: Option<Duration> },
+}
+
+/// Whether `forwarded` may be tried again (the budget and the body aside).
+fn retryable(
+    f: &Forward<'_>,
+    retry: &seawall_config::Retry,
+    forwarded: &Forwarded,
+) -> Option<Retryable> {
+    match forwarded {
+        Forwarded::Refused(refusal, _) => match refusal.reason {
+            Reason::UpstreamConnectFailed => Some(Retryable::Connect),
+            Reason::UpstreamError if f.idempotent => Some(Retryable::Reset),
+            _ => None,
+        },
+        Forwarded::Response(response) if f.idempotent => {
+            let status = response.head.status;
+            if !retry.on_status.contains(&status) {
+                return None;
+            }
+            let asked = response
+                .view()
+                .first("retry-after")
+                .and_then(|value| std::str::from_utf8(value).ok()?.trim().parse::<u64>().ok())
+                .map(Duration::from_secs);
+            // Asked to wait longer than allowed: the answer goes to the client as it is.
+            if asked.is_some_and(|a| a > retry.max_retry_after) {
+                return None;
+            }
+            Some(Retryable::Status { retry_after: asked })
+        }
+        _ => None,
+    }
+}
+
+/// One attempt through the upstream's circuit breaker, when it has one: an open breaker refuses
+/// at once, and the attempt's outcome (a 5xx or no answer is a failure) is reported to it.
+async fn through_breaker<D: Downstream>(
+    f: &mut Forward<'_>,
+    avoid: &[usize],
     down: &mut D,
     timer: &mut LazyTimer,
 ) -> Forwarded {
     let Some(breaker) = &f.snapshot.upstreams[f.upstream].breaker else {
-        return forward_to_server(f, down, timer).await;
+        return forward_to_server(f, avoid, down, timer).await;
     };
-    let ticket = match breaker.admit(f.start.into_std()) {
+    let ticket = match breaker.admit(std::time::Instant::now()) {
         Ok(ticket) => ticket,
         Err(refusal) => return Forwarded::Refused(refusal, None),
     };
-    let forwarded = forward_to_server(f, down, timer).await;
+    let forwarded = forward_to_server(f, avoid, down, timer).await;
     let failed = match &forwarded {
         Forwarded::Response(response) => response.head.status >= 500,
         Forwarded::Refused(..) => true,
@@ -218,10 +335,11 @@ pub async fn forward<D: Downstream>(
     forwarded
 }
 
-/// Chooses a server, sends the request and waits for the head of its answer (a server that cannot
-/// be reached is skipped for another).
+/// Chooses a server (another than those in `avoid` when there is one), sends the request and
+/// waits for the head of its answer (a server that cannot be reached is skipped for another).
 async fn forward_to_server<D: Downstream>(
-    f: Forward<'_>,
+    f: &mut Forward<'_>,
+    avoid: &[usize],
     down: &mut D,
     timer: &mut LazyTimer,
 ) -> Forwarded {
@@ -234,7 +352,14 @@ async fn forward_to_server<D: Downstream>(
         let now_ms = seawall_core::clock::ms_at(f.start.into_std());
         let picked = {
             let mut rng = f.worker.rng.borrow_mut();
-            group.pick(f.key, now_ms, &mut rng, &tried, |s| f.worker.pools.inflight(s))
+            let load = |s: &ServerState| f.worker.pools.inflight(s);
+            let mut pick = |exclude: &[usize]| group.pick(f.key, now_ms, &mut rng, exclude, load);
+            if avoid.is_empty() {
+                pick(&tried)
+            } else {
+                let others: Vec<usize> = tried.iter().chain(avoid).copied().collect();
+                pick(&others).or_else(|| pick(&tried))
+            }
         };
         let Some(index) = picked else {
             let refusal = if tried.is_empty() {
@@ -254,7 +379,7 @@ async fn forward_to_server<D: Downstream>(
         let pooled = f.worker.pools.checkout(server, now_ms, !f.idempotent);
         let (conn, pooled) = match pooled {
             Some(conn) => (conn, true),
-            None => match connect(&f, group, index).await {
+            None => match connect(f, group, index).await {
                 Ok(conn) => (conn, false),
                 Err(e) => {
                     tried.push(index);
@@ -275,12 +400,12 @@ async fn forward_to_server<D: Downstream>(
         // Time spent connecting (to this server or to others first) is not the server's: its
         // deadlines count from when it has the request.
         let since = if pooled { f.start } else { Instant::now() };
-        let mut attempt = attempt(&f, group, index, conn, pooled, since, down, timer).await;
+        let mut attempt = attempt(f, group, index, conn, pooled, since, down, timer).await;
         if matches!(attempt, Attempt::Stale) {
             // The server closed an idle connection as we used it: nothing reached it, or nothing
             // it did can matter (the request is idempotent). One fresh connection, same server.
-            attempt = match connect(&f, group, index).await {
-                Ok(conn) => attempt_fresh(&f, group, index, conn, down, timer).await,
+            attempt = match connect(f, group, index).await {
+                Ok(conn) => attempt_fresh(f, group, index, conn, down, timer).await,
                 Err(e) => {
                     let detail = format!("could not connect to upstream {name:?}: {e}");
                     Attempt::Refused(Refusal::new(Reason::UpstreamConnectFailed, detail))
@@ -399,7 +524,8 @@ async fn attempt<D: Downstream>(
         Sent::All { at_once: true } => since,
         _ => Instant::now(),
     };
-    let deadline = sent_at + config.timeout;
+    // The upstream's timeout, or the request's total time left when that is shorter.
+    let deadline = f.deadline.map_or(sent_at + config.timeout, |t| t.min(sent_at + config.timeout));
     let mut received = false;
     loop {
         if !conn.buf.is_empty() {
@@ -453,7 +579,11 @@ async fn attempt<D: Downstream>(
                 return failed(group, index, UpstreamOutcome::Error, Reason::UpstreamError, &what);
             }
             Waited::TimedOut => {
-                let what = format!("did not answer within {:?}", config.timeout);
+                let what = if f.deadline.is_some_and(|t| t < sent_at + config.timeout) {
+                    "did not answer within the request's total_timeout".to_string()
+                } else {
+                    format!("did not answer within {:?}", config.timeout)
+                };
                 return failed(
                     group,
                     index,

@@ -16,12 +16,13 @@ use std::sync::{Arc, Mutex};
 
 use seawall_config::{Balance, HashKey, Upstream};
 use seawall_core::balance::{least_request, HashRing, RoundRobin};
+use seawall_core::budget::RetryBudget;
 use seawall_core::ejection::{EjectionGate, FailureOutcome, Outlier};
 use seawall_core::hash::stable_hash;
 use seawall_core::rng::FastRng;
 
 use crate::headers::HeaderLookup;
-use crate::metrics::{shard_index, Padded, ServerMetrics, UpstreamOutcome};
+use crate::metrics::{shard_index, Counter, Padded, ServerMetrics, UpstreamOutcome};
 use crate::request::RequestView;
 use breaker::GroupBreaker;
 
@@ -104,11 +105,42 @@ enum Balancer {
 }
 
 /// State of an upstream that outlives reloads with its name.
-#[derive(Debug, Default)]
 pub struct GroupState {
     /// Ejections of this upstream's servers are decided one at a time (the cap must hold).
     pub ejection: EjectionGate,
+    /// Requests and retries of the last 10 s, for the retry budget.
+    pub budget: RetryBudget,
+    pub retries: RetryCounters,
 }
+
+/// What became of failed attempts that could have been tried again.
+pub struct RetryCounters {
+    /// Attempts made again, by why: `connect` (no connection), `reset` (the connection broke
+    /// before an answer), `status` (an answer in `retry.on_status`).
+    pub connect: Counter,
+    pub reset: Counter,
+    pub status: Counter,
+    /// Retries the budget refused.
+    pub over_budget: Counter,
+}
+
+impl GroupState {
+    fn new(shards: usize) -> GroupState {
+        GroupState {
+            ejection: EjectionGate::default(),
+            budget: RetryBudget::new(RETRY_BUDGET_WINDOW_MS),
+            retries: RetryCounters {
+                connect: Counter::new(shards),
+                reset: Counter::new(shards),
+                status: Counter::new(shards),
+                over_budget: Counter::new(shards),
+            },
+        }
+    }
+}
+
+/// The window over which retries are weighed against requests.
+const RETRY_BUDGET_WINDOW_MS: u64 = 10_000;
 
 /// A configured upstream with its runtime state.
 pub struct UpstreamGroup {
@@ -147,7 +179,8 @@ impl UpstreamGroup {
             }
         };
         let cursors = (0..shards).map(|_| Padded::default()).collect();
-        let state = previous.map_or_else(Arc::default, |p| Arc::clone(&p.state));
+        let state =
+            previous.map_or_else(|| Arc::new(GroupState::new(shards)), |p| Arc::clone(&p.state));
         let breaker = config.breaker.clone().map(|policy| {
             let old = previous.and_then(|p| p.breaker.as_deref());
             Arc::new(GroupBreaker::new(&config.name, policy, old, shards))
