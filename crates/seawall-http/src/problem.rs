@@ -43,6 +43,8 @@ pub enum Reason {
     UpstreamUnavailable,
     /// The upstream's circuit breaker is open: refused without trying it (503).
     CircuitOpen,
+    /// The upstream's bulkhead is full: no slot and no room (or time) to wait for one (503).
+    BulkheadFull,
     /// The upstream did not answer in time (504).
     UpstreamTimeout,
 }
@@ -65,6 +67,7 @@ impl Reason {
             Reason::UpstreamConnectFailed => "upstream_connect_failed",
             Reason::UpstreamUnavailable => "upstream_unavailable",
             Reason::CircuitOpen => "circuit_open",
+            Reason::BulkheadFull => "bulkhead_full",
             Reason::UpstreamTimeout => "upstream_timeout",
         }
     }
@@ -82,7 +85,9 @@ impl Reason {
             Reason::ClientClosed => client_closed_status(),
             Reason::UnsupportedTransferCoding => StatusCode::NOT_IMPLEMENTED,
             Reason::UpstreamError | Reason::UpstreamConnectFailed => StatusCode::BAD_GATEWAY,
-            Reason::UpstreamUnavailable | Reason::CircuitOpen => StatusCode::SERVICE_UNAVAILABLE,
+            Reason::UpstreamUnavailable | Reason::CircuitOpen | Reason::BulkheadFull => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Reason::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
     }

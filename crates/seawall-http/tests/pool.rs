@@ -6,79 +6,13 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
-use std::sync::Arc;
+use std::sync::atomic::Ordering::SeqCst;
 use std::time::Duration;
 
 use common::*;
 use http::StatusCode;
 use seawall_http::Gateway;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
-
-/// An origin that holds every request until the test lets it go, and counts its connections.
-#[derive(Clone)]
-struct GatedOrigin {
-    addr: SocketAddr,
-    /// Requests that reached the origin.
-    arrived: Arc<AtomicUsize>,
-    /// Connections accepted, and open now.
-    accepted: Arc<AtomicUsize>,
-    open: Arc<AtomicUsize>,
-    gate: Arc<Semaphore>,
-}
-
-impl GatedOrigin {
-    async fn start() -> GatedOrigin {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let origin = GatedOrigin {
-            addr: listener.local_addr().unwrap(),
-            arrived: Arc::default(),
-            accepted: Arc::default(),
-            open: Arc::default(),
-            gate: Arc::new(Semaphore::new(0)),
-        };
-        let o = origin.clone();
-        tokio::spawn(async move {
-            while let Ok((mut stream, _)) = listener.accept().await {
-                o.accepted.fetch_add(1, SeqCst);
-                o.open.fetch_add(1, SeqCst);
-                let o = o.clone();
-                tokio::spawn(async move {
-                    let mut buf = Vec::new();
-                    'conn: loop {
-                        // Requests are bodiless GETs: a head is one request.
-                        let end = loop {
-                            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                                break i + 4;
-                            }
-                            let mut chunk = [0u8; 4096];
-                            match stream.read(&mut chunk).await {
-                                Ok(0) | Err(_) => break 'conn,
-                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                            }
-                        };
-                        buf.drain(..end);
-                        o.arrived.fetch_add(1, SeqCst);
-                        o.gate.acquire().await.unwrap().forget();
-                        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
-                        if stream.write_all(answer).await.is_err() {
-                            break;
-                        }
-                    }
-                    o.open.fetch_sub(1, SeqCst);
-                });
-            }
-        });
-        origin
-    }
-
-    fn server(&self) -> String {
-        format!("{{upstream=\"app\",server=\"{}\"", self.addr)
-    }
-}
 
 fn gateway_config(origin: &GatedOrigin, pool: &str) -> seawall_config::Config {
     config(&format!(

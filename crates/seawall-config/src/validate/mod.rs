@@ -451,7 +451,7 @@ fn upstream(cx: &mut Ctx<'_>, name: &str, raw: &RawUpstream, names: &[String]) -
             cx.warn(t.span(), &key("total_timeout"), message);
         }
     }
-    for (set, k) in [(raw.bulkhead.is_some(), "bulkhead"), (raw.fallback.is_some(), "fallback")] {
+    for (set, k) in [(raw.fallback.is_some(), "fallback")] {
         if set {
             not_enforced_yet(cx, &["upstreams", name, k], &key(k));
         }

@@ -221,6 +221,7 @@ fn metrics(shared: &Shared) -> String {
     crate::ratelimit::render_metrics(&mut out, &snapshot.limiters);
     breaker_metrics(&mut out, &snapshot.upstreams);
     retry_metrics(&mut out, &snapshot.upstreams);
+    bulkhead_metrics(&mut out, &snapshot.upstreams);
     let now = seawall_core::clock::now_ms();
     let families: [(&str, &str, &str, ServerSamples); 5] = [
         (
@@ -278,6 +279,36 @@ fn metrics(shared: &Shared) -> String {
         }
     }
     out
+}
+
+/// Bulkhead slots in use, requests waiting, and refusals.
+fn bulkhead_metrics(out: &mut String, groups: &[crate::upstream::UpstreamGroup]) {
+    let gates: Vec<_> = groups
+        .iter()
+        .filter_map(|g| g.bulkhead.as_ref().map(|b| (escape(&g.config.name), b)))
+        .collect();
+    let name = "seawall_bulkhead_in_use";
+    let _ =
+        writeln!(out, "# HELP {name} Requests holding a bulkhead slot now.\n# TYPE {name} gauge");
+    for (upstream, gate) in &gates {
+        let _ = writeln!(out, "{name}{{upstream=\"{upstream}\"}} {}", gate.load().0);
+    }
+    let name = "seawall_bulkhead_queued";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Requests waiting for a bulkhead slot now.\n# TYPE {name} gauge"
+    );
+    for (upstream, gate) in &gates {
+        let _ = writeln!(out, "{name}{{upstream=\"{upstream}\"}} {}", gate.load().1);
+    }
+    let name = "seawall_bulkhead_rejected_total";
+    let _ = writeln!(out, "# HELP {name} Requests refused by a bulkhead (bulkhead_full), by why: full queue, timeout, evicted by a more important request.\n# TYPE {name} counter");
+    for (upstream, gate) in &gates {
+        let r = &gate.rejections;
+        for (why, n) in [("full", &r.full), ("timeout", &r.timeout), ("evicted", &r.evicted)] {
+            let _ = writeln!(out, "{name}{{upstream=\"{upstream}\",why=\"{why}\"}} {}", n.get());
+        }
+    }
 }
 
 /// Retries made, and refused by the budget.

@@ -69,6 +69,7 @@ impl<S: Transport> Session<S> {
                 host_is_server,
                 start: self.clock,
                 deadline: None,
+                priority: permit.priority,
             },
             &mut body,
             &mut self.timer,

@@ -163,6 +163,7 @@ pub async fn handle(
             host_is_server,
             start,
             deadline: None,
+            priority: permit.priority,
         },
         &mut down,
         &mut timer,

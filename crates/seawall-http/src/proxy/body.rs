@@ -133,6 +133,8 @@ pub struct UpstreamResponse {
     /// The trailer section, when the body is decoded.
     trailers: Vec<u8>,
     ledger: Ledger,
+    /// The upstream's bulkhead slot, held until the body is done.
+    slot: Option<crate::upstream::bulkhead::Slot>,
 }
 
 impl UpstreamResponse {
@@ -170,7 +172,13 @@ impl UpstreamResponse {
             reading: false,
             trailers: Vec::new(),
             ledger,
+            slot: None,
         }
+    }
+
+    /// Keeps the upstream's bulkhead slot until the response is dropped.
+    pub(crate) fn hold(&mut self, slot: crate::upstream::bulkhead::Slot) {
+        self.slot = Some(slot);
     }
 
     pub(crate) fn attach(

@@ -47,6 +47,7 @@ use crate::timer::LazyTimer;
 use crate::upstream::pool::{Inflight, RawConn, READ_BUFFER};
 use crate::upstream::{ServerState, UpstreamGroup};
 use crate::worker::{Pinned, Worker};
+use seawall_core::priority::Priority;
 
 /// A request that has waited this long for its upstream starts watching its client. Shorter
 /// waits never look (a look can cost a system call), and nobody notices a departure sooner.
@@ -172,6 +173,8 @@ pub struct Forward<'a> {
     pub start: Instant,
     /// When the whole request must be answered by (`total_timeout`); set by [`forward`].
     pub deadline: Option<Instant>,
+    /// The request's priority (for the bulkhead's queue).
+    pub priority: Priority,
 }
 
 /// What became of the exchange.
@@ -309,22 +312,35 @@ fn retryable(
     }
 }
 
-/// One attempt through the upstream's circuit breaker, when it has one: an open breaker refuses
-/// at once, and the attempt's outcome (a 5xx or no answer is a failure) is reported to it.
+/// One attempt through the upstream's circuit breaker and bulkhead, when it has them: an open
+/// breaker refuses at once, a full bulkhead makes the request wait for a slot (by priority) or
+/// refuses it, and the attempt's outcome (a 5xx or no answer is a failure) is reported to the
+/// breaker. An answer keeps its bulkhead slot until its body is done.
 async fn through_breaker<D: Downstream>(
     f: &mut Forward<'_>,
     avoid: &[usize],
     down: &mut D,
     timer: &mut LazyTimer,
 ) -> Forwarded {
-    let Some(breaker) = &f.snapshot.upstreams[f.upstream].breaker else {
-        return forward_to_server(f, avoid, down, timer).await;
+    let group = &f.snapshot.upstreams[f.upstream];
+    let ticket = match group.breaker.as_ref().map(|b| b.admit(std::time::Instant::now())) {
+        None => None,
+        Some(Ok(ticket)) => Some(ticket),
+        Some(Err(refusal)) => return Forwarded::Refused(refusal, None),
     };
-    let ticket = match breaker.admit(std::time::Instant::now()) {
-        Ok(ticket) => ticket,
-        Err(refusal) => return Forwarded::Refused(refusal, None),
+    let slot = match &group.bulkhead {
+        None => None,
+        Some(gate) => match gate.acquire(f.priority).await {
+            Ok(slot) => Some(slot),
+            // Refused before the upstream was tried: the breaker learns nothing.
+            Err(refusal) => return Forwarded::Refused(refusal, None),
+        },
     };
-    let forwarded = forward_to_server(f, avoid, down, timer).await;
+    let mut forwarded = forward_to_server(f, avoid, down, timer).await;
+    if let (Some(slot), Forwarded::Response(response)) = (slot, &mut forwarded) {
+        response.hold(slot);
+    }
+    let Some(ticket) = ticket else { return forwarded };
     let failed = match &forwarded {
         Forwarded::Response(response) => response.head.status >= 500,
         Forwarded::Refused(..) => true,

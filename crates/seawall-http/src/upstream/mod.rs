@@ -6,6 +6,7 @@
 //! getting a connection to it never touch another core's memory.
 
 pub mod breaker;
+pub mod bulkhead;
 pub mod health;
 pub mod pool;
 
@@ -25,6 +26,7 @@ use crate::headers::HeaderLookup;
 use crate::metrics::{shard_index, Counter, Padded, ServerMetrics, UpstreamOutcome};
 use crate::request::RequestView;
 use breaker::GroupBreaker;
+use bulkhead::Gate;
 
 /// Hands out server slots: a slot is reused once the server that held it is gone, so per-worker
 /// tables indexed by slot stay as large as the configuration, however many reloads happen.
@@ -149,6 +151,8 @@ pub struct UpstreamGroup {
     pub state: Arc<GroupState>,
     /// The group's circuit breaker, when it has one; its state outlives reloads.
     pub breaker: Option<Arc<GroupBreaker>>,
+    /// The group's bulkhead, when it has one (kept by a reload that keeps its limits).
+    pub bulkhead: Option<Arc<Gate>>,
     weights: Vec<u32>,
     balancer: Balancer,
     /// Round-robin position of each worker (each writes only its own).
@@ -185,7 +189,11 @@ impl UpstreamGroup {
             let old = previous.and_then(|p| p.breaker.as_deref());
             Arc::new(GroupBreaker::new(&config.name, policy, old, shards))
         });
-        UpstreamGroup { config, servers, state, breaker, weights, balancer, cursors }
+        let bulkhead = config.bulkhead.clone().map(|limits| {
+            let old = previous.and_then(|p| p.bulkhead.as_ref());
+            Gate::new(&config.name, limits, old, shards)
+        });
+        UpstreamGroup { config, servers, state, breaker, bulkhead, weights, balancer, cursors }
     }
 
     /// The balancing key of a request (0 unless the upstream hashes): computed once, before the

@@ -2,8 +2,11 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 mod engines;
+mod gated;
 #[allow(unused_imports)]
 pub use engines::*;
+#[allow(unused_imports)]
+pub use gated::*;
 
 use std::convert::Infallible;
 use std::future::Future;

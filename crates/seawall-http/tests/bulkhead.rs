@@ -1,0 +1,136 @@
+//! Bulkheads as clients meet them, through both engines: no more than `max_concurrency` requests
+//! at the upstream at once, the rest waiting in a bounded queue served by priority (a full queue
+//! evicts the newest less important waiter), and 503 `bulkhead_full` with `Retry-After` for a
+//! request that finds no room or waits too long.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::sync::atomic::Ordering::SeqCst;
+use std::time::Duration;
+
+use common::*;
+use http::StatusCode;
+use seawall_http::Gateway;
+use tokio::task::JoinHandle;
+
+/// A gateway in front of `origin` with `bulkhead` on the upstream; `/p0…` is a P0 route and
+/// `/p2…` a P2 route, the rest P1.
+async fn bulkheaded(origin: &GatedOrigin, bulkhead: &str) -> Gateway {
+    start(config(&format!(
+        "[upstreams.app]\nservers = [\"{}\"]\nbulkhead = {{ {bulkhead} }}\n\
+         [[routes]]\nname = \"critical\"\npath_prefix = \"/p0\"\nupstream = \"app\"\npriority = \"P0\"\n\
+         [[routes]]\nname = \"sheddable\"\npath_prefix = \"/p2\"\nupstream = \"app\"\npriority = \"P2\"\n\
+         [[routes]]\nname = \"all\"\nupstream = \"app\"\n",
+        origin.addr
+    )))
+    .await
+}
+
+/// Sends a GET of `path` in the background.
+fn spawn_get(engine: Engine, gw: &Gateway, path: &str) -> JoinHandle<Answer> {
+    let (addr, req) = (gw.listen_addr(), engine.get(path));
+    tokio::spawn(async move { ask(engine, addr, req).await })
+}
+
+async fn gauge(gw: &Gateway, name: &str) -> f64 {
+    metric(gw, &format!("{name}{{upstream=\"app\"}}")).await
+}
+
+async fn until(gw: &Gateway, name: &str, value: f64) {
+    eventually(Duration::from_secs(5), name, || async { gauge(gw, name).await == value }).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn beyond_the_limit_and_the_queue_a_request_is_refused_at_once() {
+    for engine in ENGINES {
+        let origin = GatedOrigin::start().await;
+        let gw = bulkheaded(&origin, "max_concurrency = 2, max_queue = 0").await;
+        let held = [spawn_get(engine, &gw, "/a"), spawn_get(engine, &gw, "/b")];
+        eventually(Duration::from_secs(5), "two requests at the origin", || async {
+            origin.arrived.load(SeqCst) == 2
+        })
+        .await;
+        assert_eq!(gauge(&gw, "seawall_bulkhead_in_use").await, 2.0);
+        let refused = ask(engine, gw.listen_addr(), engine.get("/c")).await;
+        assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE, "{engine:?}");
+        assert_eq!(refused.header("x-seawall-reason"), "bulkhead_full");
+        assert_eq!(refused.header("retry-after"), "1");
+        assert_eq!(
+            origin.arrived.load(SeqCst),
+            2,
+            "{engine:?}: the third never reached the origin"
+        );
+        origin.release(2);
+        for h in held {
+            assert_eq!(h.await.unwrap().status, StatusCode::OK, "{engine:?}");
+        }
+        until(&gw, "seawall_bulkhead_in_use", 0.0).await;
+        let full =
+            metric(&gw, "seawall_bulkhead_rejected_total{upstream=\"app\",why=\"full\"}").await;
+        assert_eq!(full, 1.0);
+        gw.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiters_are_served_by_priority_and_a_full_queue_evicts_the_least_important() {
+    for engine in ENGINES {
+        let origin = GatedOrigin::start().await;
+        let gw = bulkheaded(&origin, "max_concurrency = 1, max_queue = 2, queue_timeout = \"10s\"")
+            .await;
+        let first = spawn_get(engine, &gw, "/first");
+        eventually(Duration::from_secs(5), "the first at the origin", || async {
+            origin.arrived.load(SeqCst) == 1
+        })
+        .await;
+        // Two sheddable requests wait; a critical one arrives and takes the newest one's place.
+        let p2_old = spawn_get(engine, &gw, "/p2-old");
+        until(&gw, "seawall_bulkhead_queued", 1.0).await;
+        let p2_new = spawn_get(engine, &gw, "/p2-new");
+        until(&gw, "seawall_bulkhead_queued", 2.0).await;
+        let p0 = spawn_get(engine, &gw, "/p0");
+        let evicted = p2_new.await.unwrap();
+        assert_eq!(evicted.status, StatusCode::SERVICE_UNAVAILABLE, "{engine:?}");
+        assert_eq!(evicted.header("x-seawall-reason"), "bulkhead_full");
+        // Freed one at a time, the slot goes to the critical request before the older sheddable one.
+        origin.release(3);
+        for h in [first, p0, p2_old] {
+            assert_eq!(h.await.unwrap().status, StatusCode::OK, "{engine:?}");
+        }
+        let paths = origin.paths.lock().unwrap().clone();
+        assert_eq!(paths, ["/first", "/p0", "/p2-old"], "{engine:?}");
+        let evictions =
+            metric(&gw, "seawall_bulkhead_rejected_total{upstream=\"app\",why=\"evicted\"}").await;
+        assert_eq!(evictions, 1.0);
+        gw.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_waits_no_longer_than_queue_timeout() {
+    for engine in ENGINES {
+        let origin = GatedOrigin::start().await;
+        let gw =
+            bulkheaded(&origin, "max_concurrency = 1, max_queue = 5, queue_timeout = \"200ms\"")
+                .await;
+        let held = spawn_get(engine, &gw, "/held");
+        eventually(Duration::from_secs(5), "held at the origin", || async {
+            origin.arrived.load(SeqCst) == 1
+        })
+        .await;
+        let waited =
+            bounded(5.0, "the queue timeout", ask(engine, gw.listen_addr(), engine.get("/late")))
+                .await;
+        assert_eq!(waited.header("x-seawall-reason"), "bulkhead_full", "{engine:?}");
+        assert!(waited.json()["detail"].as_str().unwrap().contains("200ms"), "{}", waited.body);
+        assert_eq!(
+            gauge(&gw, "seawall_bulkhead_queued").await,
+            0.0,
+            "{engine:?}: it left the queue"
+        );
+        origin.release(1);
+        assert_eq!(held.await.unwrap().status, StatusCode::OK);
+        gw.shutdown().await;
+    }
+}
