@@ -315,13 +315,6 @@ impl RawLog {
 
 const NOT_ENFORCED_YET: &str = "accepted, but this version of Seawall does not enforce it yet";
 
-/// Warns that a key is read and checked but not acted on by this version (the protections that
-/// are still being built); removed key by key as each one is enforced.
-fn not_enforced_yet(cx: &mut Ctx<'_>, path: &[&str], key: &str) {
-    let span = key_span(cx.source, path).unwrap_or(0..0);
-    cx.warn(span, key, NOT_ENFORCED_YET);
-}
-
 /// What routes may name.
 struct Names<'a> {
     upstreams: &'a [String],
@@ -449,11 +442,6 @@ fn upstream(cx: &mut Ctx<'_>, name: &str, raw: &RawUpstream, names: &[String]) -
                 retry.attempts
             );
             cx.warn(t.span(), &key("total_timeout"), message);
-        }
-    }
-    for (set, k) in [(raw.fallback.is_some(), "fallback")] {
-        if set {
-            not_enforced_yet(cx, &["upstreams", name, k], &key(k));
         }
     }
     Upstream {

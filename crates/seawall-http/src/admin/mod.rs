@@ -322,6 +322,13 @@ fn retry_metrics(out: &mut String, groups: &[crate::upstream::UpstreamGroup]) {
                 writeln!(out, "{name}{{upstream=\"{upstream}\",reason=\"{reason}\"}} {}", n.get());
         }
     }
+    let name = "seawall_upstream_fallback_requests_total";
+    let _ = writeln!(out, "# HELP {name} Requests sent to this upstream because the upstream it backs up failed.\n# TYPE {name} counter");
+    for g in groups {
+        let upstream = escape(&g.config.name);
+        let _ =
+            writeln!(out, "{name}{{upstream=\"{upstream}\"}} {}", g.state.fallback_requests.get());
+    }
     let name = "seawall_upstream_retries_over_budget_total";
     let _ = writeln!(out, "# HELP {name} Retries not made because the upstream's retry budget was spent.\n# TYPE {name} counter");
     for g in groups {

@@ -197,8 +197,10 @@ enum Attempt {
     Client(BodyError),
 }
 
-/// Sends the request to the upstream and waits for the head of its answer, trying again when
-/// that is safe and worth it: after a failed connection (nothing was sent), after a connection
+/// Sends the request to the upstream and waits for the head of its answer — then, if that
+/// failed, to each of the upstream's `fallback` groups in turn while it is safe (see
+/// [`falls_back`]), each group with its own breaker, bulkhead and retries. Within a group it
+/// tries again when that is safe and worth it: after a failed connection (nothing was sent), after a connection
 /// that broke before any answer or an answer in `retry.on_status` (idempotent requests only),
 /// within `retry.attempts`, the retry budget, the body replay cap and `total_timeout`, after a
 /// backoff with full jitter (or the upstream's own `Retry-After`, up to `max_retry_after`). A
@@ -209,19 +211,64 @@ pub async fn forward<D: Downstream>(
     timer: &mut LazyTimer,
 ) -> Forwarded {
     let snapshot = f.snapshot;
+    let mut forwarded = forward_group(&mut f, down, timer).await;
+    for &next in &snapshot.upstreams[f.upstream].config.fallback {
+        if !falls_back(&f, &forwarded) || !down.rewind() {
+            break;
+        }
+        snapshot.upstreams[next].state.fallback_requests.add(1);
+        f.upstream = next;
+        let attempt = forward_group(&mut f, down, timer).await;
+        // An answer, even a 5xx, beats a fallback that could not answer at all. A discarded
+        // answer closes its connection; its outcome is recorded as it goes.
+        let earlier_answered = matches!(forwarded, Forwarded::Response(_));
+        if !(earlier_answered && matches!(attempt, Forwarded::Refused(..))) {
+            forwarded = attempt;
+        }
+    }
+    forwarded
+}
+
+/// Whether the primary's failure sends the request to its next fallback group: when its breaker
+/// is open or no server of it is available or reachable (nothing was sent: any method), or when
+/// it timed out, broke or answered 5xx (idempotent requests only: it may have taken effect).
+fn falls_back(f: &Forward<'_>, forwarded: &Forwarded) -> bool {
+    match forwarded {
+        Forwarded::Refused(refusal, _) => match refusal.reason {
+            Reason::CircuitOpen | Reason::UpstreamUnavailable | Reason::UpstreamConnectFailed => {
+                true
+            }
+            Reason::UpstreamError | Reason::UpstreamTimeout => f.idempotent,
+            _ => false,
+        },
+        Forwarded::Response(response) => response.head.status >= 500 && f.idempotent,
+        Forwarded::Client(..) => false,
+    }
+}
+
+/// The request through one upstream group, with its retries (see [`forward`]).
+async fn forward_group<D: Downstream>(
+    f: &mut Forward<'_>,
+    down: &mut D,
+    timer: &mut LazyTimer,
+) -> Forwarded {
+    let snapshot = f.snapshot;
     let group = &snapshot.upstreams[f.upstream];
     let retry = &group.config.retry;
-    f.deadline = group.config.total_timeout.map(|total| f.start + total);
+    if let Some(total) = group.config.total_timeout {
+        let deadline = f.start + total;
+        f.deadline = Some(f.deadline.map_or(deadline, |d| d.min(deadline)));
+    }
     let start_ms = seawall_core::clock::ms_at(f.start.into_std());
     group.state.budget.record_request(start_ms);
     let mut avoid: Vec<usize> = Vec::new();
     let mut attempt = 1;
     loop {
-        let forwarded = through_breaker(&mut f, &avoid, down, timer).await;
+        let forwarded = through_breaker(f, &avoid, down, timer).await;
         if attempt >= retry.attempts {
             return forwarded;
         }
-        let Some(why) = retryable(&f, retry, &forwarded) else { return forwarded };
+        let Some(why) = retryable(f, retry, &forwarded) else { return forwarded };
         let body_fits = match f.framing {
             BodyFraming::Length(n) => n <= retry.max_body,
             BodyFraming::None | BodyFraming::Streamed => true,

@@ -113,6 +113,8 @@ pub struct GroupState {
     /// Requests and retries of the last 10 s, for the retry budget.
     pub budget: RetryBudget,
     pub retries: RetryCounters,
+    /// Requests sent to this group because another one's failed (it is that one's fallback).
+    pub fallback_requests: Counter,
 }
 
 /// What became of failed attempts that could have been tried again.
@@ -137,6 +139,7 @@ impl GroupState {
                 status: Counter::new(shards),
                 over_budget: Counter::new(shards),
             },
+            fallback_requests: Counter::new(shards),
         }
     }
 }
