@@ -196,7 +196,7 @@ pub struct Route {
     /// server up.
     pub read_upstream: Option<usize>,
     /// What to answer instead of an error when the route is disabled, shed or failed.
-    pub degrade: Option<Degrade>,
+    pub degrade: Option<std::sync::Arc<Degrade>>,
 }
 
 /// A stand-in answer.

@@ -37,6 +37,7 @@ pub mod server;
 pub mod signal;
 pub mod snapshot;
 pub mod state;
+pub mod switches;
 pub mod timer;
 pub mod upstream;
 pub mod worker;

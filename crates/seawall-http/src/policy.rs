@@ -19,7 +19,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use seawall_config::Route;
+use http::Method;
+use seawall_config::{Route, RouteAction};
 use seawall_core::priority::Priority;
 
 use crate::problem::{Reason, Refusal};
@@ -37,6 +38,8 @@ pub enum Admission {
 pub struct Permit {
     snapshot: Rc<Pinned>,
     route: usize,
+    /// The upstream group the request goes to (the route's, or its `read_upstream` for a read).
+    pub upstream: usize,
     /// The request's priority: its route's, moved by its rate-limit tier.
     pub priority: Priority,
     /// Fields Seawall adds to the answer, as HTTP/1 field lines (the rate-limit state).
@@ -44,9 +47,15 @@ pub struct Permit {
 }
 
 impl Permit {
-    fn new(snapshot: Rc<Pinned>, route: usize, priority: Priority, fields: Vec<u8>) -> Self {
+    fn new(
+        snapshot: Rc<Pinned>,
+        route: usize,
+        upstream: usize,
+        priority: Priority,
+        fields: Vec<u8>,
+    ) -> Self {
         snapshot.route_metrics[route].inflight_add(1);
-        Permit { snapshot, route, priority, fields }
+        Permit { snapshot, route, upstream, priority, fields }
     }
 
     /// The route the request matched.
@@ -72,12 +81,29 @@ pub fn body_limit(snapshot: &Pinned, route: &Route) -> u64 {
 }
 
 /// Routes and admits a request; the route found is noted in `account`.
+///
+/// In order: route ▸ switched off ▸ read-only ▸ body limit ▸ rate limit; then the upstream group
+/// is chosen (a read goes to the route's `read_upstream` while it has a server up).
 pub fn admit(snapshot: &Rc<Pinned>, request: &RequestView<'_>, account: &mut Account) -> Admission {
     let Some(index) = router::find(&snapshot.config.routes, request) else {
         return Admission::Refuse(Refusal::new(Reason::NoRoute, "no route matches this request"));
     };
     account.route = Some(index);
     let route = &snapshot.config.routes[index];
+    if snapshot.switches.is_disabled(&route.name) {
+        let detail = format!("route {:?} is turned off", route.name);
+        let refusal = Refusal::new(Reason::FeatureDisabled, detail);
+        return Admission::Refuse(refusal.degraded(route.degrade.as_ref()));
+    }
+    let RouteAction::Proxy { upstream } = route.action;
+    let now_ms = seawall_core::clock::ms_at(account.start.into_std());
+    let method = request.method;
+    let reads = *method == Method::GET || *method == Method::HEAD;
+    if route.writes || !(reads || *method == Method::OPTIONS || *method == Method::TRACE) {
+        if let Some(refusal) = read_only(snapshot, upstream, now_ms) {
+            return Admission::Refuse(refusal);
+        }
+    }
     let limit = body_limit(snapshot, route);
     if request.declared_length().is_some_and(|n| n > limit) {
         let detail = format!("the request body exceeds {limit} bytes");
@@ -93,7 +119,28 @@ pub fn admit(snapshot: &Rc<Pinned>, request: &RequestView<'_>, account: &mut Acc
             }
         }
     };
-    Admission::Admit(Permit::new(Rc::clone(snapshot), index, priority, fields))
+    let upstream = match route.read_upstream {
+        Some(replicas) if reads && snapshot.upstreams[replicas].has_available(now_ms) => replicas,
+        _ => upstream,
+    };
+    Admission::Admit(Permit::new(Rc::clone(snapshot), index, upstream, priority, fields))
+}
+
+/// Why a write is refused: the gateway is in read-only mode, or the upstream it would go to has
+/// no server left (and no fallback) — then reads keep flowing while writes wait.
+fn read_only(snapshot: &Pinned, upstream: usize, now_ms: u64) -> Option<Refusal> {
+    if snapshot.switches.read_only() {
+        return Some(Refusal::new(Reason::ReadOnly, "the service is in read-only mode"));
+    }
+    let group = &snapshot.upstreams[upstream];
+    if group.config.fallback.is_empty() && !group.has_available(now_ms) {
+        let detail = format!(
+            "upstream {:?} has no server up: writes are refused, reads keep flowing",
+            group.config.name
+        );
+        return Some(Refusal::new(Reason::ReadOnly, detail));
+    }
+    None
 }
 
 /// The books of one request, closed once: by [`Account::finish`], or by the drop of a request
@@ -124,6 +171,11 @@ impl Served {
     /// Seawall's own answer.
     pub fn refused(reason: Reason, upstream: Option<(usize, usize)>) -> Self {
         Served { status: reason.status().as_u16(), upstream, reason: Some(reason) }
+    }
+
+    /// Seawall's answer to `refusal` (its degraded stand-in's status, when it has one).
+    pub fn answered(refusal: &Refusal, upstream: Option<(usize, usize)>) -> Self {
+        Served { status: refusal.status().as_u16(), upstream, reason: Some(refusal.reason) }
     }
 }
 

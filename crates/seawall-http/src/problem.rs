@@ -4,13 +4,17 @@
 //! (HTTP/1 bytes or a hyper response), so a client always gets the same answer.
 
 use std::borrow::Cow;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
+use seawall_config::Degrade;
 
 /// The header that carries the reason of a refusal.
 pub const REASON_HEADER: &str = "x-seawall-reason";
+
+/// The header that marks a degraded answer, with the reason it stands in for.
+pub const DEGRADED_HEADER: &str = "x-seawall-degraded";
 
 /// Why Seawall answered instead of the upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,6 +29,10 @@ pub enum Reason {
     NoRoute,
     /// The client is over its rate limit (429).
     RateLimited,
+    /// The route was turned off by an operator (503).
+    FeatureDisabled,
+    /// A write while the gateway (or the route's upstream, with no server left) is read-only (503).
+    ReadOnly,
     /// The request body was larger than allowed (413).
     BodyTooLarge,
     /// An `Expect` other than `100-continue` (417).
@@ -58,6 +66,8 @@ impl Reason {
             Reason::BodyTimeout => "body_timeout",
             Reason::NoRoute => "no_route",
             Reason::RateLimited => "rate_limited",
+            Reason::FeatureDisabled => "feature_disabled",
+            Reason::ReadOnly => "read_only",
             Reason::BodyTooLarge => "body_too_large",
             Reason::ExpectationFailed => "expectation_failed",
             Reason::HeaderTooLarge => "header_too_large",
@@ -85,9 +95,11 @@ impl Reason {
             Reason::ClientClosed => client_closed_status(),
             Reason::UnsupportedTransferCoding => StatusCode::NOT_IMPLEMENTED,
             Reason::UpstreamError | Reason::UpstreamConnectFailed => StatusCode::BAD_GATEWAY,
-            Reason::UpstreamUnavailable | Reason::CircuitOpen | Reason::BulkheadFull => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Reason::UpstreamUnavailable
+            | Reason::CircuitOpen
+            | Reason::BulkheadFull
+            | Reason::FeatureDisabled
+            | Reason::ReadOnly => StatusCode::SERVICE_UNAVAILABLE,
             Reason::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
     }
@@ -112,6 +124,8 @@ impl Reason {
     pub fn retry_after(self) -> Option<u32> {
         match self {
             Reason::UpstreamUnavailable => Some(1),
+            // An operator's switch: worth a look again in a while, not at once.
+            Reason::FeatureDisabled | Reason::ReadOnly => Some(30),
             _ => None,
         }
     }
@@ -133,6 +147,8 @@ pub struct Refusal {
     /// More fields for the answer, as HTTP/1 field lines (`name: value\r\n`; the rate-limit
     /// state of a 429, say).
     pub fields: Vec<u8>,
+    /// The route's degraded answer, served instead of the problem document.
+    pub stand_in: Option<Arc<Degrade>>,
 }
 
 impl Refusal {
@@ -143,16 +159,29 @@ impl Refusal {
             detail: detail.into(),
             retry_after: reason.retry_after(),
             fields: Vec::new(),
+            stand_in: None,
         }
+    }
+
+    /// Serves `degrade` instead of the problem document (when the route has one).
+    pub fn degraded(mut self, degrade: Option<&Arc<Degrade>>) -> Self {
+        self.stand_in = degrade.cloned();
+        self
     }
 
     /// The status code of the answer.
     pub fn status(&self) -> StatusCode {
-        self.reason.status()
+        match &self.stand_in {
+            Some(d) => StatusCode::from_u16(d.status).unwrap_or(StatusCode::OK),
+            None => self.reason.status(),
+        }
     }
 
     /// The answer as a response with a complete body.
     pub fn to_response(&self) -> Response<Bytes> {
+        if let Some(degrade) = &self.stand_in {
+            return stand_in(degrade, self.reason);
+        }
         let mut response =
             problem_with(self.status(), self.reason.as_str(), &self.detail, self.retry_after);
         if self.reason.closes_connection() {
@@ -164,6 +193,9 @@ impl Refusal {
 
     /// The answer as HTTP/1.1 bytes in `out` (replacing what was there).
     pub fn write_http1(&self, out: &mut Vec<u8>, how: Http1Answer) {
+        if self.stand_in.is_some() {
+            return write_http1(out, &self.to_response(), how);
+        }
         let mut problem =
             problem_with(self.status(), self.reason.as_str(), &self.detail, self.retry_after);
         append_field_lines(problem.headers_mut(), &self.fields);
@@ -196,6 +228,20 @@ pub fn header_timeout_http1() -> &'static [u8] {
         Refusal::new(Reason::HeaderTimeout, "request head too slow").write_http1(&mut out, how);
         out
     })
+}
+
+/// A route's degraded answer: its status, type and body, marked `x-seawall-degraded` with the
+/// reason it stands in for.
+fn stand_in(degrade: &Degrade, reason: Reason) -> Response<Bytes> {
+    let mut response = Response::new(Bytes::from(degrade.body.clone()));
+    *response.status_mut() = StatusCode::from_u16(degrade.status).unwrap_or(StatusCode::OK);
+    let headers = response.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&degrade.content_type) {
+        headers.insert(header::CONTENT_TYPE, v);
+    }
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(DEGRADED_HEADER, HeaderValue::from_static(reason.as_str()));
+    response
 }
 
 /// Builds a problem response from its parts (also used by the admin API).

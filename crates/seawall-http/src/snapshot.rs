@@ -9,6 +9,7 @@ use seawall_config::Config;
 
 use crate::metrics::{Registry, RouteMetrics};
 use crate::ratelimit::Limiter;
+use crate::switches::Switches;
 use crate::upstream::UpstreamGroup;
 
 /// The metrics label used for requests that matched no route.
@@ -24,6 +25,8 @@ pub struct Snapshot {
     pub unmatched_metrics: Arc<RouteMetrics>,
     /// Indexed like `config.rate_limits`.
     pub limiters: Vec<Arc<Limiter>>,
+    /// Read-only mode and disabled routes: the same object from snapshot to snapshot.
+    pub switches: Arc<Switches>,
 }
 
 impl Snapshot {
@@ -51,6 +54,7 @@ impl Snapshot {
         Snapshot {
             upstreams,
             limiters,
+            switches: previous.map_or_else(Arc::default, |p| Arc::clone(&p.switches)),
             route_metrics,
             unmatched_metrics: registry.route(UNMATCHED_ROUTE),
             config,

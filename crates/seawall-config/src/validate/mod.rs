@@ -668,16 +668,10 @@ fn route(cx: &mut Ctx<'_>, i: usize, raw: &Spanned<RawRoute>, names: &Names<'_>)
         found
     });
     let priority = protections::priority(cx, r.priority.as_ref(), &key("priority"));
-    for (set, k) in [
-        (r.writes.is_some(), "writes"),
-        (r.read_upstream.is_some(), "read_upstream"),
-        (r.degrade.is_some(), "degrade"),
-    ] {
-        if set {
-            cx.warn(raw.span(), &key(k), NOT_ENFORCED_YET);
-        }
-    }
-    let degrade = r.degrade.as_ref().map(|d| protections::degrade(cx, d, &key("degrade")));
+    let degrade = r
+        .degrade
+        .as_ref()
+        .map(|d| std::sync::Arc::new(protections::degrade(cx, d, &key("degrade"))));
     Some(Route {
         name,
         matcher: RouteMatch { host, path, methods, header },

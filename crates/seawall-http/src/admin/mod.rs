@@ -8,6 +8,8 @@
 //! | GET | `/api/v1/state` | routes, upstreams and servers with health, as JSON |
 //! | POST | `/api/v1/reload` | re-reads the configuration file (token-protected) |
 //! | POST | `/api/v1/upstreams/{name}/breaker` | forces a breaker open or closed, or back to auto ([`switches`]) |
+//! | POST | `/api/v1/routes/{name}/disable`, `/enable` | turns a route off and on |
+//! | PUT | `/api/v1/mode` | `{"read_only": true \| false}` |
 //!
 //! Mutating endpoints require `Authorization: Bearer <server.admin_token>` when a token is set.
 
@@ -74,31 +76,48 @@ async fn route(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Bytes> 
             }
             return reload(shared).await;
         }
-        _ => {
-            let Some(upstream) =
-                path.strip_prefix("/api/v1/upstreams/").and_then(|p| p.strip_suffix("/breaker"))
-            else {
-                return problem_with(
-                    StatusCode::NOT_FOUND,
-                    "not_found",
-                    "no such admin endpoint",
-                    None,
-                );
-            };
-            if method != Method::POST {
-                return method_not_allowed(Method::POST);
+        "/api/v1/mode" => {
+            if method != Method::PUT {
+                return method_not_allowed(Method::PUT);
             }
             if let Some(refusal) = authorize(shared, &req) {
                 return refusal;
             }
-            let upstream = percent_decoded(upstream);
-            return switches::breaker(shared, &upstream, req).await;
+            return switches::mode(shared, req).await;
         }
+        _ => return switch(shared, req).await,
     };
     if method != allowed && !(allowed == Method::GET && method == Method::HEAD) {
         return method_not_allowed(allowed);
     }
     response
+}
+
+/// `POST /api/v1/upstreams/{name}/breaker`, `POST /api/v1/routes/{name}/disable|enable`.
+async fn switch(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Bytes> {
+    let path = req.uri().path().to_string();
+    let target = if let Some(rest) = path.strip_prefix("/api/v1/upstreams/") {
+        rest.strip_suffix("/breaker").map(|name| (name, None))
+    } else if let Some(rest) = path.strip_prefix("/api/v1/routes/") {
+        let disable = rest.strip_suffix("/disable").map(|name| (name, Some(true)));
+        disable.or_else(|| rest.strip_suffix("/enable").map(|name| (name, Some(false))))
+    } else {
+        None
+    };
+    let Some((name, route)) = target else {
+        return problem_with(StatusCode::NOT_FOUND, "not_found", "no such admin endpoint", None);
+    };
+    if req.method() != Method::POST {
+        return method_not_allowed(Method::POST);
+    }
+    if let Some(refusal) = authorize(shared, &req) {
+        return refusal;
+    }
+    let name = percent_decoded(name);
+    match route {
+        Some(disable) => switches::route(shared, &name, disable),
+        None => switches::breaker(shared, &name, req).await,
+    }
 }
 
 /// A path segment with its `%XX` escapes decoded (upstream names may hold any character).
@@ -219,6 +238,7 @@ fn metrics(shared: &Shared) -> String {
     shared.registry.render_process(&mut out);
     let snapshot = shared.snapshot.load();
     crate::ratelimit::render_metrics(&mut out, &snapshot.limiters);
+    switch_metrics(&mut out, &snapshot);
     breaker_metrics(&mut out, &snapshot.upstreams);
     retry_metrics(&mut out, &snapshot.upstreams);
     bulkhead_metrics(&mut out, &snapshot.upstreams);
@@ -279,6 +299,19 @@ fn metrics(shared: &Shared) -> String {
         }
     }
     out
+}
+
+/// Read-only mode and the routes turned off.
+fn switch_metrics(out: &mut String, snapshot: &crate::snapshot::Snapshot) {
+    let name = "seawall_read_only";
+    let _ = writeln!(out, "# HELP {name} Whether the gateway refuses writes (read-only mode, 1) or not (0).\n# TYPE {name} gauge");
+    let _ = writeln!(out, "{name} {}", u8::from(snapshot.switches.read_only()));
+    let name = "seawall_route_disabled";
+    let _ = writeln!(out, "# HELP {name} Whether an operator turned the route off (1) or not (0).\n# TYPE {name} gauge");
+    for r in &snapshot.config.routes {
+        let disabled = u8::from(snapshot.switches.is_disabled(&r.name));
+        let _ = writeln!(out, "{name}{{route=\"{}\"}} {disabled}", escape(&r.name));
+    }
 }
 
 /// Bulkhead slots in use, requests waiting, and refusals.
@@ -400,6 +433,8 @@ fn state(shared: &Shared) -> String {
                 "path": match &r.matcher.path { PathMatch::Exact(p) => Some(p), PathMatch::Prefix(_) => None },
                 "methods": r.matcher.methods,
                 "action": "proxy",
+                "disabled": snapshot.switches.is_disabled(&r.name),
+                "priority": r.priority.as_str(),
                 "upstream": config.upstreams[upstream].name,
             })
         })
@@ -450,6 +485,7 @@ fn state(shared: &Shared) -> String {
     let running = shared.running;
     json!({
         "draining": shared.draining.load(Relaxed),
+        "read_only": snapshot.switches.read_only(),
         "listen": running.listen.to_string(),
         "admin": running.admin.to_string(),
         "workers": running.workers,

@@ -1,6 +1,11 @@
-//! The switches an operator flips during a crisis, all token-protected: an upstream's circuit
-//! breaker forced open or closed, or given back to its rules
-//! (`POST /api/v1/upstreams/{name}/breaker` with `{"state": "open" | "closed" | "auto"}`).
+//! The switches an operator flips during a crisis, all token-protected:
+//!
+//! - `POST /api/v1/upstreams/{name}/breaker` with `{"state": "open" | "closed" | "auto"}`: an
+//!   upstream's circuit breaker forced open or closed, or given back to its rules;
+//! - `POST /api/v1/routes/{name}/disable` and `/enable`: a route turned off (503
+//!   `feature_disabled`, or its degraded answer) and on;
+//! - `PUT /api/v1/mode` with `{"read_only": true | false}`: writes refused, reads flowing.
+//!
 //! Their state shows in `/api/v1/state` and `/metrics` and survives a reload.
 
 use bytes::Bytes;
@@ -44,6 +49,41 @@ pub async fn breaker(shared: &Shared, upstream: &str, req: Request<Incoming>) ->
     let answer =
         json!({"upstream": upstream, "forced": view.forced.as_str(), "state": view.mode.as_str()});
     text(StatusCode::OK, "application/json", answer.to_string())
+}
+
+/// `POST /api/v1/routes/{name}/disable` or `/enable`.
+pub fn route(shared: &Shared, name: &str, disable: bool) -> Response<Bytes> {
+    let snapshot = shared.snapshot.load();
+    if !snapshot.config.routes.iter().any(|r| r.name == name) {
+        let detail = format!("no route named {name:?}");
+        return problem_with(StatusCode::NOT_FOUND, "not_found", &detail, None);
+    }
+    let was = snapshot.switches.set_disabled(name, disable);
+    if was != disable {
+        let state = if disable { "disabled" } else { "enabled" };
+        tracing::warn!(route = %name, state, "route switched by an operator");
+    }
+    text(
+        StatusCode::OK,
+        "application/json",
+        json!({"route": name, "disabled": disable}).to_string(),
+    )
+}
+
+/// `PUT /api/v1/mode`
+pub async fn mode(shared: &Shared, req: Request<Incoming>) -> Response<Bytes> {
+    let body = match read_json(req).await {
+        Ok(body) => body,
+        Err(refusal) => return refusal,
+    };
+    let Some(read_only) = body.get("read_only").and_then(Value::as_bool) else {
+        return bad_request("expected {\"read_only\": true | false}");
+    };
+    let was = shared.snapshot.load().switches.set_read_only(read_only);
+    if was != read_only {
+        tracing::warn!(read_only, "read-only mode switched by an operator");
+    }
+    text(StatusCode::OK, "application/json", json!({"read_only": read_only}).to_string())
 }
 
 /// The request's JSON body, at most [`MAX_BODY`] bytes.

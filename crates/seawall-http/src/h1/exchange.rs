@@ -70,6 +70,7 @@ impl<S: Transport> Session<S> {
                 start: self.clock,
                 deadline: None,
                 priority: permit.priority,
+                degrade: route.degrade.as_ref(),
             },
             &mut body,
             &mut self.timer,
@@ -140,7 +141,7 @@ impl<S: Transport> Session<S> {
             (true, true) => After::Close,
             (true, false) => After::Linger,
         };
-        (Served::refused(refusal.reason, at), after)
+        (Served::answered(refusal, at), after)
     }
 
     /// The client's side failed: a body that stalled or grew too large gets its answer; a broken

@@ -233,13 +233,18 @@ impl<S: Transport> Session<S> {
             Admission::Admit(permit) => permit,
             Admission::Refuse(refusal) => {
                 let (after, written) = self.refuse(&refusal).await;
-                let status = if written { refusal.reason } else { Reason::ClientClosed };
-                account.finish(Served::refused(status, None), Instant::now());
+                let served = if written {
+                    Served::answered(&refusal, None)
+                } else {
+                    Served::refused(Reason::ClientClosed, None)
+                };
+                account.finish(served, Instant::now());
                 return after;
             }
         };
+        let upstream = permit.upstream;
         let (served, after) = match permit.route().action {
-            RouteAction::Proxy { upstream } => {
+            RouteAction::Proxy { .. } => {
                 // What the upstream call needs of the view, taken while the head is at hand.
                 let facts = Facts {
                     key: snapshot.upstreams[upstream].request_key(&view),

@@ -18,7 +18,6 @@ use std::time::Duration;
 use http::{header, Request, Response, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
-use seawall_config::RouteAction;
 use tokio::time::Instant;
 
 pub use body::ProxyBody;
@@ -107,7 +106,7 @@ pub async fn handle(
         Admission::Admit(permit) => permit,
         Admission::Refuse(refusal) => return Ok(refuse(refusal, account, None, active)),
     };
-    let RouteAction::Proxy { upstream } = permit.route().action;
+    let upstream = permit.upstream;
     let group = &snapshot.upstreams[upstream];
     let route = permit.route();
     let host_is_server = !route.preserve_host || host.is_none();
@@ -164,6 +163,7 @@ pub async fn handle(
             start,
             deadline: None,
             priority: permit.priority,
+            degrade: route.degrade.as_ref(),
         },
         &mut down,
         &mut timer,
@@ -257,7 +257,7 @@ fn refuse(
     at: Option<(usize, usize)>,
     active: ActiveGuard,
 ) -> Response<ProxyBody> {
-    account.finish(Served::refused(refusal.reason, at), Instant::now());
+    account.finish(Served::answered(&refusal, at), Instant::now());
     let response = refusal.to_response();
     let (mut parts, body) = response.into_parts();
     // Connection-specific fields are not allowed in HTTP/2.

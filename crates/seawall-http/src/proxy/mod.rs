@@ -47,7 +47,9 @@ use crate::timer::LazyTimer;
 use crate::upstream::pool::{Inflight, RawConn, READ_BUFFER};
 use crate::upstream::{ServerState, UpstreamGroup};
 use crate::worker::{Pinned, Worker};
+use seawall_config::Degrade;
 use seawall_core::priority::Priority;
+use std::sync::Arc;
 
 /// A request that has waited this long for its upstream starts watching its client. Shorter
 /// waits never look (a look can cost a system call), and nobody notices a departure sooner.
@@ -175,6 +177,8 @@ pub struct Forward<'a> {
     pub deadline: Option<Instant>,
     /// The request's priority (for the bulkhead's queue).
     pub priority: Priority,
+    /// The route's degraded answer, served instead of Seawall's error when every upstream failed.
+    pub degrade: Option<&'a Arc<Degrade>>,
 }
 
 /// What became of the exchange.
@@ -226,7 +230,12 @@ pub async fn forward<D: Downstream>(
             forwarded = attempt;
         }
     }
-    forwarded
+    match forwarded {
+        Forwarded::Refused(refusal, at) if f.degrade.is_some() => {
+            Forwarded::Refused(refusal.degraded(f.degrade), at)
+        }
+        forwarded => forwarded,
+    }
 }
 
 /// Whether the primary's failure sends the request to its next fallback group: when its breaker

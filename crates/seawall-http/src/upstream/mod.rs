@@ -234,6 +234,11 @@ impl UpstreamGroup {
         }
     }
 
+    /// Whether any server may take requests at `now_ms`.
+    pub fn has_available(&self, now_ms: u64) -> bool {
+        self.servers.iter().any(|s| s.is_available(now_ms))
+    }
+
     /// Records how an attempt on server `index` ended, for metrics and passive ejection.
     pub fn record(&self, index: usize, outcome: UpstreamOutcome, now_ms: u64) {
         let server = &self.servers[index];
