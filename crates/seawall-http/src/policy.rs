@@ -44,6 +44,8 @@ pub struct Permit {
     pub priority: Priority,
     /// Fields Seawall adds to the answer, as HTTP/1 field lines (the rate-limit state).
     pub fields: Vec<u8>,
+    /// When the client stops waiting, from its deadline header (`server.deadline_header`).
+    pub deadline: Option<Instant>,
 }
 
 impl Permit {
@@ -55,7 +57,7 @@ impl Permit {
         fields: Vec<u8>,
     ) -> Self {
         snapshot.route_metrics[route].inflight_add(1);
-        Permit { snapshot, route, upstream, priority, fields }
+        Permit { snapshot, route, upstream, priority, fields, deadline: None }
     }
 
     /// The route the request matched.
@@ -123,7 +125,12 @@ pub fn admit(snapshot: &Rc<Pinned>, request: &RequestView<'_>, account: &mut Acc
         Some(replicas) if reads && snapshot.upstreams[replicas].has_available(now_ms) => replicas,
         _ => upstream,
     };
-    Admission::Admit(Permit::new(Rc::clone(snapshot), index, upstream, priority, fields))
+    let mut permit = Permit::new(Rc::clone(snapshot), index, upstream, priority, fields);
+    let asked = request.headers.first(&snapshot.config.server.deadline_header);
+    permit.deadline = asked
+        .and_then(seawall_core::deadline::parse_ms)
+        .map(|ms| account.start + Duration::from_millis(ms));
+    Admission::Admit(permit)
 }
 
 /// Why a write is refused: the gateway is in read-only mode, or the upstream it would go to has

@@ -1,7 +1,8 @@
-//! Retries as a client meets them, through both engines: a failed connection, a connection that
-//! breaks before answering and an answer in `retry.on_status` are tried again — the request's
-//! body included — but only when that is safe (idempotent, or nothing was sent), within the
-//! retry budget, the upstream's `Retry-After` cap and `total_timeout`.
+//! Retries and deadlines as a client meets them, through both engines: a failed connection, a
+//! connection that breaks before answering and an answer in `retry.on_status` are tried again —
+//! the request's body included — but only when that is safe (idempotent, or nothing was sent),
+//! within the retry budget, the upstream's `Retry-After` cap, `total_timeout` and the client's own
+//! deadline, which the upstream hears as the time left.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -32,6 +33,8 @@ struct Flaky {
     addr: SocketAddr,
     script: Arc<Mutex<VecDeque<Next>>>,
     seen: Arc<Mutex<Vec<(String, usize)>>>,
+    /// Every request head, lower-cased.
+    heads: Arc<Mutex<Vec<String>>>,
 }
 
 impl Flaky {
@@ -41,6 +44,7 @@ impl Flaky {
             addr: listener.local_addr().unwrap(),
             script: Arc::new(Mutex::new(script.iter().copied().collect())),
             seen: Arc::default(),
+            heads: Arc::default(),
         };
         let origin = flaky.clone();
         tokio::spawn(async move {
@@ -76,6 +80,7 @@ impl Flaky {
             }
             let method = head.split(' ').next().unwrap_or("").to_ascii_uppercase();
             self.seen.lock().unwrap().push((method, length));
+            self.heads.lock().unwrap().push(head.clone());
             buf.drain(..end + 4 + length);
             let next = self.script.lock().unwrap().pop_front();
             let answer = match next {
@@ -245,6 +250,45 @@ async fn total_timeout_bounds_the_whole_request() {
             "{}",
             answer.body
         );
+    }
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_clients_deadline_bounds_the_request_and_the_upstream_hears_the_time_left() {
+    let origin = Origin::start().await;
+    let gw = retrying(&[origin.addr], "attempts = 1", "timeout = \"10s\"").await;
+    for engine in ENGINES {
+        let req = engine.request("GET", "/slow?ms=3000").header("x-request-timeout", "300ms");
+        let answer =
+            bounded(5.0, "the deadline", ask(engine, gw.listen_addr(), req.body(empty()).unwrap()))
+                .await;
+        assert_eq!(answer.status, StatusCode::GATEWAY_TIMEOUT, "{engine:?}");
+        // A deadline already gone is refused without bothering the upstream.
+        let hits = origin.hits();
+        let req = engine.request("GET", "/hi").header("x-request-timeout", "0");
+        let answer = ask(engine, gw.listen_addr(), req.body(empty()).unwrap()).await;
+        assert_eq!(answer.header("x-seawall-reason"), "upstream_timeout", "{engine:?}");
+        assert_eq!(origin.hits(), hits, "{engine:?}");
+    }
+    gw.shutdown().await;
+    let flaky = Flaky::start(&[]).await;
+    let gw = retrying(&[flaky.addr], "attempts = 1", "").await;
+    for engine in ENGINES {
+        let req = engine.request("GET", "/a").header("x-request-timeout", "5s");
+        assert_eq!(
+            ask(engine, gw.listen_addr(), req.body(empty()).unwrap()).await.status,
+            StatusCode::OK
+        );
+    }
+    for head in flaky.heads.lock().unwrap().iter() {
+        let values: Vec<u64> = head
+            .lines()
+            .filter_map(|l| l.strip_prefix("x-request-timeout:"))
+            .map(|v| v.trim().parse().unwrap())
+            .collect();
+        assert_eq!(values.len(), 1, "one deadline field, Seawall's: {head}");
+        assert!((4000..=5000).contains(&values[0]), "the time left in ms: {head}");
     }
     gw.shutdown().await;
 }

@@ -267,10 +267,7 @@ fn server(cx: &mut Ctx<'_>, raw: &RawServer) -> Server {
                 cx.error(h.span(), "server.deadline_header", message);
                 defaults::DEADLINE_HEADER.to_string()
             }
-            Some(h) => {
-                cx.warn(h.span(), "server.deadline_header", NOT_ENFORCED_YET);
-                h.get_ref().to_ascii_lowercase()
-            }
+            Some(h) => h.get_ref().to_ascii_lowercase(),
             None => defaults::DEADLINE_HEADER.to_string(),
         },
     }
@@ -312,8 +309,6 @@ impl RawLog {
         self.level.as_ref().map_or_else(|| "info".to_string(), |l| l.get_ref().clone())
     }
 }
-
-const NOT_ENFORCED_YET: &str = "accepted, but this version of Seawall does not enforce it yet";
 
 /// What routes may name.
 struct Names<'a> {

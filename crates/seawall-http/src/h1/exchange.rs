@@ -68,7 +68,7 @@ impl<S: Transport> Session<S> {
                 head: &mut self.out,
                 host_is_server,
                 start: self.clock,
-                deadline: None,
+                deadline: permit.deadline,
                 priority: permit.priority,
                 degrade: route.degrade.as_ref(),
             },

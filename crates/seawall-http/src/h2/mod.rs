@@ -161,7 +161,7 @@ pub async fn handle(
             head: &mut head,
             host_is_server,
             start,
-            deadline: None,
+            deadline: permit.deadline,
             priority: permit.priority,
             degrade: route.degrade.as_ref(),
         },

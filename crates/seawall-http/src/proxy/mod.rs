@@ -173,7 +173,9 @@ pub struct Forward<'a> {
     pub host_is_server: bool,
     /// When the request head was read (the send deadline counts from here).
     pub start: Instant,
-    /// When the whole request must be answered by (`total_timeout`); set by [`forward`].
+    /// When the whole request must be answered by: the client's deadline (from its deadline
+    /// header), or `total_timeout` from the start when that comes first (set by [`forward`]).
+    /// The upstream is told the time left in the same header.
     pub deadline: Option<Instant>,
     /// The request's priority (for the bulkhead's queue).
     pub priority: Priority,
@@ -215,6 +217,14 @@ pub async fn forward<D: Downstream>(
     timer: &mut LazyTimer,
 ) -> Forwarded {
     let snapshot = f.snapshot;
+    if f.deadline.is_some() || snapshot.upstreams[f.upstream].config.total_timeout.is_some() {
+        // The upstream hears the time left from Seawall, not what the client first said.
+        strip_field(f.head, snapshot.config.server.deadline_header.as_bytes());
+    }
+    if f.deadline.is_some_and(|d| d <= Instant::now()) {
+        let detail = "the client's deadline passed before the request could be sent";
+        return Forwarded::Refused(Refusal::new(Reason::UpstreamTimeout, detail), None);
+    }
     let mut forwarded = forward_group(&mut f, down, timer).await;
     for &next in &snapshot.upstreams[f.upstream].config.fallback {
         if !falls_back(&f, &forwarded) || !down.rewind() {
@@ -235,6 +245,22 @@ pub async fn forward<D: Downstream>(
             Forwarded::Refused(refusal.degraded(f.degrade), at)
         }
         forwarded => forwarded,
+    }
+}
+
+/// Removes every `name:` line (name in lower case) from an upstream head.
+fn strip_field(head: &mut Vec<u8>, name: &[u8]) {
+    let mut at = 0;
+    while let Some(len) = head[at..].windows(2).position(|w| w == b"\r\n") {
+        let line = &head[at..at + len];
+        let named = line.len() > name.len()
+            && line[name.len()] == b':'
+            && crate::headers::eq_lower(&line[..name.len()], name);
+        if named {
+            head.drain(at..at + len + 2);
+        } else {
+            at += len + 2;
+        }
     }
 }
 
@@ -468,6 +494,11 @@ async fn forward_to_server<D: Downstream>(
         if f.host_is_server {
             crate::headers::push_field(f.head, b"host", server.name.as_bytes());
         }
+        if let Some(deadline) = f.deadline {
+            let left = deadline.saturating_duration_since(Instant::now()).as_millis();
+            let name = f.snapshot.config.server.deadline_header.as_bytes();
+            crate::headers::push_field(f.head, name, left.to_string().as_bytes());
+        }
         f.head.extend_from_slice(b"\r\n");
         // Time spent connecting (to this server or to others first) is not the server's: its
         // deadlines count from when it has the request.
@@ -652,7 +683,8 @@ async fn attempt<D: Downstream>(
             }
             Waited::TimedOut => {
                 let what = if f.deadline.is_some_and(|t| t < sent_at + config.timeout) {
-                    "did not answer within the request's total_timeout".to_string()
+                    "did not answer before the request's deadline (total_timeout, or the client's own)"
+                        .to_string()
                 } else {
                     format!("did not answer within {:?}", config.timeout)
                 };
