@@ -194,11 +194,20 @@ backend be
 def seawall(binary, port, admin_port, origin_port, name="seawall", protections=False):
     conf = TMP / f"{name}.toml"
     extra = ""
+    limits = ""
+    route_extra = ""
     if protections:
-        # Every protection that exists today: active health checks and passive ejection (metrics
-        # are always on).
+        # Every protection on the request path, set so that none of them refuses anything: active
+        # health checks, passive ejection, a circuit breaker, retries with their budget, a
+        # bulkhead, and a rate limit on the route (every wrk connection comes from 127.0.0.1: one
+        # key, the busiest case for the key table). Metrics are always on.
         extra = ('health = { path = "/", interval = "1s", unhealthy_after = 2, healthy_after = 2 }\n'
-                 'passive = { consecutive_failures = 5 }\n')
+                 'passive = { consecutive_failures = 5 }\n'
+                 'breaker = { failure_rate = 0.5, min_requests = 20, window = "10s", open_for = "30s" }\n'
+                 'retry = { attempts = 2, backoff = "25ms", budget = 0.2, on_status = [502, 503] }\n'
+                 'bulkhead = { max_concurrency = 100000, max_queue = 100, queue_timeout = "1s" }\n')
+        limits = '[rate_limits.api]\nkey = "ip"\nrate = "100000000/s"\n'
+        route_extra = 'rate_limit = "api"\n'
     else:
         extra = 'passive = { consecutive_failures = 0 }\n'
     conf.write_text(f"""
@@ -212,10 +221,11 @@ level = "warn"
 [upstreams.origin]
 servers = ["127.0.0.1:{origin_port}"]
 {extra}
+{limits}
 [[routes]]
 name = "all"
 upstream = "origin"
-""")
+{route_extra}""")
     return Proc(name, [str(binary), "run", "--config", str(conf)], port)
 
 

@@ -1,5 +1,6 @@
 //! `seawall demo`: a small origin to put the gateway in front of, with endpoints whose latency
-//! and failure rate are set per request, so every protection can be tried by hand.
+//! and failure rate are set per request, that hang, answer 429 with `Retry-After`, or reset the
+//! connection, so every protection can be tried by hand.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -41,6 +42,8 @@ pub fn print_urls(listen: SocketAddr, admin: SocketAddr, origins: &[SocketAddr])
         "Seawall demo: gateway on http://{listen}, demo origins on {}\n\
          Try:\n  curl -i http://{listen}/\n  curl -i 'http://{listen}/slow?ms=200'\n  \
          curl -i 'http://{listen}/fail?rate=0.5'\n  curl -i http://{listen}/status/503\n  \
+         curl -i 'http://{listen}/limited?retry_after=2'\n  curl -i http://{listen}/hang\n  \
+         curl -i http://{listen}/reset\n  \
          curl -s http://{admin}/metrics | grep seawall_\n  curl -s http://{admin}/api/v1/state\n\
          Ctrl-C stops it.",
         list.join(", ")
@@ -51,13 +54,31 @@ async fn serve(listener: tokio::net::TcpListener, port: u16) {
     loop {
         let Ok((stream, _)) = listener.accept().await else { continue };
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| answer(req, port));
+            let service = hyper::service::service_fn(move |req| async move {
+                // `/reset` drops the connection without an answer.
+                if req.uri().path() == "/reset" {
+                    return Err(Reset);
+                }
+                answer(req, port).await.map_err(|never| match never {})
+            });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });
     }
 }
+
+/// What `/reset` does to its connection.
+#[derive(Debug)]
+struct Reset;
+
+impl std::fmt::Display for Reset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("connection reset on request")
+    }
+}
+
+impl std::error::Error for Reset {}
 
 fn query(req: &Request<Incoming>, key: &str) -> Option<String> {
     req.uri().query()?.split('&').find_map(|kv| {
@@ -75,6 +96,21 @@ async fn answer(req: Request<Incoming>, port: u16) -> Result<Response<Full<Bytes
                 query(&req, "ms").and_then(|v| v.parse().ok()).unwrap_or(1000).min(600_000);
             tokio::time::sleep(Duration::from_millis(ms)).await;
             (StatusCode::OK, format!("{{\"origin\":{port},\"slept_ms\":{ms}}}\n"))
+        }
+        "/hang" => {
+            // Never answers (within an hour): for timeouts and breakers.
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            (StatusCode::OK, "{}\n".to_string())
+        }
+        "/limited" => {
+            let after: u64 = query(&req, "retry_after").and_then(|v| v.parse().ok()).unwrap_or(1);
+            let mut response = Response::new(Full::new(Bytes::from(format!(
+                "{{\"origin\":{port},\"retry_after\":{after}}}\n"
+            ))));
+            *response.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+            response.headers_mut().insert("retry-after", http::HeaderValue::from(after));
+            response.headers_mut().insert("x-origin", http::HeaderValue::from(port));
+            return Ok(response);
         }
         "/fail" => {
             let rate: f64 = query(&req, "rate").and_then(|v| v.parse().ok()).unwrap_or(0.5);

@@ -241,6 +241,11 @@ fn demo_serves_through_the_gateway_and_stops_on_ctrl_c() {
     assert_eq!(http(gw, "GET", "/fail?rate=1").unwrap().0, 500);
     assert_eq!(http(gw, "GET", "/fail?rate=0").unwrap().0, 200);
     assert_eq!(http(gw, "GET", "/status/418").unwrap().0, 418);
+    let (status, body) = http(gw, "GET", "/limited?retry_after=7").unwrap();
+    assert_eq!(status, 429);
+    assert!(body.contains("\"retry_after\":7"), "{body}");
+    // The origin drops the connection without answering: the gateway says so.
+    assert_eq!(http(gw, "GET", "/reset").unwrap().0, 502);
     signal(running.child(), "-INT");
     let mut printed = String::new();
     let stdout = running.0.as_mut().unwrap().stdout.take().unwrap();
