@@ -186,3 +186,14 @@ fn the_documented_contract_raises_no_warning() {
     let c = parse(CONTRACT, "t.toml").unwrap();
     assert!(c.warnings.is_empty(), "{:#?}", c.warnings);
 }
+
+#[test]
+fn a_deadline_header_or_degraded_answer_that_would_break_http_is_refused() {
+    let found = errors("[server]\ndeadline_header = \"Content-Length\"\n");
+    assert!(found[0].starts_with("t.toml:2:19: server.deadline_header: \"Content-Length\" is a field of the HTTP protocol"), "{found:#?}");
+    let found = errors("[upstreams.app]\nservers = [\"127.0.0.1:9000\"]\n[[routes]]\nupstream = \"app\"\ndegrade = { status = 204, body = \"x\" }\n");
+    assert!(
+        found[0].contains("routes[0].degrade.status: a 204 answer carries no body"),
+        "{found:#?}"
+    );
+}

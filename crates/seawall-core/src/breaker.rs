@@ -184,6 +184,12 @@ impl Breaker {
     pub fn carried_over(&self, policy: BreakerPolicy) -> Breaker {
         let inner = self.lock();
         let mut carried = Inner { window: inner.window.clone(), ..*inner };
+        if carried.mode == Mode::HalfOpen {
+            // Probes in flight report to the old breaker: this one probes afresh.
+            carried.mode = Mode::Open;
+            carried.probes_out = 0;
+            carried.probes_ok = 0;
+        }
         let window = Window::new(policy.window_ms);
         if window.window_ms() != carried.window.window_ms() {
             carried.window = window;
@@ -278,13 +284,18 @@ impl Breaker {
         }
     }
 
-    /// Sets what an operator wants. Given back to the rules after being forced open, the breaker
-    /// half-opens: probes decide whether the upstream is back.
+    /// Sets what an operator wants. Given back to the rules after being forced open (or while it
+    /// was not closed), the breaker half-opens: probes decide whether the upstream is back.
     pub fn force(&self, forced: Forced, now_ms: u64) {
         let mut inner = self.lock();
-        if forced == Forced::Auto && inner.forced == Forced::Open {
+        // Back to the rules from a forced state: unless it was simply closed, it probes first
+        // (probes let through before were not counted while it was forced).
+        let leaving = forced == Forced::Auto && inner.forced != Forced::Auto;
+        if leaving && (inner.forced == Forced::Open || inner.mode != Mode::Closed) {
             inner.mode = Mode::Open;
             inner.open_until = now_ms;
+            inner.probes_out = 0;
+            inner.probes_ok = 0;
         }
         inner.forced = forced;
         self.update_guarding(&inner);
@@ -492,6 +503,26 @@ mod tests {
         assert_eq!(b.view(10).failures, 5);
         b.force(Forced::Auto, 11);
         assert_eq!(call(&b, 12, true), Some(Transition::Opened { for_ms: 30_000 }));
+    }
+
+    #[test]
+    fn leaving_a_forced_state_or_reloading_while_half_open_never_strands_its_probes() {
+        let b = Breaker::new(BreakerPolicy {
+            consecutive_failures: 1,
+            half_open_probes: 1,
+            ..policy()
+        });
+        call(&b, 0, true);
+        assert_eq!(b.admit(30_000).0, Admission::Probe);
+        // Forced closed while the probe is out; the probe's report is ignored.
+        b.force(Forced::Closed, 30_001);
+        assert_eq!(b.record(30_002, false, 1, true), None);
+        b.force(Forced::Auto, 30_003);
+        assert_eq!(b.admit(30_004).0, Admission::Probe, "a fresh probe, not a refusal forever");
+        // A reload while that probe is out: the new breaker probes afresh too.
+        let reloaded = b.carried_over(b.policy().clone());
+        assert_eq!(reloaded.admit(30_005).0, Admission::Probe);
+        assert_eq!(reloaded.record(30_006, false, 1, true), Some(Transition::Closed));
     }
 
     #[test]

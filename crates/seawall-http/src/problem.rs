@@ -55,6 +55,8 @@ pub enum Reason {
     BulkheadFull,
     /// The upstream did not answer in time (504).
     UpstreamTimeout,
+    /// The client's own deadline passed before an answer (504): not the upstream's fault.
+    DeadlineExceeded,
 }
 
 impl Reason {
@@ -79,6 +81,7 @@ impl Reason {
             Reason::CircuitOpen => "circuit_open",
             Reason::BulkheadFull => "bulkhead_full",
             Reason::UpstreamTimeout => "upstream_timeout",
+            Reason::DeadlineExceeded => "deadline_exceeded",
         }
     }
 
@@ -100,7 +103,7 @@ impl Reason {
             | Reason::BulkheadFull
             | Reason::FeatureDisabled
             | Reason::ReadOnly => StatusCode::SERVICE_UNAVAILABLE,
-            Reason::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Reason::UpstreamTimeout | Reason::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
         }
     }
 

@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
+use std::hash::{BuildHasher, RandomState};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -38,7 +39,12 @@ pub struct Limiter {
     policy_fields: Vec<(String, String)>,
     counters: Arc<Vec<TierCounters>>,
     table_full: Arc<Counter>,
+    /// Two independently seeded hashers for keys longer than [`MAX_KEY_BYTES`].
+    hashers: (RandomState, RandomState),
 }
+
+/// Keys up to this long are kept as sent; longer ones by a 128-bit keyed hash.
+const MAX_KEY_BYTES: usize = 64;
 
 /// What a request that passed its limit carries to its answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,7 +90,9 @@ impl Limiter {
             })
             .collect();
         let keys = config.keys.iter().map(|(k, tier)| (k.as_bytes().to_vec(), *tier)).collect();
-        Limiter { gcras, table, keys, policy_fields, counters, table_full, config }
+        let hashers =
+            keeps.map_or_else(|| (RandomState::new(), RandomState::new()), |p| p.hashers.clone());
+        Limiter { gcras, table, keys, policy_fields, counters, table_full, hashers, config }
     }
 
     /// Decides `request` at `now_ns` for a route of `priority`.
@@ -141,6 +149,13 @@ impl Limiter {
             LimitKey::Query(name) => query_value(request.target, name.as_bytes()),
         };
         match value {
+            // A long key is remembered by a keyed 128-bit hash: a client cannot make the table
+            // hold its large keys.
+            Some(v) if v.len() > MAX_KEY_BYTES => {
+                key.push(b'h');
+                key.extend_from_slice(&self.hashers.0.hash_one(v).to_le_bytes());
+                key.extend_from_slice(&self.hashers.1.hash_one(v).to_le_bytes());
+            }
             Some(v) => {
                 key.push(b'k');
                 key.extend_from_slice(v);
@@ -149,7 +164,8 @@ impl Limiter {
                 key.push(b'i');
                 match request.peer.ip() {
                     IpAddr::V4(ip) => key.extend_from_slice(&ip.octets()),
-                    IpAddr::V6(ip) => key.extend_from_slice(&ip.octets()),
+                    // One IPv6 client usually holds a whole /64: it counts as one.
+                    IpAddr::V6(ip) => key.extend_from_slice(&ip.octets()[..8]),
                 }
             }
         }

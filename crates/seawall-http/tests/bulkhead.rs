@@ -134,3 +134,81 @@ async fn a_request_waits_no_longer_than_queue_timeout() {
         gw.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paid_tier_raised_a_class_waits_ahead_of_free_traffic_on_the_same_route() {
+    let origin = GatedOrigin::start().await;
+    let gw = start(config(&format!(
+        "[rate_limits.plans]\nkey = \"header:x-api-key\"\ntier_header = \"x-plan\"\n\
+         tiers = {{ free = \"1000/s\", paid = {{ rate = \"1000/s\", priority = \"raise\" }} }}\ndefault_tier = \"free\"\n\
+         [upstreams.app]\nservers = [\"{}\"]\nbulkhead = {{ max_concurrency = 1, max_queue = 10, queue_timeout = \"10s\" }}\n\
+         [[routes]]\nname = \"all\"\nupstream = \"app\"\npriority = \"P2\"\nrate_limit = \"plans\"\n",
+        origin.addr
+    )))
+    .await;
+    let get = |path: &str, plan: &str| {
+        let req =
+            Engine::Http1.request("GET", path).header("x-api-key", path).header("x-plan", plan);
+        let (addr, req) = (gw.listen_addr(), req.body(empty()).unwrap());
+        tokio::spawn(async move { ask(Engine::Http1, addr, req).await })
+    };
+    let first = get("/first", "free");
+    eventually(Duration::from_secs(5), "the first at the origin", || async {
+        origin.arrived.load(SeqCst) == 1
+    })
+    .await;
+    let free = get("/free", "free");
+    until(&gw, "seawall_bulkhead_queued", 1.0).await;
+    let paid = get("/paid", "paid");
+    until(&gw, "seawall_bulkhead_queued", 2.0).await;
+    origin.release(3);
+    for h in [first, free, paid] {
+        assert_eq!(h.await.unwrap().status, StatusCode::OK);
+    }
+    let paths = origin.paths.lock().unwrap().clone();
+    assert_eq!(
+        paths,
+        ["/first", "/paid", "/free"],
+        "the paid request (P1) went before the free one (P2)"
+    );
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_that_goes_away_gives_its_place_and_any_slot_it_was_handed_back() {
+    for engine in ENGINES {
+        let origin = GatedOrigin::start().await;
+        let gw =
+            bulkheaded(&origin, "max_concurrency = 1, max_queue = 10, queue_timeout = \"10s\"")
+                .await;
+        let held = spawn_get(engine, &gw, "/held");
+        eventually(Duration::from_secs(5), "held at the origin", || async {
+            origin.arrived.load(SeqCst) == 1
+        })
+        .await;
+        // Waiters whose clients give up: their connections close.
+        let mut gone = Vec::new();
+        for _ in 0..5 {
+            let mut client = Client::connect(engine, gw.listen_addr()).await;
+            let connection = client.task.abort_handle();
+            let request = tokio::spawn(async move { client.send(engine.get("/gone")).await });
+            gone.push((request, connection));
+        }
+        until(&gw, "seawall_bulkhead_queued", 5.0).await;
+        for (request, connection) in gone {
+            request.abort();
+            connection.abort();
+        }
+        until(&gw, "seawall_bulkhead_queued", 0.0).await;
+        origin.release(1);
+        assert_eq!(held.await.unwrap().status, StatusCode::OK);
+        until(&gw, "seawall_bulkhead_in_use", 0.0).await;
+        // The slot is still there for the next requests, one at a time.
+        for _ in 0..3 {
+            let next = spawn_get(engine, &gw, "/next");
+            origin.release(1);
+            assert_eq!(next.await.unwrap().status, StatusCode::OK, "{engine:?}");
+        }
+        gw.shutdown().await;
+    }
+}

@@ -81,6 +81,10 @@ async fn a_5xx_from_the_primary_falls_back_only_for_requests_safe_to_repeat() {
         let post = engine.request("POST", "/status/503").body(full("x")).unwrap();
         let post = ask(engine, gw.listen_addr(), post).await;
         assert_eq!(post.header("x-origin"), primary.addr.port().to_string(), "{engine:?}");
+        // An Idempotency-Key means nothing to another provider: the charge is not repeated there.
+        let keyed = engine.request("POST", "/status/503").header("idempotency-key", "k1");
+        let keyed = ask(engine, gw.listen_addr(), keyed.body(full("x")).unwrap()).await;
+        assert_eq!(keyed.header("x-origin"), primary.addr.port().to_string(), "{engine:?}");
     }
     gw.shutdown().await;
 }

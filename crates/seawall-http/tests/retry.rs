@@ -33,8 +33,9 @@ struct Flaky {
     addr: SocketAddr,
     script: Arc<Mutex<VecDeque<Next>>>,
     seen: Arc<Mutex<Vec<(String, usize)>>>,
-    /// Every request head, lower-cased.
+    /// Every request head, lower-cased, and its body.
     heads: Arc<Mutex<Vec<String>>>,
+    bodies: Arc<Mutex<Vec<Vec<u8>>>>,
 }
 
 impl Flaky {
@@ -45,6 +46,7 @@ impl Flaky {
             script: Arc::new(Mutex::new(script.iter().copied().collect())),
             seen: Arc::default(),
             heads: Arc::default(),
+            bodies: Arc::default(),
         };
         let origin = flaky.clone();
         tokio::spawn(async move {
@@ -81,6 +83,7 @@ impl Flaky {
             let method = head.split(' ').next().unwrap_or("").to_ascii_uppercase();
             self.seen.lock().unwrap().push((method, length));
             self.heads.lock().unwrap().push(head.clone());
+            self.bodies.lock().unwrap().push(buf[end + 4..end + 4 + length].to_vec());
             buf.drain(..end + 4 + length);
             let next = self.script.lock().unwrap().pop_front();
             let answer = match next {
@@ -268,7 +271,7 @@ async fn the_clients_deadline_bounds_the_request_and_the_upstream_hears_the_time
         let hits = origin.hits();
         let req = engine.request("GET", "/hi").header("x-request-timeout", "0");
         let answer = ask(engine, gw.listen_addr(), req.body(empty()).unwrap()).await;
-        assert_eq!(answer.header("x-seawall-reason"), "upstream_timeout", "{engine:?}");
+        assert_eq!(answer.header("x-seawall-reason"), "deadline_exceeded", "{engine:?}");
         assert_eq!(origin.hits(), hits, "{engine:?}");
     }
     gw.shutdown().await;
@@ -290,5 +293,38 @@ async fn the_clients_deadline_bounds_the_request_and_the_upstream_hears_the_time
         assert_eq!(values.len(), 1, "one deadline field, Seawall's: {head}");
         assert!((4000..=5000).contains(&values[0]), "the time left in ms: {head}");
     }
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clients_short_deadline_is_not_held_against_the_upstream() {
+    // Clients that ask for 1 ms cannot trip the breaker or eject a server for everyone else.
+    let origin = Origin::start().await;
+    let extra = "timeout = \"10s\"\nbreaker = { consecutive_failures = 1, failure_rate = 0.0 }\npassive = { consecutive_failures = 1 }";
+    let gw = start(config(&format!(
+        "[upstreams.app]\nservers = [\"{}\"]\n{extra}\n[[routes]]\nname = \"all\"\nupstream = \"app\"\n",
+        origin.addr
+    )))
+    .await;
+    for engine in ENGINES {
+        for _ in 0..3 {
+            let req = engine.request("GET", "/slow?ms=2000").header("x-request-timeout", "50");
+            let answer = bounded(
+                5.0,
+                "the deadline",
+                ask(engine, gw.listen_addr(), req.body(empty()).unwrap()),
+            )
+            .await;
+            assert_eq!(answer.header("x-seawall-reason"), "deadline_exceeded", "{engine:?}");
+        }
+        assert_eq!(
+            ask(engine, gw.listen_addr(), engine.get("/hi")).await.status,
+            StatusCode::OK,
+            "{engine:?}"
+        );
+    }
+    let state = admin(&gw, "/api/v1/state").await.json();
+    assert_eq!(state["upstreams"][0]["breaker"]["state"], "closed", "{state}");
+    assert_eq!(state["upstreams"][0]["servers"][0]["ejected"], false, "{state}");
     gw.shutdown().await;
 }

@@ -262,6 +262,13 @@ fn server(cx: &mut Ctx<'_>, raw: &RawServer) -> Server {
         ),
         http2: raw.http2.unwrap_or(true),
         deadline_header: match &raw.deadline_header {
+            // Seawall rewrites this field in every request it forwards: never one that frames
+            // or routes the request.
+            Some(h) if is_protocol_field(h.get_ref()) => {
+                let message = format!("{:?} is a field of the HTTP protocol itself; choose another name, like \"x-request-timeout\"", h.get_ref());
+                cx.error(h.span(), "server.deadline_header", message);
+                defaults::DEADLINE_HEADER.to_string()
+            }
             Some(h) if !valid_header_name(h.get_ref()) => {
                 let message = format!("{:?} is not a valid header name", h.get_ref());
                 cx.error(h.span(), "server.deadline_header", message);
@@ -484,6 +491,27 @@ fn hash_key(cx: &mut Ctx<'_>, raw: Option<&Text>, key: &str) -> HashKey {
         format!("expected \"client_ip\", \"header:NAME\" or \"cookie:NAME\", got {s:?}"),
     );
     HashKey::ClientIp
+}
+
+/// Fields that frame, route or manage an HTTP message (and Seawall's own forwarding fields).
+fn is_protocol_field(name: &str) -> bool {
+    const FIELDS: [&str; 14] = [
+        "host",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "te",
+        "trailer",
+        "upgrade",
+        "expect",
+        "proxy-connection",
+        "via",
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+    ];
+    FIELDS.iter().any(|f| f.eq_ignore_ascii_case(name))
 }
 
 fn valid_header_name(name: &str) -> bool {

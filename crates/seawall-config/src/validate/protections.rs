@@ -371,6 +371,13 @@ pub(super) fn bulkhead(cx: &mut Ctx<'_>, raw: &RawBulkhead, key: &str) -> Bulkhe
 /// `degrade = { ... }`
 pub(super) fn degrade(cx: &mut Ctx<'_>, raw: &RawDegrade, key: &str) -> Degrade {
     let status = cx.count(raw.status.as_ref(), &format!("{key}.status"), 200, 200, 599) as u16;
+    if let Some(s) = raw.status.as_ref().filter(|_| status == 204 || status == 304) {
+        cx.error(
+            s.span(),
+            &format!("{key}.status"),
+            format!("a {status} answer carries no body; choose a status that does (200, 503...)"),
+        );
+    }
     let content_type = raw.content_type.as_ref().map_or_else(
         || "application/json".to_string(),
         |c| {

@@ -70,6 +70,8 @@ impl<S: Transport> Session<S> {
                 start: self.clock,
                 deadline: permit.deadline,
                 priority: permit.priority,
+                client_deadline: None,
+                head_len: 0,
                 degrade: route.degrade.as_ref(),
             },
             &mut body,

@@ -29,8 +29,7 @@ use crate::timer::LazyTimer;
 use crate::worker::Worker;
 
 /// The client's request body, streamed upstream as the proxy asks for it. What has been handed
-/// out is kept (as cheap references to hyper's frames) while it stays within the replay cap, so
-/// a retry can send it again.
+/// out is copied aside while it stays within the replay cap, so a retry can send it again.
 pub struct StreamBody {
     inner: Incoming,
     /// The current DATA frame, from `pos`.
@@ -41,14 +40,13 @@ pub struct StreamBody {
     seen: u64,
     limit: u64,
     body_timeout: Duration,
-    /// The pieces handed out so far, while they fit in `replay_cap`.
-    kept: Vec<Bytes>,
-    kept_len: u64,
+    /// What was handed out so far, while it fits in `replay_cap`.
+    kept: BytesMut,
     replay_cap: u64,
     /// More was handed out than could be kept: the body can no longer be sent again.
     streamed: bool,
-    /// While a rewound body is sent again: the kept piece and the offset in it.
-    replay: Option<(usize, usize)>,
+    /// While a rewound body is sent again: how much of `kept` went out again.
+    replay: Option<usize>,
 }
 
 impl StreamBody {
@@ -64,8 +62,7 @@ impl StreamBody {
             seen: 0,
             limit,
             body_timeout,
-            kept: Vec::new(),
-            kept_len: 0,
+            kept: BytesMut::new(),
             replay_cap,
             streamed: false,
             replay: None,
@@ -75,33 +72,28 @@ impl StreamBody {
 
 impl Downstream for StreamBody {
     fn ready(&mut self) -> Result<(&[u8], bool), BodyError> {
-        if let Some((piece, offset)) = self.replay {
-            // The kept pieces come before whatever is left of the current frame.
-            let last = self.ended && self.pos >= self.frame.len() && piece + 1 == self.kept.len();
-            return Ok((&self.kept[piece][offset..], last));
+        if let Some(at) = self.replay {
+            // What was kept comes before whatever is left of the current frame.
+            let last = self.ended && self.pos >= self.frame.len();
+            return Ok((&self.kept[at..], last));
         }
         Ok((&self.frame[self.pos..], self.ended))
     }
 
     fn consume(&mut self, n: usize) {
-        if let Some((piece, offset)) = &mut self.replay {
-            *offset += n;
-            if *offset >= self.kept[*piece].len() {
-                *piece += 1;
-                *offset = 0;
-            }
-            if *piece >= self.kept.len() {
+        if let Some(at) = &mut self.replay {
+            *at += n;
+            if *at >= self.kept.len() {
                 self.replay = None;
             }
             return;
         }
         if n > 0 && !self.streamed {
-            if self.kept_len + n as u64 <= self.replay_cap {
-                self.kept.push(self.frame.slice(self.pos..self.pos + n));
-                self.kept_len += n as u64;
+            if (self.kept.len() + n) as u64 <= self.replay_cap {
+                self.kept.extend_from_slice(&self.frame[self.pos..self.pos + n]);
             } else {
                 self.streamed = true;
-                self.kept = Vec::new();
+                self.kept = BytesMut::new();
             }
         }
         self.pos += n;
@@ -115,7 +107,7 @@ impl Downstream for StreamBody {
         if self.streamed {
             return false;
         }
-        self.replay = (!self.kept.is_empty()).then_some((0, 0));
+        self.replay = (!self.kept.is_empty()).then_some(0);
         true
     }
 

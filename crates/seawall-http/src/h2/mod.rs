@@ -143,8 +143,10 @@ pub async fn handle(
         fields.iter().copied(),
     );
     let server = &snapshot.config.server;
+    // A body that may be sent again (a retry, a fallback) is kept up to the retry's cap.
     let retry = &group.config.retry;
-    let replay_cap = if retry.attempts > 1 { retry.max_body } else { 0 };
+    let again = retry.attempts > 1 || !group.config.fallback.is_empty();
+    let replay_cap = if again { retry.max_body } else { 0 };
     let mut down =
         StreamBody::new(body, body_limit(&snapshot, route), server.body_timeout, replay_cap);
     let mut timer = LazyTimer::new(start + Duration::from_secs(3600));
@@ -163,6 +165,8 @@ pub async fn handle(
             start,
             deadline: permit.deadline,
             priority: permit.priority,
+            client_deadline: None,
+            head_len: 0,
             degrade: route.degrade.as_ref(),
         },
         &mut down,

@@ -179,6 +179,12 @@ pub struct Forward<'a> {
     pub deadline: Option<Instant>,
     /// The request's priority (for the bulkhead's queue).
     pub priority: Priority,
+    /// The client's own deadline (set by [`forward`] from `deadline` as the engine gave it): when
+    /// it is what runs out, the upstream is not blamed.
+    pub client_deadline: Option<Instant>,
+    /// The length of `head` as the engine wrote it: each attempt adds its own `Host`, deadline
+    /// and blank line after it (set by [`forward`]).
+    pub head_len: usize,
     /// The route's degraded answer, served instead of Seawall's error when every upstream failed.
     pub degrade: Option<&'a Arc<Degrade>>,
 }
@@ -217,14 +223,16 @@ pub async fn forward<D: Downstream>(
     timer: &mut LazyTimer,
 ) -> Forwarded {
     let snapshot = f.snapshot;
-    if f.deadline.is_some() || snapshot.upstreams[f.upstream].config.total_timeout.is_some() {
+    f.client_deadline = f.deadline;
+    let fallbacks = &snapshot.upstreams[f.upstream].config.fallback;
+    let chain_total = std::iter::once(&f.upstream)
+        .chain(fallbacks)
+        .any(|&u| snapshot.upstreams[u].config.total_timeout.is_some());
+    if f.deadline.is_some() || chain_total {
         // The upstream hears the time left from Seawall, not what the client first said.
         strip_field(f.head, snapshot.config.server.deadline_header.as_bytes());
     }
-    if f.deadline.is_some_and(|d| d <= Instant::now()) {
-        let detail = "the client's deadline passed before the request could be sent";
-        return Forwarded::Refused(Refusal::new(Reason::UpstreamTimeout, detail), None);
-    }
+    f.head_len = f.head.len();
     let mut forwarded = forward_group(&mut f, down, timer).await;
     for &next in &snapshot.upstreams[f.upstream].config.fallback {
         if !falls_back(&f, &forwarded) || !down.rewind() {
@@ -248,6 +256,21 @@ pub async fn forward<D: Downstream>(
     }
 }
 
+/// The refusal for a request whose deadline has passed, before anything more is sent: the
+/// client's own (`deadline_exceeded`, nobody's fault upstream) or `total_timeout`.
+fn deadline_passed(f: &Forward<'_>) -> Option<Refusal> {
+    let now = Instant::now();
+    if f.client_deadline.is_some_and(|d| d <= now) {
+        let detail = "the client's deadline passed before an answer";
+        return Some(Refusal::new(Reason::DeadlineExceeded, detail));
+    }
+    if f.deadline.is_some_and(|d| d <= now) {
+        let detail = "the request's total_timeout passed before another attempt could start";
+        return Some(Refusal::new(Reason::UpstreamTimeout, detail));
+    }
+    None
+}
+
 /// Removes every `name:` line (name in lower case) from an upstream head.
 fn strip_field(head: &mut Vec<u8>, name: &[u8]) {
     let mut at = 0;
@@ -266,17 +289,20 @@ fn strip_field(head: &mut Vec<u8>, name: &[u8]) {
 
 /// Whether the primary's failure sends the request to its next fallback group: when its breaker
 /// is open or no server of it is available or reachable (nothing was sent: any method), or when
-/// it timed out, broke or answered 5xx (idempotent requests only: it may have taken effect).
+/// it timed out, broke or answered 5xx (only methods idempotent by definition: it may have taken
+/// effect).
 fn falls_back(f: &Forward<'_>, forwarded: &Forwarded) -> bool {
     match forwarded {
         Forwarded::Refused(refusal, _) => match refusal.reason {
             Reason::CircuitOpen | Reason::UpstreamUnavailable | Reason::UpstreamConnectFailed => {
                 true
             }
-            Reason::UpstreamError | Reason::UpstreamTimeout => f.idempotent,
+            // An Idempotency-Key means nothing to another provider: only a method that is
+            // idempotent by definition may be sent to one after the first may have acted.
+            Reason::UpstreamError | Reason::UpstreamTimeout => f.method.is_idempotent(),
             _ => false,
         },
-        Forwarded::Response(response) => response.head.status >= 500 && f.idempotent,
+        Forwarded::Response(response) => response.head.status >= 500 && f.method.is_idempotent(),
         Forwarded::Client(..) => false,
     }
 }
@@ -379,11 +405,16 @@ fn retryable(
             if !retry.on_status.contains(&status) {
                 return None;
             }
-            let asked = response
-                .view()
-                .first("retry-after")
-                .and_then(|value| std::str::from_utf8(value).ok()?.trim().parse::<u64>().ok())
-                .map(Duration::from_secs);
+            let asked = match response.view().first("retry-after") {
+                None => None,
+                // Seconds; anything else (an HTTP date) counts as longer than allowed.
+                Some(value) => {
+                    match std::str::from_utf8(value).ok().and_then(|v| v.trim().parse().ok()) {
+                        Some(seconds) => Some(Duration::from_secs(seconds)),
+                        None => return None,
+                    }
+                }
+            };
             // Asked to wait longer than allowed: the answer goes to the client as it is.
             if asked.is_some_and(|a| a > retry.max_retry_after) {
                 return None;
@@ -405,19 +436,40 @@ async fn through_breaker<D: Downstream>(
     timer: &mut LazyTimer,
 ) -> Forwarded {
     let group = &f.snapshot.upstreams[f.upstream];
-    let ticket = match group.breaker.as_ref().map(|b| b.admit(std::time::Instant::now())) {
+    let mut ticket = match group.breaker.as_ref().map(|b| b.admit(std::time::Instant::now())) {
         None => None,
         Some(Ok(ticket)) => Some(ticket),
         Some(Err(refusal)) => return Forwarded::Refused(refusal, None),
     };
     let slot = match &group.bulkhead {
         None => None,
-        Some(gate) => match gate.acquire(f.priority).await {
-            Ok(slot) => Some(slot),
-            // Refused before the upstream was tried: the breaker learns nothing.
-            Err(refusal) => return Forwarded::Refused(refusal, None),
-        },
+        Some(gate) => {
+            // While it waits for a slot, a request whose client leaves gives its place up.
+            let mut acquire = pin!(gate.acquire(f.priority, f.deadline));
+            let idempotent = f.idempotent;
+            let waited = std::future::poll_fn(|cx| {
+                if let Poll::Ready(r) = acquire.as_mut().poll(cx) {
+                    return Poll::Ready(Some(r));
+                }
+                match down.poll_gone(cx) {
+                    Poll::Ready(Gone::Reset) => Poll::Ready(None),
+                    Poll::Ready(Gone::Closed) if idempotent => Poll::Ready(None),
+                    _ => Poll::Pending,
+                }
+            })
+            .await;
+            match waited {
+                Some(Ok(slot)) => Some(slot),
+                // Refused before the upstream was tried: the breaker learns nothing.
+                Some(Err(refusal)) => return Forwarded::Refused(refusal, None),
+                None => return Forwarded::Client(BodyError::Gone, None),
+            }
+        }
     };
+    if let Some(ticket) = ticket.as_mut() {
+        // A wait for a bulkhead slot is not the upstream being slow.
+        ticket.restart(std::time::Instant::now());
+    }
     let mut forwarded = forward_to_server(f, avoid, down, timer).await;
     if let (Some(slot), Forwarded::Response(response)) = (slot, &mut forwarded) {
         response.hold(slot);
@@ -425,6 +477,10 @@ async fn through_breaker<D: Downstream>(
     let Some(ticket) = ticket else { return forwarded };
     let failed = match &forwarded {
         Forwarded::Response(response) => response.head.status >= 500,
+        // The client's deadline ran out: nothing is known of the upstream (no report).
+        Forwarded::Refused(refusal, _) if refusal.reason == Reason::DeadlineExceeded => {
+            return forwarded
+        }
         Forwarded::Refused(..) => true,
         // The client's side failed: nothing is known of the upstream (the ticket is dropped).
         Forwarded::Client(..) => return forwarded,
@@ -443,9 +499,11 @@ async fn forward_to_server<D: Downstream>(
 ) -> Forwarded {
     let group = &f.snapshot.upstreams[f.upstream];
     let name = &group.config.name;
-    let head_end = f.head.len();
     let mut tried: Vec<usize> = Vec::new();
     loop {
+        if let Some(expired) = deadline_passed(f) {
+            return Forwarded::Refused(expired, None);
+        }
         // The head was read a moment ago: its clock reading is good enough here.
         let now_ms = seawall_core::clock::ms_at(f.start.into_std());
         let picked = {
@@ -490,7 +548,7 @@ async fn forward_to_server<D: Downstream>(
                 }
             },
         };
-        f.head.truncate(head_end);
+        f.head.truncate(f.head_len);
         if f.host_is_server {
             crate::headers::push_field(f.head, b"host", server.name.as_bytes());
         }
@@ -682,9 +740,14 @@ async fn attempt<D: Downstream>(
                 return failed(group, index, UpstreamOutcome::Error, Reason::UpstreamError, &what);
             }
             Waited::TimedOut => {
+                if f.client_deadline.is_some_and(|c| c <= deadline) {
+                    // The client's own deadline ran out: nothing is known of the server.
+                    group.record(index, UpstreamOutcome::Cancelled, seawall_core::clock::now_ms());
+                    let detail = "the client's deadline passed before the upstream answered";
+                    return Attempt::Refused(Refusal::new(Reason::DeadlineExceeded, detail));
+                }
                 let what = if f.deadline.is_some_and(|t| t < sent_at + config.timeout) {
-                    "did not answer before the request's deadline (total_timeout, or the client's own)"
-                        .to_string()
+                    "did not answer within the request's total_timeout".to_string()
                 } else {
                     format!("did not answer within {:?}", config.timeout)
                 };

@@ -113,6 +113,11 @@ pub struct Ticket {
 }
 
 impl Ticket {
+    /// The call really starts now (after a wait that is not the upstream's doing).
+    pub fn restart(&mut self, now: Instant) {
+        self.start = now;
+    }
+
     /// The call ended: `failed` (a 5xx, or no answer) at `now`.
     pub fn finish(mut self, failed: bool, now: Instant) {
         self.done = true;

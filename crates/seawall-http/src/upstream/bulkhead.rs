@@ -55,9 +55,14 @@ impl Gate {
         Arc::new(Gate { upstream: upstream.to_string(), limits, queue, rejections })
     }
 
-    /// Takes a slot, waiting in the queue for up to `queue_timeout` when none is free.
-    pub async fn acquire(self: &Arc<Self>, priority: Priority) -> Result<Slot, Refusal> {
-        let (ticket, mut granted) = {
+    /// Takes a slot, waiting in the queue for up to `queue_timeout` (or until `deadline`, the
+    /// request's own, when that comes first) when none is free.
+    pub async fn acquire(
+        self: &Arc<Self>,
+        priority: Priority,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Result<Slot, Refusal> {
+        let mut waiting = {
             let mut queue = self.lock();
             if queue.try_acquire() {
                 return Ok(Slot { gate: Arc::clone(self) });
@@ -71,26 +76,31 @@ impl Gate {
                 // The evicted waiter's channel closes: it hears it was pushed out.
                 Enqueued::Waiting { ticket, evicted } => {
                     drop(evicted);
-                    (ticket, rx)
+                    Waiting { gate: Arc::clone(self), ticket, granted: rx, settled: false }
                 }
             }
         };
-        match tokio::time::timeout(self.limits.queue_timeout, &mut granted).await {
-            Ok(Ok(())) => Ok(Slot { gate: Arc::clone(self) }),
+        let until = tokio::time::Instant::now() + self.limits.queue_timeout;
+        let until = deadline.map_or(until, |d| d.min(until));
+        match tokio::time::timeout_at(until, &mut waiting.granted).await {
+            Ok(Ok(())) => {
+                waiting.settled = true;
+                Ok(Slot { gate: Arc::clone(self) })
+            }
             Ok(Err(_)) => {
+                waiting.settled = true;
                 self.rejections.evicted.add(1);
                 Err(self.refusal("a more important request took this one's place in its queue"))
             }
             Err(_) => {
-                if self.lock().cancel(ticket) {
+                waiting.settled = true;
+                if self.lock().cancel(waiting.ticket) {
                     self.rejections.timeout.add(1);
-                    return Err(self.refusal(&format!(
-                        "no slot was free within {:?}",
-                        self.limits.queue_timeout
-                    )));
+                    let waited = self.limits.queue_timeout;
+                    return Err(self.refusal(&format!("no slot was free within {waited:?}")));
                 }
                 // Granted (or evicted) just as the wait ended.
-                match granted.try_recv() {
+                match waiting.granted.try_recv() {
                     Ok(()) => Ok(Slot { gate: Arc::clone(self) }),
                     Err(_) => {
                         self.rejections.evicted.add(1);
@@ -116,6 +126,27 @@ impl Gate {
 
     fn lock(&self) -> MutexGuard<'_, Bulkhead<oneshot::Sender<()>>> {
         self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A request waiting for a slot. If it goes away while waiting (its client left, its stream was
+/// reset), it leaves the queue, or — when a slot was handed to it meanwhile — passes the slot on.
+struct Waiting {
+    gate: Arc<Gate>,
+    ticket: u64,
+    granted: oneshot::Receiver<()>,
+    /// The wait ended and its outcome was taken care of.
+    settled: bool,
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        if self.settled || self.gate.lock().cancel(self.ticket) {
+            return;
+        }
+        if self.granted.try_recv().is_ok() {
+            drop(Slot { gate: Arc::clone(&self.gate) });
+        }
     }
 }
 
