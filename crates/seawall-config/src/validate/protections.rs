@@ -358,7 +358,7 @@ pub(super) fn bulkhead(cx: &mut Ctx<'_>, raw: &RawBulkhead, key: &str) -> Bulkhe
             &field("max_queue"),
             defaults::BULKHEAD_MAX_QUEUE,
             0,
-            1_000_000,
+            10_000,
         ) as usize,
         queue_timeout: cx.duration(
             raw.queue_timeout.as_ref(),

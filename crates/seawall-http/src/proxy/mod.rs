@@ -259,6 +259,7 @@ pub async fn forward<D: Downstream>(
 /// The refusal for a request whose deadline has passed, before anything more is sent: the
 /// client's own (`deadline_exceeded`, nobody's fault upstream) or `total_timeout`.
 fn deadline_passed(f: &Forward<'_>) -> Option<Refusal> {
+    f.deadline?;
     let now = Instant::now();
     if f.client_deadline.is_some_and(|d| d <= now) {
         let detail = "the client's deadline passed before an answer";
@@ -320,8 +321,11 @@ async fn forward_group<D: Downstream>(
         let deadline = f.start + total;
         f.deadline = Some(f.deadline.map_or(deadline, |d| d.min(deadline)));
     }
-    let start_ms = seawall_core::clock::ms_at(f.start.into_std());
-    group.state.budget.record_request(start_ms);
+    if retry.attempts > 1 {
+        // The budget weighs retries against requests: only a group that retries counts them.
+        let start_ms = seawall_core::clock::ms_at(f.start.into_std());
+        group.state.budget.record_request(start_ms);
+    }
     let mut avoid: Vec<usize> = Vec::new();
     let mut attempt = 1;
     loop {
@@ -370,7 +374,8 @@ async fn forward_group<D: Downstream>(
         // A discarded answer closes its connection; its outcome is recorded as it goes.
         drop(forwarded);
         if !wait.is_zero() {
-            tokio::time::sleep(wait).await;
+            // Boxed: retries are rare, and a timer would otherwise grow every request's future.
+            Box::pin(tokio::time::sleep(wait)).await;
         }
         attempt += 1;
     }
@@ -445,7 +450,8 @@ async fn through_breaker<D: Downstream>(
         None => None,
         Some(gate) => {
             // While it waits for a slot, a request whose client leaves gives its place up.
-            let mut acquire = pin!(gate.acquire(f.priority, f.deadline));
+            // Boxed: the wait is rare, and its state would otherwise grow every request's future.
+            let mut acquire = Box::pin(gate.acquire(f.priority, f.deadline));
             let idempotent = f.idempotent;
             let waited = std::future::poll_fn(|cx| {
                 if let Poll::Ready(r) = acquire.as_mut().poll(cx) {
