@@ -1,7 +1,8 @@
 //! The `proxy` action, written once for both engines: the one upstream call.
 //!
 //! ```text
-//! choose ▸ connect ─▶ send head + body ─▶ await the head ─▶ (engine relays the body)
+//! fallback chain ▸ retries ▸ breaker ▸ bulkhead            (resilience.rs)
+//!   ▸ choose ▸ connect ─▶ send head + body ─▶ await the head ─▶ (engine relays the body)
 //!   │ a server that cannot be reached is recorded and skipped for another (up to 3)
 //!   │ a pooled connection found closed before any answer is replaced once (idempotent only)
 //!   └ every other failure is a Refusal (502/503/504); a client that fails or leaves ends it
@@ -23,6 +24,7 @@
 //! sending side still gets its answer.
 
 pub mod body;
+mod resilience;
 
 use std::future::Future;
 use std::io::IoSlice;
@@ -35,6 +37,8 @@ use http::Method;
 use tokio::time::Instant;
 
 pub use body::{BodyFault, BodyTap, UpstreamResponse};
+use resilience::deadline_passed;
+pub use resilience::forward;
 
 use crate::chunked::{chunk_line, CHUNK_END, LAST_CHUNK};
 use crate::faultlog;
@@ -209,295 +213,9 @@ enum Attempt {
     Client(BodyError),
 }
 
-/// Sends the request to the upstream and waits for the head of its answer — then, if that
-/// failed, to each of the upstream's `fallback` groups in turn while it is safe (see
-/// [`falls_back`]), each group with its own breaker, bulkhead and retries. Within a group it
-/// tries again when that is safe and worth it: after a failed connection (nothing was sent), after a connection
-/// that broke before any answer or an answer in `retry.on_status` (idempotent requests only),
-/// within `retry.attempts`, the retry budget, the body replay cap and `total_timeout`, after a
-/// backoff with full jitter (or the upstream's own `Retry-After`, up to `max_retry_after`). A
-/// retry prefers another server.
-pub async fn forward<D: Downstream>(
-    mut f: Forward<'_>,
-    down: &mut D,
-    timer: &mut LazyTimer,
-) -> Forwarded {
-    let snapshot = f.snapshot;
-    f.client_deadline = f.deadline;
-    let fallbacks = &snapshot.upstreams[f.upstream].config.fallback;
-    let chain_total = std::iter::once(&f.upstream)
-        .chain(fallbacks)
-        .any(|&u| snapshot.upstreams[u].config.total_timeout.is_some());
-    if f.deadline.is_some() || chain_total {
-        // The upstream hears the time left from Seawall, not what the client first said.
-        strip_field(f.head, snapshot.config.server.deadline_header.as_bytes());
-    }
-    f.head_len = f.head.len();
-    let mut forwarded = forward_group(&mut f, down, timer).await;
-    for &next in &snapshot.upstreams[f.upstream].config.fallback {
-        if !falls_back(&f, &forwarded) || !down.rewind() {
-            break;
-        }
-        snapshot.upstreams[next].state.fallback_requests.add(1);
-        f.upstream = next;
-        let attempt = forward_group(&mut f, down, timer).await;
-        // An answer, even a 5xx, beats a fallback that could not answer at all. A discarded
-        // answer closes its connection; its outcome is recorded as it goes.
-        let earlier_answered = matches!(forwarded, Forwarded::Response(_));
-        if !(earlier_answered && matches!(attempt, Forwarded::Refused(..))) {
-            forwarded = attempt;
-        }
-    }
-    match forwarded {
-        Forwarded::Refused(refusal, at) if f.degrade.is_some() => {
-            Forwarded::Refused(refusal.degraded(f.degrade), at)
-        }
-        forwarded => forwarded,
-    }
-}
-
-/// The refusal for a request whose deadline has passed, before anything more is sent: the
-/// client's own (`deadline_exceeded`, nobody's fault upstream) or `total_timeout`.
-fn deadline_passed(f: &Forward<'_>) -> Option<Refusal> {
-    f.deadline?;
-    let now = Instant::now();
-    if f.client_deadline.is_some_and(|d| d <= now) {
-        let detail = "the client's deadline passed before an answer";
-        return Some(Refusal::new(Reason::DeadlineExceeded, detail));
-    }
-    if f.deadline.is_some_and(|d| d <= now) {
-        let detail = "the request's total_timeout passed before another attempt could start";
-        return Some(Refusal::new(Reason::UpstreamTimeout, detail));
-    }
-    None
-}
-
-/// Removes every `name:` line (name in lower case) from an upstream head.
-fn strip_field(head: &mut Vec<u8>, name: &[u8]) {
-    let mut at = 0;
-    while let Some(len) = head[at..].windows(2).position(|w| w == b"\r\n") {
-        let line = &head[at..at + len];
-        let named = line.len() > name.len()
-            && line[name.len()] == b':'
-            && crate::headers::eq_lower(&line[..name.len()], name);
-        if named {
-            head.drain(at..at + len + 2);
-        } else {
-            at += len + 2;
-        }
-    }
-}
-
-/// Whether the primary's failure sends the request to its next fallback group: when its breaker
-/// is open or no server of it is available or reachable (nothing was sent: any method), or when
-/// it timed out, broke or answered 5xx (only methods idempotent by definition: it may have taken
-/// effect).
-fn falls_back(f: &Forward<'_>, forwarded: &Forwarded) -> bool {
-    match forwarded {
-        Forwarded::Refused(refusal, _) => match refusal.reason {
-            Reason::CircuitOpen | Reason::UpstreamUnavailable | Reason::UpstreamConnectFailed => {
-                true
-            }
-            // An Idempotency-Key means nothing to another provider: only a method that is
-            // idempotent by definition may be sent to one after the first may have acted.
-            Reason::UpstreamError | Reason::UpstreamTimeout => f.method.is_idempotent(),
-            _ => false,
-        },
-        Forwarded::Response(response) => response.head.status >= 500 && f.method.is_idempotent(),
-        Forwarded::Client(..) => false,
-    }
-}
-
-/// The request through one upstream group, with its retries (see [`forward`]).
-async fn forward_group<D: Downstream>(
-    f: &mut Forward<'_>,
-    down: &mut D,
-    timer: &mut LazyTimer,
-) -> Forwarded {
-    let snapshot = f.snapshot;
-    let group = &snapshot.upstreams[f.upstream];
-    let retry = &group.config.retry;
-    if let Some(total) = group.config.total_timeout {
-        let deadline = f.start + total;
-        f.deadline = Some(f.deadline.map_or(deadline, |d| d.min(deadline)));
-    }
-    if retry.attempts > 1 {
-        // The budget weighs retries against requests: only a group that retries counts them.
-        let start_ms = seawall_core::clock::ms_at(f.start.into_std());
-        group.state.budget.record_request(start_ms);
-    }
-    let mut avoid: Vec<usize> = Vec::new();
-    let mut attempt = 1;
-    loop {
-        let forwarded = through_breaker(f, &avoid, down, timer).await;
-        if attempt >= retry.attempts {
-            return forwarded;
-        }
-        let Some(why) = retryable(f, retry, &forwarded) else { return forwarded };
-        let body_fits = match f.framing {
-            BodyFraming::Length(n) => n <= retry.max_body,
-            BodyFraming::None | BodyFraming::Streamed => true,
-        };
-        if !body_fits || !down.rewind() {
-            return forwarded;
-        }
-        let backoff = {
-            let mut rng = f.worker.rng.borrow_mut();
-            let base = seawall_core::clock::duration_ms(retry.backoff);
-            let cap = seawall_core::clock::duration_ms(retry.max_backoff);
-            Duration::from_millis(seawall_core::backoff::full_jitter(base, cap, attempt, &mut rng))
-        };
-        let wait = match why {
-            Retryable::Status { retry_after: Some(asked) } => asked.max(backoff),
-            _ => backoff,
-        };
-        let now = Instant::now();
-        if f.deadline.is_some_and(|deadline| now + wait >= deadline) {
-            return forwarded;
-        }
-        let state = &group.state;
-        let now_ms = seawall_core::clock::ms_at(now.into_std());
-        if !state.budget.try_retry(now_ms, retry.budget, retry.min_retries_per_second) {
-            state.retries.over_budget.add(1);
-            return forwarded;
-        }
-        match why {
-            Retryable::Connect => state.retries.connect.add(1),
-            Retryable::Reset => state.retries.reset.add(1),
-            Retryable::Status { .. } => state.retries.status.add(1),
-        }
-        let server = match &forwarded {
-            Forwarded::Response(response) => response.server(),
-            Forwarded::Refused(_, at) | Forwarded::Client(_, at) => *at,
-        };
-        avoid.extend(server.map(|(_, index)| index));
-        // A discarded answer closes its connection; its outcome is recorded as it goes.
-        drop(forwarded);
-        if !wait.is_zero() {
-            // Boxed: retries are rare, and a timer would otherwise grow every request's future.
-            Box::pin(tokio::time::sleep(wait)).await;
-        }
-        attempt += 1;
-    }
-}
-
-/// Why a failed attempt may be made again.
-#[derive(Debug, Clone, Copy)]
-enum Retryable {
-    /// No connection could be made: nothing was sent.
-    Connect,
-    /// The connection broke (or the answer was not HTTP) before any answer.
-    Reset,
-    /// The answer's status is one the upstream's `retry.on_status` lists; it asked to wait this
-    /// long (`Retry-After` in seconds).
-    Status { retry_after: Option<Duration> },
-}
-
-/// Whether `forwarded` may be tried again (the budget and the body aside).
-fn retryable(
-    f: &Forward<'_>,
-    retry: &seawall_config::Retry,
-    forwarded: &Forwarded,
-) -> Option<Retryable> {
-    match forwarded {
-        Forwarded::Refused(refusal, _) => match refusal.reason {
-            Reason::UpstreamConnectFailed => Some(Retryable::Connect),
-            Reason::UpstreamError if f.idempotent => Some(Retryable::Reset),
-            _ => None,
-        },
-        Forwarded::Response(response) if f.idempotent => {
-            let status = response.head.status;
-            if !retry.on_status.contains(&status) {
-                return None;
-            }
-            let asked = match response.view().first("retry-after") {
-                None => None,
-                // Seconds; anything else (an HTTP date) counts as longer than allowed.
-                Some(value) => {
-                    match std::str::from_utf8(value).ok().and_then(|v| v.trim().parse().ok()) {
-                        Some(seconds) => Some(Duration::from_secs(seconds)),
-                        None => return None,
-                    }
-                }
-            };
-            // Asked to wait longer than allowed: the answer goes to the client as it is.
-            if asked.is_some_and(|a| a > retry.max_retry_after) {
-                return None;
-            }
-            Some(Retryable::Status { retry_after: asked })
-        }
-        _ => None,
-    }
-}
-
-/// One attempt through the upstream's circuit breaker and bulkhead, when it has them: an open
-/// breaker refuses at once, a full bulkhead makes the request wait for a slot (by priority) or
-/// refuses it, and the attempt's outcome (a 5xx or no answer is a failure) is reported to the
-/// breaker. An answer keeps its bulkhead slot until its body is done.
-async fn through_breaker<D: Downstream>(
-    f: &mut Forward<'_>,
-    avoid: &[usize],
-    down: &mut D,
-    timer: &mut LazyTimer,
-) -> Forwarded {
-    let group = &f.snapshot.upstreams[f.upstream];
-    let mut ticket = match group.breaker.as_ref().map(|b| b.admit(std::time::Instant::now())) {
-        None => None,
-        Some(Ok(ticket)) => Some(ticket),
-        Some(Err(refusal)) => return Forwarded::Refused(refusal, None),
-    };
-    let slot = match &group.bulkhead {
-        None => None,
-        Some(gate) => {
-            // While it waits for a slot, a request whose client leaves gives its place up.
-            // Boxed: the wait is rare, and its state would otherwise grow every request's future.
-            let mut acquire = Box::pin(gate.acquire(f.priority, f.deadline));
-            let idempotent = f.idempotent;
-            let waited = std::future::poll_fn(|cx| {
-                if let Poll::Ready(r) = acquire.as_mut().poll(cx) {
-                    return Poll::Ready(Some(r));
-                }
-                match down.poll_gone(cx) {
-                    Poll::Ready(Gone::Reset) => Poll::Ready(None),
-                    Poll::Ready(Gone::Closed) if idempotent => Poll::Ready(None),
-                    _ => Poll::Pending,
-                }
-            })
-            .await;
-            match waited {
-                Some(Ok(slot)) => Some(slot),
-                // Refused before the upstream was tried: the breaker learns nothing.
-                Some(Err(refusal)) => return Forwarded::Refused(refusal, None),
-                None => return Forwarded::Client(BodyError::Gone, None),
-            }
-        }
-    };
-    if let Some(ticket) = ticket.as_mut() {
-        // A wait for a bulkhead slot is not the upstream being slow.
-        ticket.restart(std::time::Instant::now());
-    }
-    let mut forwarded = forward_to_server(f, avoid, down, timer).await;
-    if let (Some(slot), Forwarded::Response(response)) = (slot, &mut forwarded) {
-        response.hold(slot);
-    }
-    let Some(ticket) = ticket else { return forwarded };
-    let failed = match &forwarded {
-        Forwarded::Response(response) => response.head.status >= 500,
-        // The client's deadline ran out: nothing is known of the upstream (no report).
-        Forwarded::Refused(refusal, _) if refusal.reason == Reason::DeadlineExceeded => {
-            return forwarded
-        }
-        Forwarded::Refused(..) => true,
-        // The client's side failed: nothing is known of the upstream (the ticket is dropped).
-        Forwarded::Client(..) => return forwarded,
-    };
-    ticket.finish(failed, std::time::Instant::now());
-    forwarded
-}
-
 /// Chooses a server (another than those in `avoid` when there is one), sends the request and
 /// waits for the head of its answer (a server that cannot be reached is skipped for another).
-async fn forward_to_server<D: Downstream>(
+pub(super) async fn forward_to_server<D: Downstream>(
     f: &mut Forward<'_>,
     avoid: &[usize],
     down: &mut D,
