@@ -212,3 +212,37 @@ async fn a_waiter_that_goes_away_gives_its_place_and_any_slot_it_was_handed_back
         gw.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_half_closed_client_gives_up_a_read_but_keeps_its_place_for_a_write() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let origin = GatedOrigin::start().await;
+    let gw =
+        bulkheaded(&origin, "max_concurrency = 1, max_queue = 10, queue_timeout = \"10s\"").await;
+    let held = spawn_get(Engine::Http1, &gw, "/held");
+    eventually(Duration::from_secs(5), "held at the origin", || async {
+        origin.arrived.load(SeqCst) == 1
+    })
+    .await;
+    // A GET whose client shuts its sending side while queued: cancelled, its place given up.
+    let mut reader = tokio::net::TcpStream::connect(gw.listen_addr()).await.unwrap();
+    reader.write_all(b"GET /read HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+    until(&gw, "seawall_bulkhead_queued", 1.0).await;
+    reader.shutdown().await.unwrap();
+    until(&gw, "seawall_bulkhead_queued", 0.0).await;
+    // A POST half-closed the same way may have a reader still: it keeps its place and its answer.
+    let mut writer = tokio::net::TcpStream::connect(gw.listen_addr()).await.unwrap();
+    writer
+        .write_all(b"POST /write HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\n\r\nx")
+        .await
+        .unwrap();
+    until(&gw, "seawall_bulkhead_queued", 1.0).await;
+    writer.shutdown().await.unwrap();
+    origin.release(2);
+    assert_eq!(held.await.unwrap().status, StatusCode::OK);
+    let mut answer = String::new();
+    bounded(5.0, "the POST's answer", writer.read_to_string(&mut answer)).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(*origin.paths.lock().unwrap(), ["/held", "/write"]);
+    gw.shutdown().await;
+}

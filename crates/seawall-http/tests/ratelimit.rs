@@ -177,3 +177,40 @@ async fn a_reload_that_keeps_the_limiter_keeps_every_key_where_it_was() {
     assert_eq!(get_with(Engine::Http1, &gw, "/", &key).await.status, StatusCode::TOO_MANY_REQUESTS);
     gw.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn huge_and_odd_keys_are_each_held_to_their_own_limit() {
+    // Keys of 4 KiB, or of bytes that are not text, cost the table no more than a short one and
+    // never merge with another key.
+    let origin = Origin::start().await;
+    let gw =
+        limited(&origin, "[rate_limits.api]\nkey = \"header:x-api-key\"\nrate = \"1/min\"\n").await;
+    let big = |c: char| c.to_string().repeat(4096);
+    let keys: Vec<http::HeaderValue> = vec![
+        big('a').parse().unwrap(),
+        big('b').parse().unwrap(),
+        http::HeaderValue::from_bytes(b"caf\xe9-\xff").unwrap(),
+    ];
+    for engine in ENGINES {
+        for key in &keys {
+            let mut ok = 0;
+            for _ in 0..2 {
+                let req = engine
+                    .request("GET", "/")
+                    .header("x-api-key", key.clone())
+                    .body(empty())
+                    .unwrap();
+                let answer = ask(engine, gw.listen_addr(), req).await;
+                if answer.status == StatusCode::OK {
+                    ok += 1;
+                } else {
+                    assert_eq!(answer.header("x-seawall-reason"), "rate_limited", "{engine:?}");
+                }
+            }
+            // Each key's single request a minute went through on the first engine only.
+            assert_eq!(ok, usize::from(engine == Engine::Http1), "{engine:?}");
+        }
+    }
+    assert_eq!(metric(&gw, "seawall_rate_limit_keys{limit=\"api\"}").await, 3.0);
+    gw.shutdown().await;
+}

@@ -24,6 +24,10 @@ enum Next {
     Unavailable(Option<u32>),
     /// Closes the connection without answering.
     Close,
+    /// Answers bytes that are not HTTP.
+    Garbage,
+    /// Starts an answer's head, then says nothing more.
+    Stall,
 }
 
 /// An origin that follows a script for its first requests, then answers 200 with the size of the
@@ -88,6 +92,12 @@ impl Flaky {
             let next = self.script.lock().unwrap().pop_front();
             let answer = match next {
                 Some(Next::Close) => return,
+                Some(Next::Garbage) => "\x00\x01 not http at all\r\n\r\n".to_string(),
+                Some(Next::Stall) => {
+                    let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-le").await;
+                    std::future::pending::<()>().await;
+                    return;
+                }
                 Some(Next::Unavailable(retry_after)) => {
                     let field =
                         retry_after.map_or(String::new(), |s| format!("retry-after: {s}\r\n"));
@@ -326,5 +336,55 @@ async fn a_clients_short_deadline_is_not_held_against_the_upstream() {
     let state = admin(&gw, "/api/v1/state").await.json();
     assert_eq!(state["upstreams"][0]["breaker"]["state"], "closed", "{state}");
     assert_eq!(state["upstreams"][0]["servers"][0]["ejected"], false, "{state}");
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_origin_answering_garbage_is_tried_again_only_for_what_is_safe_to_repeat() {
+    for engine in ENGINES {
+        let origin = Flaky::start(&[Next::Garbage, Next::Garbage]).await;
+        let gw = retrying(&[origin.addr], RETRY, "").await;
+        let post = engine.request("POST", "/pay").body(full("x")).unwrap();
+        let post = ask(engine, gw.listen_addr(), post).await;
+        assert_eq!(post.status, StatusCode::BAD_GATEWAY, "{engine:?}: a POST is not sent twice");
+        assert_eq!(post.header("x-seawall-reason"), "upstream_error");
+        let get = ask(engine, gw.listen_addr(), engine.get("/a")).await;
+        assert_eq!(get.status, StatusCode::OK, "{engine:?}: the GET was tried again");
+        assert_eq!(retries(&gw, "reset").await, 1.0, "{engine:?}");
+        assert_eq!(origin.seen().len(), 3, "{engine:?}");
+        gw.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_origin_that_stalls_mid_answer_times_out_once_and_is_not_retried() {
+    // A stall is a timeout, not a broken connection: retrying a slow upstream multiplies its load.
+    for engine in ENGINES {
+        let origin = Flaky::start(&[Next::Stall]).await;
+        let gw = retrying(&[origin.addr], RETRY, "timeout = \"200ms\"").await;
+        let answer =
+            bounded(5.0, "the timeout", ask(engine, gw.listen_addr(), engine.get("/a"))).await;
+        assert_eq!(answer.status, StatusCode::GATEWAY_TIMEOUT, "{engine:?}");
+        assert_eq!(answer.header("x-seawall-reason"), "upstream_timeout");
+        assert_eq!(origin.seen().len(), 1, "{engine:?}");
+        gw.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadline_header_seawall_cannot_read_bounds_nothing_and_breaks_nothing() {
+    let flaky = Flaky::start(&[]).await;
+    let gw = retrying(&[flaky.addr], "attempts = 1", "").await;
+    for engine in ENGINES {
+        for value in ["soon", "-5", "1e3", "99999999999", "5m"] {
+            let req = engine.request("GET", "/a").header("x-request-timeout", value);
+            let answer = ask(engine, gw.listen_addr(), req.body(empty()).unwrap()).await;
+            assert_eq!(answer.status, StatusCode::OK, "{engine:?} {value:?}");
+        }
+    }
+    // Passed on as sent, once.
+    for head in flaky.heads.lock().unwrap().iter() {
+        assert_eq!(head.matches("x-request-timeout:").count(), 1, "{head}");
+    }
     gw.shutdown().await;
 }
