@@ -495,6 +495,11 @@ impl Registry {
     }
 }
 
+/// Writes the `# HELP` and `# TYPE` lines that open a metric family.
+pub fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
 /// Escapes a Prometheus label value.
 pub fn escape(value: &str) -> String {
     value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")

@@ -17,8 +17,8 @@ use seawall_core::gcra::{ceil_secs, Gcra};
 use seawall_core::priority::Priority;
 use seawall_core::ratelimit::{Check, KeyTable};
 
-use crate::headers::push_field;
-use crate::metrics::{escape, Counter};
+use crate::headers::{itoa_u64, push_field};
+use crate::metrics::{escape, family, Counter};
 use crate::problem::{Reason, Refusal};
 use crate::request::RequestView;
 
@@ -118,9 +118,13 @@ impl Limiter {
                 (0, retry_after_ns, Some(retry_after_ns))
             }
         };
-        let mut value = String::with_capacity(prefix.len() + 16);
-        let _ = write!(value, "{prefix}{remaining};t={}", ceil_secs(reset_ns));
-        push_field(&mut fields, b"ratelimit", value.as_bytes());
+        // `ratelimit: "<name>";r=<remaining>;t=<seconds>`, written in place.
+        fields.extend_from_slice(b"ratelimit: ");
+        fields.extend_from_slice(prefix.as_bytes());
+        fields.extend_from_slice(itoa_u64(u64::from(remaining), &mut [0u8; 20]));
+        fields.extend_from_slice(b";t=");
+        fields.extend_from_slice(itoa_u64(ceil_secs(reset_ns), &mut [0u8; 20]));
+        fields.extend_from_slice(b"\r\n");
         let Some(retry_after_ns) = refused else {
             counters.allowed.add(1);
             let shift = self.config.tiers[tier].priority_shift;
@@ -253,10 +257,10 @@ pub fn render_metrics(out: &mut String, limiters: &[Arc<Limiter>]) {
             "Requests from new keys refused because the key table was full of keys in debt.",
         ),
     ];
-    for (family, name, kind, help) in families {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    for (which, name, kind, help) in families {
+        family(out, name, kind, help);
         for limiter in limiters {
-            limiter.samples(out, family);
+            limiter.samples(out, which);
         }
     }
 }

@@ -28,7 +28,7 @@ use hyper_util::rt::TokioIo;
 use seawall_config::{Balance, HashKey, HostMatch, PathMatch, RouteAction};
 use serde_json::json;
 
-use crate::metrics::{escape, UpstreamOutcome};
+use crate::metrics::{escape, family, UpstreamOutcome};
 use crate::problem::problem_with;
 use crate::state::{ReloadError, Shared};
 use crate::upstream::ServerState;
@@ -284,7 +284,7 @@ fn metrics(shared: &Shared) -> String {
         ),
     ];
     for (name, kind, help, samples) in families {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        family(&mut out, name, kind, help);
         for group in &snapshot.upstreams {
             for s in &group.servers {
                 let (upstream, server) = (escape(&group.config.name), escape(&s.name));
@@ -304,10 +304,15 @@ fn metrics(shared: &Shared) -> String {
 /// Read-only mode and the routes turned off.
 fn switch_metrics(out: &mut String, snapshot: &crate::snapshot::Snapshot) {
     let name = "seawall_read_only";
-    let _ = writeln!(out, "# HELP {name} Whether the gateway refuses writes (read-only mode, 1) or not (0).\n# TYPE {name} gauge");
+    family(
+        out,
+        name,
+        "gauge",
+        "Whether the gateway refuses writes (read-only mode, 1) or not (0).",
+    );
     let _ = writeln!(out, "{name} {}", u8::from(snapshot.switches.read_only()));
     let name = "seawall_route_disabled";
-    let _ = writeln!(out, "# HELP {name} Whether an operator turned the route off (1) or not (0).\n# TYPE {name} gauge");
+    family(out, name, "gauge", "Whether an operator turned the route off (1) or not (0).");
     for r in &snapshot.config.routes {
         let disabled = u8::from(snapshot.switches.is_disabled(&r.name));
         let _ = writeln!(out, "{name}{{route=\"{}\"}} {disabled}", escape(&r.name));
@@ -321,21 +326,17 @@ fn bulkhead_metrics(out: &mut String, groups: &[crate::upstream::UpstreamGroup])
         .filter_map(|g| g.bulkhead.as_ref().map(|b| (escape(&g.config.name), b)))
         .collect();
     let name = "seawall_bulkhead_in_use";
-    let _ =
-        writeln!(out, "# HELP {name} Requests holding a bulkhead slot now.\n# TYPE {name} gauge");
+    family(out, name, "gauge", "Requests holding a bulkhead slot now.");
     for (upstream, gate) in &gates {
         let _ = writeln!(out, "{name}{{upstream=\"{upstream}\"}} {}", gate.load().0);
     }
     let name = "seawall_bulkhead_queued";
-    let _ = writeln!(
-        out,
-        "# HELP {name} Requests waiting for a bulkhead slot now.\n# TYPE {name} gauge"
-    );
+    family(out, name, "gauge", "Requests waiting for a bulkhead slot now.");
     for (upstream, gate) in &gates {
         let _ = writeln!(out, "{name}{{upstream=\"{upstream}\"}} {}", gate.load().1);
     }
     let name = "seawall_bulkhead_rejected_total";
-    let _ = writeln!(out, "# HELP {name} Requests refused by a bulkhead (bulkhead_full), by why: full queue, timeout, evicted by a more important request.\n# TYPE {name} counter");
+    family(out, name, "counter", "Requests refused by a bulkhead (bulkhead_full), by why: full queue, timeout, evicted by a more important request.");
     for (upstream, gate) in &gates {
         let r = &gate.rejections;
         for (why, n) in [("full", &r.full), ("timeout", &r.timeout), ("evicted", &r.evicted)] {
@@ -347,7 +348,7 @@ fn bulkhead_metrics(out: &mut String, groups: &[crate::upstream::UpstreamGroup])
 /// Retries made, and refused by the budget.
 fn retry_metrics(out: &mut String, groups: &[crate::upstream::UpstreamGroup]) {
     let name = "seawall_upstream_retries_total";
-    let _ = writeln!(out, "# HELP {name} Attempts made again, by why: connect (no connection), reset (broken before an answer), status (an answer in retry.on_status).\n# TYPE {name} counter");
+    family(out, name, "counter", "Attempts made again, by why: connect (no connection), reset (broken before an answer), status (an answer in retry.on_status).");
     for g in groups {
         let (upstream, r) = (escape(&g.config.name), &g.state.retries);
         for (reason, n) in [("connect", &r.connect), ("reset", &r.reset), ("status", &r.status)] {
@@ -356,14 +357,19 @@ fn retry_metrics(out: &mut String, groups: &[crate::upstream::UpstreamGroup]) {
         }
     }
     let name = "seawall_upstream_fallback_requests_total";
-    let _ = writeln!(out, "# HELP {name} Requests sent to this upstream because the upstream it backs up failed.\n# TYPE {name} counter");
+    family(
+        out,
+        name,
+        "counter",
+        "Requests sent to this upstream because the upstream it backs up failed.",
+    );
     for g in groups {
         let upstream = escape(&g.config.name);
         let _ =
             writeln!(out, "{name}{{upstream=\"{upstream}\"}} {}", g.state.fallback_requests.get());
     }
     let name = "seawall_upstream_retries_over_budget_total";
-    let _ = writeln!(out, "# HELP {name} Retries not made because the upstream's retry budget was spent.\n# TYPE {name} counter");
+    family(out, name, "counter", "Retries not made because the upstream's retry budget was spent.");
     for g in groups {
         let upstream = escape(&g.config.name);
         let _ = writeln!(
@@ -381,9 +387,6 @@ fn breaker_metrics(out: &mut String, groups: &[crate::upstream::UpstreamGroup]) 
         .iter()
         .filter_map(|g| g.breaker.as_ref().map(|b| (escape(&g.config.name), b)))
         .collect();
-    let family = |out: &mut String, name: &str, kind: &str, help: &str| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-    };
     let name = "seawall_breaker_state";
     family(
         out,
