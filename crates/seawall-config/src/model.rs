@@ -20,6 +20,7 @@ pub struct Config {
     pub routes: Vec<Route>,
     /// Rate limiters in name order; routes refer to them by index.
     pub rate_limits: Vec<RateLimit>,
+    pub overload: Overload,
     /// What is valid but probably not meant (a timeout chain that cannot hold, a key this
     /// version accepts but does not enforce yet); `seawall check` prints them, the gateway logs
     /// them.
@@ -96,6 +97,10 @@ pub struct Upstream {
     pub breaker: Option<BreakerPolicy>,
     pub retry: Retry,
     pub bulkhead: Option<Bulkhead>,
+    /// Whether the requests in flight to this group follow an adaptive limit (`adaptive_concurrency`).
+    pub adaptive: bool,
+    /// A latency past which the adaptive limit falls whatever its baseline (`max_latency`).
+    pub max_latency: Option<Duration>,
     /// Upstream groups tried in order when this one cannot answer (indices into
     /// [`Config::upstreams`]).
     pub fallback: Vec<usize>,
@@ -197,6 +202,8 @@ pub struct Route {
     pub read_upstream: Option<usize>,
     /// What to answer instead of an error when the route is disabled, shed or failed.
     pub degrade: Option<std::sync::Arc<Degrade>>,
+    /// In crisis mode the route answers its degraded answer (or 503 `feature_disabled`).
+    pub disable_in_crisis: bool,
 }
 
 /// A stand-in answer.
@@ -280,4 +287,59 @@ pub struct HeaderMatch {
 pub enum RouteAction {
     /// Forward to the upstream at this index of [`Config::upstreams`].
     Proxy { upstream: usize },
+}
+
+impl Upstream {
+    /// The bounds of the group's gate: its bulkhead's; or, for a group with only an adaptive
+    /// limit, a limit of at most 10,000 in flight and as many waiting for up to 1 s. `None`: the
+    /// group has no gate.
+    pub fn gate(&self) -> Option<Bulkhead> {
+        self.bulkhead.clone().or_else(|| {
+            self.adaptive.then(|| Bulkhead {
+                max_concurrency: 10_000,
+                max_queue: 10_000,
+                queue_timeout: Duration::from_secs(1),
+            })
+        })
+    }
+}
+
+/// `[overload]`: what the overload controller samples and when it sheds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Overload {
+    pub enabled: bool,
+    pub sample_interval: Duration,
+    /// Which CPU figure drives the levels.
+    pub cpu: CpuSignal,
+    /// CPU share (0–1) at which levels 1, 2 and 3 start (`p2_at`, `p1_at`, `p0_at`).
+    pub cpu_at: [f64; 3],
+    /// The memory Seawall may use (its RSS): `memory_budget`, else the cgroup's `memory.max`.
+    pub memory_budget: Option<u64>,
+    /// Shares of the budget at which levels 1 (`memory_soft`) and 2 (`memory_hard`) start.
+    pub memory_at: [f64; 2],
+    /// About the longest a request waits in Seawall's queues.
+    pub max_wait: Duration,
+    /// The fraction under a threshold a signal must fall for its level to end.
+    pub hysteresis: f64,
+    /// The least time a level holds before it is lowered.
+    pub min_dwell: Duration,
+    /// The `Retry-After` of a shed request (answered with jitter: from half to one and a half).
+    pub retry_after: Duration,
+    /// Adaptive concurrency: how many times its no-load latency an upstream may take.
+    pub latency_tolerance: f64,
+    /// Adaptive concurrency: how often the no-load latency is measured again.
+    pub probe_every: Duration,
+}
+
+/// Which CPU figure drives the overload levels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CpuSignal {
+    /// Seawall's own use of the CPUs it may run on.
+    Process,
+    /// The whole host's (or the cgroup's, under a `cpu.max` quota).
+    Host,
+    /// The higher of the two.
+    Max,
+    /// CPU does not drive the levels.
+    Off,
 }

@@ -28,6 +28,29 @@ pub struct RawConfig {
     pub routes: Vec<Spanned<RawRoute>>,
     #[serde(default)]
     pub rate_limits: BTreeMap<String, RawRateLimit>,
+    #[serde(default)]
+    pub overload: RawOverload,
+}
+
+/// `[overload]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub struct RawOverload {
+    pub enabled: Option<bool>,
+    pub sample_interval: Option<Text>,
+    pub cpu: Option<Text>,
+    pub p2_at: Option<Spanned<f64>>,
+    pub p1_at: Option<Spanned<f64>>,
+    pub p0_at: Option<Spanned<f64>>,
+    pub memory_budget: Option<Spanned<RawSize>>,
+    pub memory_soft: Option<Spanned<f64>>,
+    pub memory_hard: Option<Spanned<f64>>,
+    pub max_wait: Option<Text>,
+    pub hysteresis: Option<Spanned<f64>>,
+    pub min_dwell: Option<Text>,
+    pub retry_after: Option<Text>,
+    pub latency_tolerance: Option<Spanned<f64>>,
+    pub probe_every: Option<Text>,
 }
 
 /// `[server]`
@@ -115,6 +138,8 @@ pub struct RawUpstream {
     pub retry: Option<RawRetry>,
     pub bulkhead: Option<RawBulkhead>,
     pub fallback: Option<Vec<Text>>,
+    pub adaptive_concurrency: Option<bool>,
+    pub max_latency: Option<Text>,
 }
 
 /// A value written either as a string or as a table `T`: a server (`"host:port"` or
@@ -215,6 +240,7 @@ pub struct RawRoute {
     pub writes: Option<bool>,
     pub read_upstream: Option<Text>,
     pub degrade: Option<RawDegrade>,
+    pub disable_in_crisis: Option<bool>,
 }
 
 /// `header = { name = "x-canary", value = "1" }`

@@ -8,14 +8,15 @@ use criterion::{criterion_group, Criterion};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering::Relaxed};
 
+use seawall_core::adaptive::{AdaptiveLimit, Settings, Window};
 use seawall_core::balance::{least_request, HashRing, RoundRobin};
 use seawall_core::breaker::{Breaker, BreakerPolicy};
 use seawall_core::budget::RetryBudget;
-use seawall_core::bulkhead::Bulkhead;
 use seawall_core::ejection::{EjectionPolicy, Outlier};
 use seawall_core::gcra::{Gcra, Quota};
 use seawall_core::hash::stable_hash;
 use seawall_core::health::HealthCounter;
+use seawall_core::overload::{LevelControl, Thresholds};
 use seawall_core::ratelimit::KeyTable;
 use seawall_core::rng::FastRng;
 
@@ -118,13 +119,28 @@ fn protections(c: &mut Criterion) {
             budget.record_request(black_box(ms))
         })
     });
-    let bulkhead = std::sync::Mutex::new(Bulkhead::<()>::new(100, 100));
-    c.bench_function("bulkhead acquire and release (behind its mutex)", |b| {
+    let mut limit = AdaptiveLimit::new(Settings {
+        min: 1,
+        max: 1_000,
+        initial: 100,
+        tolerance: 2.0,
+        max_latency_us: 0,
+        probe_every_ms: 30_000,
+    });
+    c.bench_function("adaptive limit update (once per window)", |b| {
         b.iter(|| {
-            let lock = || bulkhead.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            let got = lock().try_acquire();
-            black_box(got);
-            lock().release()
+            ms += 100;
+            let window =
+                Window { answers: 50, latency_sum_us: black_box(50 * 20_000), limited: true };
+            limit.update(ms, window)
+        })
+    });
+    let mut levels = LevelControl::new(2_000, 0.1);
+    let cpu = Thresholds([0.8, 0.9, 0.95]);
+    c.bench_function("overload level observe (once per sample)", |b| {
+        b.iter(|| {
+            ms += 100;
+            levels.observe(ms, &[(black_box(0.85), cpu)])
         })
     });
 }

@@ -1,89 +1,102 @@
-//! A bulkhead: at most `max_concurrency` calls to an upstream group at once, and a bounded queue
-//! of callers waiting for a slot, served by priority (every P0 before any P1, then P2; first come
-//! first served within a class). When the queue is full, a newcomer evicts the most recent waiter
-//! of a less important class, or is refused. A slot freed goes straight to the next waiter, so a
-//! newcomer never overtakes the queue.
+//! The waiting line of a bulkhead: callers that found an upstream group at its concurrency limit
+//! wait here for a slot, served by priority (every P0 before any P1, then P2; first come first
+//! served within a class). The slots themselves are counted by the owner.
+//!
+//! Two bounds keep the line short enough to be worth waiting in:
+//!
+//! - `max_queue` waiters at most: when full, a newcomer evicts the most recent waiter of a less
+//!   important class, or is refused;
+//! - `max_ahead`: nobody waits behind more than that many others. A newcomer that would is refused
+//!   at once (a quick refusal beats a long wait ending in one), and a waiter that more important
+//!   newcomers pushed past the bound is evicted — the newest of its class first.
 //!
 //! The waiter `W` is whatever wakes the caller (a channel's sending half); this type only decides
-//! who gets a slot, and is kept behind its owner's lock.
+//! who waits and who is next, and is kept behind its owner's lock.
 
 use std::collections::VecDeque;
 
 use crate::priority::Priority;
 
-/// What [`Bulkhead::enqueue`] did.
+/// What [`WaitQueue::enqueue`] did.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Enqueued<W> {
-    /// Waiting, with this ticket (to [`Bulkhead::cancel`] on timeout); `evicted` lost its place
-    /// to make room.
+    /// Waiting, with this ticket (to [`WaitQueue::cancel`] on timeout); `evicted` lost their
+    /// places to make room (at most one per less important class).
     Waiting {
         /// The caller's place in the queue.
         ticket: u64,
-        /// A less important waiter pushed out of the queue.
-        evicted: Option<W>,
+        /// Less important waiters pushed out of the queue.
+        evicted: Vec<W>,
     },
     /// The queue is full of waiters at least as important: refused.
     Full(W),
 }
 
-/// Slots and waiters of one upstream group.
+/// The waiters of one upstream group.
 #[derive(Debug)]
-pub struct Bulkhead<W> {
-    max_concurrency: usize,
+pub struct WaitQueue<W> {
     max_queue: usize,
-    in_use: usize,
+    max_ahead: usize,
     queues: [VecDeque<(u64, W)>; 3],
     next_ticket: u64,
 }
 
-impl<W> Bulkhead<W> {
-    /// A bulkhead of `max_concurrency` slots (at least 1) and `max_queue` waiting places.
-    pub fn new(max_concurrency: usize, max_queue: usize) -> Bulkhead<W> {
-        Bulkhead {
-            max_concurrency: max_concurrency.max(1),
+impl<W> WaitQueue<W> {
+    /// A queue of at most `max_queue` waiters (and no bound on those ahead until
+    /// [`set_max_ahead`](Self::set_max_ahead)).
+    pub fn new(max_queue: usize) -> WaitQueue<W> {
+        WaitQueue {
             max_queue,
-            in_use: 0,
+            max_ahead: usize::MAX,
             queues: [VecDeque::new(), VecDeque::new(), VecDeque::new()],
             next_ticket: 0,
         }
     }
 
-    /// Takes a slot if one is free.
-    pub fn try_acquire(&mut self) -> bool {
-        if self.in_use < self.max_concurrency {
-            self.in_use += 1;
-            true
-        } else {
-            false
-        }
+    /// From now on, nobody waits behind more than `n` others (taken as at least 1).
+    pub fn set_max_ahead(&mut self, n: usize) {
+        self.max_ahead = n.max(1);
+    }
+
+    /// The bound on waiters ahead.
+    pub fn max_ahead(&self) -> usize {
+        self.max_ahead
+    }
+
+    /// Waiters of `class` and every more important class.
+    fn up_to(&self, class: usize) -> usize {
+        self.queues[..=class].iter().map(VecDeque::len).sum()
     }
 
     /// Queues a caller that found no free slot.
     pub fn enqueue(&mut self, priority: Priority, waiter: W) -> Enqueued<W> {
-        let mut evicted = None;
+        let class = priority.index();
+        if self.up_to(class) >= self.max_ahead {
+            return Enqueued::Full(waiter);
+        }
+        let mut evicted = Vec::new();
         if self.queued() >= self.max_queue {
-            let lowest = (priority.index() + 1..3).rev().find(|&c| !self.queues[c].is_empty());
+            let lowest = (class + 1..3).rev().find(|&c| !self.queues[c].is_empty());
             match lowest {
-                Some(class) => evicted = self.queues[class].pop_back().map(|(_, w)| w),
+                Some(c) => evicted.extend(self.queues[c].pop_back().map(|(_, w)| w)),
                 None => return Enqueued::Full(waiter),
             }
         }
         let ticket = self.next_ticket;
         self.next_ticket += 1;
-        self.queues[priority.index()].push_back((ticket, waiter));
+        self.queues[class].push_back((ticket, waiter));
+        // The newest waiter of each less important class now has one more ahead of it.
+        for c in class + 1..3 {
+            if !self.queues[c].is_empty() && self.up_to(c) - 1 > self.max_ahead {
+                evicted.extend(self.queues[c].pop_back().map(|(_, w)| w));
+            }
+        }
         Enqueued::Waiting { ticket, evicted }
     }
 
-    /// Gives a slot back: it passes to the most important waiter, returned to be woken (if it
-    /// is gone, call `release` again), or is freed when nobody waits.
-    pub fn release(&mut self) -> Option<W> {
-        for queue in &mut self.queues {
-            if let Some((_, waiter)) = queue.pop_front() {
-                return Some(waiter);
-            }
-        }
-        self.in_use = self.in_use.saturating_sub(1);
-        None
+    /// The most important waiter, out of the queue (to be given a slot).
+    pub fn pop_next(&mut self) -> Option<W> {
+        self.queues.iter_mut().find_map(|q| q.pop_front()).map(|(_, w)| w)
     }
 
     /// Takes a waiter out of the queue (it timed out or left); false when it is no longer
@@ -98,19 +111,14 @@ impl<W> Bulkhead<W> {
         false
     }
 
-    /// Slots taken.
-    pub fn in_use(&self) -> usize {
-        self.in_use
-    }
-
     /// Callers waiting.
     pub fn queued(&self) -> usize {
-        self.queues.iter().map(VecDeque::len).sum()
+        self.up_to(2)
     }
 
-    /// The limit on slots.
-    pub fn max_concurrency(&self) -> usize {
-        self.max_concurrency
+    /// Callers waiting, by class.
+    pub fn queued_by_class(&self) -> [usize; 3] {
+        [self.queues[0].len(), self.queues[1].len(), self.queues[2].len()]
     }
 }
 
@@ -119,48 +127,65 @@ mod tests {
     use super::*;
     use Priority::*;
 
-    #[test]
-    fn slots_then_a_queue_served_by_priority() {
-        let mut b = Bulkhead::new(2, 10);
-        assert!(b.try_acquire() && b.try_acquire());
-        assert!(!b.try_acquire());
-        for (p, name) in [(P2, "p2-a"), (P1, "p1-a"), (P0, "p0-a"), (P1, "p1-b")] {
-            assert!(matches!(b.enqueue(p, name), Enqueued::Waiting { evicted: None, .. }));
+    fn waiting<W>(e: Enqueued<W>) -> (u64, Vec<W>) {
+        match e {
+            Enqueued::Waiting { ticket, evicted } => (ticket, evicted),
+            Enqueued::Full(_) => panic!("refused"),
         }
-        let order: Vec<_> = (0..4).map(|_| b.release().unwrap()).collect();
+    }
+
+    #[test]
+    fn waiters_are_served_by_priority_then_arrival() {
+        let mut q = WaitQueue::new(10);
+        for (p, name) in [(P2, "p2-a"), (P1, "p1-a"), (P0, "p0-a"), (P1, "p1-b")] {
+            assert!(waiting(q.enqueue(p, name)).1.is_empty());
+        }
+        let order: Vec<_> = std::iter::from_fn(|| q.pop_next()).collect();
         assert_eq!(order, ["p0-a", "p1-a", "p1-b", "p2-a"]);
-        // Each handed slot stayed taken; now nobody waits and slots are freed.
-        assert_eq!(b.in_use(), 2);
-        assert_eq!(b.release(), None);
-        assert_eq!(b.in_use(), 1);
     }
 
     #[test]
     fn a_full_queue_evicts_the_newest_less_important_waiter_or_refuses() {
-        let mut b = Bulkhead::new(1, 2);
-        assert!(b.try_acquire());
-        b.enqueue(P2, "p2-old");
-        b.enqueue(P2, "p2-new");
-        assert_eq!(b.enqueue(P2, "p2-late"), Enqueued::Full("p2-late"));
-        let Enqueued::Waiting { evicted, .. } = b.enqueue(P0, "p0") else { panic!() };
-        assert_eq!(evicted, Some("p2-new"));
-        let Enqueued::Waiting { evicted, .. } = b.enqueue(P1, "p1") else { panic!() };
-        assert_eq!(evicted, Some("p2-old"));
-        assert_eq!(b.enqueue(P1, "p1-late"), Enqueued::Full("p1-late"));
-        assert_eq!(b.queued(), 2);
+        let mut q = WaitQueue::new(2);
+        q.enqueue(P2, "p2-old");
+        q.enqueue(P2, "p2-new");
+        assert_eq!(q.enqueue(P2, "p2-late"), Enqueued::Full("p2-late"));
+        assert_eq!(waiting(q.enqueue(P0, "p0")).1, ["p2-new"]);
+        assert_eq!(waiting(q.enqueue(P1, "p1")).1, ["p2-old"]);
+        assert_eq!(q.enqueue(P1, "p1-late"), Enqueued::Full("p1-late"));
+        assert_eq!(q.queued(), 2);
+        assert_eq!(WaitQueue::new(0).enqueue(P0, 1), Enqueued::Full(1));
     }
 
     #[test]
-    fn a_cancelled_waiter_leaves_the_queue_and_no_queue_means_refusal() {
-        let mut b = Bulkhead::new(1, 4);
-        assert!(b.try_acquire());
-        let Enqueued::Waiting { ticket, .. } = b.enqueue(P1, 1) else { panic!() };
-        b.enqueue(P1, 2);
-        assert!(b.cancel(ticket));
-        assert!(!b.cancel(ticket));
-        assert_eq!(b.release(), Some(2));
-        let mut none = Bulkhead::new(1, 0);
-        assert!(none.try_acquire());
-        assert_eq!(none.enqueue(P0, 1), Enqueued::Full(1));
+    fn nobody_waits_behind_more_than_max_ahead() {
+        let mut q = WaitQueue::new(100);
+        q.set_max_ahead(3);
+        for i in 0..3 {
+            waiting(q.enqueue(P2, i));
+        }
+        // A fourth P2 would wait behind three: refused at once.
+        assert_eq!(q.enqueue(P2, 3), Enqueued::Full(3));
+        // A P1 waits behind nobody of its class; the newest P2 is then behind three, as many as
+        // allowed; the next P1 pushes it past the bound and it is evicted.
+        assert!(waiting(q.enqueue(P1, 10)).1.is_empty());
+        assert_eq!(waiting(q.enqueue(P1, 11)).1, [2]);
+        assert_eq!(waiting(q.enqueue(P0, 20)).1, [1]);
+        assert_eq!(q.queued_by_class(), [1, 2, 1]);
+        // The line may hold more than max_ahead in all, but no class waits behind more.
+        assert_eq!(waiting(q.enqueue(P0, 21)).1, [0]);
+        assert_eq!(q.enqueue(P1, 12), Enqueued::Full(12));
+        assert_eq!(q.queued_by_class(), [2, 2, 0]);
+    }
+
+    #[test]
+    fn a_cancelled_waiter_leaves_the_queue() {
+        let mut q = WaitQueue::new(4);
+        let (ticket, _) = waiting(q.enqueue(P1, 1));
+        q.enqueue(P1, 2);
+        assert!(q.cancel(ticket));
+        assert!(!q.cancel(ticket));
+        assert_eq!(q.pop_next(), Some(2));
+        assert_eq!(q.pop_next(), None);
     }
 }

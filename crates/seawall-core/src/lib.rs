@@ -4,6 +4,7 @@
 //! from its request path and control loops. Time is passed in explicitly (see [`clock`]), so each
 //! primitive can be tested without sleeping and benchmarked without a runtime.
 
+pub mod adaptive;
 pub mod backoff;
 pub mod balance;
 pub mod breaker;
@@ -15,6 +16,7 @@ pub mod ejection;
 pub mod gcra;
 pub mod hash;
 pub mod health;
+pub mod overload;
 pub mod priority;
 pub mod ratelimit;
 pub mod rng;

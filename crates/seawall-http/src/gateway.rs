@@ -1,5 +1,6 @@
 //! The gateway as a whole: [`Gateway::start`] binds the listeners, starts the workers
-//! ([`crate::server`]), the admin API ([`crate::admin`]) and the health checks; the control plane
+//! ([`crate::server`]), the admin API ([`crate::admin`]), the health checks and the overload
+//! controller ([`crate::controller`]); the control plane
 //! then reloads on request and drains on shutdown.
 
 use std::net::SocketAddr;
@@ -23,6 +24,7 @@ pub struct Gateway {
     admin_addr: SocketAddr,
     admin_task: tokio::task::JoinHandle<()>,
     sweeper: tokio::task::JoinHandle<()>,
+    controller: tokio::task::JoinHandle<()>,
 }
 
 impl Gateway {
@@ -63,8 +65,9 @@ impl Gateway {
         }
         let admin_task = tokio::spawn(crate::admin::serve(admin_listener, Arc::clone(&shared)));
         let sweeper = tokio::spawn(sweep_rate_limits(Arc::clone(&shared)));
+        let controller = tokio::spawn(crate::controller::run(Arc::clone(&shared)));
         tracing::info!(%listen_addr, %admin_addr, workers, "seawall is listening");
-        Ok(Gateway { shared, threads, listen_addr, admin_addr, admin_task, sweeper })
+        Ok(Gateway { shared, threads, listen_addr, admin_addr, admin_task, sweeper, controller })
     }
 
     /// The address the gateway accepts clients on (useful when the config said port 0).
@@ -119,6 +122,7 @@ impl Gateway {
         .await;
         self.admin_task.abort();
         self.sweeper.abort();
+        self.controller.abort();
         shared.stop_health_checks();
         tracing::info!(drained, "stopped");
         drained

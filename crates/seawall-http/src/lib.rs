@@ -5,19 +5,21 @@
 //! - plain types: [`problem`] (refusals), [`headers`] (the header policy), [`request`] (the
 //!   request view both engines give), [`fields`] and [`response`] (heads parsed in place),
 //!   [`chunked`],
-//!   [`metrics`], [`timer`], [`signal`], [`io`], [`faultlog`];
+//!   [`metrics`], [`timer`], [`signal`], [`io`], [`faultlog`], [`overload`] (the level and crisis
+//!   mode requests read, the machine's signals);
 //! - the upstream model: [`upstream`] (groups, balancing, pools, health checks);
 //! - state: [`snapshot`], [`state`] (shared with the control plane), [`worker`] (per thread);
 //! - the one request path: [`router`] and [`policy`] (admission, accounting), [`proxy`] (the
 //!   engine-neutral upstream call);
 //! - the engines, which only move bytes: [`h1`] (HTTP/1.x, Seawall's own) and [`h2`] (hyper,
 //!   HTTP/2);
-//! - [`server`] (listeners, workers, parked connections), then [`admin`], and [`gateway`] on top
-//!   (start, reload, drain).
+//! - [`server`] (listeners, workers, parked connections), [`controller`] (the overload controller:
+//!   levels and adaptive limits), then [`admin`], and [`gateway`] on top (start, reload, drain).
 
 pub mod admin;
 pub mod chunked;
 pub mod control;
+pub mod controller;
 pub mod faultlog;
 pub mod fields;
 pub mod gateway;
@@ -26,6 +28,7 @@ pub mod h2;
 pub mod headers;
 pub mod io;
 pub mod metrics;
+pub mod overload;
 pub mod policy;
 pub mod problem;
 pub mod proxy;

@@ -12,6 +12,9 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use seawall_core::overload::ShedCause;
+use seawall_core::priority::Priority;
+
 /// Pads a value to its own cache line so that two workers' shards never share one.
 #[derive(Debug, Default)]
 #[repr(align(128))]
@@ -55,6 +58,8 @@ pub struct RouteShard {
     buckets: [AtomicU64; BUCKETS_US.len() + 1],
     sum_us: AtomicU64,
     inflight: AtomicI64,
+    /// Requests shed by overload control, by priority and cause ([`ShedCause`]).
+    shed: [[AtomicU64; ShedCause::ALL.len()]; 3],
 }
 
 impl Default for RouteShard {
@@ -64,6 +69,7 @@ impl Default for RouteShard {
             buckets: Default::default(),
             sum_us: AtomicU64::new(0),
             inflight: AtomicI64::new(0),
+            shed: Default::default(),
         }
     }
 }
@@ -93,6 +99,16 @@ impl RouteMetrics {
         let bucket = BUCKETS_US.iter().position(|&b| us <= b).unwrap_or(BUCKETS_US.len());
         shard.buckets[bucket].fetch_add(1, Relaxed);
         shard.sum_us.fetch_add(us, Relaxed);
+    }
+
+    /// A request of `priority` was shed for `cause`.
+    pub fn shed(&self, priority: Priority, cause: ShedCause) {
+        self.shard().shed[priority.index()][cause as usize].fetch_add(1, Relaxed);
+    }
+
+    /// Requests of `priority` shed for `cause` so far, over all workers.
+    pub fn shed_count(&self, priority: Priority, cause: ShedCause) -> u64 {
+        self.shards.iter().map(|s| s.shed[priority.index()][cause as usize].load(Relaxed)).sum()
     }
 
     /// A request started (+1) or finished (-1).
@@ -394,6 +410,19 @@ impl Registry {
                 out,
                 "seawall_request_duration_seconds_count{{route=\"{name}\"}} {cumulative}"
             );
+        }
+        let name = "seawall_shed_total";
+        family(out, name, "counter", "Requests shed by overload control (503 overloaded or the route's degraded answer), by route, priority and cause: cpu, memory, wait (requests waiting too long), queue (more waiting for the upstream than it serves within overload.max_wait).");
+        for (route, m) in &routes {
+            for priority in Priority::ALL {
+                for cause in ShedCause::ALL {
+                    let n = m.shed_count(priority, cause);
+                    if n > 0 {
+                        let (route, cause) = (escape(route), cause.as_str());
+                        let _ = writeln!(out, "{name}{{route=\"{route}\",priority=\"{priority}\",reason=\"{cause}\"}} {n}");
+                    }
+                }
+            }
         }
         out.push_str("# HELP seawall_inflight_requests Requests being answered now, by route.\n");
         out.push_str("# TYPE seawall_inflight_requests gauge\n");

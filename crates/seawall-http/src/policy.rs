@@ -2,7 +2,7 @@
 //! for both engines.
 //!
 //! ```text
-//! parse (engine) ─▶ admit: route ▸ body limit ▸ rate limit ▸ (shedding… joins here) ─▶ action ─▶ account
+//! parse (engine) ─▶ admit: route ▸ off? ▸ read-only ▸ body limit ▸ rate limit ▸ shed by priority ─▶ action ─▶ account
 //! ```
 //!
 //! - [`admit`] takes a [`RequestView`] and returns a named outcome: [`Admission::Admit`] with a
@@ -60,6 +60,11 @@ impl Permit {
         Permit { snapshot, route, upstream, priority, fields, deadline: None }
     }
 
+    /// The index of the route the request matched.
+    pub fn route_index(&self) -> usize {
+        self.route
+    }
+
     /// The route the request matched.
     pub fn route(&self) -> &Route {
         &self.snapshot.config.routes[self.route]
@@ -84,16 +89,24 @@ pub fn body_limit(snapshot: &Pinned, route: &Route) -> u64 {
 
 /// Routes and admits a request; the route found is noted in `account`.
 ///
-/// In order: route ▸ switched off ▸ read-only ▸ body limit ▸ rate limit; then the upstream group
-/// is chosen (a read goes to the route's `read_upstream` while it has a server up).
+/// In order: route ▸ switched off (by hand, or in crisis mode) ▸ read-only ▸ body limit ▸ rate
+/// limit ▸ overload shedding by priority; then the upstream group is chosen (a read goes to the
+/// route's `read_upstream` while it has a server up).
 pub fn admit(snapshot: &Rc<Pinned>, request: &RequestView<'_>, account: &mut Account) -> Admission {
     let Some(index) = router::find(&snapshot.config.routes, request) else {
         return Admission::Refuse(Refusal::new(Reason::NoRoute, "no route matches this request"));
     };
     account.route = Some(index);
     let route = &snapshot.config.routes[index];
-    if snapshot.switches.is_disabled(&route.name) {
-        let detail = format!("route {:?} is turned off", route.name);
+    let off = if snapshot.switches.is_disabled(&route.name) {
+        Some("is turned off")
+    } else if route.disable_in_crisis && snapshot.overload.in_crisis() {
+        Some("is off while the service is in crisis mode")
+    } else {
+        None
+    };
+    if let Some(why) = off {
+        let detail = format!("route {:?} {why}", route.name);
         let refusal = Refusal::new(Reason::FeatureDisabled, detail);
         return Admission::Refuse(refusal.degraded(route.degrade.as_ref()));
     }
@@ -121,6 +134,14 @@ pub fn admit(snapshot: &Rc<Pinned>, request: &RequestView<'_>, account: &mut Acc
             }
         }
     };
+    let overload = &snapshot.overload;
+    if let Some(cause) = overload.shed(priority) {
+        snapshot.route_metrics[index].shed(priority, cause);
+        let after = snapshot.config.overload.retry_after;
+        let refusal = crate::overload::refusal(cause, priority, after);
+        return Admission::Refuse(refusal.degraded(route.degrade.as_ref()));
+    }
+    overload.admitted.add(1);
     let upstream = match route.read_upstream {
         Some(replicas) if reads && snapshot.upstreams[replicas].has_available(now_ms) => replicas,
         _ => upstream,

@@ -53,6 +53,8 @@ pub enum Reason {
     CircuitOpen,
     /// The upstream's bulkhead is full: no slot and no room (or time) to wait for one (503).
     BulkheadFull,
+    /// Shed by overload control: the gateway or the upstream cannot serve this priority now (503).
+    Overloaded,
     /// The upstream did not answer in time (504).
     UpstreamTimeout,
     /// The client's own deadline passed before an answer (504): not the upstream's fault.
@@ -80,6 +82,7 @@ impl Reason {
             Reason::UpstreamUnavailable => "upstream_unavailable",
             Reason::CircuitOpen => "circuit_open",
             Reason::BulkheadFull => "bulkhead_full",
+            Reason::Overloaded => "overloaded",
             Reason::UpstreamTimeout => "upstream_timeout",
             Reason::DeadlineExceeded => "deadline_exceeded",
         }
@@ -101,6 +104,7 @@ impl Reason {
             Reason::UpstreamUnavailable
             | Reason::CircuitOpen
             | Reason::BulkheadFull
+            | Reason::Overloaded
             | Reason::FeatureDisabled
             | Reason::ReadOnly => StatusCode::SERVICE_UNAVAILABLE,
             Reason::UpstreamTimeout | Reason::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use seawall_config::Config;
 
 use crate::metrics::{Registry, RouteMetrics};
+use crate::overload::Overload;
 use crate::ratelimit::Limiter;
 use crate::switches::Switches;
 use crate::upstream::UpstreamGroup;
@@ -27,6 +28,8 @@ pub struct Snapshot {
     pub limiters: Vec<Arc<Limiter>>,
     /// Read-only mode and disabled routes: the same object from snapshot to snapshot.
     pub switches: Arc<Switches>,
+    /// The overload level and crisis mode: the same object from snapshot to snapshot.
+    pub overload: Arc<Overload>,
 }
 
 impl Snapshot {
@@ -38,7 +41,7 @@ impl Snapshot {
             .map(|u| {
                 let old =
                     previous.and_then(|p| p.upstreams.iter().find(|o| o.config.name == u.name));
-                UpstreamGroup::new(u.clone(), old, registry.shards())
+                UpstreamGroup::new(u.clone(), &config.overload, old, registry.shards())
             })
             .collect();
         let route_metrics = config.routes.iter().map(|r| registry.route(&r.name)).collect();
@@ -55,6 +58,10 @@ impl Snapshot {
             upstreams,
             limiters,
             switches: previous.map_or_else(Arc::default, |p| Arc::clone(&p.switches)),
+            overload: previous.map_or_else(
+                || Arc::new(Overload::new(registry.shards())),
+                |p| Arc::clone(&p.overload),
+            ),
             route_metrics,
             unmatched_metrics: registry.route(UNMATCHED_ROUTE),
             config,

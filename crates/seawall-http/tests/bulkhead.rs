@@ -51,7 +51,7 @@ async fn beyond_the_limit_and_the_queue_a_request_is_refused_at_once() {
             origin.arrived.load(SeqCst) == 2
         })
         .await;
-        assert_eq!(gauge(&gw, "seawall_bulkhead_in_use").await, 2.0);
+        assert_eq!(gauge(&gw, "seawall_upstream_inflight").await, 2.0);
         let refused = ask(engine, gw.listen_addr(), engine.get("/c")).await;
         assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE, "{engine:?}");
         assert_eq!(refused.header("x-seawall-reason"), "bulkhead_full");
@@ -65,7 +65,7 @@ async fn beyond_the_limit_and_the_queue_a_request_is_refused_at_once() {
         for h in held {
             assert_eq!(h.await.unwrap().status, StatusCode::OK, "{engine:?}");
         }
-        until(&gw, "seawall_bulkhead_in_use", 0.0).await;
+        until(&gw, "seawall_upstream_inflight", 0.0).await;
         let full =
             metric(&gw, "seawall_bulkhead_rejected_total{upstream=\"app\",why=\"full\"}").await;
         assert_eq!(full, 1.0);
@@ -86,9 +86,9 @@ async fn waiters_are_served_by_priority_and_a_full_queue_evicts_the_least_import
         .await;
         // Two sheddable requests wait; a critical one arrives and takes the newest one's place.
         let p2_old = spawn_get(engine, &gw, "/p2-old");
-        until(&gw, "seawall_bulkhead_queued", 1.0).await;
+        until(&gw, "seawall_upstream_queued", 1.0).await;
         let p2_new = spawn_get(engine, &gw, "/p2-new");
-        until(&gw, "seawall_bulkhead_queued", 2.0).await;
+        until(&gw, "seawall_upstream_queued", 2.0).await;
         let p0 = spawn_get(engine, &gw, "/p0");
         let evicted = p2_new.await.unwrap();
         assert_eq!(evicted.status, StatusCode::SERVICE_UNAVAILABLE, "{engine:?}");
@@ -125,7 +125,7 @@ async fn a_request_waits_no_longer_than_queue_timeout() {
         assert_eq!(waited.header("x-seawall-reason"), "bulkhead_full", "{engine:?}");
         assert!(waited.json()["detail"].as_str().unwrap().contains("200ms"), "{}", waited.body);
         assert_eq!(
-            gauge(&gw, "seawall_bulkhead_queued").await,
+            gauge(&gw, "seawall_upstream_queued").await,
             0.0,
             "{engine:?}: it left the queue"
         );
@@ -158,9 +158,9 @@ async fn a_paid_tier_raised_a_class_waits_ahead_of_free_traffic_on_the_same_rout
     })
     .await;
     let free = get("/free", "free");
-    until(&gw, "seawall_bulkhead_queued", 1.0).await;
+    until(&gw, "seawall_upstream_queued", 1.0).await;
     let paid = get("/paid", "paid");
-    until(&gw, "seawall_bulkhead_queued", 2.0).await;
+    until(&gw, "seawall_upstream_queued", 2.0).await;
     origin.release(3);
     for h in [first, free, paid] {
         assert_eq!(h.await.unwrap().status, StatusCode::OK);
@@ -194,15 +194,15 @@ async fn a_waiter_that_goes_away_gives_its_place_and_any_slot_it_was_handed_back
             let request = tokio::spawn(async move { client.send(engine.get("/gone")).await });
             gone.push((request, connection));
         }
-        until(&gw, "seawall_bulkhead_queued", 5.0).await;
+        until(&gw, "seawall_upstream_queued", 5.0).await;
         for (request, connection) in gone {
             request.abort();
             connection.abort();
         }
-        until(&gw, "seawall_bulkhead_queued", 0.0).await;
+        until(&gw, "seawall_upstream_queued", 0.0).await;
         origin.release(1);
         assert_eq!(held.await.unwrap().status, StatusCode::OK);
-        until(&gw, "seawall_bulkhead_in_use", 0.0).await;
+        until(&gw, "seawall_upstream_inflight", 0.0).await;
         // The slot is still there for the next requests, one at a time.
         for _ in 0..3 {
             let next = spawn_get(engine, &gw, "/next");
@@ -227,16 +227,16 @@ async fn a_half_closed_client_gives_up_a_read_but_keeps_its_place_for_a_write() 
     // A GET whose client shuts its sending side while queued: cancelled, its place given up.
     let mut reader = tokio::net::TcpStream::connect(gw.listen_addr()).await.unwrap();
     reader.write_all(b"GET /read HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
-    until(&gw, "seawall_bulkhead_queued", 1.0).await;
+    until(&gw, "seawall_upstream_queued", 1.0).await;
     reader.shutdown().await.unwrap();
-    until(&gw, "seawall_bulkhead_queued", 0.0).await;
+    until(&gw, "seawall_upstream_queued", 0.0).await;
     // A POST half-closed the same way may have a reader still: it keeps its place and its answer.
     let mut writer = tokio::net::TcpStream::connect(gw.listen_addr()).await.unwrap();
     writer
         .write_all(b"POST /write HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\n\r\nx")
         .await
         .unwrap();
-    until(&gw, "seawall_bulkhead_queued", 1.0).await;
+    until(&gw, "seawall_upstream_queued", 1.0).await;
     writer.shutdown().await.unwrap();
     origin.release(2);
     assert_eq!(held.await.unwrap().status, StatusCode::OK);

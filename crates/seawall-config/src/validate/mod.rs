@@ -56,8 +56,20 @@ pub mod defaults {
     pub const BULKHEAD_MAX_CONCURRENCY: u64 = 100;
     pub const BULKHEAD_MAX_QUEUE: u64 = 100;
     pub const BULKHEAD_QUEUE_TIMEOUT: &str = "1s";
+    pub const OVERLOAD_SAMPLE_INTERVAL: &str = "100ms";
+    pub const OVERLOAD_P2_AT: f64 = 0.80;
+    pub const OVERLOAD_P1_AT: f64 = 0.90;
+    pub const OVERLOAD_P0_AT: f64 = 0.95;
+    pub const OVERLOAD_MEMORY_SOFT: f64 = 0.80;
+    pub const OVERLOAD_MEMORY_HARD: f64 = 0.95;
+    pub const OVERLOAD_MAX_WAIT: &str = "100ms";
+    pub const OVERLOAD_MIN_DWELL: &str = "2s";
+    pub const OVERLOAD_RETRY_AFTER: &str = "5s";
+    pub const OVERLOAD_LATENCY_TOLERANCE: f64 = 2.0;
+    pub const OVERLOAD_PROBE_EVERY: &str = "30s";
 }
 
+mod overload;
 mod protections;
 
 struct Ctx<'a> {
@@ -171,9 +183,10 @@ pub fn validate(raw: RawConfig, source: &str, file: &str) -> Result<Config, Conf
             routes.push(route);
         }
     }
+    let overload = overload::overload(&mut cx, &raw.overload);
     if cx.errors.is_empty() {
         let warnings = cx.warnings;
-        Ok(Config { server, log, upstreams, routes, rate_limits, warnings })
+        Ok(Config { server, log, upstreams, routes, rate_limits, overload, warnings })
     } else {
         Err(ConfigErrors(cx.errors))
     }
@@ -451,6 +464,11 @@ fn upstream(cx: &mut Ctx<'_>, name: &str, raw: &RawUpstream, names: &[String]) -
         breaker: raw.breaker.as_ref().map(|b| protections::breaker(cx, b, &key("breaker"))),
         retry,
         bulkhead: raw.bulkhead.as_ref().map(|b| protections::bulkhead(cx, b, &key("bulkhead"))),
+        adaptive: raw.adaptive_concurrency.unwrap_or(true),
+        max_latency: raw
+            .max_latency
+            .as_ref()
+            .map(|m| cx.duration(Some(m), &key("max_latency"), defaults::TIMEOUT)),
         fallback,
         name: name.to_string(),
         servers,
@@ -706,6 +724,7 @@ fn route(cx: &mut Ctx<'_>, i: usize, raw: &Spanned<RawRoute>, names: &Names<'_>)
         writes: r.writes.unwrap_or(false),
         read_upstream,
         degrade,
+        disable_in_crisis: r.disable_in_crisis.unwrap_or(false),
     })
 }
 

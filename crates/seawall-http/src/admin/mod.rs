@@ -9,10 +9,11 @@
 //! | POST | `/api/v1/reload` | re-reads the configuration file (token-protected) |
 //! | POST | `/api/v1/upstreams/{name}/breaker` | forces a breaker open or closed, or back to auto ([`switches`]) |
 //! | POST | `/api/v1/routes/{name}/disable`, `/enable` | turns a route off and on |
-//! | PUT | `/api/v1/mode` | `{"read_only": true \| false}` |
+//! | PUT | `/api/v1/mode` | `{"read_only": true \| false}` and/or `{"crisis": "on" \| "off" \| "auto"}` |
 //!
 //! Mutating endpoints require `Authorization: Bearer <server.admin_token>` when a token is set.
 
+mod overload;
 mod switches;
 
 use std::convert::Infallible;
@@ -241,7 +242,7 @@ fn metrics(shared: &Shared) -> String {
     switch_metrics(&mut out, &snapshot);
     breaker_metrics(&mut out, &snapshot.upstreams);
     retry_metrics(&mut out, &snapshot.upstreams);
-    bulkhead_metrics(&mut out, &snapshot.upstreams);
+    overload::metrics(&mut out, &snapshot);
     let now = seawall_core::clock::now_ms();
     let families: [(&str, &str, &str, ServerSamples); 5] = [
         (
@@ -316,32 +317,6 @@ fn switch_metrics(out: &mut String, snapshot: &crate::snapshot::Snapshot) {
     for r in &snapshot.config.routes {
         let disabled = u8::from(snapshot.switches.is_disabled(&r.name));
         let _ = writeln!(out, "{name}{{route=\"{}\"}} {disabled}", escape(&r.name));
-    }
-}
-
-/// Bulkhead slots in use, requests waiting, and refusals.
-fn bulkhead_metrics(out: &mut String, groups: &[crate::upstream::UpstreamGroup]) {
-    let gates: Vec<_> = groups
-        .iter()
-        .filter_map(|g| g.bulkhead.as_ref().map(|b| (escape(&g.config.name), b)))
-        .collect();
-    let name = "seawall_bulkhead_in_use";
-    family(out, name, "gauge", "Requests holding a bulkhead slot now.");
-    for (upstream, gate) in &gates {
-        let _ = writeln!(out, "{name}{{upstream=\"{upstream}\"}} {}", gate.load().0);
-    }
-    let name = "seawall_bulkhead_queued";
-    family(out, name, "gauge", "Requests waiting for a bulkhead slot now.");
-    for (upstream, gate) in &gates {
-        let _ = writeln!(out, "{name}{{upstream=\"{upstream}\"}} {}", gate.load().1);
-    }
-    let name = "seawall_bulkhead_rejected_total";
-    family(out, name, "counter", "Requests refused by a bulkhead (bulkhead_full), by why: full queue, timeout, evicted by a more important request.");
-    for (upstream, gate) in &gates {
-        let r = &gate.rejections;
-        for (why, n) in [("full", &r.full), ("timeout", &r.timeout), ("evicted", &r.evicted)] {
-            let _ = writeln!(out, "{name}{{upstream=\"{upstream}\",why=\"{why}\"}} {}", n.get());
-        }
     }
 }
 
@@ -437,6 +412,7 @@ fn state(shared: &Shared) -> String {
                 "methods": r.matcher.methods,
                 "action": "proxy",
                 "disabled": snapshot.switches.is_disabled(&r.name),
+                "disable_in_crisis": r.disable_in_crisis,
                 "priority": r.priority.as_str(),
                 "upstream": config.upstreams[upstream].name,
             })
@@ -481,7 +457,8 @@ fn state(shared: &Shared) -> String {
                     "open_for_ms": v.open_for_ms,
                 })
             });
-            json!({"name": g.config.name, "balance": balance, "health_checks": g.config.health.is_some(), "breaker": breaker, "servers": servers})
+            let gate = overload::gate_state(g);
+            json!({"name": g.config.name, "balance": balance, "health_checks": g.config.health.is_some(), "breaker": breaker, "gate": gate, "servers": servers})
         })
         .collect();
     // listen, admin and workers as running: a reloaded file's values wait for a restart.
@@ -489,6 +466,7 @@ fn state(shared: &Shared) -> String {
     json!({
         "draining": shared.draining.load(Relaxed),
         "read_only": snapshot.switches.read_only(),
+        "overload": overload::state(&snapshot),
         "listen": running.listen.to_string(),
         "admin": running.admin.to_string(),
         "workers": running.workers,

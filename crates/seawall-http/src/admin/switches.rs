@@ -4,7 +4,9 @@
 //!   upstream's circuit breaker forced open or closed, or given back to its rules;
 //! - `POST /api/v1/routes/{name}/disable` and `/enable`: a route turned off (503
 //!   `feature_disabled`, or its degraded answer) and on;
-//! - `PUT /api/v1/mode` with `{"read_only": true | false}`: writes refused, reads flowing.
+//! - `PUT /api/v1/mode` with `{"read_only": true | false}`: writes refused, reads flowing; and/or
+//!   `{"crisis": "on" | "off" | "auto"}`: crisis mode forced on or off, or back to following the
+//!   overload level (on from level 1).
 //!
 //! Their state shows in `/api/v1/state` and `/metrics` and survives a reload.
 
@@ -16,6 +18,7 @@ use seawall_core::breaker::Forced;
 use serde_json::{json, Value};
 
 use super::text;
+use crate::overload::Crisis;
 use crate::problem::problem_with;
 use crate::state::Shared;
 
@@ -70,20 +73,48 @@ pub fn route(shared: &Shared, name: &str, disable: bool) -> Response<Bytes> {
     )
 }
 
-/// `PUT /api/v1/mode`
+/// `PUT /api/v1/mode`: `read_only` and/or `crisis`, each optional; the answer shows both.
 pub async fn mode(shared: &Shared, req: Request<Incoming>) -> Response<Bytes> {
     let body = match read_json(req).await {
         Ok(body) => body,
         Err(refusal) => return refusal,
     };
-    let Some(read_only) = body.get("read_only").and_then(Value::as_bool) else {
-        return bad_request("expected {\"read_only\": true | false}");
+    const EXPECTED: &str =
+        "expected {\"read_only\": true | false} and/or {\"crisis\": \"on\" | \"off\" | \"auto\"}";
+    let read_only = match body.get("read_only") {
+        None => None,
+        Some(v) => match v.as_bool() {
+            Some(on) => Some(on),
+            None => return bad_request(EXPECTED),
+        },
     };
-    let was = shared.snapshot.load().switches.set_read_only(read_only);
-    if was != read_only {
-        tracing::warn!(read_only, "read-only mode switched by an operator");
+    let crisis = match body.get("crisis") {
+        None => None,
+        Some(v) => match v.as_str().and_then(Crisis::parse) {
+            Some(mode) => Some(mode),
+            None => return bad_request(EXPECTED),
+        },
+    };
+    if read_only.is_none() && crisis.is_none() {
+        return bad_request(EXPECTED);
     }
-    text(StatusCode::OK, "application/json", json!({"read_only": read_only}).to_string())
+    let snapshot = shared.snapshot.load();
+    if let Some(read_only) = read_only {
+        if snapshot.switches.set_read_only(read_only) != read_only {
+            tracing::warn!(read_only, "read-only mode switched by an operator");
+        }
+    }
+    if let Some(mode) = crisis {
+        if snapshot.overload.set_crisis(mode) != mode {
+            tracing::warn!(crisis = mode.as_str(), "crisis mode switched by an operator");
+        }
+    }
+    let answer = json!({
+        "read_only": snapshot.switches.read_only(),
+        "crisis": snapshot.overload.in_crisis(),
+        "crisis_mode": snapshot.overload.crisis_mode().as_str(),
+    });
+    text(StatusCode::OK, "application/json", answer.to_string())
 }
 
 /// The request's JSON body, at most [`MAX_BODY`] bytes.

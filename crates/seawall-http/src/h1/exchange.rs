@@ -70,6 +70,7 @@ impl<S: Transport> Session<S> {
                 start: self.clock,
                 deadline: permit.deadline,
                 priority: permit.priority,
+                route: permit.route_index(),
                 client_deadline: None,
                 head_len: 0,
                 degrade: route.degrade.as_ref(),

@@ -165,6 +165,7 @@ pub async fn handle(
             start,
             deadline: permit.deadline,
             priority: permit.priority,
+            route: permit.route_index(),
             client_deadline: None,
             head_len: 0,
             degrade: route.degrade.as_ref(),

@@ -183,6 +183,8 @@ pub struct Forward<'a> {
     pub deadline: Option<Instant>,
     /// The request's priority (for the bulkhead's queue).
     pub priority: Priority,
+    /// The route's index in the snapshot (for its metrics).
+    pub route: usize,
     /// The client's own deadline (set by [`forward`] from `deadline` as the engine gave it): when
     /// it is what runs out, the upstream is not blamed.
     pub client_deadline: Option<Instant>,

@@ -11,9 +11,11 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::{forward_to_server, BodyError, Downstream, Forward, Forwarded, Gone};
+use crate::overload::ShedCause;
 use crate::problem::{Reason, Refusal};
 use crate::request::BodyFraming;
 use crate::timer::LazyTimer;
+use crate::upstream::bulkhead::{Gate, Slot};
 
 /// Sends the request to the upstream and waits for the head of its answer — then, if that
 /// failed, to each of the upstream's `fallback` groups in turn while it is safe (see
@@ -236,9 +238,9 @@ fn retryable(
     }
 }
 
-/// One attempt through the upstream's circuit breaker and bulkhead, when it has them: an open
-/// breaker refuses at once, a full bulkhead makes the request wait for a slot (by priority) or
-/// refuses it, and the attempt's outcome (a 5xx or no answer is a failure) is reported to the
+/// One attempt through the upstream's circuit breaker and gate (adaptive limit and bulkhead),
+/// when it has them: an open breaker refuses at once, a gate at its limit makes the request wait
+/// for a slot (by priority) or refuses it, and the attempt's outcome (a 5xx or no answer is a failure) is reported to the
 /// breaker. An answer keeps its bulkhead slot until its body is done.
 async fn through_breaker<D: Downstream>(
     f: &mut Forward<'_>,
@@ -252,37 +254,30 @@ async fn through_breaker<D: Downstream>(
         Some(Ok(ticket)) => Some(ticket),
         Some(Err(refusal)) => return Forwarded::Refused(refusal, None),
     };
-    let slot = match &group.bulkhead {
+    let slot = match &group.gate {
         None => None,
-        Some(gate) => {
-            // While it waits for a slot, a request whose client leaves gives its place up.
-            // Boxed: the wait is rare, and its state would otherwise grow every request's future.
-            let mut acquire = Box::pin(gate.acquire(f.priority, f.deadline));
-            let idempotent = f.idempotent;
-            let waited = std::future::poll_fn(|cx| {
-                if let Poll::Ready(r) = acquire.as_mut().poll(cx) {
-                    return Poll::Ready(Some(r));
-                }
-                match down.poll_gone(cx) {
-                    Poll::Ready(Gone::Reset) => Poll::Ready(None),
-                    Poll::Ready(Gone::Closed) if idempotent => Poll::Ready(None),
-                    _ => Poll::Pending,
-                }
-            })
-            .await;
-            match waited {
-                Some(Ok(slot)) => Some(slot),
-                // Refused before the upstream was tried: the breaker learns nothing.
-                Some(Err(refusal)) => return Forwarded::Refused(refusal, None),
-                None => return Forwarded::Client(BodyError::Gone, None),
-            }
-        }
+        Some(gate) => match wait_for_slot(f, gate, down).await {
+            Ok(slot) => Some(slot),
+            Err(forwarded) => return forwarded,
+        },
     };
     if let Some(ticket) = ticket.as_mut() {
-        // A wait for a bulkhead slot is not the upstream being slow.
+        // A wait for a slot is not the upstream being slow.
         ticket.restart(std::time::Instant::now());
     }
+    let sent = slot.as_ref().map(|_| Instant::now());
     let mut forwarded = forward_to_server(f, avoid, down, timer).await;
+    if let (Some(slot), Some(sent)) = (&slot, sent) {
+        // What the adaptive limit learns from: the time to an answer, or to giving up on one.
+        let answered = match &forwarded {
+            Forwarded::Response(_) => true,
+            Forwarded::Refused(refusal, _) => refusal.reason == Reason::UpstreamTimeout,
+            Forwarded::Client(..) => false,
+        };
+        if answered {
+            slot.gate().record_answer(sent.elapsed());
+        }
+    }
     if let (Some(slot), Forwarded::Response(response)) = (slot, &mut forwarded) {
         response.hold(slot);
     }
@@ -299,4 +294,39 @@ async fn through_breaker<D: Downstream>(
     };
     ticket.finish(failed, std::time::Instant::now());
     forwarded
+}
+
+/// Waits for a slot of the group's gate; a request whose client leaves meanwhile gives its place
+/// up. A request shed by the gate is counted for its route and told when to come back.
+async fn wait_for_slot<D: Downstream>(
+    f: &Forward<'_>,
+    gate: &std::sync::Arc<Gate>,
+    down: &mut D,
+) -> Result<Slot, Forwarded> {
+    // Boxed: the wait is rare, and its state would otherwise grow every request's future.
+    let mut acquire = Box::pin(gate.acquire(f.priority, f.deadline));
+    let idempotent = f.idempotent;
+    let waited = std::future::poll_fn(|cx| {
+        if let Poll::Ready(r) = acquire.as_mut().poll(cx) {
+            return Poll::Ready(Some(r));
+        }
+        match down.poll_gone(cx) {
+            Poll::Ready(Gone::Reset) => Poll::Ready(None),
+            Poll::Ready(Gone::Closed) if idempotent => Poll::Ready(None),
+            _ => Poll::Pending,
+        }
+    })
+    .await;
+    match waited {
+        Some(Ok(slot)) => Ok(slot),
+        Some(Err(refusal)) if refusal.reason == Reason::Overloaded => {
+            let snapshot = f.snapshot;
+            snapshot.route_metrics[f.route].shed(f.priority, ShedCause::Queue);
+            let after = snapshot.config.overload.retry_after;
+            Err(Forwarded::Refused(crate::overload::with_jitter(refusal, after), None))
+        }
+        // Refused before the upstream was tried: the breaker learns nothing.
+        Some(Err(refusal)) => Err(Forwarded::Refused(refusal, None)),
+        None => Err(Forwarded::Client(BodyError::Gone, None)),
+    }
 }

@@ -15,7 +15,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
-use seawall_config::{Balance, HashKey, Upstream};
+use seawall_config::{Balance, HashKey, Overload, Upstream};
+use seawall_core::adaptive::Settings;
 use seawall_core::balance::{least_request, HashRing, RoundRobin};
 use seawall_core::budget::RetryBudget;
 use seawall_core::ejection::{EjectionGate, FailureOutcome, Outlier};
@@ -147,6 +148,11 @@ impl GroupState {
 /// The window over which retries are weighed against requests.
 const RETRY_BUDGET_WINDOW_MS: u64 = 10_000;
 
+/// Where an adaptive limit starts: high enough that a burst on a calm origin never waits for the
+/// limit to grow; an origin that wants fewer brings it down within a few sample windows (it at
+/// least halves per window while the latency is past its tolerance).
+const ADAPTIVE_INITIAL: usize = 1_000;
+
 /// A configured upstream with its runtime state.
 pub struct UpstreamGroup {
     pub config: Upstream,
@@ -154,8 +160,9 @@ pub struct UpstreamGroup {
     pub state: Arc<GroupState>,
     /// The group's circuit breaker, when it has one; its state outlives reloads.
     pub breaker: Option<Arc<GroupBreaker>>,
-    /// The group's bulkhead, when it has one (kept by a reload that keeps its limits).
-    pub bulkhead: Option<Arc<Gate>>,
+    /// The group's gate — its adaptive limit and bulkhead — when it has either (kept by a reload
+    /// that keeps its limits).
+    pub gate: Option<Arc<Gate>>,
     weights: Vec<u32>,
     balancer: Balancer,
     /// Round-robin position of each worker (each writes only its own).
@@ -164,7 +171,12 @@ pub struct UpstreamGroup {
 
 impl UpstreamGroup {
     /// Builds the group, reusing server state from `previous` for addresses that survive.
-    pub fn new(config: Upstream, previous: Option<&UpstreamGroup>, shards: usize) -> Self {
+    pub fn new(
+        config: Upstream,
+        overload: &Overload,
+        previous: Option<&UpstreamGroup>,
+        shards: usize,
+    ) -> Self {
         let old: HashMap<(&str, SocketAddr), &Arc<ServerState>> = previous
             .map(|p| p.servers.iter().map(|s| ((s.name.as_str(), s.address), s)).collect())
             .unwrap_or_default();
@@ -192,11 +204,21 @@ impl UpstreamGroup {
             let old = previous.and_then(|p| p.breaker.as_deref());
             Arc::new(GroupBreaker::new(&config.name, policy, old, shards))
         });
-        let bulkhead = config.bulkhead.clone().map(|limits| {
-            let old = previous.and_then(|p| p.bulkhead.as_ref());
-            Gate::new(&config.name, limits, old, shards)
+        // With overload control off, only a bulkhead makes a gate.
+        let limits = if overload.enabled { config.gate() } else { config.bulkhead.clone() };
+        let gate = limits.map(|limits| {
+            let old = previous.and_then(|p| p.gate.as_ref());
+            let adaptive = (config.adaptive && overload.enabled).then(|| Settings {
+                min: 1,
+                max: limits.max_concurrency,
+                initial: limits.max_concurrency.min(ADAPTIVE_INITIAL),
+                tolerance: overload.latency_tolerance,
+                max_latency_us: config.max_latency.map_or(0, |d| d.as_micros() as u64),
+                probe_every_ms: seawall_core::clock::duration_ms(overload.probe_every),
+            });
+            Gate::new(&config.name, limits, adaptive, old, shards)
         });
-        UpstreamGroup { config, servers, state, breaker, bulkhead, weights, balancer, cursors }
+        UpstreamGroup { config, servers, state, breaker, gate, weights, balancer, cursors }
     }
 
     /// The balancing key of a request (0 unless the upstream hashes): computed once, before the

@@ -1,0 +1,231 @@
+//! An adaptive limit on the requests in flight to one upstream group, found from its latency:
+//! the origin is kept at the concurrency where it still answers about as fast as when idle.
+//!
+//! Once per sample window the owner reports what it measured ([`Window`]: the mean time to an
+//! answer, and whether the limit held requests back). Against a *baseline* — the lowest mean
+//! seen, the origin's no-load latency — the limit
+//!
+//! - falls (by the gradient `tolerance × baseline / latency`, at most by half) when the latency
+//!   passes `tolerance × baseline`, or passes `max_latency` whatever the baseline says;
+//! - grows (by √limit) only when the limit was what held requests back and the latency is fine, so
+//!   neither a quiet origin nor a sustained overload makes it creep upwards;
+//! - stays within `min..=max`.
+//!
+//! The baseline could drift in a long incident (an origin that became slower for good would look
+//! overloaded forever, one that recovered would keep an outdated floor). Every `probe_every` the
+//! limit drops to `limit / (2 × tolerance)` for one window — under the origin's own concurrency, so
+//! nothing queues inside it — and what the origin answers then becomes the baseline.
+
+/// How an [`AdaptiveLimit`] behaves.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Settings {
+    /// The limit never falls below this (at least 1).
+    pub min: usize,
+    /// Nor rises above this.
+    pub max: usize,
+    /// Where it starts.
+    pub initial: usize,
+    /// How many times the baseline latency is still good (above 1; 2.0 lets the origin queue about
+    /// as much as it serves).
+    pub tolerance: f64,
+    /// A latency, in µs, above which the limit falls whatever the baseline (0: none).
+    pub max_latency_us: u64,
+    /// How often the baseline is measured again, in ms.
+    pub probe_every_ms: u64,
+}
+
+/// What one sample window measured.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Window {
+    /// Answers received and the sum of their latencies (µs).
+    pub answers: u64,
+    pub latency_sum_us: u64,
+    /// Whether a request found the limit reached.
+    pub limited: bool,
+}
+
+/// Fewer answers than this in a window teach nothing.
+const MIN_ANSWERS: u64 = 5;
+
+/// The limit of one upstream group.
+#[derive(Debug, Clone)]
+pub struct AdaptiveLimit {
+    settings: Settings,
+    limit: f64,
+    /// The no-load latency (µs) and when it was last measured.
+    baseline: Option<(f64, u64)>,
+    /// While probing: the limit to go back to.
+    probing: Option<f64>,
+}
+
+impl AdaptiveLimit {
+    /// A limit at `settings.initial`.
+    pub fn new(settings: Settings) -> AdaptiveLimit {
+        let min = settings.min.max(1);
+        let settings = Settings {
+            min,
+            max: settings.max.max(min),
+            tolerance: settings.tolerance.max(1.0),
+            ..settings
+        };
+        let limit = settings.initial.clamp(settings.min, settings.max) as f64;
+        AdaptiveLimit { settings, limit, baseline: None, probing: None }
+    }
+
+    /// The limit now.
+    pub fn limit(&self) -> usize {
+        self.limit.round() as usize
+    }
+
+    /// The no-load latency it compares against, in µs.
+    pub fn baseline_us(&self) -> Option<u64> {
+        self.baseline.map(|(b, _)| b as u64)
+    }
+
+    /// Whether this window runs at the lowered, probing limit.
+    pub fn probing(&self) -> bool {
+        self.probing.is_some()
+    }
+
+    /// Takes the window that ended at `now_ms` and returns the new limit.
+    pub fn update(&mut self, now_ms: u64, window: Window) -> usize {
+        let s = self.settings;
+        let latency = (window.answers >= MIN_ANSWERS)
+            .then(|| window.latency_sum_us as f64 / window.answers as f64);
+        if let Some(restore) = self.probing.take() {
+            // Measured or not, the baseline counts as fresh: no probe again before its time.
+            let kept = self.baseline.map(|(b, _)| b);
+            if let Some(b) = latency.or(kept) {
+                self.baseline = Some((b, now_ms));
+            }
+            self.limit = restore;
+            return self.limit();
+        }
+        let Some(latency) = latency else { return self.limit() };
+        let baseline = match self.baseline {
+            Some((b, at)) if latency >= b => {
+                if now_ms.saturating_sub(at) >= s.probe_every_ms {
+                    self.probing = Some(self.limit);
+                    // Low enough to be under the origin's own concurrency even while the limit
+                    // overshoots `tolerance ×` it, so nothing queues inside the origin.
+                    self.limit = (self.limit / (2.0 * s.tolerance)).max(s.min as f64);
+                    return self.limit();
+                }
+                b
+            }
+            _ => {
+                self.baseline = Some((latency, now_ms));
+                latency
+            }
+        };
+        let too_slow = s.max_latency_us > 0 && latency > s.max_latency_us as f64;
+        if too_slow {
+            self.limit *= 0.8;
+        } else if latency > s.tolerance * baseline {
+            self.limit *= (s.tolerance * baseline / latency).max(0.5);
+        } else if window.limited {
+            self.limit += self.limit.sqrt().max(1.0);
+        }
+        self.limit = self.limit.clamp(s.min as f64, s.max as f64);
+        self.limit()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SETTINGS: Settings = Settings {
+        min: 2,
+        max: 1_000,
+        initial: 100,
+        tolerance: 2.0,
+        max_latency_us: 0,
+        probe_every_ms: 30_000,
+    };
+
+    /// An origin with `slots` workers taking `service_us` each: at concurrency `c` beyond its
+    /// slots, requests queue inside it.
+    fn origin_latency(slots: usize, service_us: u64, c: usize) -> u64 {
+        service_us * (c.max(slots) as u64) / slots as u64
+    }
+
+    fn window(latency_us: u64, limited: bool) -> Window {
+        Window { answers: 50, latency_sum_us: latency_us * 50, limited }
+    }
+
+    /// Drives the limit against the modelled origin, always saturated (overload), for `windows`.
+    fn drive(
+        l: &mut AdaptiveLimit,
+        from_ms: u64,
+        windows: u64,
+        slots: usize,
+        service: u64,
+    ) -> Vec<usize> {
+        (0..windows)
+            .map(|i| {
+                let latency = origin_latency(slots, service, l.limit());
+                l.update(from_ms + i * 100, window(latency, true))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn settles_near_the_concurrency_where_latency_stays_good() {
+        let mut l = AdaptiveLimit::new(Settings { initial: 10, ..SETTINGS });
+        let limits = drive(&mut l, 0, 200, 10, 20_000);
+        let tail = &limits[100..];
+        assert!(tail.iter().all(|&c| (10..=30).contains(&c)), "limits {tail:?}");
+        assert_eq!(l.baseline_us(), Some(20_000));
+        // Sustained overload does not make it creep upwards.
+        assert!(tail[tail.len() - 1] <= 30);
+    }
+
+    #[test]
+    fn falls_fast_when_the_origin_slows_and_follows_a_new_baseline_after_a_probe() {
+        let mut l = AdaptiveLimit::new(Settings { initial: 10, probe_every_ms: 5_000, ..SETTINGS });
+        drive(&mut l, 0, 50, 10, 20_000);
+        let before = l.limit();
+        // The origin's service time rises 1.7× for good ("the database got slow").
+        let limits = drive(&mut l, 5_000, 400, 10, 34_000);
+        let tail = &limits[200..];
+        // Settled between the origin's 10 slots and `tolerance ×` them, but for the probes (one
+        // window in fifty, at a quarter of the limit).
+        let probes = tail.iter().filter(|&&c| c < 10).count();
+        assert!(tail.iter().all(|&c| c <= 30) && probes <= 4, "before {before}, limits {tail:?}");
+        assert!(l.baseline_us().unwrap() >= 30_000, "baseline {:?}", l.baseline_us());
+    }
+
+    #[test]
+    fn does_not_grow_when_the_limit_holds_nothing_back_and_respects_its_bounds() {
+        let mut l = AdaptiveLimit::new(SETTINGS);
+        for i in 0..100 {
+            l.update(i * 100, window(1_000, false));
+        }
+        assert_eq!(l.limit(), 100);
+        for i in 100..400 {
+            l.update(i * 100, window(1_000, true));
+        }
+        assert_eq!(l.limit(), 1_000);
+        // A latency past max_latency lowers it even against a baseline that drifted as high.
+        let mut capped = AdaptiveLimit::new(Settings { max_latency_us: 50_000, ..SETTINGS });
+        for i in 0..100 {
+            capped.update(i * 100, window(80_000, true));
+        }
+        assert_eq!(capped.limit(), 2);
+        // Too few answers teach nothing.
+        let mut quiet = AdaptiveLimit::new(SETTINGS);
+        quiet.update(0, Window { answers: 1, latency_sum_us: 9_000_000, limited: true });
+        assert_eq!(quiet.limit(), 100);
+    }
+
+    #[test]
+    fn a_probe_lowers_the_limit_for_one_window() {
+        let mut l = AdaptiveLimit::new(Settings { probe_every_ms: 1_000, ..SETTINGS });
+        l.update(0, window(1_000, false));
+        assert_eq!(l.update(1_000, window(1_500, false)), 25);
+        assert!(l.probing());
+        assert_eq!(l.update(1_100, window(1_200, false)), 100);
+        assert_eq!(l.baseline_us(), Some(1_200));
+    }
+}

@@ -1,0 +1,121 @@
+//! What overload control shows: the level and its signals, crisis mode, and every upstream
+//! gate's limit, load and refusals — in `/metrics` and in `/api/v1/state`.
+
+use std::fmt::Write as _;
+
+use serde_json::{json, Value};
+
+use crate::metrics::{escape, family};
+use crate::overload::Readings;
+use crate::snapshot::Snapshot;
+use crate::upstream::UpstreamGroup;
+
+/// The overload families of `/metrics`.
+pub fn metrics(out: &mut String, snapshot: &Snapshot) {
+    let overload = &snapshot.overload;
+    let name = "seawall_overload_level";
+    family(
+        out,
+        name,
+        "gauge",
+        "Overload level: 0 calm, 1 sheds P2, 2 sheds P1 too, 3 limits P0 to the serving rate.",
+    );
+    let _ = writeln!(out, "{name} {}", overload.level());
+    let name = "seawall_overload_signal";
+    family(out, name, "gauge", "The signals overload control samples: CPU shares (0-1; cpu_host is the cgroup's use of its quota under one), memory (RSS over the budget, 0-1), mean time P0 and P1 requests waited for an upstream slot (seconds).");
+    let r = &overload.readings;
+    for (signal, cell) in [
+        ("cpu_process", &r.cpu_process),
+        ("cpu_host", &r.cpu_host),
+        ("memory", &r.memory),
+        ("wait_p0_seconds", &r.wait_p0_seconds),
+        ("wait_p1_seconds", &r.wait_p1_seconds),
+    ] {
+        let _ = writeln!(out, "{name}{{signal=\"{signal}\"}} {}", Readings::get(cell));
+    }
+    let name = "seawall_resident_memory_bytes";
+    family(out, name, "gauge", "Seawall's resident memory, as overload control last read it.");
+    let _ = writeln!(out, "{name} {}", Readings::get(&r.resident_bytes));
+    let name = "seawall_crisis";
+    family(out, name, "gauge", "Whether crisis mode is on (1) or off (0), with the mode an operator set: auto (on from level 1), on, off.");
+    let mode = overload.crisis_mode().as_str();
+    let _ = writeln!(out, "{name}{{mode=\"{mode}\"}} {}", u8::from(overload.in_crisis()));
+    gate_metrics(out, &snapshot.upstreams);
+}
+
+/// Each gate's adaptive limit, requests in flight and waiting, and refusals.
+fn gate_metrics(out: &mut String, groups: &[UpstreamGroup]) {
+    let gates: Vec<_> = groups
+        .iter()
+        .filter_map(|g| g.gate.as_ref().map(|gate| (escape(&g.config.name), gate)))
+        .collect();
+    let name = "seawall_upstream_concurrency_limit";
+    family(out, name, "gauge", "Requests allowed in flight to an upstream now: its adaptive limit, capped by its bulkhead's max_concurrency.");
+    for (upstream, gate) in &gates {
+        let _ = writeln!(out, "{name}{{upstream=\"{upstream}\"}} {}", gate.limit());
+    }
+    let name = "seawall_upstream_inflight";
+    family(out, name, "gauge", "Requests holding a slot of an upstream's gate now.");
+    for (upstream, gate) in &gates {
+        let _ = writeln!(out, "{name}{{upstream=\"{upstream}\"}} {}", gate.load().0);
+    }
+    let name = "seawall_upstream_queued";
+    family(out, name, "gauge", "Requests waiting for a slot of an upstream's gate now.");
+    for (upstream, gate) in &gates {
+        let _ = writeln!(out, "{name}{{upstream=\"{upstream}\"}} {}", gate.load().1);
+    }
+    let name = "seawall_upstream_latency_baseline_seconds";
+    family(
+        out,
+        name,
+        "gauge",
+        "The no-load latency an upstream's adaptive limit compares against.",
+    );
+    for (upstream, gate) in &gates {
+        let learning = gate.learning.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(us) = learning.adaptive.as_ref().and_then(|a| a.baseline_us()) {
+            let _ = writeln!(out, "{name}{{upstream=\"{upstream}\"}} {}", us as f64 / 1e6);
+        }
+    }
+    let name = "seawall_bulkhead_rejected_total";
+    family(out, name, "counter", "Requests an upstream's gate refused, by why: full (max_queue; bulkhead_full), timeout (queue_timeout; bulkhead_full), evicted (pushed out by more important requests; overloaded), shed (would wait longer than overload.max_wait; overloaded).");
+    for (upstream, gate) in &gates {
+        let r = &gate.rejections;
+        let whys = [
+            ("full", &r.full),
+            ("timeout", &r.timeout),
+            ("evicted", &r.evicted),
+            ("shed", &r.shed),
+        ];
+        for (why, n) in whys {
+            let _ = writeln!(out, "{name}{{upstream=\"{upstream}\",why=\"{why}\"}} {}", n.get());
+        }
+    }
+}
+
+/// The `overload` object of `/api/v1/state`.
+pub fn state(snapshot: &Snapshot) -> Value {
+    let overload = &snapshot.overload;
+    let r = &overload.readings;
+    json!({
+        "level": overload.level(),
+        "cause": overload.cause().as_str(),
+        "crisis": overload.in_crisis(),
+        "crisis_mode": overload.crisis_mode().as_str(),
+        "signals": {
+            "cpu_process": Readings::get(&r.cpu_process),
+            "cpu_host": Readings::get(&r.cpu_host),
+            "memory": Readings::get(&r.memory),
+            "resident_bytes": Readings::get(&r.resident_bytes),
+            "wait_p0_seconds": Readings::get(&r.wait_p0_seconds),
+            "wait_p1_seconds": Readings::get(&r.wait_p1_seconds),
+        },
+    })
+}
+
+/// The `gate` object of an upstream in `/api/v1/state`.
+pub fn gate_state(group: &UpstreamGroup) -> Value {
+    let Some(gate) = &group.gate else { return Value::Null };
+    let (inflight, queued) = gate.load();
+    json!({"limit": gate.limit(), "adaptive": gate.adaptive.is_some(), "inflight": inflight, "queued": queued})
+}
