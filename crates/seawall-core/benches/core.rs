@@ -130,8 +130,12 @@ fn protections(c: &mut Criterion) {
     c.bench_function("adaptive limit update (once per window)", |b| {
         b.iter(|| {
             ms += 100;
-            let window =
-                Window { answers: 50, latency_sum_us: black_box(50 * 20_000), limited: true };
+            let window = Window {
+                answers: 50,
+                latency_sum_us: black_box(50 * 20_000),
+                limited: true,
+                elapsed_ms: 100,
+            };
             limit.update(ms, window)
         })
     });

@@ -7,8 +7,11 @@
 //!
 //! - falls (by the gradient `tolerance × baseline / latency`, at most by half) when the latency
 //!   passes `tolerance × baseline`, or passes `max_latency` whatever the baseline says;
-//! - grows (by √limit) only when the limit was what held requests back and the latency is fine, so
-//!   neither a quiet origin nor a sustained overload makes it creep upwards;
+//!   and never stays above what the origin served in the window times that good latency (Little's
+//!   law: the concurrency the origin holds without queueing), so a flood is cut in one window;
+//! - grows only when the limit was what held requests back and the latency is fine — doubling
+//!   until the first sign of a full origin, by √limit after — so neither a quiet origin nor a
+//!   sustained overload makes it creep upwards;
 //! - stays within `min..=max`.
 //!
 //! The baseline could drift in a long incident (an origin that became slower for good would look
@@ -42,6 +45,8 @@ pub struct Window {
     pub latency_sum_us: u64,
     /// Whether a request found the limit reached.
     pub limited: bool,
+    /// How long the window lasted, in ms.
+    pub elapsed_ms: u64,
 }
 
 /// Fewer answers than this in a window teach nothing.
@@ -56,6 +61,8 @@ pub struct AdaptiveLimit {
     baseline: Option<(f64, u64)>,
     /// While probing: the limit to go back to.
     probing: Option<f64>,
+    /// Doubling while nothing has said the origin is full (like TCP's slow start).
+    slow_start: bool,
 }
 
 impl AdaptiveLimit {
@@ -69,7 +76,7 @@ impl AdaptiveLimit {
             ..settings
         };
         let limit = settings.initial.clamp(settings.min, settings.max) as f64;
-        AdaptiveLimit { settings, limit, baseline: None, probing: None }
+        AdaptiveLimit { settings, limit, baseline: None, probing: None, slow_start: true }
     }
 
     /// The limit now.
@@ -119,12 +126,20 @@ impl AdaptiveLimit {
             }
         };
         let too_slow = s.max_latency_us > 0 && latency > s.max_latency_us as f64;
-        if too_slow {
-            self.limit *= 0.8;
-        } else if latency > s.tolerance * baseline {
-            self.limit *= (s.tolerance * baseline / latency).max(0.5);
+        if too_slow || latency > s.tolerance * baseline {
+            self.slow_start = false;
+            let gradient = if too_slow { 0.8 } else { (s.tolerance * baseline / latency).max(0.5) };
+            self.limit *= gradient;
+            // Little's law: what the origin served this window, at a latency within tolerance,
+            // is the concurrency it holds without queueing — no need to halve down to it one
+            // window at a time while a flood queues inside it.
+            if window.elapsed_ms > 0 {
+                let served_per_us = window.answers as f64 / (window.elapsed_ms as f64 * 1e3);
+                self.limit = self.limit.min(served_per_us * s.tolerance * baseline);
+            }
         } else if window.limited {
-            self.limit += self.limit.sqrt().max(1.0);
+            let step = if self.slow_start { self.limit } else { self.limit.sqrt().max(1.0) };
+            self.limit += step;
         }
         self.limit = self.limit.clamp(s.min as f64, s.max as f64);
         self.limit()
@@ -151,7 +166,7 @@ mod tests {
     }
 
     fn window(latency_us: u64, limited: bool) -> Window {
-        Window { answers: 50, latency_sum_us: latency_us * 50, limited }
+        Window { answers: 50, latency_sum_us: latency_us * 50, limited, elapsed_ms: 0 }
     }
 
     /// Drives the limit against the modelled origin, always saturated (overload), for `windows`.
@@ -164,8 +179,17 @@ mod tests {
     ) -> Vec<usize> {
         (0..windows)
             .map(|i| {
-                let latency = origin_latency(slots, service, l.limit());
-                l.update(from_ms + i * 100, window(latency, true))
+                let c = l.limit();
+                let latency = origin_latency(slots, service, c);
+                // What the origin answers in 100 ms: all its slots busy, or all the requests.
+                let answers = (slots.min(c) as u64 * 100_000 / service).max(1);
+                let window = Window {
+                    answers,
+                    latency_sum_us: latency * answers,
+                    limited: true,
+                    elapsed_ms: 100,
+                };
+                l.update(from_ms + i * 100, window)
             })
             .collect()
     }
@@ -179,6 +203,22 @@ mod tests {
         assert_eq!(l.baseline_us(), Some(20_000));
         // Sustained overload does not make it creep upwards.
         assert!(tail[tail.len() - 1] <= 30);
+    }
+
+    #[test]
+    fn a_cold_start_doubles_up_to_the_origin_without_flooding_it() {
+        let mut l = AdaptiveLimit::new(Settings { initial: 20, ..SETTINGS });
+        // An origin of 200 slots: the limit doubles 20 → 40 → … and stops near 2 × 200.
+        let limits = drive(&mut l, 0, 30, 200, 20_000);
+        assert_eq!(&limits[..3], [40, 80, 160]);
+        assert!(limits.iter().all(|&c| c <= 4 * 200), "{limits:?}");
+        assert!(limits[20..].iter().all(|&c| c >= 200), "{limits:?}");
+        // An origin of 10 slots, already queueing at the start (so its first latency reads
+        // high): one doubling too many, and the limit comes straight down and stays.
+        let mut small = AdaptiveLimit::new(Settings { initial: 20, ..SETTINGS });
+        let limits = drive(&mut small, 0, 30, 10, 20_000);
+        assert!(limits.iter().all(|&c| c <= 80), "{limits:?}");
+        assert!(limits[2..].iter().all(|&c| c <= 50), "{limits:?}");
     }
 
     #[test]
@@ -215,7 +255,8 @@ mod tests {
         assert_eq!(capped.limit(), 2);
         // Too few answers teach nothing.
         let mut quiet = AdaptiveLimit::new(SETTINGS);
-        quiet.update(0, Window { answers: 1, latency_sum_us: 9_000_000, limited: true });
+        let lone = Window { answers: 1, latency_sum_us: 9_000_000, limited: true, elapsed_ms: 100 };
+        quiet.update(0, lone);
         assert_eq!(quiet.limit(), 100);
     }
 

@@ -142,7 +142,7 @@ fn adapt(snapshot: &Snapshot, settings: &Settings, now: Instant, elapsed: f64) -
             granted[class] += totals.granted[class].saturating_sub(seen.granted[class]);
             waited_us[class] += totals.waited_us[class].saturating_sub(seen.waited_us[class]);
         }
-        let window = gate.window(&totals, &seen);
+        let window = gate.window(&totals, &seen, (elapsed * 1e3) as u64);
         let served: u64 = (0..3).map(|c| totals.granted[c].saturating_sub(seen.granted[c])).sum();
         if served >= MIN_SERVED {
             let rate = served as f64 / elapsed;

@@ -14,9 +14,12 @@ use http::StatusCode;
 use seawall_http::Gateway;
 use tokio::task::JoinSet;
 
+/// The origin holds every request until the test lets them go: an adaptive concurrency limit
+/// would rightly see an origin that stopped answering and hold the wave back, so it is off.
 fn gateway_config(origin: &GatedOrigin, pool: &str) -> seawall_config::Config {
     config(&format!(
-        "[upstreams.app]\nservers = [\"{}\"]\npassive = {{ consecutive_failures = 0 }}\n{pool}\n\
+        "[upstreams.app]\nservers = [\"{}\"]\npassive = {{ consecutive_failures = 0 }}\n\
+         adaptive_concurrency = false\n{pool}\n\
          [[routes]]\nname = \"all\"\nupstream = \"app\"\n",
         origin.addr
     ))

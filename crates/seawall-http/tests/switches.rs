@@ -204,3 +204,50 @@ async fn when_every_upstream_fails_the_route_serves_its_degraded_answer() {
     }
     gw.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crisis_mode_turns_routes_marked_for_it_to_their_degraded_answer() {
+    let origin = Origin::start().await;
+    let gw = start(with_token(&format!(
+        "[upstreams.app]\nservers = [\"{}\"]\n\
+         [[routes]]\nname = \"recommend\"\npath_prefix = \"/recommend\"\nupstream = \"app\"\n\
+         disable_in_crisis = true\ndegrade = {{ status = 200, body = '{{\"items\":[]}}' }}\n\
+         [[routes]]\nname = \"export\"\npath_prefix = \"/export\"\nupstream = \"app\"\ndisable_in_crisis = true\n\
+         [[routes]]\nname = \"checkout\"\nupstream = \"app\"\n",
+        origin.addr
+    )))
+    .await;
+    for engine in ENGINES {
+        // Calm, and crisis mode follows the overload level (0): everything flows.
+        let calm = request(engine, &gw, "GET", "/recommend").await;
+        assert_eq!((calm.status, calm.header("x-seawall-degraded")), (StatusCode::OK, ""));
+        let r = call(&gw, Method::PUT, "/api/v1/mode", r#"{"crisis": "on"}"#).await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(r.json()["crisis"], true);
+        assert_eq!(r.json()["crisis_mode"], "on");
+        let degraded = request(engine, &gw, "GET", "/recommend").await;
+        assert_eq!(degraded.status, StatusCode::OK, "{engine:?}");
+        assert_eq!(degraded.body, r#"{"items":[]}"#);
+        assert_eq!(degraded.header("x-seawall-degraded"), "feature_disabled");
+        let refused = request(engine, &gw, "POST", "/export").await;
+        assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE, "{engine:?}");
+        assert_eq!(refused.header("x-seawall-reason"), "feature_disabled");
+        assert!(refused.json()["detail"].as_str().unwrap().contains("crisis mode"));
+        // Routes not marked for it keep flowing.
+        assert_eq!(request(engine, &gw, "POST", "/pay").await.status, StatusCode::OK);
+        assert_eq!(metric(&gw, "seawall_crisis{mode=\"on\"}").await, 1.0);
+        let r = call(&gw, Method::PUT, "/api/v1/mode", r#"{"crisis": "auto"}"#).await;
+        assert_eq!(r.json()["crisis"], false);
+        let back = request(engine, &gw, "GET", "/recommend").await;
+        assert_eq!((back.status, back.header("x-seawall-degraded")), (StatusCode::OK, ""));
+    }
+    let state = admin(&gw, "/api/v1/state").await.json();
+    assert_eq!(state["overload"]["crisis_mode"], "auto");
+    assert_eq!(state["overload"]["level"], 0);
+    assert_eq!(state["routes"][0]["disable_in_crisis"], true);
+    for bad in [r#"{"crisis": "maybe"}"#, r#"{"crisis": true}"#, "{}"] {
+        let r = call(&gw, Method::PUT, "/api/v1/mode", bad).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}");
+    }
+    gw.shutdown().await;
+}

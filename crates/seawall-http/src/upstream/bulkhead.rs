@@ -252,12 +252,14 @@ impl Gate {
         }
     }
 
-    /// The window since `seen`, for the adaptive limit (and whether the limit held back a request).
-    pub fn window(&self, now: &Totals, seen: &Totals) -> Window {
+    /// The window of `elapsed_ms` since `seen`, for the adaptive limit (and whether the limit
+    /// held back a request).
+    pub fn window(&self, now: &Totals, seen: &Totals, elapsed_ms: u64) -> Window {
         Window {
-            answers: now.answers - seen.answers,
-            latency_sum_us: now.latency_us - seen.latency_us,
+            answers: now.answers.saturating_sub(seen.answers),
+            latency_sum_us: now.latency_us.saturating_sub(seen.latency_us),
             limited: self.measures.limited.swap(false, Relaxed),
+            elapsed_ms,
         }
     }
 

@@ -1,8 +1,11 @@
 //! Test fixtures: a real origin server, a gateway built from TOML, and small HTTP clients.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+mod capacity;
 mod engines;
 mod gated;
+#[allow(unused_imports)]
+pub use capacity::*;
 #[allow(unused_imports)]
 pub use engines::*;
 #[allow(unused_imports)]
@@ -186,9 +189,11 @@ pub fn config(body: &str) -> seawall_config::Config {
     config_with_server("", body)
 }
 
-/// Like [`config`], with extra `[server]` keys.
+/// Like [`config`], with extra `[server]` keys. The CPU does not drive overload levels unless
+/// `body` has an `[overload]` table of its own: tests running side by side keep the machine busy.
 pub fn config_with_server(server: &str, body: &str) -> seawall_config::Config {
-    let src = format!("[server]\nlisten = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\nworkers = 2\n{server}\n{body}");
+    let quiet = if body.contains("[overload]") { "" } else { "[overload]\ncpu = \"off\"\n" };
+    let src = format!("[server]\nlisten = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\nworkers = 2\n{server}\n{quiet}{body}");
     seawall_config::parse(&src, "test.toml").unwrap_or_else(|e| panic!("{e}\n{src}"))
 }
 

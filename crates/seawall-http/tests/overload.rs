@@ -1,0 +1,143 @@
+//! Overload control as a crisis meets it, through both engines: a scaled-down version of
+//! `bench/overload.sh`'s drill. An origin that serves 100 requests a second (2 slots × 20 ms)
+//! gets five times that, open-loop (requests leave on schedule whatever came back), in a mix of
+//! critical (P0), normal (P1) and sheddable (P2) routes. Seawall must keep P0 whole, give what
+//! is left to P1, and shed P2 with 503 `overloaded` — nothing else may fail.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering::SeqCst;
+use std::time::Duration;
+
+use common::*;
+use http::StatusCode;
+use seawall_http::Gateway;
+
+/// What came back for one class.
+#[derive(Debug, Default)]
+struct Tally {
+    sent: usize,
+    ok: usize,
+    /// Refusals by `x-seawall-reason` (or status when there is none).
+    refused: BTreeMap<String, usize>,
+    /// The `Retry-After` values of the refusals.
+    retry_after: Vec<u32>,
+}
+
+async fn gateway(origin: &CapacityOrigin) -> Gateway {
+    start(config(&format!(
+        "[upstreams.app]\nservers = [\"{}\"]\n\
+         [[routes]]\nname = \"checkout\"\npath_prefix = \"/p0\"\nupstream = \"app\"\npriority = \"P0\"\n\
+         [[routes]]\nname = \"browse\"\npath_prefix = \"/p1\"\nupstream = \"app\"\npriority = \"P1\"\n\
+         [[routes]]\nname = \"recommend\"\npath_prefix = \"/p2\"\nupstream = \"app\"\npriority = \"P2\"\n",
+        origin.addr
+    )))
+    .await
+}
+
+/// Sends `rates` (path, requests per second) for `seconds`, each request on schedule in a task
+/// of its own, and tallies the answers per path.
+async fn open_loop(
+    engine: Engine,
+    gw: &Gateway,
+    rates: &[(&'static str, f64)],
+    seconds: f64,
+) -> BTreeMap<&'static str, Tally> {
+    let addr = gw.listen_addr();
+    let begin = tokio::time::Instant::now();
+    let mut tasks = Vec::new();
+    let mut sent = vec![0usize; rates.len()];
+    let mut tick = tokio::time::interval(Duration::from_millis(5));
+    while begin.elapsed().as_secs_f64() < seconds {
+        tick.tick().await;
+        let due = begin.elapsed().as_secs_f64();
+        for (i, (path, rate)) in rates.iter().enumerate() {
+            while (sent[i] as f64) < due * rate {
+                sent[i] += 1;
+                let req = engine.get(path);
+                tasks.push((*path, tokio::spawn(try_ask(engine, addr, req))));
+            }
+        }
+    }
+    let mut tallies: BTreeMap<&'static str, Tally> = BTreeMap::new();
+    for (path, task) in tasks {
+        let tally = tallies.entry(path).or_default();
+        tally.sent += 1;
+        match task.await.unwrap() {
+            Ok(answer) if answer.status == StatusCode::OK => tally.ok += 1,
+            Ok(answer) => {
+                let reason = match answer.header("x-seawall-reason") {
+                    "" => answer.status.to_string(),
+                    reason => format!("{} {reason}", answer.status.as_u16()),
+                };
+                if reason == "503 overloaded" {
+                    tally.retry_after.extend(answer.header("retry-after").parse::<u32>().ok());
+                }
+                *tally.refused.entry(reason).or_default() += 1;
+            }
+            Err(e) => *tally.refused.entry(format!("no answer: {e}")).or_default() += 1,
+        }
+    }
+    tallies
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_times_capacity_keeps_p0_whole_gives_p1_the_rest_and_sheds_p2() {
+    for engine in ENGINES {
+        let origin = CapacityOrigin::start(2, Duration::from_millis(20)).await;
+        let gw = gateway(&origin).await;
+        let capacity = origin.capacity();
+        // P0 30% of capacity, P1 1.2×, P2 3.5×: five times what the origin serves.
+        let rates = [("/p0", 0.3 * capacity), ("/p1", 1.2 * capacity), ("/p2", 3.5 * capacity)];
+        let tallies = open_loop(engine, &gw, &rates, 3.0).await;
+        let (p0, p1, p2) = (&tallies["/p0"], &tallies["/p1"], &tallies["/p2"]);
+        assert_eq!(p0.ok, p0.sent, "{engine:?}: every P0 request succeeds: {tallies:?}");
+        assert!(p1.ok > 0, "{engine:?}: P1 gets the capacity P0 leaves: {tallies:?}");
+        assert!(p2.ok * 4 < p2.sent, "{engine:?}: P2 is shed: {tallies:?}");
+        // Nothing fails but by being shed or bulkheaded: no 502, 504 or lost request.
+        for (path, tally) in &tallies {
+            for reason in tally.refused.keys() {
+                let shed = reason == "503 overloaded" || reason == "503 bulkhead_full";
+                assert!(shed, "{engine:?}: {path} got {reason}: {tallies:?}");
+            }
+        }
+        let shed =
+            metric(&gw, "seawall_shed_total{route=\"recommend\",priority=\"P2\",reason=\"queue\"}")
+                .await;
+        assert!(shed > 0.0, "{engine:?}: shed P2 requests are counted");
+        // The adaptive limit came down from its calm start towards what the origin serves.
+        let limit = metric(&gw, "seawall_upstream_concurrency_limit{upstream=\"app\"}").await;
+        assert!(limit < 100.0, "{engine:?}: limit {limit}");
+        assert!(origin.served.load(SeqCst) > 0);
+        gw.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_carries_a_jittered_retry_after_and_a_degraded_route_serves_its_stand_in() {
+    let origin = CapacityOrigin::start(1, Duration::from_millis(20)).await;
+    let gw = start(config(&format!(
+        "[upstreams.app]\nservers = [\"{}\"]\n\
+         [[routes]]\nname = \"checkout\"\npath_prefix = \"/p0\"\nupstream = \"app\"\npriority = \"P0\"\n\
+         [[routes]]\nname = \"recommend\"\npath_prefix = \"/p2\"\nupstream = \"app\"\npriority = \"P2\"\n\
+         degrade = {{ status = 200, body = '{{\"items\":[]}}' }}\n\
+         [[routes]]\nname = \"feed\"\npath_prefix = \"/feed\"\nupstream = \"app\"\npriority = \"P2\"\n",
+        origin.addr
+    )))
+    .await;
+    let capacity = origin.capacity();
+    let rates = [("/p0", 0.5 * capacity), ("/feed", 4.0 * capacity), ("/p2", 4.0 * capacity)];
+    let tallies = open_loop(Engine::Http1, &gw, &rates, 2.0).await;
+    // The degraded route answers its stand-in instead of a refusal.
+    assert!(tallies["/p2"].refused.is_empty(), "{tallies:?}");
+    assert!(tallies["/feed"].refused.contains_key("503 overloaded"), "{tallies:?}");
+    // Each refusal says when to come back: 5 s by default, drawn from 2.5 to 7.5 s so that
+    // refused clients do not return in step.
+    let after = &tallies["/feed"].retry_after;
+    assert!(after.iter().all(|s| (3..=8).contains(s)), "{after:?}");
+    let distinct: std::collections::BTreeSet<_> = after.iter().collect();
+    assert!(distinct.len() >= 3, "{distinct:?}");
+    gw.shutdown().await;
+}
