@@ -191,9 +191,9 @@ backend be
     return Proc("haproxy", ["haproxy", "-f", str(conf)], port)
 
 
-def seawall(binary, port, admin_port, origin_port, name="seawall", protections=False):
+def seawall(binary, port, admin_port, origin_port, name="seawall", protections=False, adaptive=True):
     conf = TMP / f"{name}.toml"
-    extra = ""
+    extra = "" if adaptive else "adaptive_concurrency = false\n"
     limits = ""
     route_extra = ""
     if protections:
@@ -201,7 +201,7 @@ def seawall(binary, port, admin_port, origin_port, name="seawall", protections=F
         # health checks, passive ejection, a circuit breaker, retries with their budget, a
         # bulkhead, and a rate limit on the route (every wrk connection comes from 127.0.0.1: one
         # key, the busiest case for the key table). Metrics are always on.
-        extra = ('health = { path = "/", interval = "1s", unhealthy_after = 2, healthy_after = 2 }\n'
+        extra += ('health = { path = "/", interval = "1s", unhealthy_after = 2, healthy_after = 2 }\n'
                  'passive = { consecutive_failures = 5 }\n'
                  'breaker = { failure_rate = 0.5, min_requests = 20, window = "10s", open_for = "30s" }\n'
                  'retry = { attempts = 2, backoff = "25ms", budget = 0.2, on_status = [502, 503] }\n'
@@ -209,7 +209,7 @@ def seawall(binary, port, admin_port, origin_port, name="seawall", protections=F
         limits = '[rate_limits.api]\nkey = "ip"\nrate = "100000000/s"\n'
         route_extra = 'rate_limit = "api"\n'
     else:
-        extra = 'passive = { consecutive_failures = 0 }\n'
+        extra += 'passive = { consecutive_failures = 0 }\n'
     conf.write_text(f"""
 [server]
 listen = "127.0.0.1:{port}"

@@ -10,7 +10,7 @@ commit, say) measured in the same run, for before/after comparisons.
 import argparse
 import common as c
 
-ORIGIN, NGINX, HAPROXY, SEAWALL, SEAWALL_FULL, BASELINE = 18000, 18001, 18002, 18003, 18004, 18005
+ORIGIN, NGINX, HAPROXY, SEAWALL, SEAWALL_FULL, BASELINE, SEAWALL_FIXED = 18000, 18001, 18002, 18003, 18004, 18005, 18006
 DIRECT, NGINX_NAME, HAPROXY_NAME = "direct (origin, no proxy)", "nginx 2 workers", "HAProxy nbthread 2"
 
 
@@ -35,6 +35,8 @@ def main():
         (NGINX_NAME, lambda: c.nginx_proxy(NGINX, ORIGIN), NGINX),
         (HAPROXY_NAME, lambda: c.haproxy(HAPROXY, ORIGIN), HAPROXY),
         ("Seawall 2 workers, no policies", lambda: c.seawall(binary, SEAWALL, 19903, ORIGIN), SEAWALL),
+        ("Seawall 2 workers, no policies, adaptive concurrency off",
+         lambda: c.seawall(binary, SEAWALL_FIXED, 19906, ORIGIN, "seawall-fixed", adaptive=False), SEAWALL_FIXED),
         ("Seawall 2 workers, all protections", lambda: c.seawall(binary, SEAWALL_FULL, 19904, ORIGIN, "seawall-full", True), SEAWALL_FULL),
     ]
     if args.baseline:

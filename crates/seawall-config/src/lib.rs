@@ -19,6 +19,7 @@ mod validate;
 
 pub use error::{ConfigError, ConfigErrors};
 pub use model::*;
+pub use units::{parse_duration, parse_size};
 
 use std::path::Path;
 

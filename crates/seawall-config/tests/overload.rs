@@ -83,7 +83,7 @@ cpu = "gpu"
 p2_at = 0.9
 p1_at = 0.8
 p0_at = 1.5
-memory_budget = "1MiB"
+memory_budget = "64KiB"
 memory_soft = 0.9
 memory_hard = 0.5
 hysteresis = 0.9
@@ -96,7 +96,7 @@ max_wait = "0s"
         "t.toml:2:7: overload.cpu: expected \"process\", \"host\", \"max\" or \"off\", got \"gpu\"",
         "t.toml:4:9: overload.p1_at: must be at least p2_at (0.9)",
         "t.toml:5:9: overload.p0_at: expected a fraction from 0.05 to 1, got 1.5",
-        "t.toml:6:17: overload.memory_budget: must be at least 16MiB",
+        "t.toml:6:17: overload.memory_budget: must be at least 1MiB",
         "t.toml:8:15: overload.memory_hard: must be at least memory_soft (0.9)",
         "t.toml:9:14: overload.hysteresis: expected a fraction from 0 to 0.5, got 0.9",
         "t.toml:10:21: overload.latency_tolerance: expected a number from 1.1 to 10, got 1",

@@ -49,6 +49,9 @@ pub struct Window {
     pub elapsed_ms: u64,
 }
 
+/// The first baseline is measured again this soon (ms).
+const FIRST_PROBE_MS: u64 = 2_000;
+
 /// Fewer answers than this in a window teach nothing.
 const MIN_ANSWERS: u64 = 5;
 
@@ -57,7 +60,7 @@ const MIN_ANSWERS: u64 = 5;
 pub struct AdaptiveLimit {
     settings: Settings,
     limit: f64,
-    /// The no-load latency (µs) and when it was last measured.
+    /// The no-load latency (µs) and when it is due to be measured again (ms).
     baseline: Option<(f64, u64)>,
     /// While probing: the limit to go back to.
     probing: Option<f64>,
@@ -103,15 +106,15 @@ impl AdaptiveLimit {
             // Measured or not, the baseline counts as fresh: no probe again before its time.
             let kept = self.baseline.map(|(b, _)| b);
             if let Some(b) = latency.or(kept) {
-                self.baseline = Some((b, now_ms));
+                self.baseline = Some((b, now_ms + s.probe_every_ms));
             }
             self.limit = restore;
             return self.limit();
         }
         let Some(latency) = latency else { return self.limit() };
         let baseline = match self.baseline {
-            Some((b, at)) if latency >= b => {
-                if now_ms.saturating_sub(at) >= s.probe_every_ms {
+            Some((b, due)) if latency >= b => {
+                if now_ms >= due {
                     self.probing = Some(self.limit);
                     // Low enough to be under the origin's own concurrency even while the limit
                     // overshoots `tolerance ×` it, so nothing queues inside the origin.
@@ -120,9 +123,15 @@ impl AdaptiveLimit {
                 }
                 b
             }
-            _ => {
-                self.baseline = Some((latency, now_ms));
+            Some(_) => {
+                self.baseline = Some((latency, now_ms + s.probe_every_ms));
                 latency
+            }
+            // The first measure is only a baseline: nothing to compare it with yet. Taken at
+            // whatever load came first, it is probed again soon rather than at `probe_every`.
+            None => {
+                self.baseline = Some((latency, now_ms + FIRST_PROBE_MS.min(s.probe_every_ms)));
+                return self.limit();
             }
         };
         let too_slow = s.max_latency_us > 0 && latency > s.max_latency_us as f64;
@@ -208,17 +217,22 @@ mod tests {
     #[test]
     fn a_cold_start_doubles_up_to_the_origin_without_flooding_it() {
         let mut l = AdaptiveLimit::new(Settings { initial: 20, ..SETTINGS });
-        // An origin of 200 slots: the limit doubles 20 → 40 → … and stops near 2 × 200.
+        // An origin of 200 slots: a first window for the baseline, then the limit doubles
+        // 20 → 40 → … and stops near 2 × 200.
         let limits = drive(&mut l, 0, 30, 200, 20_000);
-        assert_eq!(&limits[..3], [40, 80, 160]);
+        assert_eq!(&limits[..4], [20, 40, 80, 160]);
         assert!(limits.iter().all(|&c| c <= 4 * 200), "{limits:?}");
-        assert!(limits[20..].iter().all(|&c| c >= 200), "{limits:?}");
+        // At or above the origin's slots but for one window: the early probe (2 s in).
+        assert_eq!(limits[10..].iter().filter(|&&c| c < 200).count(), 1, "{limits:?}");
         // An origin of 10 slots, already queueing at the start (so its first latency reads
-        // high): one doubling too many, and the limit comes straight down and stays.
+        // high): one doubling too many, and the limit comes straight down; the early probe
+        // (after 2 s) finds the true baseline and the limit settles at `tolerance ×` the slots.
         let mut small = AdaptiveLimit::new(Settings { initial: 20, ..SETTINGS });
-        let limits = drive(&mut small, 0, 30, 10, 20_000);
+        let limits = drive(&mut small, 0, 60, 10, 20_000);
         assert!(limits.iter().all(|&c| c <= 80), "{limits:?}");
-        assert!(limits[2..].iter().all(|&c| c <= 50), "{limits:?}");
+        assert!(limits[4..].iter().all(|&c| c <= 50), "{limits:?}");
+        assert!(limits[40..].iter().all(|&c| (10..=25).contains(&c)), "{limits:?}");
+        assert_eq!(small.baseline_us(), Some(20_000));
     }
 
     #[test]

@@ -6,9 +6,10 @@
 //!
 //! - `max_queue` waiters at most: when full, a newcomer evicts the most recent waiter of a less
 //!   important class, or is refused;
-//! - `max_ahead`: nobody waits behind more than that many others. A newcomer that would is refused
-//!   at once (a quick refusal beats a long wait ending in one), and a waiter that more important
-//!   newcomers pushed past the bound is evicted — the newest of its class first.
+//! - `max_ahead`: a newcomer that would wait behind that many others (of its class or more
+//!   important) is refused at once — a quick refusal beats a long wait ending in one. A waiter
+//!   that more important newcomers overtake keeps its place: it was promised a turn, and a late
+//!   answer beats a late refusal (its wait stays bounded by the owner's timeout).
 //!
 //! The waiter `W` is whatever wakes the caller (a channel's sending half); this type only decides
 //! who waits and who is next, and is kept behind its owner's lock.
@@ -20,13 +21,13 @@ use crate::priority::Priority;
 /// What [`WaitQueue::enqueue`] did.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Enqueued<W> {
-    /// Waiting, with this ticket (to [`WaitQueue::cancel`] on timeout); `evicted` lost their
-    /// places to make room (at most one per less important class).
+    /// Waiting, with this ticket (to [`WaitQueue::cancel`] on timeout); `evicted` lost its place
+    /// to make room.
     Waiting {
         /// The caller's place in the queue.
         ticket: u64,
-        /// Less important waiters pushed out of the queue.
-        evicted: Vec<W>,
+        /// A less important waiter pushed out of a full queue.
+        evicted: Option<W>,
     },
     /// The queue is full of waiters at least as important: refused.
     Full(W),
@@ -74,23 +75,17 @@ impl<W> WaitQueue<W> {
         if self.up_to(class) >= self.max_ahead {
             return Enqueued::Full(waiter);
         }
-        let mut evicted = Vec::new();
+        let mut evicted = None;
         if self.queued() >= self.max_queue {
             let lowest = (class + 1..3).rev().find(|&c| !self.queues[c].is_empty());
             match lowest {
-                Some(c) => evicted.extend(self.queues[c].pop_back().map(|(_, w)| w)),
+                Some(c) => evicted = self.queues[c].pop_back().map(|(_, w)| w),
                 None => return Enqueued::Full(waiter),
             }
         }
         let ticket = self.next_ticket;
         self.next_ticket += 1;
         self.queues[class].push_back((ticket, waiter));
-        // The newest waiter of each less important class now has one more ahead of it.
-        for c in class + 1..3 {
-            if !self.queues[c].is_empty() && self.up_to(c) - 1 > self.max_ahead {
-                evicted.extend(self.queues[c].pop_back().map(|(_, w)| w));
-            }
-        }
         Enqueued::Waiting { ticket, evicted }
     }
 
@@ -127,7 +122,7 @@ mod tests {
     use super::*;
     use Priority::*;
 
-    fn waiting<W>(e: Enqueued<W>) -> (u64, Vec<W>) {
+    fn waiting<W>(e: Enqueued<W>) -> (u64, Option<W>) {
         match e {
             Enqueued::Waiting { ticket, evicted } => (ticket, evicted),
             Enqueued::Full(_) => panic!("refused"),
@@ -138,7 +133,7 @@ mod tests {
     fn waiters_are_served_by_priority_then_arrival() {
         let mut q = WaitQueue::new(10);
         for (p, name) in [(P2, "p2-a"), (P1, "p1-a"), (P0, "p0-a"), (P1, "p1-b")] {
-            assert!(waiting(q.enqueue(p, name)).1.is_empty());
+            assert!(waiting(q.enqueue(p, name)).1.is_none());
         }
         let order: Vec<_> = std::iter::from_fn(|| q.pop_next()).collect();
         assert_eq!(order, ["p0-a", "p1-a", "p1-b", "p2-a"]);
@@ -150,15 +145,15 @@ mod tests {
         q.enqueue(P2, "p2-old");
         q.enqueue(P2, "p2-new");
         assert_eq!(q.enqueue(P2, "p2-late"), Enqueued::Full("p2-late"));
-        assert_eq!(waiting(q.enqueue(P0, "p0")).1, ["p2-new"]);
-        assert_eq!(waiting(q.enqueue(P1, "p1")).1, ["p2-old"]);
+        assert_eq!(waiting(q.enqueue(P0, "p0")).1, Some("p2-new"));
+        assert_eq!(waiting(q.enqueue(P1, "p1")).1, Some("p2-old"));
         assert_eq!(q.enqueue(P1, "p1-late"), Enqueued::Full("p1-late"));
         assert_eq!(q.queued(), 2);
         assert_eq!(WaitQueue::new(0).enqueue(P0, 1), Enqueued::Full(1));
     }
 
     #[test]
-    fn nobody_waits_behind_more_than_max_ahead() {
+    fn a_newcomer_with_max_ahead_before_it_is_refused_and_waiters_keep_their_places() {
         let mut q = WaitQueue::new(100);
         q.set_max_ahead(3);
         for i in 0..3 {
@@ -166,16 +161,16 @@ mod tests {
         }
         // A fourth P2 would wait behind three: refused at once.
         assert_eq!(q.enqueue(P2, 3), Enqueued::Full(3));
-        // A P1 waits behind nobody of its class; the newest P2 is then behind three, as many as
-        // allowed; the next P1 pushes it past the bound and it is evicted.
-        assert!(waiting(q.enqueue(P1, 10)).1.is_empty());
-        assert_eq!(waiting(q.enqueue(P1, 11)).1, [2]);
-        assert_eq!(waiting(q.enqueue(P0, 20)).1, [1]);
-        assert_eq!(q.queued_by_class(), [1, 2, 1]);
-        // The line may hold more than max_ahead in all, but no class waits behind more.
-        assert_eq!(waiting(q.enqueue(P0, 21)).1, [0]);
-        assert_eq!(q.enqueue(P1, 12), Enqueued::Full(12));
-        assert_eq!(q.queued_by_class(), [2, 2, 0]);
+        // More important newcomers count only their own classes; they overtake the P2s, which
+        // keep their places however far back they are pushed.
+        for i in 10..13 {
+            assert_eq!(waiting(q.enqueue(P1, i)).1, None);
+        }
+        assert_eq!(q.enqueue(P1, 13), Enqueued::Full(13));
+        assert_eq!(waiting(q.enqueue(P0, 20)).1, None);
+        assert_eq!(q.queued_by_class(), [1, 3, 3]);
+        let order: Vec<_> = std::iter::from_fn(|| q.pop_next()).collect();
+        assert_eq!(order, [20, 10, 11, 12, 0, 1, 2]);
     }
 
     #[test]

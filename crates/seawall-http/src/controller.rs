@@ -14,9 +14,9 @@ use crate::overload::{Readings, ShedCause};
 use crate::snapshot::Snapshot;
 use crate::state::Shared;
 
-/// How much of each new CPU reading goes into the smoothed value (the rest is the old value):
-/// a lone busy sample does not shed, a sustained one does within a few samples.
-const CPU_SMOOTHING: f64 = 0.4;
+/// How much of each new CPU or wait reading goes into the smoothed value (the rest is the old
+/// value): a lone busy sample does not shed, a sustained one does within a few samples.
+const SMOOTHING: f64 = 0.4;
 
 /// A gate's serving rate is learnt from windows that gave at least this many slots.
 const MIN_SERVED: u64 = 10;
@@ -26,6 +26,8 @@ pub struct Controller {
     cpu: CpuMeter,
     cgroup_memory: Option<u64>,
     smoothed_cpu: f64,
+    /// The mean waits of P0 and P1 requests for a slot, smoothed.
+    smoothed_wait: [f64; 2],
     levels: LevelControl,
     /// The settings `levels` was made with.
     made_with: (Duration, f64),
@@ -41,6 +43,7 @@ impl Controller {
             cgroup_memory: cgroup.memory_limit(),
             cpu: CpuMeter::new(cgroup),
             smoothed_cpu: 0.0,
+            smoothed_wait: [0.0; 2],
             levels: level_control(settings),
             made_with: (settings.min_dwell, settings.hysteresis),
             last_admitted: 0,
@@ -83,7 +86,7 @@ impl Controller {
                 CpuSignal::Off => None,
             };
             if let Some(v) = value {
-                self.smoothed_cpu = CPU_SMOOTHING * v + (1.0 - CPU_SMOOTHING) * self.smoothed_cpu;
+                self.smoothed_cpu = smooth(self.smoothed_cpu, v);
                 signals.push((self.smoothed_cpu, Thresholds(settings.cpu_at), ShedCause::Cpu));
             }
         }
@@ -96,7 +99,9 @@ impl Controller {
                 signals.push((share, Thresholds([soft, hard, f64::INFINITY]), ShedCause::Memory));
             }
         }
-        let waits = adapt(snapshot, settings, now, elapsed);
+        let measured = adapt(snapshot, settings, now, elapsed);
+        let waits = [0, 1].map(|c| smooth(self.smoothed_wait[c], measured[c]));
+        self.smoothed_wait = waits;
         Readings::set(&readings.wait_p0_seconds, waits[0]);
         Readings::set(&readings.wait_p1_seconds, waits[1]);
         // A class waiting half of max_wait on average sheds every less important class.
@@ -116,6 +121,10 @@ impl Controller {
         }
         overload.set_level(level, cause, self.serving_per_second);
     }
+}
+
+fn smooth(old: f64, new: f64) -> f64 {
+    SMOOTHING * new + (1.0 - SMOOTHING) * old
 }
 
 /// The level a signal asks for right now.

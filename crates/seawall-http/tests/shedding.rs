@@ -1,7 +1,8 @@
 //! Shedding driven by the machine, end to end: the gateway's own CPU past `p2_at` sheds P2 with
-//! 503 `overloaded` (reason `cpu`) while P1 and P0 flow, and when the CPU is calm again the
-//! level comes back down after its dwell time. The gateway runs in this test's process, so a
-//! thread spinning here is the gateway's CPU; alone in its binary, nothing else adds to it.
+//! 503 `overloaded` (reason `cpu`) while P1 and P0 flow, and when the CPU is calm again the level
+//! comes back down after its dwell time; memory past its hard watermark serves only P0. The
+//! gateway runs in this test's process, so a thread spinning here is the gateway's CPU; in a
+//! binary of its own, nothing else adds much to it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -62,5 +63,36 @@ async fn the_gateways_cpu_past_p2_at_sheds_p2_until_it_is_calm_again() {
     .await;
     let back = ask(Engine::Http1, gw.listen_addr(), Engine::Http1.get("/p2/feed")).await;
     assert_eq!(back.status, StatusCode::OK);
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_past_its_hard_watermark_serves_only_p0() {
+    let origin = Origin::start().await;
+    // No test process fits in 2 MiB: the memory signal is past its hard watermark at once.
+    let gw = start(config(&format!(
+        "[overload]\ncpu = \"off\"\nmemory_budget = \"2MiB\"\n\
+         [upstreams.app]\nservers = [\"{}\"]\n\
+         [[routes]]\nname = \"login\"\npath_prefix = \"/login\"\nupstream = \"app\"\npriority = \"P0\"\n\
+         [[routes]]\nname = \"browse\"\nupstream = \"app\"\n",
+        origin.addr
+    )))
+    .await;
+    eventually(Duration::from_secs(10), "overload level 2", || async {
+        metric(&gw, "seawall_overload_level").await == 2.0
+    })
+    .await;
+    assert!(metric(&gw, "seawall_overload_signal{signal=\"memory\"}").await > 1.0);
+    for engine in ENGINES {
+        let critical = ask(engine, gw.listen_addr(), engine.get("/login")).await;
+        assert_eq!(critical.status, StatusCode::OK, "{engine:?}: P0 is served");
+        let shed = ask(engine, gw.listen_addr(), engine.get("/browse")).await;
+        assert_eq!(shed.status, StatusCode::SERVICE_UNAVAILABLE, "{engine:?}");
+        assert_eq!(shed.header("x-seawall-reason"), "overloaded");
+        assert!(shed.json()["detail"].as_str().unwrap().contains("memory"), "{}", shed.body);
+    }
+    let counted =
+        metric(&gw, "seawall_shed_total{route=\"browse\",priority=\"P1\",reason=\"memory\"}").await;
+    assert_eq!(counted, 2.0);
     gw.shutdown().await;
 }

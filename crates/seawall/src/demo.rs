@@ -4,6 +4,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -12,6 +13,8 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use seawall_config::Config;
+
+use crate::capacity::Capacity;
 
 /// The example configuration, built in so that `seawall demo` works from any directory.
 pub const EXAMPLE_CONFIG: &str = include_str!("../../../examples/seawall.toml");
@@ -30,9 +33,20 @@ pub async fn start_origins(config: &Config) -> anyhow::Result<Vec<SocketAddr>> {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|e| anyhow::anyhow!("demo origin cannot listen on {addr}: {e}"))?;
-        tokio::spawn(serve(listener, addr.port()));
+        tokio::spawn(serve(listener, addr.port(), None));
     }
     Ok(addrs)
+}
+
+/// Runs one demo origin on `listen` until the process ends; with `capacity`, in capacity mode.
+pub async fn run_origin(listen: SocketAddr, capacity: Option<Capacity>) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("demo origin cannot listen on {listen}: {e}"))?;
+    let addr = listener.local_addr()?;
+    println!("demo origin on http://{addr}");
+    serve(listener, addr.port(), capacity.map(Arc::new)).await;
+    Ok(())
 }
 
 /// Prints what to try.
@@ -50,16 +64,26 @@ pub fn print_urls(listen: SocketAddr, admin: SocketAddr, origins: &[SocketAddr])
     );
 }
 
-async fn serve(listener: tokio::net::TcpListener, port: u16) {
+async fn serve(listener: tokio::net::TcpListener, port: u16, capacity: Option<Arc<Capacity>>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else { continue };
+        let capacity = capacity.clone();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| async move {
-                // `/reset` drops the connection without an answer.
-                if req.uri().path() == "/reset" {
-                    return Err(Reset);
+            let service = hyper::service::service_fn(move |req| {
+                let capacity = capacity.clone();
+                async move {
+                    // `/reset` drops the connection without an answer.
+                    if req.uri().path() == "/reset" {
+                        return Err(Reset);
+                    }
+                    if let Some(capacity) = capacity {
+                        if let Some(answer) = control(&req, &capacity) {
+                            return Ok(answer);
+                        }
+                        capacity.serve().await;
+                    }
+                    answer(req, port).await.map_err(|never| match never {})
                 }
-                answer(req, port).await.map_err(|never| match never {})
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -79,6 +103,29 @@ impl std::fmt::Display for Reset {
 }
 
 impl std::error::Error for Reset {}
+
+/// The capacity mode's own endpoints (`/_origin/...`), answered at once.
+fn control(req: &Request<Incoming>, capacity: &Capacity) -> Option<Response<Full<Bytes>>> {
+    let (status, body) = match req.uri().path() {
+        "/_origin/stats" => (StatusCode::OK, capacity.stats(query(req, "reset").is_some())),
+        "/_origin/service-time" => match query(req, "ms").and_then(|v| v.parse::<f64>().ok()) {
+            Some(ms) if ms > 0.0 && ms < 600_000.0 => {
+                capacity.set_service_time(Duration::from_secs_f64(ms / 1000.0));
+                (StatusCode::OK, capacity.stats(false))
+            }
+            _ => {
+                (StatusCode::BAD_REQUEST, "{\"error\":\"expected ?ms=N (0 < N < 600000)\"}".into())
+            }
+        },
+        _ => return None,
+    };
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert("content-type", http::HeaderValue::from_static("application/json"));
+    Some(response)
+}
 
 fn query(req: &Request<Incoming>, key: &str) -> Option<String> {
     req.uri().query()?.split('&').find_map(|kv| {

@@ -1,7 +1,8 @@
-//! The `seawall` command: `run`, `check` and `demo`. Thin by design: behaviour lives in the
+//! The `seawall` command: `run`, `check`, `demo` and `origin`. Thin by design: behaviour lives in the
 //! libraries (`seawall-config`, `seawall-http`) so tests and benches reach it without the CLI.
 
 mod alloc;
+mod capacity;
 mod demo;
 
 use std::path::{Path, PathBuf};
@@ -38,6 +39,18 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Run only the demo origin, for drills and benchmarks (no gateway).
+    Origin {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:9000")]
+        listen: std::net::SocketAddr,
+        /// Capacity mode: serve at most this many requests at once; the others wait inside.
+        #[arg(long)]
+        slots: Option<usize>,
+        /// Capacity mode: how long each request takes ("20ms").
+        #[arg(long, default_value = "20ms")]
+        service_time: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -65,6 +78,32 @@ fn main() -> ExitCode {
                 Some(c) => run(c, path, true),
                 None => ExitCode::FAILURE,
             }
+        }
+        Command::Origin { listen, slots, service_time } => origin(listen, slots, &service_time),
+    }
+}
+
+fn origin(listen: std::net::SocketAddr, slots: Option<usize>, service_time: &str) -> ExitCode {
+    let service = match seawall_config::parse_duration(service_time) {
+        Ok(d) if !d.is_zero() => d,
+        _ => {
+            eprintln!("--service-time: expected a duration like \"20ms\", got {service_time:?}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let capacity = slots.map(|n| capacity::Capacity::new(n, service));
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(demo::run_origin(listen, capacity)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -42,8 +42,8 @@ pub(super) fn overload(cx: &mut Ctx<'_>, raw: &RawOverload) -> Overload {
     );
     let memory_budget = raw.memory_budget.as_ref().map(|b| {
         let bytes = cx.size(Some(b), &key("memory_budget"), 0);
-        if bytes < 16 << 20 {
-            cx.error(b.span(), &key("memory_budget"), "must be at least 16MiB");
+        if bytes < 1 << 20 {
+            cx.error(b.span(), &key("memory_budget"), "must be at least 1MiB");
         }
         bytes
     });

@@ -78,7 +78,7 @@ fn gate_metrics(out: &mut String, groups: &[UpstreamGroup]) {
         }
     }
     let name = "seawall_bulkhead_rejected_total";
-    family(out, name, "counter", "Requests an upstream's gate refused, by why: full (max_queue; bulkhead_full), timeout (queue_timeout; bulkhead_full), evicted (pushed out by more important requests; overloaded), shed (would wait longer than overload.max_wait; overloaded).");
+    family(out, name, "counter", "Requests an upstream's gate refused, by why: full (max_queue; bulkhead_full), timeout (queue_timeout; bulkhead_full), evicted (pushed out of a full queue by a more important request; bulkhead_full), shed (would wait longer than overload.max_wait; overloaded).");
     for (upstream, gate) in &gates {
         let r = &gate.rejections;
         let whys = [

@@ -4,11 +4,11 @@
 //! the others wait in a line served by priority ([`seawall_core::bulkhead`]).
 //!
 //! - A request that finds a slot free (and nobody waiting) takes it with one atomic operation.
-//! - A request that would wait behind more others than the group serves within
-//!   `overload.max_wait` is refused at once with 503 `overloaded` (a quick refusal beats a long
-//!   wait ending in one); one pushed that far back by more important newcomers is evicted.
-//! - A full line (`max_queue`), a wait past `queue_timeout` (or the request's own deadline), or
-//!   an eviction refuses with 503 `bulkhead_full`.
+//! - A request that would wait behind more others (as important or more) than the group serves
+//!   within `overload.max_wait` is refused at once with 503 `overloaded`: a quick refusal beats
+//!   a long wait ending in one. A waiter overtaken by more important newcomers keeps its place.
+//! - A full line (`max_queue`: the newest less important waiter is evicted to make room), a wait
+//!   past `queue_timeout` (or the request's own deadline) refuses with 503 `bulkhead_full`.
 //!
 //! A slot is held until the answer's body is done, and passes straight to the next waiter.
 
@@ -182,7 +182,9 @@ impl Gate {
                 }
                 Enqueued::Waiting { ticket, evicted } => {
                     // An evicted waiter's channel closes: it hears it was pushed out.
-                    self.waiting.fetch_sub(evicted.len(), SeqCst);
+                    if evicted.is_some() {
+                        self.waiting.fetch_sub(1, SeqCst);
+                    }
                     drop(evicted);
                     Waiting { gate: Arc::clone(self), ticket, granted: rx, settled: false }
                 }

@@ -150,8 +150,8 @@ const RETRY_BUDGET_WINDOW_MS: u64 = 10_000;
 
 /// Where an adaptive limit starts: low enough not to flood an origin already at capacity before
 /// anything is known of it; it doubles every sample window in which it held requests back while
-/// the origin kept its latency (100 → 1,600 in 0.4 s).
-const ADAPTIVE_INITIAL: usize = 100;
+/// the origin kept its latency (20 → 1,280 in 0.7 s).
+const ADAPTIVE_INITIAL: usize = 20;
 
 /// A configured upstream with its runtime state.
 pub struct UpstreamGroup {
