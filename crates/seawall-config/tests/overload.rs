@@ -89,6 +89,8 @@ memory_hard = 0.5
 hysteresis = 0.9
 latency_tolerance = 1.0
 max_wait = "0s"
+sample_interval = "1ms"
+min_dwell = "2h"
 "#;
     let found: Vec<String> =
         parse(src, "t.toml").unwrap_err().0.iter().map(ToString::to_string).collect();
@@ -101,6 +103,8 @@ max_wait = "0s"
         "t.toml:9:14: overload.hysteresis: expected a fraction from 0 to 0.5, got 0.9",
         "t.toml:10:21: overload.latency_tolerance: expected a number from 1.1 to 10, got 1",
         "t.toml:11:12: overload.max_wait: must be greater than zero",
+        "t.toml:12:19: overload.sample_interval: expected from 10ms to 5s, got 1ms",
+        "t.toml:13:13: overload.min_dwell: expected from 1ms to 600s, got 7200s",
     ];
     let mut sorted = found.clone();
     sorted.sort_by_key(|e| {

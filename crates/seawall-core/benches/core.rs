@@ -135,6 +135,7 @@ fn protections(c: &mut Criterion) {
                 latency_sum_us: black_box(50 * 20_000),
                 limited: true,
                 elapsed_ms: 100,
+                inflight: 40.0,
             };
             limit.update(ms, window)
         })

@@ -14,10 +14,12 @@
 //!   sustained overload makes it creep upwards;
 //! - stays within `min..=max`.
 //!
-//! The baseline could drift in a long incident (an origin that became slower for good would look
+//! A latency under the baseline becomes the baseline only when two windows in a row show it. The
+//! baseline could drift in a long incident (an origin that became slower for good would look
 //! overloaded forever, one that recovered would keep an outdated floor). Every `probe_every` the
-//! limit drops to `limit / (2 × tolerance)` for one window — under the origin's own concurrency, so
-//! nothing queues inside it — and what the origin answers then becomes the baseline.
+//! limit drops to `limit / (2 × tolerance)` — under the origin's own concurrency, so nothing queues
+//! inside it — and, once the answers to requests sent before have drained (twice the latency),
+//! what the origin answers becomes the baseline.
 
 /// How an [`AdaptiveLimit`] behaves.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -47,6 +49,34 @@ pub struct Window {
     pub limited: bool,
     /// How long the window lasted, in ms.
     pub elapsed_ms: u64,
+    /// Requests in flight (slots held) during the window, on average.
+    pub inflight: f64,
+}
+
+impl Window {
+    /// The mean latency of its answers, when there are enough to tell.
+    pub fn mean_latency_us(&self) -> Option<f64> {
+        (self.answers >= MIN_ANSWERS).then(|| self.latency_sum_us as f64 / self.answers as f64)
+    }
+
+    /// Whether it holds enough answers to learn from.
+    pub fn is_enough(&self) -> bool {
+        self.answers >= MIN_ANSWERS
+    }
+
+    /// Extends the window by `later` (a window too thin to learn from keeps growing).
+    pub fn add(&mut self, later: Window) {
+        let (a, b) = (self.elapsed_ms as f64, later.elapsed_ms as f64);
+        self.inflight = if a + b > 0.0 {
+            (self.inflight * a + later.inflight * b) / (a + b)
+        } else {
+            later.inflight
+        };
+        self.answers += later.answers;
+        self.latency_sum_us += later.latency_sum_us;
+        self.limited |= later.limited;
+        self.elapsed_ms += later.elapsed_ms;
+    }
 }
 
 /// The first baseline is measured again this soon (ms).
@@ -62,8 +92,10 @@ pub struct AdaptiveLimit {
     limit: f64,
     /// The no-load latency (µs) and when it is due to be measured again (ms).
     baseline: Option<(f64, u64)>,
-    /// While probing: the limit to go back to.
-    probing: Option<f64>,
+    /// A probe under way.
+    probing: Option<Probe>,
+    /// A latency below the baseline, seen once: a second window below makes it the baseline.
+    lower: Option<f64>,
     /// Doubling while nothing has said the origin is full (like TCP's slow start).
     slow_start: bool,
 }
@@ -79,7 +111,14 @@ impl AdaptiveLimit {
             ..settings
         };
         let limit = settings.initial.clamp(settings.min, settings.max) as f64;
-        AdaptiveLimit { settings, limit, baseline: None, probing: None, slow_start: true }
+        AdaptiveLimit {
+            settings,
+            limit,
+            baseline: None,
+            probing: None,
+            lower: None,
+            slow_start: true,
+        }
     }
 
     /// The limit now.
@@ -97,36 +136,51 @@ impl AdaptiveLimit {
         self.probing.is_some()
     }
 
-    /// Takes the window that ended at `now_ms` and returns the new limit.
+    /// Takes the window that ended at `now_ms` and returns the new limit. A window with fewer
+    /// than 5 answers teaches nothing: its owner should keep adding to it (see [`Window::add`]).
     pub fn update(&mut self, now_ms: u64, window: Window) -> usize {
         let s = self.settings;
-        let latency = (window.answers >= MIN_ANSWERS)
-            .then(|| window.latency_sum_us as f64 / window.answers as f64);
-        if let Some(restore) = self.probing.take() {
-            // Measured or not, the baseline counts as fresh: no probe again before its time.
-            let kept = self.baseline.map(|(b, _)| b);
-            if let Some(b) = latency.or(kept) {
-                self.baseline = Some((b, now_ms + s.probe_every_ms));
+        if let Some(probe) = self.probing {
+            // Answers to requests sent before the limit came down would read as loaded: the
+            // probe measures only once they have had time to drain.
+            if now_ms < probe.measure_after_ms {
+                return self.limit();
             }
-            self.limit = restore;
+        }
+        let Some(latency) = window.mean_latency_us() else { return self.limit() };
+        if let Some(probe) = self.probing.take() {
+            self.baseline = Some((latency, now_ms + s.probe_every_ms));
+            self.lower = None;
+            self.limit = probe.restore;
             return self.limit();
         }
-        let Some(latency) = latency else { return self.limit() };
         let baseline = match self.baseline {
             Some((b, due)) if latency >= b => {
+                self.lower = None;
                 if now_ms >= due {
-                    self.probing = Some(self.limit);
                     // Low enough to be under the origin's own concurrency even while the limit
                     // overshoots `tolerance ×` it, so nothing queues inside the origin.
+                    let settle = (2.0 * latency / 1e3) as u64;
+                    self.probing =
+                        Some(Probe { restore: self.limit, measure_after_ms: now_ms + settle });
                     self.limit = (self.limit / (2.0 * s.tolerance)).max(s.min as f64);
                     return self.limit();
                 }
                 b
             }
-            Some(_) => {
-                self.baseline = Some((latency, now_ms + s.probe_every_ms));
-                latency
-            }
+            // Lower than the baseline twice in a row: the higher of the two is the new one (one
+            // odd window — a burst of cheap requests — does not move it).
+            Some((b, due)) => match self.lower.take() {
+                Some(previous) => {
+                    let lowered = previous.max(latency);
+                    self.baseline = Some((lowered, due.max(now_ms + s.probe_every_ms)));
+                    lowered
+                }
+                None => {
+                    self.lower = Some(latency);
+                    b
+                }
+            },
             // The first measure is only a baseline: nothing to compare it with yet. Taken at
             // whatever load came first, it is probed again soon rather than at `probe_every`.
             None => {
@@ -139,20 +193,31 @@ impl AdaptiveLimit {
             self.slow_start = false;
             let gradient = if too_slow { 0.8 } else { (s.tolerance * baseline / latency).max(0.5) };
             self.limit *= gradient;
-            // Little's law: what the origin served this window, at a latency within tolerance,
-            // is the concurrency it holds without queueing — no need to halve down to it one
-            // window at a time while a flood queues inside it.
-            if window.elapsed_ms > 0 {
-                let served_per_us = window.answers as f64 / (window.elapsed_ms as f64 * 1e3);
-                self.limit = self.limit.min(served_per_us * s.tolerance * baseline);
+            // Little's law: the requests in flight over the answers' latency is what the origin
+            // serves; at the good latency it holds that many × baseline without queueing. No need
+            // to halve down to it one window at a time while a flood queues inside the origin.
+            // (In flight counts held slots, a streamed body's included, so long answers are not
+            // mistaken for a flood.)
+            if window.inflight > 0.0 {
+                self.limit = self.limit.min(window.inflight * s.tolerance * baseline / latency);
             }
-        } else if window.limited {
+        } else if window.limited && window.elapsed_ms as f64 * 1e3 >= latency {
+            // Only once the window lasted an answer's time: the last change has shown its effect.
             let step = if self.slow_start { self.limit } else { self.limit.sqrt().max(1.0) };
             self.limit += step;
         }
         self.limit = self.limit.clamp(s.min as f64, s.max as f64);
         self.limit()
     }
+}
+
+/// A probe under way.
+#[derive(Debug, Clone, Copy)]
+struct Probe {
+    /// The limit to go back to.
+    restore: f64,
+    /// When the answers seen are to requests sent under the lowered limit.
+    measure_after_ms: u64,
 }
 
 #[cfg(test)]
@@ -175,7 +240,13 @@ mod tests {
     }
 
     fn window(latency_us: u64, limited: bool) -> Window {
-        Window { answers: 50, latency_sum_us: latency_us * 50, limited, elapsed_ms: 0 }
+        Window {
+            answers: 50,
+            latency_sum_us: latency_us * 50,
+            limited,
+            elapsed_ms: 100,
+            inflight: 0.0,
+        }
     }
 
     /// Drives the limit against the modelled origin, always saturated (overload), for `windows`.
@@ -197,6 +268,7 @@ mod tests {
                     latency_sum_us: latency * answers,
                     limited: true,
                     elapsed_ms: 100,
+                    inflight: c as f64,
                 };
                 l.update(from_ms + i * 100, window)
             })
@@ -243,10 +315,10 @@ mod tests {
         // The origin's service time rises 1.7× for good ("the database got slow").
         let limits = drive(&mut l, 5_000, 400, 10, 34_000);
         let tail = &limits[200..];
-        // Settled between the origin's 10 slots and `tolerance ×` them, but for the probes (one
-        // window in fifty, at a quarter of the limit).
+        // Settled between the origin's 10 slots and `tolerance ×` them, but for the probes (every
+        // 5 s, at a quarter of the limit for two windows: one to drain, one to measure).
         let probes = tail.iter().filter(|&&c| c < 10).count();
-        assert!(tail.iter().all(|&c| c <= 30) && probes <= 4, "before {before}, limits {tail:?}");
+        assert!(tail.iter().all(|&c| c <= 30) && probes <= 8, "before {before}, limits {tail:?}");
         assert!(l.baseline_us().unwrap() >= 30_000, "baseline {:?}", l.baseline_us());
     }
 
@@ -269,7 +341,13 @@ mod tests {
         assert_eq!(capped.limit(), 2);
         // Too few answers teach nothing.
         let mut quiet = AdaptiveLimit::new(SETTINGS);
-        let lone = Window { answers: 1, latency_sum_us: 9_000_000, limited: true, elapsed_ms: 100 };
+        let lone = Window {
+            answers: 1,
+            latency_sum_us: 9_000_000,
+            limited: true,
+            elapsed_ms: 100,
+            inflight: 1.0,
+        };
         quiet.update(0, lone);
         assert_eq!(quiet.limit(), 100);
     }

@@ -69,6 +69,17 @@ impl LevelControl {
         self.level
     }
 
+    /// New dwell time and hysteresis (a reload), keeping the level and its age.
+    pub fn set_settings(&mut self, dwell_ms: u64, hysteresis: f64) {
+        self.dwell_ms = dwell_ms;
+        self.hysteresis = hysteresis.clamp(0.0, 1.0);
+    }
+
+    /// Back to level 0 (overload control turned off).
+    pub fn reset(&mut self) {
+        self.level = 0;
+    }
+
     /// Takes the signals sampled at `now_ms` (each value with its thresholds) and returns the
     /// level: raised at once to the highest any signal asks for; lowered by one step after the
     /// dwell time when no signal holds it (with hysteresis).

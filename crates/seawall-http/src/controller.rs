@@ -1,12 +1,14 @@
-//! The overload controller: every `overload.sample_interval` it samples the signals (CPU, memory,
-//! the time requests waited for their upstreams), decides the level, and moves every upstream
-//! gate's adaptive limit by what the gate measured since the last sample. Runs on the control
-//! plane; the request path only reads what it stores.
+//! The overload controller: every `overload.sample_interval` it samples the gateway's signals
+//! (CPU, memory) and decides its level, and for every upstream gate the time requests waited for
+//! it (its own wait level) and its adaptive limit, from what the gate measured since the last
+//! sample. Runs on the control plane; the request path only reads what it stores.
 
+use std::cmp::Ordering;
 use std::sync::{Arc, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use seawall_config::{CpuSignal, Overload as Settings};
+use seawall_core::adaptive::Window;
 use seawall_core::overload::{LevelControl, Thresholds};
 
 use crate::overload::signals::{resident_bytes, Cgroup, CpuMeter};
@@ -21,16 +23,16 @@ const SMOOTHING: f64 = 0.4;
 /// A gate's serving rate is learnt from windows that gave at least this many slots.
 const MIN_SERVED: u64 = 10;
 
+/// A window for the adaptive limit is cut after this long even with too few answers to learn
+/// from (they are dropped: an origin this quiet gives nothing to go on).
+const MAX_WINDOW_MS: u64 = 5_000;
+
 /// The controller's memory between samples.
 pub struct Controller {
     cpu: CpuMeter,
     cgroup_memory: Option<u64>,
     smoothed_cpu: f64,
-    /// The mean waits of P0 and P1 requests for a slot, smoothed.
-    smoothed_wait: [f64; 2],
     levels: LevelControl,
-    /// The settings `levels` was made with.
-    made_with: (Duration, f64),
     last_admitted: u64,
     serving_per_second: f64,
     last: Instant,
@@ -43,9 +45,7 @@ impl Controller {
             cgroup_memory: cgroup.memory_limit(),
             cpu: CpuMeter::new(cgroup),
             smoothed_cpu: 0.0,
-            smoothed_wait: [0.0; 2],
             levels: level_control(settings),
-            made_with: (settings.min_dwell, settings.hysteresis),
             last_admitted: 0,
             serving_per_second: 0.0,
             last: Instant::now(),
@@ -56,10 +56,8 @@ impl Controller {
     pub fn sample(&mut self, snapshot: &Snapshot) {
         let settings = &snapshot.config.overload;
         let overload = &snapshot.overload;
-        if (settings.min_dwell, settings.hysteresis) != self.made_with {
-            self.levels = level_control(settings);
-            self.made_with = (settings.min_dwell, settings.hysteresis);
-        }
+        let dwell_ms = seawall_core::clock::duration_ms(settings.min_dwell);
+        self.levels.set_settings(dwell_ms, settings.hysteresis);
         let now = Instant::now();
         let elapsed = now.duration_since(self.last).as_secs_f64().max(1e-3);
         self.last = now;
@@ -99,23 +97,22 @@ impl Controller {
                 signals.push((share, Thresholds([soft, hard, f64::INFINITY]), ShedCause::Memory));
             }
         }
-        let measured = adapt(snapshot, settings, now, elapsed);
-        let waits = [0, 1].map(|c| smooth(self.smoothed_wait[c], measured[c]));
-        self.smoothed_wait = waits;
-        Readings::set(&readings.wait_p0_seconds, waits[0]);
-        Readings::set(&readings.wait_p1_seconds, waits[1]);
-        // A class waiting half of max_wait on average sheds every less important class.
-        let half = settings.max_wait.as_secs_f64() / 2.0;
-        signals.push((waits[1], Thresholds([half, f64::INFINITY, f64::INFINITY]), ShedCause::Wait));
-        signals.push((waits[0], Thresholds([half, half, f64::INFINITY]), ShedCause::Wait));
+        overload.set_upstream_level(adapt(snapshot, settings, now, elapsed));
         let now_ms = seawall_core::clock::ms_at(now);
         let pairs: Vec<(f64, Thresholds)> = signals.iter().map(|(v, t, _)| (*v, *t)).collect();
-        let level = if settings.enabled { self.levels.observe(now_ms, &pairs) } else { 0 };
-        // The cause shown is the signal asking for the most (the first of equals).
-        let cause = signals
-            .iter()
-            .max_by(|a, b| ask(a).cmp(&ask(b)).then(std::cmp::Ordering::Greater))
-            .map_or(ShedCause::Cpu, |s| s.2);
+        let level = if settings.enabled {
+            self.levels.observe(now_ms, &pairs)
+        } else {
+            self.levels.reset();
+            0
+        };
+        // The cause shown is the signal asking for the most; while only hysteresis or the dwell
+        // time holds the level, it stays what it was.
+        let strongest = signals.iter().max_by(|a, b| ask(a).cmp(&ask(b)).then(Ordering::Greater));
+        let cause = match strongest {
+            Some(s) if ask(s) > 0 => s.2,
+            _ => overload.cause(),
+        };
         if level != overload.level() {
             tracing::warn!(level, cause = cause.as_str(), "overload level changed");
         }
@@ -136,31 +133,64 @@ fn level_control(settings: &Settings) -> LevelControl {
     LevelControl::new(seawall_core::clock::duration_ms(settings.min_dwell), settings.hysteresis)
 }
 
-/// Moves each gate's adaptive limit by its last window and bounds how many may wait ahead of
-/// anyone by what it serves within `max_wait`; returns the mean time P0 and P1 requests waited
-/// for a slot, over every gate (seconds).
-fn adapt(snapshot: &Snapshot, settings: &Settings, now: Instant, elapsed: f64) -> [f64; 2] {
+/// Moves each gate's adaptive limit by what it measured, bounds how many may wait ahead of
+/// anyone by what it serves within `max_wait`, and sets its wait level: requests of a class
+/// waiting half of `max_wait` on average shed every less important class *of that upstream*
+/// (P1 waiting: P2; P0 waiting: P1 too). Returns the highest wait level.
+fn adapt(snapshot: &Snapshot, settings: &Settings, now: Instant, elapsed: f64) -> u8 {
     let now_ms = seawall_core::clock::ms_at(now);
-    let (mut granted, mut waited_us) = ([0u64; 3], [0u64; 3]);
+    let half = settings.max_wait.as_secs_f64() / 2.0;
+    let dwell_ms = seawall_core::clock::duration_ms(settings.min_dwell);
+    let mut worst = 0;
     for group in &snapshot.upstreams {
         let Some(gate) = &group.gate else { continue };
         let totals = gate.totals();
         let mut learning = gate.learning.lock().unwrap_or_else(PoisonError::into_inner);
         let seen = learning.seen;
-        for class in 0..3 {
-            granted[class] += totals.granted[class].saturating_sub(seen.granted[class]);
-            waited_us[class] += totals.waited_us[class].saturating_sub(seen.waited_us[class]);
-        }
-        let window = gate.window(&totals, &seen, (elapsed * 1e3) as u64);
-        let served: u64 = (0..3).map(|c| totals.granted[c].saturating_sub(seen.granted[c])).sum();
+        learning.seen = totals;
+        let delta = |now: &[u64; 3], was: &[u64; 3], c: usize| now[c].saturating_sub(was[c]);
+        let served: u64 = (0..3).map(|c| delta(&totals.granted, &seen.granted, c)).sum();
         if served >= MIN_SERVED {
             let rate = served as f64 / elapsed;
             let smoothed = learning.served_per_second.map_or(rate, |r| 0.7 * r + 0.3 * rate);
             learning.served_per_second = Some(smoothed);
         }
-        learning.seen = totals;
+        for class in 0..2 {
+            let left = delta(&totals.granted, &seen.granted, class)
+                + delta(&totals.gave_up, &seen.gave_up, class);
+            let waited = delta(&totals.waited_us, &seen.waited_us, class);
+            let mean = if left == 0 { 0.0 } else { waited as f64 / left as f64 / 1e6 };
+            learning.waits[class] = smooth(learning.waits[class], mean);
+        }
+        let [p0, p1] = learning.waits;
+        learning.levels.set_settings(dwell_ms, settings.hysteresis);
+        let signals = [
+            (p1, Thresholds([half, f64::INFINITY, f64::INFINITY])),
+            (p0, Thresholds([half, half, f64::INFINITY])),
+        ];
+        let level = if settings.enabled {
+            learning.levels.observe(now_ms, &signals)
+        } else {
+            learning.levels.reset();
+            0
+        };
+        if level != gate.level() {
+            let upstream = group.config.name.as_str();
+            tracing::warn!(upstream, level, "upstream wait level changed");
+        }
+        gate.set_level(level);
+        worst = worst.max(level);
+        // A window too thin to learn from keeps growing until it is not.
+        let window = gate.window(&totals, &seen, (elapsed * 1e3) as u64);
+        learning.pending.add(window);
+        let pending = learning.pending;
+        let ripe = pending.is_enough() || pending.elapsed_ms >= MAX_WINDOW_MS;
+        if ripe {
+            learning.pending = Window::default();
+        }
         let limit = match learning.adaptive.as_mut() {
-            Some(adaptive) if settings.enabled => adaptive.update(now_ms, window),
+            Some(adaptive) if settings.enabled && ripe => adaptive.update(now_ms, pending),
+            Some(adaptive) if settings.enabled => adaptive.limit(),
             _ => gate.limits.max_concurrency,
         };
         // Until the group has served enough to tell its rate, nobody is turned away for it.
@@ -172,23 +202,23 @@ fn adapt(snapshot: &Snapshot, settings: &Settings, now: Instant, elapsed: f64) -
         };
         gate.set_limit(limit, max_ahead);
     }
-    let mean = |c: usize| {
-        if granted[c] == 0 {
-            0.0
-        } else {
-            waited_us[c] as f64 / granted[c] as f64 / 1e6
-        }
-    };
-    [mean(0), mean(1)]
+    worst
 }
 
-/// Samples until the process ends (the task is dropped with the control runtime).
+/// Samples until the process ends (the task is dropped with the control runtime). A sample that
+/// panics is logged and the next one starts afresh: overload control never stops silently.
 pub async fn run(shared: Arc<Shared>) {
     let mut controller = Controller::new(&shared.snapshot.load().config.overload);
     loop {
         let interval = shared.snapshot.load().config.overload.sample_interval;
         tokio::time::sleep(interval).await;
         let snapshot = shared.snapshot.load_full();
-        controller.sample(&snapshot);
+        let sampled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            controller.sample(&snapshot);
+        }));
+        if sampled.is_err() {
+            tracing::error!("an overload sample failed; starting the controller again");
+            controller = Controller::new(&snapshot.config.overload);
+        }
     }
 }

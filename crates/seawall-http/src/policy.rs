@@ -23,6 +23,7 @@ use http::Method;
 use seawall_config::{Route, RouteAction};
 use seawall_core::priority::Priority;
 
+use crate::overload::ShedCause;
 use crate::problem::{Reason, Refusal};
 use crate::request::RequestView;
 use crate::router;
@@ -141,11 +142,25 @@ pub fn admit(snapshot: &Rc<Pinned>, request: &RequestView<'_>, account: &mut Acc
         let refusal = crate::overload::refusal(cause, priority, after);
         return Admission::Refuse(refusal.degraded(route.degrade.as_ref()));
     }
-    overload.admitted.add(1);
     let upstream = match route.read_upstream {
         Some(replicas) if reads && snapshot.upstreams[replicas].has_available(now_ms) => replicas,
         _ => upstream,
     };
+    let group = &snapshot.upstreams[upstream];
+    if let Some(gate) = group.gate.as_ref().filter(|g| crate::overload::sheds(g.level(), priority))
+    {
+        snapshot.route_metrics[index].shed(priority, ShedCause::Wait);
+        let detail = format!(
+            "requests more important than {priority} are waiting for upstream {:?}: {priority} \
+             requests to it are shed for now (level {})",
+            group.config.name,
+            gate.level()
+        );
+        let refusal = Refusal::new(Reason::Overloaded, detail);
+        let refusal = crate::overload::with_jitter(refusal, snapshot.config.overload.retry_after);
+        return Admission::Refuse(refusal.degraded(route.degrade.as_ref()));
+    }
+    overload.admitted.add(1);
     let mut permit = Permit::new(Rc::clone(snapshot), index, upstream, priority, fields);
     let asked = request.headers.first(&snapshot.config.server.deadline_header);
     permit.deadline = asked

@@ -26,6 +26,7 @@ fn temp_file(name: &str, contents: &str) -> PathBuf {
 fn file_config(token: &str, servers: &str, extra_route: &str) -> String {
     format!(
         "[server]\nlisten = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\nworkers = 2\n{token}\n\
+         [overload]\ncpu = \"off\"\n\
          [upstreams.app]\nservers = [{servers}]\nhealth = {{ path = \"/healthz\", interval = \"50ms\", timeout = \"50ms\", unhealthy_after = 1, healthy_after = 1 }}\n\
          {extra_route}\n[[routes]]\nname = \"all\"\nupstream = \"app\"\n"
     )

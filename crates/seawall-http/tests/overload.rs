@@ -141,3 +141,33 @@ async fn a_refusal_carries_a_jittered_retry_after_and_a_degraded_route_serves_it
     assert!(distinct.len() >= 3, "{distinct:?}");
     gw.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_upstream_sheds_its_own_traffic_not_that_of_an_upstream_that_keeps_up() {
+    let slow = CapacityOrigin::start(1, Duration::from_millis(20)).await;
+    let fast = Origin::start().await;
+    let gw = start(config(&format!(
+        "[upstreams.slow]\nservers = [\"{}\"]\n[upstreams.fast]\nservers = [\"{}\"]\n\
+         [[routes]]\nname = \"slow-p1\"\npath_prefix = \"/slow/p1\"\nupstream = \"slow\"\npriority = \"P1\"\n\
+         [[routes]]\nname = \"slow-p2\"\npath_prefix = \"/slow/p2\"\nupstream = \"slow\"\npriority = \"P2\"\n\
+         [[routes]]\nname = \"fast-p2\"\npath_prefix = \"/fast/p2\"\nupstream = \"fast\"\npriority = \"P2\"\n",
+        slow.addr, fast.addr
+    )))
+    .await;
+    let capacity = slow.capacity();
+    let rates = [("/slow/p1", 4.0 * capacity), ("/slow/p2", 2.0 * capacity), ("/fast/p2", 50.0)];
+    let tallies = open_loop(Engine::Http1, &gw, &rates, 2.5).await;
+    let fast_p2 = &tallies["/fast/p2"];
+    assert_eq!(
+        fast_p2.ok, fast_p2.sent,
+        "P2 to an upstream that keeps up is not shed: {tallies:?}"
+    );
+    let slow_p2 = &tallies["/slow/p2"];
+    assert!(slow_p2.ok * 2 < slow_p2.sent, "the slow upstream's P2 is shed: {tallies:?}");
+    let shed_for_waiting =
+        metric(&gw, "seawall_shed_total{route=\"slow-p2\",priority=\"P2\",reason=\"wait\"}").await;
+    assert!(shed_for_waiting > 0.0, "its P1 waiting sheds its P2 at admission: {tallies:?}");
+    assert_eq!(metric(&gw, "seawall_upstream_overload_level{upstream=\"fast\"}").await, 0.0);
+    assert_eq!(metric(&gw, "seawall_overload_level").await, 0.0, "the gateway itself is calm");
+    gw.shutdown().await;
+}

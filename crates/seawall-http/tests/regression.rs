@@ -1919,6 +1919,7 @@ async fn state_shows_the_running_listen_and_workers_after_a_reload() {
     let file = |listen: &str, workers: usize| {
         format!(
             "[server]\nlisten = \"{listen}\"\nadmin = \"127.0.0.1:0\"\nworkers = {workers}\n\
+             [overload]\ncpu = \"off\"\n\
              [upstreams.app]\nservers = [\"{}\"]\n[[routes]]\nname = \"all\"\nupstream = \"app\"\n",
             origin.addr
         )
@@ -1957,6 +1958,7 @@ async fn the_bearer_scheme_is_case_insensitive() {
         &path,
         format!(
             "[server]\nlisten = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\nworkers = 1\nadmin_token = \"s3cret\"\n\
+             [overload]\ncpu = \"off\"\n\
              [upstreams.app]\nservers = [\"{}\"]\n[[routes]]\nupstream = \"app\"\n",
             origin.addr
         ),

@@ -33,15 +33,16 @@ impl Capacity {
         }
     }
 
-    /// Serves one request: waits for a slot, holds it for the service time.
+    /// Serves one request: waits for a slot, holds it for the service time. A request whose
+    /// client leaves meanwhile stops counting as inside (and is not counted as served).
     pub async fn serve(&self) {
         let now = self.inside.fetch_add(1, Relaxed) + 1;
         self.peak.fetch_max(now, Relaxed);
+        let _inside = Inside(&self.inside);
         if let Ok(_slot) = self.workers.acquire().await {
             let us = self.service_us.load(Relaxed);
             tokio::time::sleep(Duration::from_micros(us)).await;
         }
-        self.inside.fetch_sub(1, Relaxed);
         self.served.fetch_add(1, Relaxed);
     }
 
@@ -67,5 +68,14 @@ impl Capacity {
             "peak_inside": peak,
         })
         .to_string()
+    }
+}
+
+/// Counts a request out of the origin however its future ends.
+struct Inside<'a>(&'a AtomicUsize);
+
+impl Drop for Inside<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
     }
 }

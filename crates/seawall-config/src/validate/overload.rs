@@ -1,11 +1,13 @@
 //! `[overload]`: the signals the overload controller samples, the levels they drive and how
 //! adaptive concurrency learns each upstream's latency.
 
+use std::time::Duration;
+
 use toml::Spanned;
 
 use super::{defaults, Ctx};
 use crate::model::{CpuSignal, Overload};
-use crate::raw::RawOverload;
+use crate::raw::{RawOverload, Text};
 
 /// `[overload]`, or its defaults.
 pub(super) fn overload(cx: &mut Ctx<'_>, raw: &RawOverload) -> Overload {
@@ -59,33 +61,67 @@ pub(super) fn overload(cx: &mut Ctx<'_>, raw: &RawOverload) -> Overload {
     };
     Overload {
         enabled: raw.enabled.unwrap_or(true),
-        sample_interval: cx.duration(
+        sample_interval: bounded(
+            cx,
             raw.sample_interval.as_ref(),
-            &key("sample_interval"),
+            "sample_interval",
             defaults::OVERLOAD_SAMPLE_INTERVAL,
+            (Duration::from_millis(10), Duration::from_secs(5)),
         ),
         cpu,
         cpu_at,
         memory_budget,
         memory_at: [soft, hard],
-        max_wait: cx.duration(raw.max_wait.as_ref(), &key("max_wait"), defaults::OVERLOAD_MAX_WAIT),
-        hysteresis,
-        min_dwell: cx.duration(
-            raw.min_dwell.as_ref(),
-            &key("min_dwell"),
-            defaults::OVERLOAD_MIN_DWELL,
+        max_wait: bounded(
+            cx,
+            raw.max_wait.as_ref(),
+            "max_wait",
+            defaults::OVERLOAD_MAX_WAIT,
+            (Duration::from_millis(1), Duration::from_secs(10)),
         ),
-        retry_after: cx.duration(
+        hysteresis,
+        min_dwell: bounded(
+            cx,
+            raw.min_dwell.as_ref(),
+            "min_dwell",
+            defaults::OVERLOAD_MIN_DWELL,
+            (Duration::from_millis(1), Duration::from_secs(600)),
+        ),
+        retry_after: bounded(
+            cx,
             raw.retry_after.as_ref(),
-            &key("retry_after"),
+            "retry_after",
             defaults::OVERLOAD_RETRY_AFTER,
+            (Duration::from_secs(1), Duration::from_secs(3600)),
         ),
         latency_tolerance: tolerance,
-        probe_every: cx.duration(
+        probe_every: bounded(
+            cx,
             raw.probe_every.as_ref(),
-            &key("probe_every"),
+            "probe_every",
             defaults::OVERLOAD_PROBE_EVERY,
+            (Duration::from_secs(1), Duration::from_secs(3600)),
         ),
+    }
+}
+
+/// A duration at `overload.{name}` within `min..=max` (a sampler running at 1 kHz, a level held
+/// for hours by a typo, are refused).
+fn bounded(
+    cx: &mut Ctx<'_>,
+    raw: Option<&Text>,
+    name: &str,
+    default: &str,
+    (min, max): (Duration, Duration),
+) -> Duration {
+    let key = format!("overload.{name}");
+    let value = cx.duration(raw, &key, default);
+    match raw {
+        Some(r) if value < min || value > max => {
+            cx.error(r.span(), &key, format!("expected from {min:?} to {max:?}, got {value:?}"));
+            crate::units::parse_duration(default).unwrap_or(min)
+        }
+        _ => value,
     }
 }
 

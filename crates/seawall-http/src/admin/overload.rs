@@ -22,15 +22,11 @@ pub fn metrics(out: &mut String, snapshot: &Snapshot) {
     );
     let _ = writeln!(out, "{name} {}", overload.level());
     let name = "seawall_overload_signal";
-    family(out, name, "gauge", "The signals overload control samples: CPU shares (0-1; cpu_host is the cgroup's use of its quota under one), memory (RSS over the budget, 0-1), mean time P0 and P1 requests waited for an upstream slot (seconds).");
+    family(out, name, "gauge", "The signals the overload level is decided from: CPU shares (0-1; cpu_host is the cgroup's use of its quota under one) and memory (RSS over the budget).");
     let r = &overload.readings;
-    for (signal, cell) in [
-        ("cpu_process", &r.cpu_process),
-        ("cpu_host", &r.cpu_host),
-        ("memory", &r.memory),
-        ("wait_p0_seconds", &r.wait_p0_seconds),
-        ("wait_p1_seconds", &r.wait_p1_seconds),
-    ] {
+    for (signal, cell) in
+        [("cpu_process", &r.cpu_process), ("cpu_host", &r.cpu_host), ("memory", &r.memory)]
+    {
         let _ = writeln!(out, "{name}{{signal=\"{signal}\"}} {}", Readings::get(cell));
     }
     let name = "seawall_resident_memory_bytes";
@@ -63,6 +59,25 @@ fn gate_metrics(out: &mut String, groups: &[UpstreamGroup]) {
     family(out, name, "gauge", "Requests waiting for a slot of an upstream's gate now.");
     for (upstream, gate) in &gates {
         let _ = writeln!(out, "{name}{{upstream=\"{upstream}\"}} {}", gate.load().1);
+    }
+    let name = "seawall_upstream_overload_level";
+    family(out, name, "gauge", "An upstream's wait level: 1 sheds its P2 (its P1 requests wait half of overload.max_wait on average), 2 its P1 too (its P0 requests do).");
+    for (upstream, gate) in &gates {
+        let _ = writeln!(out, "{name}{{upstream=\"{upstream}\"}} {}", gate.level());
+    }
+    let name = "seawall_upstream_wait_seconds";
+    family(
+        out,
+        name,
+        "gauge",
+        "Mean time requests waited for a slot of an upstream's gate (smoothed), by priority.",
+    );
+    for (upstream, gate) in &gates {
+        let waits = gate.learning.lock().unwrap_or_else(std::sync::PoisonError::into_inner).waits;
+        for (priority, wait) in ["P0", "P1"].iter().zip(waits) {
+            let _ =
+                writeln!(out, "{name}{{upstream=\"{upstream}\",priority=\"{priority}\"}} {wait}");
+        }
     }
     let name = "seawall_upstream_latency_baseline_seconds";
     family(
@@ -107,9 +122,8 @@ pub fn state(snapshot: &Snapshot) -> Value {
             "cpu_host": Readings::get(&r.cpu_host),
             "memory": Readings::get(&r.memory),
             "resident_bytes": Readings::get(&r.resident_bytes),
-            "wait_p0_seconds": Readings::get(&r.wait_p0_seconds),
-            "wait_p1_seconds": Readings::get(&r.wait_p1_seconds),
         },
+        "upstream_level": overload.upstream_level(),
     })
 }
 
@@ -117,5 +131,14 @@ pub fn state(snapshot: &Snapshot) -> Value {
 pub fn gate_state(group: &UpstreamGroup) -> Value {
     let Some(gate) = &group.gate else { return Value::Null };
     let (inflight, queued) = gate.load();
-    json!({"limit": gate.limit(), "adaptive": gate.adaptive.is_some(), "inflight": inflight, "queued": queued})
+    let waits = gate.learning.lock().unwrap_or_else(std::sync::PoisonError::into_inner).waits;
+    json!({
+        "limit": gate.limit(),
+        "adaptive": gate.adaptive.is_some(),
+        "inflight": inflight,
+        "queued": queued,
+        "level": gate.level(),
+        "wait_p0_seconds": waits[0],
+        "wait_p1_seconds": waits[1],
+    })
 }

@@ -1,16 +1,21 @@
 //! Overload control on the request path: the level the controller ([`crate::controller`]) last decided,
 //! read with one atomic load per request, and what it sheds.
 //!
-//! | level | sheds | typical cause |
+//! | level | sheds | when |
 //! |---|---|---|
 //! | 0 | nothing | calm |
-//! | 1 | P2 | CPU past `p2_at`, memory past `memory_soft`, P1 requests waiting |
-//! | 2 | P1 and P2 | CPU past `p1_at`, memory past `memory_hard`, P0 requests waiting |
+//! | 1 | P2 | CPU past `p2_at`, memory past `memory_soft` |
+//! | 2 | P1 and P2 | CPU past `p1_at`, memory past `memory_hard` |
 //! | 3 | P1, P2, and P0 beyond the rate the gateway served before level 3 | CPU past `p0_at` |
+//!
+//! Each upstream has a wait level of its own ([`sheds`]): its P1 requests waiting for a slot
+//! shed its P2, its P0 requests waiting shed its P1 — a slow upstream sheds its own traffic, not
+//! the traffic of upstreams that keep up.
 //!
 //! A shed request gets 503 `overloaded` with a jittered `Retry-After` (so refused clients do not
 //! come back in step), or its route's degraded answer. Crisis mode ([`Crisis`]) is on from level 1
-//! (or by hand): routes with `disable_in_crisis` answer their degraded answer.
+//! or at any upstream's wait level 1 (or by hand): routes with `disable_in_crisis` answer their
+//! degraded answer.
 
 pub mod signals;
 
@@ -55,8 +60,6 @@ pub struct Readings {
     pub cpu_host: AtomicU64,
     pub memory: AtomicU64,
     pub resident_bytes: AtomicU64,
-    pub wait_p0_seconds: AtomicU64,
-    pub wait_p1_seconds: AtomicU64,
 }
 
 impl Readings {
@@ -74,6 +77,8 @@ impl Readings {
 pub struct Overload {
     level: AtomicU8,
     cause: AtomicU8,
+    /// The highest wait level of any upstream (see [`sheds`]).
+    upstream_level: AtomicU8,
     crisis: AtomicU8,
     /// Level 3: P0 requests pass at most one per `p0_interval_ns` (with a burst of
     /// `p0_tolerance_ns`); `p0_tat` is the GCRA state.
@@ -90,6 +95,7 @@ impl Overload {
         Overload {
             level: AtomicU8::new(0),
             cause: AtomicU8::new(0),
+            upstream_level: AtomicU8::new(0),
             crisis: AtomicU8::new(0),
             p0_tat: AtomicU64::new(0),
             p0_interval_ns: AtomicU64::new(0),
@@ -122,6 +128,16 @@ impl Overload {
             self.p0_tolerance_ns.store((rate / 10.0).floor() as u64 * interval, Relaxed);
             self.p0_tat.store(0, Relaxed);
         }
+    }
+
+    /// Sets the highest wait level of any upstream (by the controller).
+    pub fn set_upstream_level(&self, level: u8) {
+        self.upstream_level.store(level, Relaxed);
+    }
+
+    /// The highest wait level of any upstream.
+    pub fn upstream_level(&self) -> u8 {
+        self.upstream_level.load(Relaxed)
     }
 
     /// Why a request of `priority` is shed now, if it is.
@@ -173,10 +189,21 @@ impl Overload {
     #[inline]
     pub fn in_crisis(&self) -> bool {
         match self.crisis_mode() {
-            Crisis::Auto => self.level() >= 1,
+            Crisis::Auto => self.level() >= 1 || self.upstream_level() >= 1,
             Crisis::On => true,
             Crisis::Off => false,
         }
+    }
+}
+
+/// Whether an upstream's wait level sheds `priority`: level 1 sheds P2, level 2 P1 too (P0 is
+/// never shed for waiting: its own line is bounded by `max_wait` at the gate).
+#[inline]
+pub fn sheds(level: u8, priority: Priority) -> bool {
+    match priority {
+        Priority::P2 => level >= 1,
+        Priority::P1 => level >= 2,
+        Priority::P0 => false,
     }
 }
 
@@ -191,7 +218,7 @@ pub fn refusal(cause: ShedCause, priority: Priority, retry_after: Duration) -> R
         }
         ShedCause::Cpu => "the gateway's CPU is overloaded",
         ShedCause::Memory => "the gateway is short of memory",
-        ShedCause::Wait => "requests are waiting too long for their upstreams",
+        ShedCause::Wait => "requests are waiting too long for their upstream",
     };
     let detail = format!("{detail}: {priority} requests are shed for now");
     with_jitter(Refusal::new(Reason::Overloaded, detail), retry_after)

@@ -32,17 +32,20 @@ impl Cgroup {
                 continue;
             };
             let path = path.trim_start_matches('/');
+            // The path is the cgroup's in the host's view; inside a container with a cgroup
+            // namespace of its own (or one whose hierarchy is mounted at its own cgroup), the
+            // mount's root already is the container's cgroup.
             if controllers.is_empty() {
                 let root = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
                     .into_iter()
-                    .map(|r| PathBuf::from(r).join(path))
+                    .flat_map(|r| [PathBuf::from(r).join(path), PathBuf::from(r)])
                     .find(|d| d.join("cgroup.controllers").exists());
                 found.unified = root;
             }
             for controller in controllers.split(',') {
                 let dir = |name: &str| {
-                    Some(PathBuf::from("/sys/fs/cgroup").join(name).join(path))
-                        .filter(|d| d.exists())
+                    let mount = PathBuf::from("/sys/fs/cgroup").join(name);
+                    [mount.join(path), mount].into_iter().find(|d| d.exists())
                 };
                 match controller {
                     "cpu" | "cpuacct" if found.cpu_v1.is_none() => {
@@ -133,7 +136,8 @@ impl CpuMeter {
     pub fn new(cgroup: Cgroup) -> CpuMeter {
         let quota = cgroup.cpu_quota();
         let parallel = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
-        let cpus = quota.map_or(parallel, |q| q.min(parallel)).max(0.01);
+        // A quota of 2.5 CPUs is 2.5 (available_parallelism would round it down to 2).
+        let cpus = quota.unwrap_or(parallel).max(0.01);
         CpuMeter { cgroup, cpus, quota, last: None }
     }
 

@@ -267,14 +267,10 @@ async fn through_breaker<D: Downstream>(
     }
     let sent = slot.as_ref().map(|_| Instant::now());
     let mut forwarded = forward_to_server(f, avoid, down, timer).await;
-    if let (Some(slot), Some(sent)) = (&slot, sent) {
-        // What the adaptive limit learns from: the time to an answer, or to giving up on one.
-        let answered = match &forwarded {
-            Forwarded::Response(_) => true,
-            Forwarded::Refused(refusal, _) => refusal.reason == Reason::UpstreamTimeout,
-            Forwarded::Client(..) => false,
-        };
-        if answered {
+    if let (Some(slot), Some(sent), Forwarded::Response(response)) = (&slot, sent, &forwarded) {
+        // What the adaptive limit learns from: the time to a real answer. A quick 5xx (the
+        // origin's own shedding) is not its latency, and a timeout says only "slower than that".
+        if response.head.status < 500 {
             slot.gate().record_answer(sent.elapsed());
         }
     }

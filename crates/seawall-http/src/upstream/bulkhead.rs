@@ -12,13 +12,14 @@
 //!
 //! A slot is held until the answer's body is done, and passes straight to the next waiter.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::*};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering::*};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use seawall_config::Bulkhead as Limits;
 use seawall_core::adaptive::{AdaptiveLimit, Settings, Window};
 use seawall_core::bulkhead::{Enqueued, WaitQueue};
+use seawall_core::overload::LevelControl;
 use seawall_core::priority::Priority;
 use tokio::sync::oneshot;
 
@@ -34,10 +35,11 @@ pub struct Rejections {
     pub shed: Counter,
 }
 
-/// What the gate measured, for the overload controller: slots given and the time waited for
-/// them, per priority class; answers and their latency.
+/// What the gate measured, for the overload controller: slots given, waits given up (timed out)
+/// and the time waited by both, per priority class; answers and their latency.
 pub struct Measures {
     pub granted: [Counter; 3],
+    pub gave_up: [Counter; 3],
     pub waited_us: [Counter; 3],
     pub answers: Counter,
     pub latency_us: Counter,
@@ -45,18 +47,26 @@ pub struct Measures {
     pub limited: AtomicBool,
 }
 
-/// The totals of [`Measures`] the controller saw last, and the limit it is learning.
+/// What the overload controller keeps of the gate between samples.
 pub struct Learning {
     pub adaptive: Option<AdaptiveLimit>,
+    /// The window the adaptive limit has not learnt from yet (too few answers so far).
+    pub pending: Window,
+    /// The totals of [`Measures`] at the last sample.
     pub seen: Totals,
     /// Slots given per second, smoothed over the windows that gave enough to tell.
     pub served_per_second: Option<f64>,
+    /// Mean time P0 and P1 requests waited for a slot (s), smoothed.
+    pub waits: [f64; 2],
+    /// The gate's wait level.
+    pub levels: LevelControl,
 }
 
 /// A reading of [`Measures`].
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Totals {
     pub granted: [u64; 3],
+    pub gave_up: [u64; 3],
     pub waited_us: [u64; 3],
     pub answers: u64,
     pub latency_us: u64,
@@ -72,6 +82,8 @@ pub struct Gate {
     limit: AtomicUsize,
     /// Requests in the queue, or about to look at the slots a last time before joining it.
     waiting: AtomicUsize,
+    /// The wait level (see [`crate::overload::sheds`]), set by the controller.
+    level: AtomicU8,
     queue: Mutex<WaitQueue<oneshot::Sender<()>>>,
     pub rejections: Arc<Rejections>,
     pub measures: Measures,
@@ -115,9 +127,11 @@ impl Gate {
             in_use: AtomicUsize::new(0),
             limit: AtomicUsize::new(limit.max(1)),
             waiting: AtomicUsize::new(0),
+            level: AtomicU8::new(0),
             rejections,
             measures: Measures {
                 granted: counters(),
+                gave_up: counters(),
                 waited_us: counters(),
                 answers: Counter::new(shards),
                 latency_us: Counter::new(shards),
@@ -125,8 +139,12 @@ impl Gate {
             },
             learning: Mutex::new(Learning {
                 adaptive: learner,
+                pending: Window::default(),
                 seen: Totals::default(),
                 served_per_second: None,
+                waits: [0.0; 2],
+                // The controller gives it the configured dwell and hysteresis at each sample.
+                levels: LevelControl::new(0, 0.0),
             }),
         })
     }
@@ -199,6 +217,9 @@ impl Gate {
                 if self.cancel(waiting.ticket) {
                     waiting.settled = true;
                     self.rejections.timeout.add(1);
+                    let waited = u64::try_from(since.elapsed().as_micros()).unwrap_or(u64::MAX);
+                    self.measures.gave_up[class].add(1);
+                    self.measures.waited_us[class].add(waited);
                     let waited = self.limits.queue_timeout;
                     return Err(self.refusal(&format!("no slot was free within {waited:?}")));
                 }
@@ -248,21 +269,34 @@ impl Gate {
         let m = &self.measures;
         Totals {
             granted: [0, 1, 2].map(|c| m.granted[c].get()),
+            gave_up: [0, 1, 2].map(|c| m.gave_up[c].get()),
             waited_us: [0, 1, 2].map(|c| m.waited_us[c].get()),
             answers: m.answers.get(),
             latency_us: m.latency_us.get(),
         }
     }
 
-    /// The window of `elapsed_ms` since `seen`, for the adaptive limit (and whether the limit
-    /// held back a request).
+    /// The window of `elapsed_ms` since `seen`, for the adaptive limit (whether the limit held
+    /// back a request, and the slots held now).
     pub fn window(&self, now: &Totals, seen: &Totals, elapsed_ms: u64) -> Window {
         Window {
             answers: now.answers.saturating_sub(seen.answers),
             latency_sum_us: now.latency_us.saturating_sub(seen.latency_us),
             limited: self.measures.limited.swap(false, Relaxed),
             elapsed_ms,
+            inflight: self.in_use.load(Relaxed) as f64,
         }
+    }
+
+    /// The wait level now.
+    #[inline]
+    pub fn level(&self) -> u8 {
+        self.level.load(Relaxed)
+    }
+
+    /// Sets the wait level (by the controller).
+    pub fn set_level(&self, level: u8) {
+        self.level.store(level, Relaxed);
     }
 
     /// Gives free slots to waiters, most important first.
