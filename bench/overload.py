@@ -178,6 +178,14 @@ def drill(loadgen, name, plan_json, pids):
     return report
 
 
+def free_or_fail(port):
+    """A process left over from an earlier run would answer in place of the one started now."""
+    import socket
+    with socket.socket() as s:
+        if s.connect_ex(("127.0.0.1", port)) == 0:
+            raise RuntimeError(f"port {port} is already taken (a process left from an earlier run?)")
+
+
 def origin_phase(phase):
     """(served, peak inside, capacity per second) of the origin in one phase."""
     start = phase["before"][1]["answer"]
@@ -200,6 +208,7 @@ def main():
     service_ms = SLOTS * 1000 / args.capacity
 
     reports = {}
+    free_or_fail(PLAIN)
     plain = plain_nginx()
     try:
         reports["plain"] = drill(loadgen, "plain", plan(PLAIN, args.seconds, args.capacity, service_ms), [])
@@ -209,15 +218,19 @@ def main():
               "haproxy": haproxy}
     ports = {"seawall": SEAWALL, "nginx": NGINX, "haproxy": HAPROXY}
     for name in args.only.split(","):
+        for port in (ORIGIN, ports[name]):
+            free_or_fail(port)
         org = origin(binary, service_ms)
-        proxy = starts[name]()
+        proxy = None
         try:
+            proxy = starts[name]()
             time.sleep(0.5)
             reports[name] = drill(loadgen, name, plan(ports[name], args.seconds, args.capacity, service_ms),
                                   proxy.pids())
             print(f"{name}: done")
         finally:
-            proxy.stop()
+            if proxy:
+                proxy.stop()
             org.stop()
             time.sleep(0.5)
     write(args, reports, service_ms)

@@ -61,6 +61,9 @@ def main():
             opened = max(0, accepts1 - accepts0 - 1) if proc else None
             run["opened_per_1000"] = opened * 1000 / run["requests"] if proc else None
             run["peak_rss_mib"] = c.rss_kib(pids, "VmHWM") / 1024 if proc else None
+            if run["non2xx"]:
+                print(f"WARNING: {name} answered {run['non2xx']} requests with a non-2xx status: "
+                      "its row measures refusals, not proxying")
             run.pop("raw")
             return run
         return measure
@@ -117,6 +120,11 @@ def main():
                 f"{p99:.2f} | {p99 / best_p99:.2f}× | {med(runs, 'opened_per_1000'):.2f} | "
                 f"{med(runs, 'origin_cpu_us'):.1f} | {sum(r['non2xx'] for r in runs)} |")
 
+    refused = sorted({name for n in sweep for name, runs in results[n].items()
+                      if any(r["non2xx"] for r in runs)})
+    if refused:
+        lines += ["", f"**Not a valid comparison: non-2xx answers from {', '.join(refused)}** "
+                      "(their rows measure refusals, not proxying)."]
     lines += ["", "Per-round CPU µs/req:", ""]
     for n in sweep:
         lines.append(f"- {n:,}: " + "; ".join(

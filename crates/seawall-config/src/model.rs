@@ -325,8 +325,10 @@ pub struct Overload {
     pub min_dwell: Duration,
     /// The `Retry-After` of a shed request (answered with jitter: from half to one and a half).
     pub retry_after: Duration,
-    /// Adaptive concurrency: how many times its no-load latency an upstream may take.
+    /// Adaptive concurrency: how many times its no-load latency an upstream may take...
     pub latency_tolerance: f64,
+    /// ... plus this much.
+    pub latency_slack: Duration,
     /// Adaptive concurrency: how often the no-load latency is measured again.
     pub probe_every: Duration,
 }

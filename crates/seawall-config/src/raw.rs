@@ -50,6 +50,7 @@ pub struct RawOverload {
     pub min_dwell: Option<Text>,
     pub retry_after: Option<Text>,
     pub latency_tolerance: Option<Spanned<f64>>,
+    pub latency_slack: Option<Text>,
     pub probe_every: Option<Text>,
 }
 

@@ -20,6 +20,7 @@ min_dwell = "5s"
 hysteresis = 0.2
 retry_after = "10s"
 latency_tolerance = 1.5
+latency_slack = "2ms"
 probe_every = "1m"
 
 [upstreams.app]
@@ -50,6 +51,7 @@ fn the_documented_contract_is_read_as_written() {
     assert_eq!(o.hysteresis, 0.2);
     assert_eq!(o.retry_after, Duration::from_secs(10));
     assert_eq!(o.latency_tolerance, 1.5);
+    assert_eq!(o.latency_slack, Duration::from_millis(2));
     assert_eq!(o.probe_every, Duration::from_secs(60));
     let app = &c.upstreams[0];
     assert!(app.adaptive);
@@ -66,13 +68,14 @@ fn without_a_table_overload_control_runs_on_its_defaults() {
     let c = parse("[upstreams.app]\nservers = [\"127.0.0.1:9000\"]\n", "t.toml").unwrap();
     let o = &c.overload;
     assert!(o.enabled);
-    assert_eq!(o.cpu, CpuSignal::Max);
+    assert_eq!(o.cpu, CpuSignal::Process);
     assert_eq!(o.cpu_at, [0.80, 0.90, 0.95]);
     assert_eq!(o.memory_budget, None);
     assert_eq!(o.sample_interval, Duration::from_millis(100));
     assert_eq!(o.max_wait, Duration::from_millis(100));
     assert_eq!(o.min_dwell, Duration::from_secs(2));
     assert_eq!(o.retry_after, Duration::from_secs(5));
+    assert_eq!(o.latency_slack, Duration::from_millis(5));
     assert!(c.upstreams[0].adaptive);
 }
 

@@ -124,6 +124,7 @@ fn protections(c: &mut Criterion) {
         max: 1_000,
         initial: 100,
         tolerance: 2.0,
+        slack_us: 5_000,
         max_latency_us: 0,
         probe_every_ms: 30_000,
     });

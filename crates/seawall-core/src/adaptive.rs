@@ -5,8 +5,8 @@
 //! answer, and whether the limit held requests back). Against a *baseline* — the lowest mean
 //! seen, the origin's no-load latency — the limit
 //!
-//! - falls (by the gradient `tolerance × baseline / latency`, at most by half) when the latency
-//!   passes `tolerance × baseline`, or passes `max_latency` whatever the baseline says;
+//! - falls (by the gradient `good / latency`, at most by half) when the latency passes the good
+//!   latency `tolerance × baseline + slack`, or passes `max_latency` whatever the baseline says;
 //!   and never stays above what the origin served in the window times that good latency (Little's
 //!   law: the concurrency the origin holds without queueing), so a flood is cut in one window;
 //! - grows only when the limit was what held requests back and the latency is fine — doubling
@@ -33,6 +33,9 @@ pub struct Settings {
     /// How many times the baseline latency is still good (above 1; 2.0 lets the origin queue about
     /// as much as it serves).
     pub tolerance: f64,
+    /// Added to `tolerance × baseline`, in µs: a rise nobody would notice (a fraction of a
+    /// millisecond on a busy machine) is not a full origin.
+    pub slack_us: u64,
     /// A latency, in µs, above which the limit falls whatever the baseline (0: none).
     pub max_latency_us: u64,
     /// How often the baseline is measured again, in ms.
@@ -189,9 +192,10 @@ impl AdaptiveLimit {
             }
         };
         let too_slow = s.max_latency_us > 0 && latency > s.max_latency_us as f64;
-        if too_slow || latency > s.tolerance * baseline {
+        let good = s.tolerance * baseline + s.slack_us as f64;
+        if too_slow || latency > good {
             self.slow_start = false;
-            let gradient = if too_slow { 0.8 } else { (s.tolerance * baseline / latency).max(0.5) };
+            let gradient = if too_slow { 0.8 } else { (good / latency).max(0.5) };
             self.limit *= gradient;
             // Little's law: the requests in flight over the answers' latency is what the origin
             // serves; at the good latency it holds that many × baseline without queueing. No need
@@ -199,7 +203,7 @@ impl AdaptiveLimit {
             // (In flight counts held slots, a streamed body's included, so long answers are not
             // mistaken for a flood.)
             if window.inflight > 0.0 {
-                self.limit = self.limit.min(window.inflight * s.tolerance * baseline / latency);
+                self.limit = self.limit.min(window.inflight * good / latency);
             }
         } else if window.limited && window.elapsed_ms as f64 * 1e3 >= latency {
             // Only once the window lasted an answer's time: the last change has shown its effect.
@@ -229,6 +233,7 @@ mod tests {
         max: 1_000,
         initial: 100,
         tolerance: 2.0,
+        slack_us: 0,
         max_latency_us: 0,
         probe_every_ms: 30_000,
     };

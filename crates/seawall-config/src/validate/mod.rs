@@ -66,6 +66,7 @@ pub mod defaults {
     pub const OVERLOAD_MIN_DWELL: &str = "2s";
     pub const OVERLOAD_RETRY_AFTER: &str = "5s";
     pub const OVERLOAD_LATENCY_TOLERANCE: f64 = 2.0;
+    pub const OVERLOAD_LATENCY_SLACK: &str = "5ms";
     pub const OVERLOAD_PROBE_EVERY: &str = "30s";
 }
 

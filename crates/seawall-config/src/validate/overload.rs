@@ -13,7 +13,7 @@ use crate::raw::{RawOverload, Text};
 pub(super) fn overload(cx: &mut Ctx<'_>, raw: &RawOverload) -> Overload {
     let key = |k: &str| format!("overload.{k}");
     let cpu = match raw.cpu.as_ref() {
-        None => CpuSignal::Max,
+        None => CpuSignal::Process,
         Some(c) => match c.get_ref().as_str() {
             "process" => CpuSignal::Process,
             "host" => CpuSignal::Host,
@@ -23,7 +23,7 @@ pub(super) fn overload(cx: &mut Ctx<'_>, raw: &RawOverload) -> Overload {
                 let message =
                     format!("expected \"process\", \"host\", \"max\" or \"off\", got {other:?}");
                 cx.error(c.span(), &key("cpu"), message);
-                CpuSignal::Max
+                CpuSignal::Process
             }
         },
     };
@@ -95,6 +95,13 @@ pub(super) fn overload(cx: &mut Ctx<'_>, raw: &RawOverload) -> Overload {
             (Duration::from_secs(1), Duration::from_secs(3600)),
         ),
         latency_tolerance: tolerance,
+        latency_slack: bounded(
+            cx,
+            raw.latency_slack.as_ref(),
+            "latency_slack",
+            defaults::OVERLOAD_LATENCY_SLACK,
+            (Duration::from_millis(1), Duration::from_secs(10)),
+        ),
         probe_every: bounded(
             cx,
             raw.probe_every.as_ref(),

@@ -213,6 +213,7 @@ impl UpstreamGroup {
                 max: limits.max_concurrency,
                 initial: limits.max_concurrency.min(ADAPTIVE_INITIAL),
                 tolerance: overload.latency_tolerance,
+                slack_us: overload.latency_slack.as_micros() as u64,
                 max_latency_us: config.max_latency.map_or(0, |d| d.as_micros() as u64),
                 probe_every_ms: seawall_core::clock::duration_ms(overload.probe_every),
             });
