@@ -134,6 +134,7 @@ fn protections(c: &mut Criterion) {
             let window = Window {
                 answers: 50,
                 latency_sum_us: black_box(50 * 20_000),
+                min_latency_us: Some(20_000),
                 limited: true,
                 elapsed_ms: 100,
                 inflight: 40.0,

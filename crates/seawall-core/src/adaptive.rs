@@ -48,6 +48,10 @@ pub struct Window {
     /// Answers received and the sum of their latencies (µs).
     pub answers: u64,
     pub latency_sum_us: u64,
+    /// The lowest latency among them (µs), when known: what the limit compares. A queue inside
+    /// the origin delays every answer; a busy moment of the gateway's own (its threads late to
+    /// read an answer) delays only some — the lowest stays near the origin's own latency.
+    pub min_latency_us: Option<u64>,
     /// Whether a request found the limit reached.
     pub limited: bool,
     /// How long the window lasted, in ms.
@@ -57,9 +61,11 @@ pub struct Window {
 }
 
 impl Window {
-    /// The mean latency of its answers, when there are enough to tell.
-    pub fn mean_latency_us(&self) -> Option<f64> {
-        (self.answers >= MIN_ANSWERS).then(|| self.latency_sum_us as f64 / self.answers as f64)
+    /// The latency the limit compares: the lowest of the window's answers (their mean when the
+    /// lowest is not known), when there are enough to tell.
+    pub fn latency_us(&self) -> Option<f64> {
+        let mean = || self.latency_sum_us as f64 / self.answers as f64;
+        (self.answers >= MIN_ANSWERS).then(|| self.min_latency_us.map_or_else(mean, |m| m as f64))
     }
 
     /// Whether it holds enough answers to learn from.
@@ -77,6 +83,10 @@ impl Window {
         };
         self.answers += later.answers;
         self.latency_sum_us += later.latency_sum_us;
+        self.min_latency_us = match (self.min_latency_us, later.min_latency_us) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         self.limited |= later.limited;
         self.elapsed_ms += later.elapsed_ms;
     }
@@ -150,7 +160,7 @@ impl AdaptiveLimit {
                 return self.limit();
             }
         }
-        let Some(latency) = window.mean_latency_us() else { return self.limit() };
+        let Some(latency) = window.latency_us() else { return self.limit() };
         if let Some(probe) = self.probing.take() {
             self.baseline = Some((latency, now_ms + s.probe_every_ms));
             self.lower = None;
@@ -248,6 +258,7 @@ mod tests {
         Window {
             answers: 50,
             latency_sum_us: latency_us * 50,
+            min_latency_us: Some(latency_us),
             limited,
             elapsed_ms: 100,
             inflight: 0.0,
@@ -271,6 +282,7 @@ mod tests {
                 let window = Window {
                     answers,
                     latency_sum_us: latency * answers,
+                    min_latency_us: Some(latency),
                     limited: true,
                     elapsed_ms: 100,
                     inflight: c as f64,
@@ -349,12 +361,32 @@ mod tests {
         let lone = Window {
             answers: 1,
             latency_sum_us: 9_000_000,
+            min_latency_us: None,
             limited: true,
             elapsed_ms: 100,
             inflight: 1.0,
         };
         quiet.update(0, lone);
         assert_eq!(quiet.limit(), 100);
+    }
+
+    #[test]
+    fn a_gateway_late_to_read_some_answers_is_not_a_full_origin() {
+        // The origin answers in 1 ms; the gateway's own busy threads make the mean 30 ms, but
+        // some answers are still read at once: the limit does not fall.
+        let mut l = AdaptiveLimit::new(SETTINGS);
+        for i in 0..50 {
+            let w = Window {
+                answers: 50,
+                latency_sum_us: 50 * 30_000,
+                min_latency_us: Some(1_000),
+                limited: true,
+                elapsed_ms: 100,
+                inflight: 100.0,
+            };
+            l.update(i * 100, w);
+        }
+        assert!(l.limit() >= 100, "{}", l.limit());
     }
 
     #[test]

@@ -147,6 +147,34 @@ impl Counter {
     }
 }
 
+/// The lowest value seen since it was last taken, sharded per worker (each worker lowers its own
+/// shard; no write when the value is not lower).
+#[derive(Debug)]
+pub struct Minimum {
+    shards: Box<[Padded<AtomicU64>]>,
+}
+
+impl Minimum {
+    pub fn new(shards: usize) -> Self {
+        Minimum { shards: (0..shards).map(|_| Padded(AtomicU64::new(u64::MAX))).collect() }
+    }
+
+    /// Notes `value` on the current thread's shard.
+    #[inline]
+    pub fn observe(&self, value: u64) {
+        let shard = &self.shards[shard_index(self.shards.len())];
+        if value < shard.load(Relaxed) {
+            shard.fetch_min(value, Relaxed);
+        }
+    }
+
+    /// The lowest value since the last call (`None`: none seen), starting afresh.
+    pub fn take(&self) -> Option<u64> {
+        let min = self.shards.iter().map(|s| s.swap(u64::MAX, Relaxed)).min()?;
+        (min != u64::MAX).then_some(min)
+    }
+}
+
 /// A gauge sharded per worker (each worker adds and subtracts on its own shard).
 #[derive(Debug)]
 pub struct Gauge {

@@ -23,7 +23,7 @@ use seawall_core::overload::LevelControl;
 use seawall_core::priority::Priority;
 use tokio::sync::oneshot;
 
-use crate::metrics::Counter;
+use crate::metrics::{Counter, Minimum};
 use crate::problem::{Reason, Refusal};
 
 /// Requests refused, by why.
@@ -43,6 +43,7 @@ pub struct Measures {
     pub waited_us: [Counter; 3],
     pub answers: Counter,
     pub latency_us: Counter,
+    pub min_latency_us: Minimum,
     /// A request found the limit reached since the controller last looked.
     pub limited: AtomicBool,
 }
@@ -135,6 +136,7 @@ impl Gate {
                 waited_us: counters(),
                 answers: Counter::new(shards),
                 latency_us: Counter::new(shards),
+                min_latency_us: Minimum::new(shards),
                 limited: AtomicBool::new(false),
             },
             learning: Mutex::new(Learning {
@@ -242,7 +244,9 @@ impl Gate {
     /// An answer's head came `latency` after the request went out.
     pub fn record_answer(&self, latency: Duration) {
         self.measures.answers.add(1);
-        self.measures.latency_us.add(u64::try_from(latency.as_micros()).unwrap_or(u64::MAX));
+        let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        self.measures.latency_us.add(us);
+        self.measures.min_latency_us.observe(us);
     }
 
     /// Slots taken and requests waiting, now.
@@ -282,6 +286,7 @@ impl Gate {
         Window {
             answers: now.answers.saturating_sub(seen.answers),
             latency_sum_us: now.latency_us.saturating_sub(seen.latency_us),
+            min_latency_us: self.measures.min_latency_us.take(),
             limited: self.measures.limited.swap(false, Relaxed),
             elapsed_ms,
             inflight: self.in_use.load(Relaxed) as f64,
