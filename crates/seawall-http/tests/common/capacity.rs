@@ -8,9 +8,11 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+
+use super::next_head;
 
 #[derive(Clone)]
 pub struct CapacityOrigin {
@@ -42,19 +44,7 @@ impl CapacityOrigin {
                 let (o, workers) = (o.clone(), Arc::clone(&workers));
                 tokio::spawn(async move {
                     let mut buf = Vec::new();
-                    'conn: loop {
-                        // Requests are bodiless GETs: a head is one request.
-                        let end = loop {
-                            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                                break i + 4;
-                            }
-                            let mut chunk = [0u8; 4096];
-                            match stream.read(&mut chunk).await {
-                                Ok(0) | Err(_) => break 'conn,
-                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                            }
-                        };
-                        buf.drain(..end);
+                    while next_head(&mut stream, &mut buf).await.is_some() {
                         let now = o.inside.fetch_add(1, SeqCst) + 1;
                         o.peak.fetch_max(now, SeqCst);
                         {

@@ -43,21 +43,8 @@ impl GatedOrigin {
                 let o = o.clone();
                 tokio::spawn(async move {
                     let mut buf = Vec::new();
-                    'conn: loop {
-                        // Requests are bodiless GETs: a head is one request.
-                        let end = loop {
-                            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                                break i + 4;
-                            }
-                            let mut chunk = [0u8; 4096];
-                            match stream.read(&mut chunk).await {
-                                Ok(0) | Err(_) => break 'conn,
-                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                            }
-                        };
-                        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                    while let Some(head) = next_head(&mut stream, &mut buf).await {
                         let path = head.split(' ').nth(1).unwrap_or("").to_string();
-                        buf.drain(..end);
                         o.paths.lock().unwrap().push(path);
                         o.arrived.fetch_add(1, SeqCst);
                         o.gate.acquire().await.unwrap().forget();
@@ -81,4 +68,22 @@ impl GatedOrigin {
     pub fn release(&self, n: usize) {
         self.gate.add_permits(n);
     }
+}
+
+/// The next request head on `stream` (bytes beyond it stay in `buf`); `None` once the client
+/// closed. The test origins take bodiless GETs only: a head is one request.
+pub async fn next_head(stream: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> Option<String> {
+    let end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let mut chunk = [0u8; 4096];
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+    buf.drain(..end);
+    Some(head)
 }
