@@ -285,8 +285,11 @@ async fn slow_upstream_is_504_within_the_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_connection_is_502_and_another_server_is_tried() {
     let origin = Origin::start().await;
-    // A port with nothing listening: bind, note the port, close.
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    // A port with nothing listening: bound but never listened on, and held for the whole test so
+    // no other test running beside it can take it (connections to it are refused).
+    let held = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    held.bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into()).unwrap();
+    let dead = held.local_addr().unwrap().as_socket().unwrap();
     let cfg = config(&format!(
         "[upstreams.app]\nservers = [\"{dead}\", \"{}\"]\nbalance = \"round_robin\"\n[upstreams.dead]\nservers = [\"{dead}\"]\n[[routes]]\nname = \"dead\"\npath_prefix = \"/dead\"\nupstream = \"dead\"\n[[routes]]\nupstream = \"app\"\n",
         origin.addr
