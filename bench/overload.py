@@ -147,7 +147,7 @@ http {{
     return c.Proc("plain", ["nginx", "-c", str(conf), "-p", str(c.TMP)], PLAIN)
 
 
-def plan(port, seconds, capacity, service_ms):
+def plan(port, seconds, capacity, service_ms, metrics_url=None):
     offered = 10 * capacity
     mixes = [("1: 5/25/70", (0.05, 0.25, 0.70), service_ms),
              ("2: P0 8%", (0.08, 0.25, 0.67), service_ms),
@@ -157,8 +157,8 @@ def plan(port, seconds, capacity, service_ms):
         phases.append({
             "name": name, "seconds": seconds,
             "before": [origin_url(f"/_origin/service-time?ms={service}"),
-                       origin_url("/_origin/stats?reset=1")],
-            "after": [origin_url("/_origin/stats")],
+                       origin_url("/_origin/stats?reset=1")] + ([metrics_url] if metrics_url else []),
+            "after": [origin_url("/_origin/stats")] + ([metrics_url] if metrics_url else []),
             "classes": [{"name": p, "path": path, "rate": offered * share}
                         for (p, path), share in zip(CLASSES, shares)],
         })
@@ -194,6 +194,28 @@ def origin_phase(phase):
     return served, end["peak_inside"], end["capacity_per_second"]
 
 
+def own_time(phase, route):
+    """Shares of a route's requests that Seawall answered within 0.5 and 1 ms of their head
+    (its request-duration histogram over the phase), or None without metrics."""
+    if len(phase["before"]) < 3:
+        return None
+
+    def buckets(text):
+        prefix = f'seawall_request_duration_seconds_bucket{{route="{route}",le="'
+        out = {}
+        for line in text.splitlines():
+            if line.startswith(prefix):
+                le, count = line[len(prefix):].split('"} ')
+                out[le] = int(count)
+        return out
+
+    start, end = buckets(phase["before"][2]["answer"]), buckets(phase["after"][1]["answer"])
+    total = end.get("+Inf", 0) - start.get("+Inf", 0)
+    if total <= 0:
+        return None
+    return tuple((end.get(le, 0) - start.get(le, 0)) / total for le in ("0.0005", "0.001"))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=20)
@@ -225,7 +247,9 @@ def main():
         try:
             proxy = starts[name]()
             time.sleep(0.5)
-            reports[name] = drill(loadgen, name, plan(ports[name], args.seconds, args.capacity, service_ms),
+            metrics = f"http://127.0.0.1:{SEAWALL_ADMIN}/metrics" if name == "seawall" else None
+            reports[name] = drill(loadgen, name,
+                                  plan(ports[name], args.seconds, args.capacity, service_ms, metrics),
                                   proxy.pids())
             print(f"{name}: done")
         finally:
@@ -267,15 +291,25 @@ def write(args, reports, service_ms):
                     f"| {name} | {ph['name']} | {k['name']} | {k['rate']:.0f} | {100 * k['success_rate']:.2f}% | "
                     f"{k['ok_p50_ms']:.1f} | {k['ok_p99_ms']:.1f} | {k['refused_p99_ms']:.1f} | {k['failed']} | {reasons} |")
     lines += ["", "## The origin and the proxy", "",
-              "| proxy | phase | origin utilisation (served / capacity) | origin peak concurrency | P0 goodput req/s |",
-              "|---|---|---|---|---|"]
+              "| proxy | phase | origin utilisation (served / capacity) | origin peak concurrency | P0 goodput req/s | generator send lag p99 ms |",
+              "|---|---|---|---|---|---|"]
     for name in names:
         for ph in reports[name]["phases"]:
             served, peak, capacity = origin_phase(ph)
             util = served / (capacity * ph["seconds"])
             p0 = ph["classes"][0]
             goodput = p0["ok"] / ph["seconds"]
-            lines.append(f"| {name} | {ph['name']} | {100 * util:.1f}% | {peak} | {goodput:.0f} |")
+            lines.append(f"| {name} | {ph['name']} | {100 * util:.1f}% | {peak} | {goodput:.0f} | "
+                         f"{ph['send_lag_p99_ms']:.1f} |")
+    seawall_phases = reports.get("seawall", {}).get("phases", [])
+    times = [(ph["name"], own_time(ph, "p2")) for ph in seawall_phases]
+    if any(t for _, t in times):
+        lines += ["", "Seawall's own time on the P2 route (over 99.9% of it refused), from its "
+                  "`seawall_request_duration_seconds` histogram (request head in to answer out):", "",
+                  "| phase | answered within 0.5 ms | within 1 ms |", "|---|---|---|"]
+        for phase, t in times:
+            if t:
+                lines.append(f"| {phase} | {100 * t[0]:.2f}% | {100 * t[1]:.2f}% |")
     lines += ["", "| proxy | CPU seconds over the drill | CPU µs per request offered | peak RSS MiB |",
               "|---|---|---|---|"]
     for name in names:

@@ -14,6 +14,13 @@
 //!   sustained overload makes it creep upwards;
 //! - stays within `min..=max`.
 //!
+//! A cut has to show: once the answers to requests sent before it have drained (twice the
+//! latency), a queue inside the origin answers faster in proportion to the requests it holds.
+//! When the requests in flight fell by a quarter or more and the latency hardly moved, the latency
+//! is not the origin's queue — a gateway too busy to read answers on time, a dependency that got
+//! slower whatever the load — and holding requests back would only cost throughput: the latency
+//! seen becomes the baseline and the limit goes back to where it was.
+//!
 //! A latency under the baseline becomes the baseline only when two windows in a row show it. The
 //! baseline could drift in a long incident (an origin that became slower for good would look
 //! overloaded forever, one that recovered would keep an outdated floor). Every `probe_every` the
@@ -111,6 +118,10 @@ pub struct AdaptiveLimit {
     lower: Option<f64>,
     /// Doubling while nothing has said the origin is full (like TCP's slow start).
     slow_start: bool,
+    /// A cut whose effect is still to be seen.
+    cut: Option<Cut>,
+    /// Cuts undone because the latency did not follow them.
+    undone: u64,
 }
 
 impl AdaptiveLimit {
@@ -131,6 +142,8 @@ impl AdaptiveLimit {
             probing: None,
             lower: None,
             slow_start: true,
+            cut: None,
+            undone: 0,
         }
     }
 
@@ -142,6 +155,12 @@ impl AdaptiveLimit {
     /// The no-load latency it compares against, in µs.
     pub fn baseline_us(&self) -> Option<u64> {
         self.baseline.map(|(b, _)| b as u64)
+    }
+
+    /// How many cuts were undone because the latency did not follow them (see the module's
+    /// documentation).
+    pub fn undone_cuts(&self) -> u64 {
+        self.undone
     }
 
     /// Whether this window runs at the lowered, probing limit.
@@ -162,10 +181,16 @@ impl AdaptiveLimit {
         }
         let Some(latency) = window.latency_us() else { return self.limit() };
         if let Some(probe) = self.probing.take() {
-            self.baseline = Some((latency, now_ms + s.probe_every_ms));
-            self.lower = None;
-            self.limit = probe.restore;
+            self.rebaseline(now_ms, latency, probe.restore);
             return self.limit();
+        }
+        if let Some(cut) = self.cut.filter(|c| now_ms >= c.measure_after_ms) {
+            self.cut = None;
+            if cut.did_not_show(latency, window.inflight) {
+                self.undone += 1;
+                self.rebaseline(now_ms, latency, cut.restore);
+                return self.limit();
+            }
         }
         let baseline = match self.baseline {
             Some((b, due)) if latency >= b => {
@@ -174,6 +199,7 @@ impl AdaptiveLimit {
                     // Low enough to be under the origin's own concurrency even while the limit
                     // overshoots `tolerance ×` it, so nothing queues inside the origin.
                     let settle = (2.0 * latency / 1e3) as u64;
+                    self.cut = None;
                     self.probing =
                         Some(Probe { restore: self.limit, measure_after_ms: now_ms + settle });
                     self.limit = (self.limit / (2.0 * s.tolerance)).max(s.min as f64);
@@ -205,6 +231,17 @@ impl AdaptiveLimit {
         let good = s.tolerance * baseline + s.slack_us as f64;
         if too_slow || latency > good {
             self.slow_start = false;
+            // The check measures from the worst latency of the cuts in a row (the origin may
+            // have slowed down since the first).
+            let restore = self.cut.map_or(self.limit, |c| c.restore);
+            if window.inflight > 0.0 && self.cut.is_none_or(|c| latency > c.latency) {
+                self.cut = Some(Cut {
+                    restore,
+                    latency,
+                    inflight: window.inflight,
+                    measure_after_ms: now_ms + (2.0 * latency / 1e3) as u64,
+                });
+            }
             let gradient = if too_slow { 0.8 } else { (good / latency).max(0.5) };
             self.limit *= gradient;
             // Little's law: the requests in flight over the answers' latency is what the origin
@@ -222,6 +259,36 @@ impl AdaptiveLimit {
         }
         self.limit = self.limit.clamp(s.min as f64, s.max as f64);
         self.limit()
+    }
+
+    /// `latency` is what the origin takes now without a queue: the baseline until the next probe,
+    /// and the limit goes back to `limit`.
+    fn rebaseline(&mut self, now_ms: u64, latency: f64, limit: f64) {
+        self.baseline = Some((latency, now_ms + self.settings.probe_every_ms));
+        self.lower = None;
+        self.cut = None;
+        self.limit = limit;
+    }
+}
+
+/// A cut whose effect is to be seen (see the module's documentation).
+#[derive(Debug, Clone, Copy)]
+struct Cut {
+    /// The limit before it.
+    restore: f64,
+    /// The latency and the requests in flight that called for it.
+    latency: f64,
+    inflight: f64,
+    /// When the answers seen are to requests sent after it.
+    measure_after_ms: u64,
+}
+
+impl Cut {
+    /// Whether the requests in flight fell by a quarter or more while the latency fell by less
+    /// than half of what a queue inside the origin would show (it shrinks in proportion).
+    fn did_not_show(&self, latency: f64, inflight: f64) -> bool {
+        let fell_to = inflight / self.inflight;
+        fell_to <= 0.75 && latency >= self.latency * (1.0 + fell_to) / 2.0
     }
 }
 
@@ -387,6 +454,37 @@ mod tests {
             l.update(i * 100, w);
         }
         assert!(l.limit() >= 100, "{}", l.limit());
+    }
+
+    #[test]
+    fn a_cut_that_does_not_lower_the_latency_is_undone_and_its_latency_becomes_the_baseline() {
+        // The origin answers in 50 µs; then every answer is read 8 ms late whatever the requests
+        // in flight (the gateway's machine is saturated): one cut, which changes nothing, and the
+        // limit is back where it was, 8 ms the new baseline.
+        let mut l = AdaptiveLimit::new(Settings { slack_us: 5_000, ..SETTINGS });
+        let flat = |latency_us: u64, inflight: f64| Window {
+            answers: 500,
+            latency_sum_us: latency_us * 500,
+            min_latency_us: Some(latency_us),
+            limited: false,
+            elapsed_ms: 100,
+            inflight,
+        };
+        l.update(0, flat(50, 100.0));
+        assert_eq!(l.update(100, flat(50, 100.0)), 100);
+        let cut = l.update(200, flat(8_000, 100.0));
+        assert!(cut < 75, "{cut}");
+        assert_eq!(l.update(300, flat(8_000, cut as f64)), 100);
+        assert_eq!(l.baseline_us(), Some(8_000));
+        for i in 4..50 {
+            assert_eq!(l.update(i * 100, flat(8_000, 100.0)), 100);
+        }
+        // A queue inside the origin shrinks with the requests it holds: that cut stays.
+        let mut q = AdaptiveLimit::new(SETTINGS);
+        drive(&mut q, 0, 30, 10, 20_000);
+        let held = q.limit();
+        let limits = drive(&mut q, 3_000, 5, 10, 60_000);
+        assert!(limits.iter().all(|&c| c < held), "{held} then {limits:?}");
     }
 
     #[test]

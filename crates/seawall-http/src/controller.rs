@@ -117,6 +117,7 @@ impl Controller {
             tracing::warn!(level, cause = cause.as_str(), "overload level changed");
         }
         overload.set_level(level, cause, self.serving_per_second);
+        readings.samples.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -152,7 +153,12 @@ fn adapt(snapshot: &Snapshot, settings: &Settings, now: Instant, elapsed: f64) -
         let served: u64 = (0..3).map(|c| delta(&totals.granted, &seen.granted, c)).sum();
         if served >= MIN_SERVED {
             let rate = served as f64 / elapsed;
-            let smoothed = learning.served_per_second.map_or(rate, |r| 0.7 * r + 0.3 * rate);
+            // A rise is taken at once (the first window, while clients connect, or a limit
+            // still doubling, would otherwise turn requests away for seconds); a fall slowly.
+            let smoothed = match learning.served_per_second {
+                Some(r) if rate < r => 0.7 * r + 0.3 * rate,
+                _ => rate,
+            };
             learning.served_per_second = Some(smoothed);
         }
         for class in 0..2 {

@@ -171,3 +171,130 @@ async fn a_slow_upstream_sheds_its_own_traffic_not_that_of_an_upstream_that_keep
     assert_eq!(metric(&gw, "seawall_overload_level").await, 0.0, "the gateway itself is calm");
     gw.shutdown().await;
 }
+
+/// What the hostile origin of the next test does with each request.
+const FAIL_AT_ONCE: u8 = 0;
+const GARBAGE: u8 = 1;
+const ANSWER_IN_20MS: u8 = 2;
+
+/// An origin that answers 503 at once, or bytes that are not HTTP, or 200 after 20 ms, as `mode`
+/// says at the time each request arrives.
+async fn moody_origin(mode: std::sync::Arc<std::sync::atomic::AtomicU8>) -> std::net::SocketAddr {
+    use tokio::io::AsyncWriteExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let mode = std::sync::Arc::clone(&mode);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                while next_head(&mut stream, &mut buf).await.is_some() {
+                    let answer: &[u8] = match mode.load(SeqCst) {
+                        FAIL_AT_ONCE => {
+                            b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n"
+                        }
+                        GARBAGE => b"\x16\x03\x01 not http at all\r\n\r\n",
+                        _ => {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+                        }
+                    };
+                    if stream.write_all(answer).await.is_err() || answer[0] != b'H' {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quick_failures_and_garbage_from_an_origin_teach_its_adaptive_limit_nothing() {
+    for engine in ENGINES {
+        let mode = std::sync::Arc::new(std::sync::atomic::AtomicU8::new(FAIL_AT_ONCE));
+        let addr = moody_origin(std::sync::Arc::clone(&mode)).await;
+        let gw = start(config(&format!(
+            "[upstreams.app]\nservers = [\"{addr}\"]\npassive = {{ consecutive_failures = 0 }}\n\
+             [[routes]]\nname = \"all\"\npath_prefix = \"/\"\nupstream = \"app\"\n"
+        )))
+        .await;
+        let baseline = "seawall_upstream_latency_baseline_seconds{upstream=\"app\"}";
+        let burst = |n: usize| {
+            let addr = gw.listen_addr();
+            async move {
+                let asks: Vec<_> =
+                    (0..n).map(|_| tokio::spawn(try_ask(engine, addr, engine.get("/x")))).collect();
+                let mut answers = Vec::new();
+                for ask in asks {
+                    answers.push(ask.await.unwrap());
+                }
+                answers
+            }
+        };
+        // Answers in microseconds, but 503s: an origin failing fast is not an idle one.
+        for answer in burst(40).await {
+            assert_eq!(answer.unwrap().status, StatusCode::SERVICE_UNAVAILABLE, "{engine:?}");
+        }
+        mode.store(GARBAGE, SeqCst);
+        for answer in burst(40).await {
+            assert_eq!(answer.unwrap().status, StatusCode::BAD_GATEWAY, "{engine:?}");
+        }
+        // Two samples of the controller later it has seen all that: still no baseline.
+        let samples = "seawall_overload_samples_total";
+        let seen = metric(&gw, samples).await;
+        eventually(Duration::from_secs(5), "two controller samples", || async {
+            metric(&gw, samples).await >= seen + 2.0
+        })
+        .await;
+        assert_eq!(metric(&gw, baseline).await, 0.0, "{engine:?}: nothing was learnt");
+        assert_eq!(metric(&gw, "seawall_upstream_concurrency_limit{upstream=\"app\"}").await, 20.0);
+        // Real answers, 20 ms each, set the baseline: near 20 ms, not the failures' microseconds.
+        mode.store(ANSWER_IN_20MS, SeqCst);
+        eventually(Duration::from_secs(10), "a baseline from the real answers", || async {
+            for answer in burst(10).await {
+                assert_eq!(answer.unwrap().status, StatusCode::OK, "{engine:?}");
+            }
+            metric(&gw, baseline).await > 0.0
+        })
+        .await;
+        let learnt = metric(&gw, baseline).await;
+        assert!(learnt >= 0.015, "{engine:?}: baseline {learnt} s");
+        gw.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_origin_that_stalls_holds_its_slots_only_until_its_timeout() {
+    for engine in ENGINES {
+        let origin = GatedOrigin::start().await;
+        let gw = start(config(&format!(
+            "[upstreams.app]\nservers = [\"{}\"]\ntimeout = \"300ms\"\n\
+             passive = {{ consecutive_failures = 0 }}\n\
+             [[routes]]\nname = \"all\"\npath_prefix = \"/\"\nupstream = \"app\"\n",
+            origin.addr
+        )))
+        .await;
+        // 30 requests against a limit of 20: the origin never answers; 20 wait for it until
+        // the timeout, 10 wait in Seawall for their slots and then as long.
+        let addr = gw.listen_addr();
+        let asks: Vec<_> =
+            (0..30).map(|_| tokio::spawn(try_ask(engine, addr, engine.get("/stuck")))).collect();
+        for ask in asks {
+            let answer = bounded(10.0, "a timeout", ask).await.unwrap().unwrap();
+            assert_eq!(answer.status, StatusCode::GATEWAY_TIMEOUT, "{engine:?}");
+            assert_eq!(answer.header("x-seawall-reason"), "upstream_timeout");
+        }
+        assert_eq!(origin.arrived.load(SeqCst), 30, "{engine:?}: each went once");
+        // Every slot came back; nothing was learnt from requests never answered.
+        let inflight = "seawall_upstream_inflight{upstream=\"app\"}";
+        assert_eq!(metric(&gw, inflight).await, 0.0, "{engine:?}");
+        assert_eq!(metric(&gw, "seawall_upstream_queued{upstream=\"app\"}").await, 0.0);
+        assert_eq!(metric(&gw, "seawall_upstream_concurrency_limit{upstream=\"app\"}").await, 20.0);
+        // The origin comes back: so does the traffic.
+        origin.gate.add_permits(1_000);
+        let answer = ask(engine, addr, engine.get("/again")).await;
+        assert_eq!(answer.status, StatusCode::OK, "{engine:?}");
+        gw.shutdown().await;
+    }
+}

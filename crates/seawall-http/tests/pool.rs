@@ -101,7 +101,7 @@ async fn many_requests_at_once_reuse_their_connections_in_the_next_wave() {
         let clients = clients(engine, gw.listen_addr(), n).await;
         let clients = wave(engine, &gw, &origin, clients, n).await;
         assert_eq!(origin.accepted.load(SeqCst), n, "{engine:?}: one connection per request held");
-        eventually(Duration::from_secs(3), "every connection back in its pool", || async {
+        eventually(Duration::from_secs(10), "every connection back in its pool", || async {
             idle(&gw, &origin).await == n as f64
         })
         .await;

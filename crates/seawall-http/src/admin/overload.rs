@@ -32,6 +32,9 @@ pub fn metrics(out: &mut String, snapshot: &Snapshot) {
     let name = "seawall_resident_memory_bytes";
     family(out, name, "gauge", "Seawall's resident memory, as overload control last read it.");
     let _ = writeln!(out, "{name} {}", Readings::get(&r.resident_bytes));
+    let name = "seawall_overload_samples_total";
+    family(out, name, "counter", "Samples the overload controller took (every overload.sample_interval): a counter that stops moving means overload control stopped.");
+    let _ = writeln!(out, "{name} {}", r.samples.load(std::sync::atomic::Ordering::Relaxed));
     let name = "seawall_crisis";
     family(out, name, "gauge", "Whether crisis mode is on (1) or off (0), with the mode an operator set: auto (on from level 1), on, off.");
     let mode = overload.crisis_mode().as_str();
@@ -90,6 +93,19 @@ fn gate_metrics(out: &mut String, groups: &[UpstreamGroup]) {
         let learning = gate.learning.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(us) = learning.adaptive.as_ref().and_then(|a| a.baseline_us()) {
             let _ = writeln!(out, "{name}{{upstream=\"{upstream}\"}} {}", us as f64 / 1e6);
+        }
+    }
+    let name = "seawall_upstream_limit_cuts_undone_total";
+    family(
+        out,
+        name,
+        "counter",
+        "Cuts of an upstream's adaptive limit undone because its latency did not fall with the requests in flight (not a queue inside the origin: a busy gateway, a slower dependency); the latency seen became the baseline.",
+    );
+    for (upstream, gate) in &gates {
+        let learning = gate.learning.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(adaptive) = &learning.adaptive {
+            let _ = writeln!(out, "{name}{{upstream=\"{upstream}\"}} {}", adaptive.undone_cuts());
         }
     }
     let name = "seawall_bulkhead_rejected_total";

@@ -60,6 +60,8 @@ pub struct Readings {
     pub cpu_host: AtomicU64,
     pub memory: AtomicU64,
     pub resident_bytes: AtomicU64,
+    /// Samples the controller took (it is alive when this moves).
+    pub samples: AtomicU64,
 }
 
 impl Readings {
