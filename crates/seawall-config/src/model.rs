@@ -21,6 +21,7 @@ pub struct Config {
     /// Rate limiters in name order; routes refer to them by index.
     pub rate_limits: Vec<RateLimit>,
     pub overload: Overload,
+    pub cache: Cache,
     /// What is valid but probably not meant (a timeout chain that cannot hold, a key this
     /// version accepts but does not enforce yet); `seawall check` prints them, the gateway logs
     /// them.
@@ -204,6 +205,50 @@ pub struct Route {
     pub degrade: Option<std::sync::Arc<Degrade>>,
     /// In crisis mode the route answers its degraded answer (or 503 `feature_disabled`).
     pub disable_in_crisis: bool,
+    /// How answers to the route's GET and HEAD requests are cached (`None`: they are not).
+    pub cache: Option<std::sync::Arc<RouteCache>>,
+}
+
+/// `[cache]`: the cache every route with `cache = { ... }` shares.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cache {
+    /// The bytes the in-memory cache (L1) holds at most: bodies, heads and keys.
+    pub memory: u64,
+}
+
+/// `cache = { ... }` on a route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteCache {
+    /// Freshness when the origin gives none (`Cache-Control: max-age`, `s-maxage`, `Expires`),
+    /// or always with `override_origin`.
+    pub ttl: Duration,
+    /// Freshness in crisis mode.
+    pub crisis_ttl: Option<Duration>,
+    pub stale_while_revalidate: Duration,
+    pub stale_if_error: Duration,
+    /// What tells entries apart.
+    pub key: Vec<CacheKeyPart>,
+    /// Larger answers pass through without being stored.
+    pub max_object_size: u64,
+    /// The route's `ttl` wins over the origin's `Cache-Control` and `Expires` (`no-store` still
+    /// holds).
+    pub override_origin: bool,
+    /// Answers to requests with `Authorization` are shared.
+    pub share_authorized: bool,
+    /// Answers with `Set-Cookie` are shared.
+    pub share_cookies: bool,
+    /// How long a request waits for the one already fetching its key before fetching itself.
+    pub coalesce_wait: Duration,
+}
+
+/// A part of a cache key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CacheKeyPart {
+    Host,
+    Path,
+    Query,
+    /// A request header's value (lower-case name).
+    Header(String),
 }
 
 /// A stand-in answer.

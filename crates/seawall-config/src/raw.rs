@@ -30,6 +30,32 @@ pub struct RawConfig {
     pub rate_limits: BTreeMap<String, RawRateLimit>,
     #[serde(default)]
     pub overload: RawOverload,
+    #[serde(default)]
+    pub cache: RawCache,
+}
+
+/// `[cache]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub struct RawCache {
+    pub memory: Option<Spanned<RawSize>>,
+}
+
+/// `cache = { ... }` on a route.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub struct RawRouteCache {
+    pub ttl: Option<Text>,
+    pub crisis_ttl: Option<Text>,
+    pub stale_while_revalidate: Option<Text>,
+    pub stale_if_error: Option<Text>,
+    pub key: Option<Vec<Text>>,
+    pub max_object_size: Option<Spanned<RawSize>>,
+    #[serde(rename = "override")]
+    pub override_origin: Option<bool>,
+    pub share_authorized: Option<bool>,
+    pub share_cookies: Option<bool>,
+    pub coalesce_wait: Option<Text>,
 }
 
 /// `[overload]`
@@ -242,6 +268,7 @@ pub struct RawRoute {
     pub read_upstream: Option<Text>,
     pub degrade: Option<RawDegrade>,
     pub disable_in_crisis: Option<bool>,
+    pub cache: Option<Spanned<RawRouteCache>>,
 }
 
 /// `header = { name = "x-canary", value = "1" }`

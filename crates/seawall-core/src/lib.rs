@@ -10,6 +10,7 @@ pub mod balance;
 pub mod breaker;
 pub mod budget;
 pub mod bulkhead;
+pub mod cache;
 pub mod clock;
 pub mod deadline;
 pub mod ejection;

@@ -73,6 +73,12 @@ impl HeaderLookup for Fields<'_> {
     fn first(&self, name: &str) -> Option<&[u8]> {
         self.get(name)
     }
+
+    fn for_each_field(&self, each: &mut dyn FnMut(&[u8], &[u8])) {
+        for (name, value, _) in self.iter() {
+            each(name, value);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -19,6 +19,9 @@ pub trait HeaderLookup {
 
     /// The first value of `name`.
     fn first(&self, name: &str) -> Option<&[u8]>;
+
+    /// Calls `each` with every field, name and value, in order.
+    fn for_each_field(&self, each: &mut dyn FnMut(&[u8], &[u8]));
 }
 
 impl HeaderLookup for HeaderMap {
@@ -32,6 +35,12 @@ impl HeaderLookup for HeaderMap {
 
     fn first(&self, name: &str) -> Option<&[u8]> {
         self.get(name).map(HeaderValue::as_bytes)
+    }
+
+    fn for_each_field(&self, each: &mut dyn FnMut(&[u8], &[u8])) {
+        for (name, value) in self {
+            each(name.as_str().as_bytes(), value.as_bytes());
+        }
     }
 }
 

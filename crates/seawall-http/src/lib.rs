@@ -17,6 +17,7 @@
 //!   levels and adaptive limits), then [`admin`], and [`gateway`] on top (start, reload, drain).
 
 pub mod admin;
+pub mod cache;
 pub mod chunked;
 pub mod control;
 pub mod controller;

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::cache::CacheEvent;
 use seawall_core::overload::ShedCause;
 use seawall_core::priority::Priority;
 
@@ -60,6 +61,8 @@ pub struct RouteShard {
     inflight: AtomicI64,
     /// Requests shed by overload control, by priority and cause ([`ShedCause`]).
     shed: [[AtomicU64; ShedCause::ALL.len()]; 3],
+    /// What the cache did, by [`CacheEvent`].
+    cache: [AtomicU64; CacheEvent::ALL.len()],
 }
 
 impl Default for RouteShard {
@@ -70,6 +73,7 @@ impl Default for RouteShard {
             sum_us: AtomicU64::new(0),
             inflight: AtomicI64::new(0),
             shed: Default::default(),
+            cache: Default::default(),
         }
     }
 }
@@ -109,6 +113,16 @@ impl RouteMetrics {
     /// Requests of `priority` shed for `cause` so far, over all workers.
     pub fn shed_count(&self, priority: Priority, cause: ShedCause) -> u64 {
         self.shards.iter().map(|s| s.shed[priority.index()][cause as usize].load(Relaxed)).sum()
+    }
+
+    /// The cache did `event` for a request of this route.
+    pub fn cache(&self, event: CacheEvent) {
+        self.shard().cache[event as usize].fetch_add(1, Relaxed);
+    }
+
+    /// How often the cache did `event` for this route, over all workers.
+    pub fn cache_count(&self, event: CacheEvent) -> u64 {
+        self.shards.iter().map(|s| s.cache[event as usize].load(Relaxed)).sum()
     }
 
     /// A request started (+1) or finished (-1).
@@ -449,6 +463,21 @@ impl Registry {
                         let (route, cause) = (escape(route), cause.as_str());
                         let _ = writeln!(out, "{name}{{route=\"{route}\",priority=\"{priority}\",reason=\"{cause}\"}} {n}");
                     }
+                }
+            }
+        }
+        let name = "seawall_cache_total";
+        family(out, name, "counter", "What the cache did, by route: hit, miss, stale (a stale answer served: being refreshed, or standing in for a failed or shed request), revalidated, bypass (not looked up: no-store, Authorization), coalesced (waited for another request fetching the same key), stored, uncacheable (the answer could not be stored), too_large (over max_object_size).");
+        for (route, m) in &routes {
+            for event in CacheEvent::ALL {
+                let n = m.cache_count(event);
+                if n > 0 {
+                    let _ = writeln!(
+                        out,
+                        "{name}{{route=\"{}\",layer=\"l1\",event=\"{}\"}} {n}",
+                        escape(route),
+                        event.as_str()
+                    );
                 }
             }
         }

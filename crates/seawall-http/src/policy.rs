@@ -23,6 +23,7 @@ use http::Method;
 use seawall_config::{Route, RouteAction};
 use seawall_core::priority::Priority;
 
+use crate::cache::{self, CacheEvent, CacheStatus, Lookup};
 use crate::overload::ShedCause;
 use crate::problem::{Reason, Refusal};
 use crate::request::RequestView;
@@ -33,6 +34,15 @@ use crate::worker::{Pinned, Worker};
 pub enum Admission {
     Admit(Permit),
     Refuse(Refusal),
+    /// Answer from the cache: a fresh answer, or a stale one standing in for a request that
+    /// would be shed.
+    Cached(CachedAnswer),
+}
+
+/// A stored answer to serve, with Seawall's own field lines (the rate-limit state).
+pub struct CachedAnswer {
+    pub served: cache::Served,
+    pub fields: Vec<u8>,
 }
 
 /// An admitted request's hold on its route: counted in flight until dropped.
@@ -47,6 +57,11 @@ pub struct Permit {
     pub fields: Vec<u8>,
     /// When the client stops waiting, from its deadline header (`server.deadline_header`).
     pub deadline: Option<Instant>,
+    /// What the cache knows of a request it may answer or store (taken by the engine for the
+    /// upstream call).
+    pub cache: Option<cache::Ticket>,
+    /// The length of `fields` before the `x-seawall-cache` line (a stored answer states its own).
+    pub fields_before_cache: usize,
 }
 
 impl Permit {
@@ -58,12 +73,27 @@ impl Permit {
         fields: Vec<u8>,
     ) -> Self {
         snapshot.route_metrics[route].inflight_add(1);
-        Permit { snapshot, route, upstream, priority, fields, deadline: None }
+        let fields_before_cache = fields.len();
+        Permit {
+            snapshot,
+            route,
+            upstream,
+            priority,
+            fields,
+            deadline: None,
+            cache: None,
+            fields_before_cache,
+        }
     }
 
     /// The index of the route the request matched.
     pub fn route_index(&self) -> usize {
         self.route
+    }
+
+    /// Seawall's field lines for a stored answer (without the `x-seawall-cache` line).
+    pub fn fields_for_stored(&self) -> &[u8] {
+        &self.fields[..self.fields_before_cache]
     }
 
     /// The route the request matched.
@@ -136,7 +166,40 @@ pub fn admit(snapshot: &Rc<Pinned>, request: &RequestView<'_>, account: &mut Acc
         }
     };
     let overload = &snapshot.overload;
+    let metrics = &snapshot.route_metrics[index];
+    let mut ticket = None;
+    let mut cache_status = None;
+    if let Some(policy) = route.cache.as_ref().filter(|_| reads) {
+        let now = cache::now_secs();
+        let crisis = overload.in_crisis();
+        match snapshot.cache.lookup(&route.name, policy, metrics, request, now, crisis) {
+            Lookup::Serve(served) => {
+                metrics.cache(served.status.event());
+                return Admission::Cached(CachedAnswer { served, fields });
+            }
+            Lookup::Fetch(t) => {
+                let waits = matches!(t.role, cache::Role::Wait(_));
+                metrics.cache(if waits { CacheEvent::Coalesced } else { CacheEvent::Miss });
+                cache_status = Some(CacheStatus::Miss);
+                ticket = Some(t);
+            }
+            Lookup::Bypass => {
+                metrics.cache(CacheEvent::Bypass);
+                cache_status = Some(CacheStatus::Bypass);
+            }
+        }
+    }
+    // A request that would be shed gets a stale answer where there is one.
+    let stale_for_shed = |ticket: &Option<cache::Ticket>| {
+        let t = ticket.as_ref()?;
+        let stored = t.stale_for_error(cache::now_secs(), overload.in_crisis())?;
+        metrics.cache(CacheEvent::Stale);
+        Some(CachedAnswer { served: t.serve(&stored, CacheStatus::Stale), fields: fields.clone() })
+    };
     if let Some(cause) = overload.shed(priority) {
+        if let Some(answer) = stale_for_shed(&ticket) {
+            return Admission::Cached(answer);
+        }
         snapshot.route_metrics[index].shed(priority, cause);
         let after = snapshot.config.overload.retry_after;
         let refusal = crate::overload::refusal(cause, priority, after);
@@ -149,6 +212,9 @@ pub fn admit(snapshot: &Rc<Pinned>, request: &RequestView<'_>, account: &mut Acc
     let group = &snapshot.upstreams[upstream];
     if let Some(gate) = group.gate.as_ref().filter(|g| crate::overload::sheds(g.level(), priority))
     {
+        if let Some(answer) = stale_for_shed(&ticket) {
+            return Admission::Cached(answer);
+        }
         snapshot.route_metrics[index].shed(priority, ShedCause::Wait);
         let detail = format!(
             "requests more important than {priority} are waiting for upstream {:?}: {priority} \
@@ -162,6 +228,10 @@ pub fn admit(snapshot: &Rc<Pinned>, request: &RequestView<'_>, account: &mut Acc
     }
     overload.admitted.add(1);
     let mut permit = Permit::new(Rc::clone(snapshot), index, upstream, priority, fields);
+    permit.cache = ticket;
+    if let Some(status) = cache_status {
+        permit.fields.extend_from_slice(status.field_line());
+    }
     let asked = request.headers.first(&snapshot.config.server.deadline_header);
     permit.deadline = asked
         .and_then(seawall_core::deadline::parse_ms)

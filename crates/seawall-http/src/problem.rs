@@ -127,6 +127,20 @@ impl Reason {
         )
     }
 
+    /// Whether the upstream side failed to answer (a stale cached answer may stand in).
+    pub fn is_upstream_failure(self) -> bool {
+        matches!(
+            self,
+            Reason::UpstreamError
+                | Reason::UpstreamConnectFailed
+                | Reason::UpstreamUnavailable
+                | Reason::CircuitOpen
+                | Reason::BulkheadFull
+                | Reason::Overloaded
+                | Reason::UpstreamTimeout
+        )
+    }
+
     /// Seconds after which a retry may succeed, where waiting helps.
     pub fn retry_after(self) -> Option<u32> {
         match self {

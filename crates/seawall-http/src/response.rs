@@ -226,7 +226,7 @@ impl<'h> ResponseView<'h> {
     }
 
     /// The fields that go on to the client, in order.
-    fn forwarded(&self) -> impl Iterator<Item = (&'h [u8], &'h [u8])> + '_ {
+    pub(crate) fn forwarded(&self) -> impl Iterator<Item = (&'h [u8], &'h [u8])> + '_ {
         self.fields
             .iter()
             .filter(|f| !f.named && forwards_response_field(f.class))
@@ -255,6 +255,10 @@ impl HeaderLookup for ResponseView<'_> {
 
     fn first(&self, name: &str) -> Option<&[u8]> {
         self.lookup().get(name)
+    }
+
+    fn for_each_field(&self, each: &mut dyn FnMut(&[u8], &[u8])) {
+        self.lookup().for_each_field(each);
     }
 }
 

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use seawall_config::Config;
 
+use crate::cache::Cache;
 use crate::metrics::{Registry, RouteMetrics};
 use crate::overload::Overload;
 use crate::ratelimit::Limiter;
@@ -30,6 +31,9 @@ pub struct Snapshot {
     pub switches: Arc<Switches>,
     /// The overload level and crisis mode: the same object from snapshot to snapshot.
     pub overload: Arc<Overload>,
+    /// The response cache: the same object from snapshot to snapshot (resized to
+    /// `cache.memory`).
+    pub cache: Arc<Cache>,
 }
 
 impl Snapshot {
@@ -54,7 +58,15 @@ impl Snapshot {
                 Arc::new(Limiter::new(l.clone(), old.map(Arc::as_ref), registry.shards()))
             })
             .collect();
+        let cache = match previous {
+            Some(p) => {
+                p.cache.set_capacity(config.cache.memory);
+                Arc::clone(&p.cache)
+            }
+            None => Cache::new(config.cache.memory),
+        };
         Snapshot {
+            cache,
             upstreams,
             limiters,
             switches: previous.map_or_else(Arc::default, |p| Arc::clone(&p.switches)),

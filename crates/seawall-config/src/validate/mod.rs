@@ -68,8 +68,13 @@ pub mod defaults {
     pub const OVERLOAD_LATENCY_TOLERANCE: f64 = 2.0;
     pub const OVERLOAD_LATENCY_SLACK: &str = "5ms";
     pub const OVERLOAD_PROBE_EVERY: &str = "30s";
+    pub const CACHE_MEMORY: u64 = 64 << 20;
+    pub const CACHE_TTL: &str = "60s";
+    pub const CACHE_MAX_OBJECT: u64 = 1 << 20;
+    pub const CACHE_COALESCE_WAIT: &str = "5s";
 }
 
+mod cache;
 mod overload;
 mod protections;
 
@@ -185,9 +190,10 @@ pub fn validate(raw: RawConfig, source: &str, file: &str) -> Result<Config, Conf
         }
     }
     let overload = overload::overload(&mut cx, &raw.overload);
+    let cache = cache::cache(&mut cx, &raw.cache);
     if cx.errors.is_empty() {
         let warnings = cx.warnings;
-        Ok(Config { server, log, upstreams, routes, rate_limits, overload, warnings })
+        Ok(Config { server, log, upstreams, routes, rate_limits, overload, cache, warnings })
     } else {
         Err(ConfigErrors(cx.errors))
     }
@@ -714,6 +720,8 @@ fn route(cx: &mut Ctx<'_>, i: usize, raw: &Spanned<RawRoute>, names: &Names<'_>)
         .degrade
         .as_ref()
         .map(|d| std::sync::Arc::new(protections::degrade(cx, d, &key("degrade"))));
+    let cache =
+        r.cache.as_ref().map(|c| std::sync::Arc::new(cache::route_cache(cx, c, &key("cache"))));
     Some(Route {
         name,
         matcher: RouteMatch { host, path, methods, header },
@@ -726,6 +734,7 @@ fn route(cx: &mut Ctx<'_>, i: usize, raw: &Spanned<RawRoute>, names: &Names<'_>)
         read_upstream,
         degrade,
         disable_in_crisis: r.disable_in_crisis.unwrap_or(false),
+        cache,
     })
 }
 

@@ -37,6 +37,7 @@ impl<S: Transport> Session<S> {
         permit: &Permit,
         upstream: usize,
         facts: Facts,
+        cache: Option<&mut crate::cache::Ticket>,
     ) -> (Served, After) {
         let snapshot = permit.snapshot();
         let route = permit.route();
@@ -74,6 +75,7 @@ impl<S: Transport> Session<S> {
                 client_deadline: None,
                 head_len: 0,
                 degrade: route.degrade.as_ref(),
+                cache,
             },
             &mut body,
             &mut self.timer,
@@ -89,6 +91,10 @@ impl<S: Transport> Session<S> {
             }
             Forwarded::Client(error, at) => {
                 return self.client_failed(error, at, body_complete).await
+            }
+            Forwarded::Cached(served) => {
+                let fields = permit.fields_for_stored();
+                return self.serve_stored(&served, fields, Some(body_complete)).await;
             }
         };
         let at = response.server();

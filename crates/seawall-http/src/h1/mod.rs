@@ -6,6 +6,7 @@
 //! decided by the policy layer ([`crate::policy`]) and the engine-neutral upstream call
 //! ([`crate::proxy`]) that the hyper engine (HTTP/2) uses too.
 
+mod cached;
 mod exchange;
 pub mod head;
 mod session;

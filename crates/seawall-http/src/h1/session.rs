@@ -229,8 +229,13 @@ impl<S: Transport> Session<S> {
             (view.method.as_str().to_owned(), String::from_utf8_lossy(view.path).into_owned())
         });
         let admission = policy::admit(&snapshot, &view, &mut account);
-        let permit = match admission {
+        let mut permit = match admission {
             Admission::Admit(permit) => permit,
+            Admission::Cached(answer) => {
+                let (served, after) = self.serve_stored(&answer.served, &answer.fields, None).await;
+                account.finish(served, Instant::now());
+                return after;
+            }
             Admission::Refuse(refusal) => {
                 let (after, written) = self.refuse(&refusal).await;
                 let served = if written {
@@ -251,7 +256,8 @@ impl<S: Transport> Session<S> {
                     idempotent: view.is_idempotent(),
                     has_host: view.host.is_some(),
                 };
-                self.proxy(&permit, upstream, facts).await
+                let mut ticket = permit.cache.take();
+                self.proxy(&permit, upstream, facts, ticket.as_mut()).await
             }
         };
         // The duration runs to the response head; the keep-alive wait that follows, from now.
@@ -294,7 +300,7 @@ impl<S: Transport> Session<S> {
     }
 
     /// The length of the request (head and body) when its body has a declared length.
-    fn whole_request_len(&self) -> Option<u64> {
+    pub(super) fn whole_request_len(&self) -> Option<u64> {
         match self.head.framing {
             BodyFraming::None => Some(self.head.len as u64),
             BodyFraming::Length(n) => Some(self.head.len as u64 + n),
@@ -303,7 +309,7 @@ impl<S: Transport> Session<S> {
     }
 
     /// Drops the current request (head and body, all in the buffer) from the buffer.
-    fn consume_request(&mut self) {
+    pub(super) fn consume_request(&mut self) {
         let used = self.whole_request_len().unwrap_or(self.head.len as u64);
         let used = usize::try_from(used).unwrap_or(usize::MAX).min(self.buf.len());
         bytes::Buf::advance(&mut self.buf, used);

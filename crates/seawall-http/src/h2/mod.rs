@@ -23,6 +23,7 @@ use tokio::time::Instant;
 pub use body::ProxyBody;
 use body::StreamBody;
 
+use crate::cache;
 use crate::headers::{classify, has_token, valid_host, ConnectionOptions};
 use crate::policy::{self, body_limit, Account, Admission, Permit, Served};
 use crate::problem::{Reason, Refusal};
@@ -102,10 +103,15 @@ pub async fn handle(
         framing,
         peer,
     };
-    let permit = match policy::admit(&snapshot, &view, &mut account) {
+    let head_only = parts.method == http::Method::HEAD;
+    let mut permit = match policy::admit(&snapshot, &view, &mut account) {
         Admission::Admit(permit) => permit,
         Admission::Refuse(refusal) => return Ok(refuse(refusal, account, None, active)),
+        Admission::Cached(answer) => {
+            return Ok(serve_stored(&answer.served, &answer.fields, head_only, account, active))
+        }
     };
+    let mut ticket = permit.cache.take();
     let upstream = permit.upstream;
     let group = &snapshot.upstreams[upstream];
     let route = permit.route();
@@ -169,6 +175,7 @@ pub async fn handle(
             client_deadline: None,
             head_len: 0,
             degrade: route.degrade.as_ref(),
+            cache: ticket.as_mut(),
         },
         &mut down,
         &mut timer,
@@ -183,6 +190,10 @@ pub async fn handle(
             }
             let refusal = Refusal::new(error.reason(), error.detail());
             return Ok(refuse(refusal, account, at, active));
+        }
+        Forwarded::Cached(served) => {
+            let fields = permit.fields_for_stored();
+            return Ok(serve_stored(&served, fields, head_only, account, active));
         }
     };
     let mut response = response;
@@ -253,6 +264,28 @@ fn framing(headers: &http::HeaderMap, body: &Incoming) -> Result<BodyFraming, Re
         None if body.is_end_stream() => BodyFraming::None,
         None => BodyFraming::Streamed,
     })
+}
+
+/// A stored answer, accounted.
+fn serve_stored(
+    answer: &cache::Served,
+    added: &[u8],
+    head_only: bool,
+    account: Account,
+    active: ActiveGuard,
+) -> Response<ProxyBody> {
+    let stored = &answer.stored;
+    let age = stored.age(cache::now_secs());
+    let (status, headers) = stored.header_map(age, answer.status, added, answer.not_modified);
+    let bodiless = answer.not_modified || head_only || stored.status == 204;
+    let body = if bodiless { bytes::Bytes::new() } else { stored.body.clone() };
+    account
+        .finish(Served { status: status.as_u16(), upstream: None, reason: None }, Instant::now());
+    let mut response =
+        Response::new(ProxyBody::full(body).with_guards(Guards { _permit: None, _active: active }));
+    *response.status_mut() = status;
+    *response.headers_mut() = headers;
+    response
 }
 
 /// Seawall's own answer, accounted.

@@ -193,6 +193,9 @@ pub struct Forward<'a> {
     pub head_len: usize,
     /// The route's degraded answer, served instead of Seawall's error when every upstream failed.
     pub degrade: Option<&'a Arc<Degrade>>,
+    /// What the cache knows of the request: a fetch to wait for, an answer to store, a stale
+    /// answer to stand in for a failure.
+    pub cache: Option<&'a mut crate::cache::Ticket>,
 }
 
 /// What became of the exchange.
@@ -204,6 +207,9 @@ pub enum Forwarded {
     Refused(Refusal, Option<(usize, usize)>),
     /// The client's side failed or the client left; the server tried, if any.
     Client(BodyError, Option<(usize, usize)>),
+    /// A stored answer: the one another request fetched meanwhile, or a stale one standing in
+    /// for a failure.
+    Cached(crate::cache::Served),
 }
 
 /// One try on one connection.

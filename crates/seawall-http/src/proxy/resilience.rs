@@ -41,6 +41,9 @@ pub async fn forward<D: Downstream>(
         strip_field(f.head, snapshot.config.server.deadline_header.as_bytes());
     }
     f.head_len = f.head.len();
+    if let Some(served) = wait_for_fetch(&mut f).await {
+        return Forwarded::Cached(served);
+    }
     let mut forwarded = forward_group(&mut f, down, timer).await;
     for &next in &snapshot.upstreams[f.upstream].config.fallback {
         if !falls_back(&f, &forwarded) || !down.rewind() {
@@ -56,12 +59,65 @@ pub async fn forward<D: Downstream>(
             forwarded = attempt;
         }
     }
+    if let Some(ticket) = f.cache.as_deref_mut() {
+        if let Some(served) = through_cache(ticket, &mut forwarded, f.snapshot) {
+            drop(forwarded);
+            f.snapshot.route_metrics[f.route].cache(crate::cache::CacheEvent::Stale);
+            return Forwarded::Cached(served);
+        }
+    }
     match forwarded {
         Forwarded::Refused(refusal, at) if f.degrade.is_some() => {
             Forwarded::Refused(refusal.degraded(f.degrade), at)
         }
         forwarded => forwarded,
     }
+}
+
+/// Waits (up to the route's `coalesce_wait`, within the request's deadline) for another request
+/// fetching the same key; the answer it stored, when there is one.
+async fn wait_for_fetch(f: &mut Forward<'_>) -> Option<crate::cache::Served> {
+    let ticket = f.cache.as_deref_mut()?;
+    let wait = ticket.coalesce_wait();
+    let crate::cache::Role::Wait(done) = &mut ticket.role else { return None };
+    let mut until = Instant::now() + wait;
+    if let Some(deadline) = f.deadline {
+        until = until.min(deadline);
+    }
+    // The fetch ends when its sender is dropped: `changed` then fails.
+    let _ = tokio::time::timeout_at(until, done.changed()).await;
+    let crisis = f.snapshot.overload.in_crisis();
+    let served = ticket.after_wait(crate::cache::now_secs(), crisis)?;
+    f.snapshot.route_metrics[f.route].cache(crate::cache::CacheEvent::Hit);
+    Some(served)
+}
+
+/// The cache's part in what came back: an answer it may store gets a tap that stores its body
+/// as it passes; a failure (no answer, or a 5xx) gets the stale answer when one may stand in.
+fn through_cache(
+    ticket: &mut crate::cache::Ticket,
+    forwarded: &mut Forwarded,
+    snapshot: &crate::worker::Pinned,
+) -> Option<crate::cache::Served> {
+    let now = crate::cache::now_secs();
+    let failed = match forwarded {
+        Forwarded::Response(response) if response.head.status < 500 => {
+            match ticket.tap(&response.view(), now) {
+                Ok(tap) => response.set_tap(tap),
+                Err(_) => ticket.end_flight(),
+            }
+            false
+        }
+        Forwarded::Response(_) => true,
+        Forwarded::Refused(refusal, _) => refusal.reason.is_upstream_failure(),
+        Forwarded::Client(..) | Forwarded::Cached(_) => false,
+    };
+    if !failed {
+        return None;
+    }
+    ticket.end_flight();
+    let stored = ticket.stale_for_error(now, snapshot.overload.in_crisis())?;
+    Some(ticket.serve(&stored, crate::cache::CacheStatus::Stale))
 }
 
 /// The refusal for a request whose deadline has passed, before anything more is sent: the
@@ -112,7 +168,7 @@ fn falls_back(f: &Forward<'_>, forwarded: &Forwarded) -> bool {
             _ => false,
         },
         Forwarded::Response(response) => response.head.status >= 500 && f.method.is_idempotent(),
-        Forwarded::Client(..) => false,
+        Forwarded::Client(..) | Forwarded::Cached(_) => false,
     }
 }
 
@@ -177,6 +233,7 @@ async fn forward_group<D: Downstream>(
         let server = match &forwarded {
             Forwarded::Response(response) => response.server(),
             Forwarded::Refused(_, at) | Forwarded::Client(_, at) => *at,
+            Forwarded::Cached(_) => None,
         };
         avoid.extend(server.map(|(_, index)| index));
         // A discarded answer closes its connection; its outcome is recorded as it goes.
@@ -286,7 +343,7 @@ async fn through_breaker<D: Downstream>(
         }
         Forwarded::Refused(..) => true,
         // The client's side failed: nothing is known of the upstream (the ticket is dropped).
-        Forwarded::Client(..) => return forwarded,
+        Forwarded::Client(..) | Forwarded::Cached(_) => return forwarded,
     };
     ticket.finish(failed, std::time::Instant::now());
     forwarded

@@ -163,6 +163,33 @@ async fn answer(o: Origin, mut req: Request<Incoming>) -> Result<Response<Origin
             r.headers_mut().insert("connection", "upgrade".parse().unwrap());
             return Ok(r);
         }
+        // An answer whose caching fields the query sets: `cc` (Cache-Control), `etag`, `vary`,
+        // `lm` (Last-Modified), `cookie=1` (a Set-Cookie); its body names the hit it was.
+        "/cache" => {
+            let n = o.hits.load(SeqCst);
+            let mut r =
+                reply(&o, StatusCode::OK, Full::new(Bytes::from(format!("answer {n}"))).boxed());
+            let pairs: Vec<(String, String)> = req
+                .uri()
+                .query()
+                .unwrap_or("")
+                .split('&')
+                .filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+                .collect();
+            for (k, v) in pairs {
+                let name = match k.as_str() {
+                    "cc" => "cache-control",
+                    "etag" => "etag",
+                    "vary" => "vary",
+                    "lm" => "last-modified",
+                    "cookie" => "set-cookie",
+                    _ => continue,
+                };
+                let v = v.replace("%22", "\"").replace("%20", " ");
+                r.headers_mut().append(name, v.parse().unwrap());
+            }
+            return Ok(r);
+        }
         p if p.starts_with("/status/") => {
             let code: u16 = p["/status/".len()..].parse().unwrap_or(400);
             return Ok(reply(

@@ -1,0 +1,546 @@
+//! The response cache, decided in the policy layer for both engines: a lookup at admission (a
+//! fresh answer is served before any shedding — it costs nothing; a stale one stands in for a
+//! request that would be shed), one fetch per key at a time (others wait for it, bounded, and are
+//! served what it stored), the answer stored as it streams to its first client, and stale answers
+//! served when the origin fails. RFC 9111's rules are [`seawall_core::cache`]'s.
+//!
+//! ```text
+//! admit ─▶ lookup ─┬─ fresh ───────────────────────────────▶ serve HIT (304 if the client's copy is current)
+//!                  ├─ stale, being fetched / would be shed ─▶ serve STALE
+//!                  ├─ absent / stale ─▶ fetch: lead, or wait for the one fetching ─▶ HIT
+//!                  │                   └ origin fails and a stale answer may stand in ─▶ STALE
+//!                  └─ bypass (no-store, Authorization) ───▶ origin, nothing stored
+//! ```
+//!
+//! The in-memory layer (L1) is a `quick_cache` bounded by bytes (frequency-aware admission, scan
+//! resistant); entries live past their freshness for as long as they may still be served stale.
+
+mod key;
+mod stored;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use bytes::{Bytes, BytesMut};
+use seawall_config::RouteCache;
+use seawall_core::cache::{self as rules, RequestFacts, RequestUse, RoutePolicy, Usable};
+use tokio::sync::watch;
+
+pub use key::Key;
+pub use stored::{CacheStatus, Http1Form, Stored};
+
+use crate::headers::HeaderLookup;
+use crate::metrics::RouteMetrics;
+use crate::proxy::BodyTap;
+use crate::request::RequestView;
+use crate::response::ResponseView;
+
+/// What the cache counts per route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheEvent {
+    Hit,
+    Miss,
+    Stale,
+    Revalidated,
+    Bypass,
+    /// A request waited for another fetching its key.
+    Coalesced,
+    Stored,
+    /// The answer could not be stored (its status or `Cache-Control`).
+    Uncacheable,
+    /// The answer was larger than `max_object_size`.
+    TooLarge,
+}
+
+impl CacheEvent {
+    pub const ALL: [CacheEvent; 9] = [
+        CacheEvent::Hit,
+        CacheEvent::Miss,
+        CacheEvent::Stale,
+        CacheEvent::Revalidated,
+        CacheEvent::Bypass,
+        CacheEvent::Coalesced,
+        CacheEvent::Stored,
+        CacheEvent::Uncacheable,
+        CacheEvent::TooLarge,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheEvent::Hit => "hit",
+            CacheEvent::Miss => "miss",
+            CacheEvent::Stale => "stale",
+            CacheEvent::Revalidated => "revalidated",
+            CacheEvent::Bypass => "bypass",
+            CacheEvent::Coalesced => "coalesced",
+            CacheEvent::Stored => "stored",
+            CacheEvent::Uncacheable => "uncacheable",
+            CacheEvent::TooLarge => "too_large",
+        }
+    }
+}
+
+/// An L1 entry: an answer, or the names a key's answers vary on (each variant is stored under
+/// the key extended with the request's values for them).
+#[derive(Clone)]
+enum Entry {
+    Answer(Arc<Stored>),
+    Variants(Arc<[String]>),
+}
+
+#[derive(Clone)]
+struct Weigh;
+
+impl quick_cache::Weighter<Box<str>, Entry> for Weigh {
+    fn weight(&self, key: &Box<str>, entry: &Entry) -> u64 {
+        let own = match entry {
+            Entry::Answer(stored) => stored.weight(),
+            Entry::Variants(names) => names.iter().map(|n| n.len() as u64 + 24).sum::<u64>() + 64,
+        };
+        own + key.len() as u64
+    }
+}
+
+/// Counts what L1 evicts to make room.
+#[derive(Clone, Default)]
+struct Evictions(Arc<AtomicU64>);
+
+impl quick_cache::Lifecycle<Box<str>, Entry> for Evictions {
+    type RequestState = ();
+
+    fn begin_request(&self) -> Self::RequestState {}
+
+    fn on_evict(&self, _state: &mut (), _key: Box<str>, _entry: Entry) {
+        self.0.fetch_add(1, Relaxed);
+    }
+}
+
+type L1 =
+    quick_cache::sync::Cache<Box<str>, Entry, Weigh, quick_cache::DefaultHashBuilder, Evictions>;
+
+/// The cache every route shares; kept from snapshot to snapshot.
+pub struct Cache {
+    l1: L1,
+    evictions: Evictions,
+    /// Keys being fetched now: a request for one waits for the fetch to end.
+    flights: Mutex<HashMap<Box<str>, watch::Receiver<()>>>,
+}
+
+impl Cache {
+    /// A cache holding at most `memory` bytes.
+    pub fn new(memory: u64) -> Arc<Cache> {
+        let evictions = Evictions::default();
+        // quick_cache sizes its table from an estimate of the entries: a few KiB each.
+        let estimate = usize::try_from(memory / 4096).unwrap_or(usize::MAX).max(64);
+        let l1 = quick_cache::sync::Cache::with(
+            estimate,
+            memory,
+            Weigh,
+            quick_cache::DefaultHashBuilder::default(),
+            evictions.clone(),
+        );
+        Arc::new(Cache { l1, evictions, flights: Mutex::new(HashMap::new()) })
+    }
+
+    /// The bytes it may hold now.
+    pub fn capacity(&self) -> u64 {
+        self.l1.capacity()
+    }
+
+    /// Holds at most `memory` bytes from now on, evicting what no longer fits.
+    pub fn set_capacity(&self, memory: u64) {
+        if memory != self.l1.capacity() {
+            self.l1.set_capacity(memory);
+        }
+    }
+
+    /// Bytes held, entries, and evictions so far.
+    pub fn usage(&self) -> (u64, usize, u64) {
+        (self.l1.weight(), self.l1.len(), self.evictions.0.load(Relaxed))
+    }
+
+    /// Removes every answer whose path (and query) is `path`, or starts with `prefix`; returns
+    /// how many went.
+    pub fn purge(&self, path: Option<&str>, prefix: Option<&str>) -> usize {
+        let removed = AtomicU64::new(0);
+        self.l1.retain(|_, entry| {
+            let Entry::Answer(stored) = entry else { return true };
+            let hit = path.is_some_and(|p| *stored.path == *p)
+                || prefix.is_some_and(|p| stored.path.starts_with(p));
+            if hit {
+                removed.fetch_add(1, Relaxed);
+            }
+            !hit
+        });
+        usize::try_from(removed.load(Relaxed)).unwrap_or(usize::MAX)
+    }
+
+    /// How the request meets the cache (the route caches; the method is GET or HEAD).
+    pub fn lookup(
+        self: &Arc<Self>,
+        route_name: &str,
+        policy: &Arc<RouteCache>,
+        metrics: &Arc<RouteMetrics>,
+        request: &RequestView<'_>,
+        now: u64,
+        crisis: bool,
+    ) -> Lookup {
+        let rules = route_rules(policy);
+        let facts = request_facts(request);
+        let key = Key::primary(route_name, policy, request);
+        let head = *request.method == http::Method::HEAD;
+        let request_use = rules::request_use(&facts, &rules);
+        if request_use == RequestUse::Bypass {
+            return Lookup::Bypass;
+        }
+        let found = self.find(&key, request.headers);
+        let candidate = found.as_ref().map(|(stored, _)| Arc::clone(stored));
+        if request_use == RequestUse::Lookup {
+            if let Some((stored, _)) = &found {
+                let age = stored.age(now);
+                match rules::usable(&stored.lifetime, age, &rules, crisis) {
+                    Usable::Fresh if !stored.lifetime.revalidate_always => {
+                        let served = Served::new(stored, CacheStatus::Hit, request.headers);
+                        return Lookup::Serve(served);
+                    }
+                    Usable::StaleWhileRevalidate if self.in_flight(found_key(&found, &key)) => {
+                        let served = Served::new(stored, CacheStatus::Stale, request.headers);
+                        return Lookup::Serve(served);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let fetch_key = found.map_or_else(|| key.clone(), |(_, k)| k);
+        // A HEAD answer has no body to store: it goes alone, and stores nothing.
+        let role = if head || request_use == RequestUse::Refresh {
+            Role::Alone
+        } else {
+            self.join_flight(&fetch_key)
+        };
+        Lookup::Fetch(Ticket {
+            cache: Arc::clone(self),
+            metrics: Arc::clone(metrics),
+            policy: Arc::clone(policy),
+            route: route_name.into(),
+            key,
+            stale: candidate,
+            role,
+            store: !head,
+            request: Captured::of(request),
+            target: String::from_utf8_lossy(request.target).into(),
+        })
+    }
+
+    /// The stored answer for `key` that matches the request's variant, with the key it is
+    /// stored under.
+    fn find(&self, key: &Key, request: &dyn HeaderLookup) -> Option<(Arc<Stored>, Key)> {
+        match self.l1.get(key.as_str())? {
+            Entry::Answer(stored) => Some((stored, key.clone())),
+            Entry::Variants(names) => {
+                let variant = key.variant(&names, request);
+                match self.l1.get(variant.as_str())? {
+                    Entry::Answer(stored) if matches_variant(&stored, request) => {
+                        Some((stored, variant))
+                    }
+                    _ => None,
+                }
+            }
+        }
+    }
+
+    fn in_flight(&self, key: &Key) -> bool {
+        self.flights.lock().unwrap_or_else(PoisonError::into_inner).contains_key(key.as_str())
+    }
+
+    /// Leads the fetch of `key`, or waits for the one leading it.
+    fn join_flight(self: &Arc<Self>, key: &Key) -> Role {
+        let mut flights = self.flights.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(done) = flights.get(key.as_str()) {
+            return Role::Wait(done.clone());
+        }
+        let (tx, rx) = watch::channel(());
+        flights.insert(key.as_str().into(), rx);
+        Role::Lead(Flight { cache: Arc::clone(self), key: key.as_str().into(), _done: tx })
+    }
+
+    /// Stores `stored` under `key` (and, when it varies, the names it varies on under the
+    /// primary key).
+    fn insert(&self, key: &Key, stored: Stored) {
+        let stored = Arc::new(stored);
+        if stored.vary.is_empty() {
+            self.l1.insert(key.as_str().into(), Entry::Answer(stored));
+            return;
+        }
+        let names: Arc<[String]> = stored.vary.iter().map(|(n, _)| n.clone()).collect();
+        let variant = key.variant_of(&stored);
+        self.l1.insert(key.as_str().into(), Entry::Variants(names));
+        self.l1.insert(variant.as_str().into(), Entry::Answer(stored));
+    }
+}
+
+fn found_key<'k>(found: &'k Option<(Arc<Stored>, Key)>, key: &'k Key) -> &'k Key {
+    found.as_ref().map_or(key, |(_, k)| k)
+}
+
+/// Whether a stored variant was fetched with the request's values for the fields it varies on.
+fn matches_variant(stored: &Stored, request: &dyn HeaderLookup) -> bool {
+    stored.vary.iter().all(|(name, value)| request.first(name) == value.as_deref())
+}
+
+/// The route's policy in the rules' terms.
+pub fn route_rules(policy: &RouteCache) -> RoutePolicy {
+    RoutePolicy {
+        ttl: policy.ttl.as_secs(),
+        crisis_ttl: policy.crisis_ttl.map(|t| t.as_secs()),
+        stale_while_revalidate: policy.stale_while_revalidate.as_secs(),
+        stale_if_error: policy.stale_if_error.as_secs(),
+        override_origin: policy.override_origin,
+        share_authorized: policy.share_authorized,
+        share_cookies: policy.share_cookies,
+    }
+}
+
+fn request_facts(request: &RequestView<'_>) -> RequestFacts {
+    // Owned: the lookup lends each value only for the call (requests rarely carry any).
+    let mut values: Vec<Vec<u8>> = Vec::new();
+    request.headers.for_each_value("cache-control", &mut |v| {
+        values.push(v.to_vec());
+        false
+    });
+    let directives = rules::Directives::parse(values.iter().map(Vec::as_slice));
+    RequestFacts {
+        directives,
+        pragma_no_cache: request.headers.first("pragma").is_some_and(stored::pragma_no_cache),
+        authorization: request.headers.first("authorization").is_some(),
+    }
+}
+
+/// Seconds since the Unix epoch, as the cache counts ages.
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// What the lookup decided.
+pub enum Lookup {
+    /// Answer with a stored response.
+    Serve(Served),
+    /// Go to the origin (storing what comes, when the ticket says so).
+    Fetch(Ticket),
+    /// Go to the origin, store nothing.
+    Bypass,
+}
+
+/// A stored answer about to be served.
+pub struct Served {
+    pub stored: Arc<Stored>,
+    pub status: CacheStatus,
+    /// The client's conditional request finds its copy current: answer 304.
+    pub not_modified: bool,
+}
+
+impl Served {
+    fn new(stored: &Arc<Stored>, status: CacheStatus, request: &dyn HeaderLookup) -> Served {
+        let if_none_match = request.first("if-none-match");
+        let if_modified_since = request.first("if-modified-since").and_then(stored::parse_date);
+        Served {
+            not_modified: stored.not_modified_for(if_none_match, if_modified_since),
+            stored: Arc::clone(stored),
+            status,
+        }
+    }
+}
+
+/// The request fields a fetch may need once the engine's buffers have moved on: for the
+/// fields a `Vary` names, and the client's validators.
+pub struct Captured(Vec<(String, Bytes)>);
+
+impl Captured {
+    fn of(request: &RequestView<'_>) -> Captured {
+        let mut fields = Vec::new();
+        request.headers.for_each_field(&mut |name, value| {
+            let name = String::from_utf8_lossy(name).to_ascii_lowercase();
+            fields.push((name, Bytes::copy_from_slice(value)));
+        });
+        Captured(fields)
+    }
+}
+
+impl HeaderLookup for Captured {
+    fn for_each_value(&self, name: &str, found: &mut dyn FnMut(&[u8]) -> bool) {
+        for (n, v) in &self.0 {
+            if n == name && found(v) {
+                return;
+            }
+        }
+    }
+
+    fn first(&self, name: &str) -> Option<&[u8]> {
+        self.0.iter().find(|(n, _)| n == name).map(|(_, v)| &v[..])
+    }
+
+    fn for_each_field(&self, each: &mut dyn FnMut(&[u8], &[u8])) {
+        for (name, value) in &self.0 {
+            each(name.as_bytes(), value);
+        }
+    }
+}
+
+/// How a request that goes to the origin takes part in the fetch of its key.
+pub enum Role {
+    /// It fetches; others wait until its answer is stored (or not).
+    Lead(Flight),
+    /// Another request fetches: wait for it.
+    Wait(watch::Receiver<()>),
+    /// It fetches for itself (HEAD, or a client asking for the origin's word).
+    Alone,
+}
+
+/// The fetch of one key; waiters wake when it is dropped (the answer stored, or not).
+pub struct Flight {
+    cache: Arc<Cache>,
+    key: Box<str>,
+    _done: watch::Sender<()>,
+}
+
+impl Drop for Flight {
+    fn drop(&mut self) {
+        let mut flights = self.cache.flights.lock().unwrap_or_else(PoisonError::into_inner);
+        flights.remove(&self.key);
+    }
+}
+
+/// A request on its way to the origin with what the cache knows of it.
+pub struct Ticket {
+    cache: Arc<Cache>,
+    metrics: Arc<RouteMetrics>,
+    policy: Arc<RouteCache>,
+    route: Box<str>,
+    key: Key,
+    /// A stored answer past its freshness: it stands in if the origin fails.
+    pub stale: Option<Arc<Stored>>,
+    pub role: Role,
+    /// Whether the answer may be stored (a GET).
+    store: bool,
+    request: Captured,
+    /// The request's path and query.
+    target: Box<str>,
+}
+
+impl Ticket {
+    /// How long to wait for another request fetching the same key.
+    pub fn coalesce_wait(&self) -> std::time::Duration {
+        self.policy.coalesce_wait
+    }
+
+    /// After waiting for the fetch of the key: the answer it stored, if it is fresh (the request
+    /// goes alone from now on).
+    pub fn after_wait(&mut self, now: u64, crisis: bool) -> Option<Served> {
+        self.role = Role::Alone;
+        let (stored, _) = self.cache.find(&self.key, &self.request)?;
+        let rules = route_rules(&self.policy);
+        let usable = rules::usable(&stored.lifetime, stored.age(now), &rules, crisis);
+        (usable == Usable::Fresh).then(|| self.serve(&stored, CacheStatus::Hit))
+    }
+
+    /// `stored` served to this request as `status`.
+    pub fn serve(&self, stored: &Arc<Stored>, status: CacheStatus) -> Served {
+        Served::new(stored, status, &self.request)
+    }
+
+    /// The fetch will not store anything: whoever waits for it may stop.
+    pub fn end_flight(&mut self) {
+        if matches!(self.role, Role::Lead(_)) {
+            self.role = Role::Alone;
+        }
+    }
+
+    /// The stale answer, if it may stand in for a failed (or shed) fetch now.
+    pub fn stale_for_error(&self, now: u64, crisis: bool) -> Option<Arc<Stored>> {
+        let stale = self.stale.as_ref()?;
+        let rules = route_rules(&self.policy);
+        match rules::usable(&stale.lifetime, stale.age(now), &rules, crisis) {
+            Usable::Expired => None,
+            _ => Some(Arc::clone(stale)),
+        }
+    }
+
+    /// The origin answered `view`: if it may be stored, a tap that stores its body as it passes
+    /// (the fetch ends, and waiters wake, when the body does).
+    pub fn tap(
+        &mut self,
+        view: &ResponseView<'_>,
+        now: u64,
+    ) -> Result<Box<dyn BodyTap>, CacheEvent> {
+        if !self.store {
+            return Err(CacheEvent::Uncacheable);
+        }
+        let rules = route_rules(&self.policy);
+        let facts = stored::response_facts(view);
+        let authorization = self.request.first("authorization").is_some();
+        let stored_for = rules::storable(&facts, authorization, &rules, now);
+        let lifetime = stored_for.map_err(|_| CacheEvent::Uncacheable)?;
+        let max = self.policy.max_object_size;
+        if view.head.content_length.is_some_and(|n| n > max) {
+            return Err(CacheEvent::TooLarge);
+        }
+        let vary = stored::vary_names(view)
+            .into_iter()
+            .map(|n| {
+                let value = self.request.first(&n).map(Bytes::copy_from_slice);
+                (n, value)
+            })
+            .collect();
+        let stored =
+            stored::from_head(view, lifetime, now, vary, self.target.as_bytes(), &self.route);
+        let flight = match std::mem::replace(&mut self.role, Role::Alone) {
+            Role::Lead(flight) => Some(flight),
+            _ => None,
+        };
+        Ok(Box::new(Fill {
+            cache: Arc::clone(&self.cache),
+            metrics: Arc::clone(&self.metrics),
+            key: self.key.clone(),
+            stored: Some(stored),
+            body: BytesMut::new(),
+            max,
+            _flight: flight,
+        }))
+    }
+}
+
+/// Stores an answer as its body passes to the client.
+struct Fill {
+    cache: Arc<Cache>,
+    metrics: Arc<RouteMetrics>,
+    key: Key,
+    stored: Option<Stored>,
+    body: BytesMut,
+    max: u64,
+    _flight: Option<Flight>,
+}
+
+impl BodyTap for Fill {
+    fn data(&mut self, bytes: &[u8]) {
+        if self.stored.is_none() {
+            return;
+        }
+        if (self.body.len() + bytes.len()) as u64 > self.max {
+            self.metrics.cache(CacheEvent::TooLarge);
+            self.stored = None;
+            self.body = BytesMut::new();
+            return;
+        }
+        self.body.extend_from_slice(bytes);
+    }
+
+    fn end(&mut self, complete: bool) {
+        let Some(mut stored) = self.stored.take() else { return };
+        if complete {
+            stored.body = std::mem::take(&mut self.body).freeze();
+            self.cache.insert(&self.key, stored);
+            self.metrics.cache(CacheEvent::Stored);
+        }
+    }
+}
