@@ -36,6 +36,9 @@ pub struct Controller {
     last_admitted: u64,
     serving_per_second: f64,
     last: Instant,
+    /// How far the memory guard has shrunk the cache: 0 not, 1 to half (past `memory_soft`), 2 to
+    /// a quarter (past `memory_hard`).
+    cache_shrunk: u8,
 }
 
 impl Controller {
@@ -49,7 +52,30 @@ impl Controller {
             last_admitted: 0,
             serving_per_second: 0.0,
             last: Instant::now(),
+            cache_shrunk: 0,
         }
+    }
+
+    /// The memory guard's hold on the cache: past `memory_soft` it keeps half of `cache.memory`,
+    /// past `memory_hard` a quarter, and gives it back once memory is `hysteresis` under the
+    /// threshold that shrank it.
+    fn guard_cache(&mut self, snapshot: &Snapshot, share: f64) {
+        let settings = &snapshot.config.overload;
+        let [soft, hard] = settings.memory_at;
+        let below = |at: f64| share < at * (1.0 - settings.hysteresis);
+        let shrunk = match self.cache_shrunk {
+            _ if share >= hard => 2,
+            2 if !below(hard) => 2,
+            _ if share >= soft => 1,
+            s @ 1..=2 if !below(soft) => s.min(1),
+            _ => 0,
+        };
+        if shrunk != self.cache_shrunk {
+            tracing::warn!(share, shrunk, "memory guard: cache capacity changed");
+        }
+        self.cache_shrunk = shrunk;
+        let memory = snapshot.config.cache.memory;
+        snapshot.cache.set_capacity((memory >> shrunk).max(1 << 20));
     }
 
     /// One sample: signals, level, adaptive limits.
@@ -95,6 +121,7 @@ impl Controller {
                 Readings::set(&readings.memory, share);
                 let [soft, hard] = settings.memory_at;
                 signals.push((share, Thresholds([soft, hard, f64::INFINITY]), ShedCause::Memory));
+                self.guard_cache(snapshot, share);
             }
         }
         overload.set_upstream_level(adapt(snapshot, settings, now, elapsed));

@@ -303,3 +303,52 @@ async fn crisis_mode_stretches_freshness_to_the_routes_crisis_ttl() {
     assert_eq!(origin.hits(), hits, "in a crisis the origin is spared");
     gw.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_purges_one_path_or_a_prefix() {
+    let origin = Origin::start().await;
+    let gw = start(config_with_server(
+        "admin_token = \"t0ken\"\n",
+        &format!(
+            "[upstreams.app]\nservers = [\"{}\"]\n\
+             [[routes]]\nname = \"pages\"\npath_prefix = \"/\"\nupstream = \"app\"\n\
+             cache = {{ ttl = \"60s\", key = [\"host\", \"path\", \"query\"] }}\n",
+            origin.addr
+        ),
+    ))
+    .await;
+    let paths = ["/cache?p=1", "/cache?p=2", "/cache/other"];
+    for engine in ENGINES {
+        for path in paths {
+            get_with(engine, &gw, path, &[]).await;
+        }
+    }
+    let purge = |body: &'static str, token: &'static str| {
+        let req = http::Request::builder()
+            .method("POST")
+            .uri("/api/v1/cache/purge")
+            .header("host", "admin")
+            .header("authorization", format!("Bearer {token}"))
+            .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+            .unwrap();
+        send(gw.admin_addr(), req)
+    };
+    assert_eq!(purge(r#"{"key": "/cache?p=1"}"#, "wrong").await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(purge(r#"{"key": 1}"#, "t0ken").await.status, StatusCode::BAD_REQUEST);
+    assert_eq!(purge(r#"{}"#, "t0ken").await.status, StatusCode::BAD_REQUEST);
+    let one = purge(r#"{"key": "/cache?p=1"}"#, "t0ken").await;
+    assert_eq!(one.json()["purged"], 1, "{}", one.body);
+    let gw_ref = &gw;
+    let status = |path: &'static str| async move {
+        get_with(Engine::Http1, gw_ref, path, &[]).await.header("x-seawall-cache").to_string()
+    };
+    assert_eq!(status("/cache?p=1").await, "MISS");
+    assert_eq!(status("/cache?p=2").await, "HIT");
+    let prefix = purge(r#"{"prefix": "/cache"}"#, "t0ken").await;
+    assert_eq!(prefix.json()["purged"], 3, "{}", prefix.body);
+    assert_eq!(status("/cache/other").await, "MISS");
+    let state = admin(&gw, "/api/v1/state").await.json();
+    assert!(state["cache"]["l1"]["entries"].as_u64().unwrap() >= 1, "{state}");
+    assert!(metric(&gw, "seawall_cache_bytes{layer=\"l1\"}").await > 0.0);
+    gw.shutdown().await;
+}

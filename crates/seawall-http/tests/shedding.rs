@@ -94,5 +94,8 @@ async fn memory_past_its_hard_watermark_serves_only_p0() {
     let counted =
         metric(&gw, "seawall_shed_total{route=\"browse\",priority=\"P1\",reason=\"memory\"}").await;
     assert_eq!(counted, 2.0);
+    // The memory guard keeps a quarter of the cache (64 MiB by default) past the hard watermark.
+    let capacity = metric(&gw, "seawall_cache_capacity_bytes{layer=\"l1\"}").await;
+    assert_eq!(capacity, (16u64 << 20) as f64);
     gw.shutdown().await;
 }

@@ -13,6 +13,7 @@
 //!
 //! Mutating endpoints require `Authorization: Bearer <server.admin_token>` when a token is set.
 
+mod cache;
 mod overload;
 mod switches;
 
@@ -76,6 +77,15 @@ async fn route(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Bytes> 
                 return refusal;
             }
             return reload(shared).await;
+        }
+        "/api/v1/cache/purge" => {
+            if method != Method::POST {
+                return method_not_allowed(Method::POST);
+            }
+            if let Some(refusal) = authorize(shared, &req) {
+                return refusal;
+            }
+            return cache::purge(shared, req).await;
         }
         "/api/v1/mode" => {
             if method != Method::PUT {
@@ -243,6 +253,7 @@ fn metrics(shared: &Shared) -> String {
     breaker_metrics(&mut out, &snapshot.upstreams);
     retry_metrics(&mut out, &snapshot.upstreams);
     overload::metrics(&mut out, &snapshot);
+    cache::metrics(&mut out, &snapshot);
     let now = seawall_core::clock::now_ms();
     let families: [(&str, &str, &str, ServerSamples); 5] = [
         (
@@ -467,6 +478,7 @@ fn state(shared: &Shared) -> String {
         "draining": shared.draining.load(Relaxed),
         "read_only": snapshot.switches.read_only(),
         "overload": overload::state(&snapshot),
+        "cache": cache::state(&snapshot),
         "listen": running.listen.to_string(),
         "admin": running.admin.to_string(),
         "workers": running.workers,

@@ -118,7 +118,7 @@ pub async fn mode(shared: &Shared, req: Request<Incoming>) -> Response<Bytes> {
 }
 
 /// The request's JSON body, at most [`MAX_BODY`] bytes.
-async fn read_json(req: Request<Incoming>) -> Result<Value, Response<Bytes>> {
+pub(super) async fn read_json(req: Request<Incoming>) -> Result<Value, Response<Bytes>> {
     let collected = Limited::new(req.into_body(), MAX_BODY).collect().await;
     let bytes = match collected {
         Ok(c) => c.to_bytes(),
@@ -129,6 +129,6 @@ async fn read_json(req: Request<Incoming>) -> Result<Value, Response<Bytes>> {
     serde_json::from_slice(&bytes).map_err(|e| bad_request(&format!("the body is not JSON: {e}")))
 }
 
-fn bad_request(detail: &str) -> Response<Bytes> {
+pub(super) fn bad_request(detail: &str) -> Response<Bytes> {
     problem_with(StatusCode::BAD_REQUEST, "bad_request", detail, None)
 }

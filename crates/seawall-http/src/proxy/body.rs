@@ -89,6 +89,15 @@ struct Ledger {
 }
 
 impl Ledger {
+    /// The whole body was handed out: a tap hears it now, before the engine writes the last
+    /// bytes on (a cache entry is in place by the time the client has its whole answer).
+    fn body_done(&mut self) {
+        self.done = true;
+        if let Some(mut tap) = self.tap.take() {
+            tap.end(true);
+        }
+    }
+
     /// Records the outcome as of `now_ms` (a failure found late is dated when it was found).
     fn record(&mut self, now_ms: u64) {
         if std::mem::replace(&mut self.recorded, true) {
@@ -250,7 +259,7 @@ impl UpstreamResponse {
                 }
                 if *remaining == 0 {
                     self.progress = Progress::Done;
-                    self.ledger.done = true;
+                    self.ledger.body_done();
                 }
                 take
             }
@@ -289,7 +298,7 @@ impl UpstreamResponse {
                 self.extra |= used < available.len();
                 if scanner.is_done() {
                     self.progress = Progress::Done;
-                    self.ledger.done = true;
+                    self.ledger.body_done();
                 }
                 used
             }
@@ -354,7 +363,7 @@ impl UpstreamResponse {
         match read {
             Ok(0) if matches!(self.progress, Progress::UntilClose) => {
                 self.progress = Progress::Done;
-                self.ledger.done = true;
+                self.ledger.body_done();
                 Poll::Ready(Ok(()))
             }
             Ok(0) => Poll::Ready(Err(self.fail(BodyFault::Broken("closed before the body ended")))),
@@ -466,9 +475,10 @@ mod tests {
         r.set_tap(Box::new(seen.clone()));
         let raw = relay_raw(&mut r).await;
         assert_eq!(raw, b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nx-sum: 1\r\n\r\n");
-        assert_eq!(seen.0.borrow().1, None, "not ended before the relay is finished");
-        r.finish(seawall_core::clock::now_ms());
+        // Ended as soon as the whole body is handed out, before the engine writes it on.
         assert_eq!(&seen.0.borrow().0, b"hello world");
+        assert_eq!(seen.0.borrow().1, Some(true));
+        r.finish(seawall_core::clock::now_ms());
         assert_eq!(seen.0.borrow().1, Some(true));
     }
 

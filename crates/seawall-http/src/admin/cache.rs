@@ -1,0 +1,94 @@
+//! The cache on the admin side: `POST /api/v1/cache/purge` (token-protected) with
+//! `{"key": "/products/1?color=red"}` — the entries for that path and query, every host and
+//! variant — or `{"prefix": "/products"}`; its size in `/metrics` and `/api/v1/state`.
+
+use std::fmt::Write as _;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use serde_json::{json, Value};
+
+use super::switches::{bad_request, read_json};
+use super::text;
+use crate::metrics::family;
+use crate::snapshot::Snapshot;
+use crate::state::Shared;
+
+/// `POST /api/v1/cache/purge`.
+pub async fn purge(shared: &Shared, req: Request<Incoming>) -> Response<Bytes> {
+    let body = match read_json(req).await {
+        Ok(body) => body,
+        Err(refusal) => return refusal,
+    };
+    const EXPECTED: &str = "expected {\"key\": \"/path?query\"} or {\"prefix\": \"/path\"}";
+    let text_of = |name: &str| match body.get(name) {
+        None => Ok(None),
+        Some(Value::String(s)) if s.starts_with('/') => Ok(Some(s.clone())),
+        Some(_) => Err(()),
+    };
+    let (Ok(key), Ok(prefix)) = (text_of("key"), text_of("prefix")) else {
+        return bad_request(EXPECTED);
+    };
+    if key.is_none() == prefix.is_none() {
+        return bad_request(EXPECTED);
+    }
+    let snapshot = shared.snapshot.load();
+    let purged = snapshot.cache.purge(key.as_deref(), prefix.as_deref());
+    tracing::warn!(
+        key = key.as_deref(),
+        prefix = prefix.as_deref(),
+        purged,
+        "cache purged by an operator"
+    );
+    let answer = json!({"key": key, "prefix": prefix, "purged": purged});
+    text(StatusCode::OK, "application/json", answer.to_string())
+}
+
+/// The cache's size and evictions.
+pub fn metrics(out: &mut String, snapshot: &Snapshot) {
+    let (bytes, entries, evictions) = snapshot.cache.usage();
+    let gauges = [
+        (
+            "seawall_cache_bytes",
+            "gauge",
+            "Bytes the cache holds now (bodies, fields and keys).",
+            bytes,
+        ),
+        (
+            "seawall_cache_capacity_bytes",
+            "gauge",
+            "Bytes the cache may hold now (cache.memory, less while the memory guard shrinks it).",
+            snapshot.cache.capacity(),
+        ),
+        (
+            "seawall_cache_entries",
+            "gauge",
+            "Entries the cache holds now (answers, and the variant lists of answers that vary).",
+            entries as u64,
+        ),
+        (
+            "seawall_cache_evictions_total",
+            "counter",
+            "Entries the cache evicted to make room.",
+            evictions,
+        ),
+    ];
+    for (name, kind, help, value) in gauges {
+        family(out, name, kind, help);
+        let _ = writeln!(out, "{name}{{layer=\"l1\"}} {value}");
+    }
+}
+
+/// The `cache` object of `/api/v1/state`.
+pub fn state(snapshot: &Snapshot) -> Value {
+    let (bytes, entries, evictions) = snapshot.cache.usage();
+    json!({
+        "l1": {
+            "bytes": bytes,
+            "capacity_bytes": snapshot.cache.capacity(),
+            "entries": entries,
+            "evictions": evictions,
+        }
+    })
+}
