@@ -269,9 +269,10 @@ pub fn storable(
         (None, None, Some(expires)) => expires.saturating_sub(resp.date.unwrap_or(now)),
         (None, None, None) => route.ttl,
     };
-    let age = resp.age + resp.date.map_or(0, |date| now.saturating_sub(date));
+    let age = initial_age(resp, now);
     let must_revalidate = d.must_revalidate || d.proxy_revalidate || d.s_maxage.is_some();
-    let (while_revalidate, if_error) = if must_revalidate {
+    // `no-cache`: never used without asking the origin (RFC 9111 §5.2.2.4) — so never stale.
+    let (while_revalidate, if_error) = if must_revalidate || d.no_cache {
         (0, 0)
     } else {
         (
@@ -288,6 +289,12 @@ pub fn storable(
     })
 }
 
+/// How old a response already is when it arrives (RFC 9111 §4.2.3): the origin's `Age` plus
+/// the time since its `Date`, saturating (a hostile `Age` cannot wrap it round to young).
+pub fn initial_age(resp: &ResponseFacts, now: u64) -> u64 {
+    resp.age.saturating_add(resp.date.map_or(0, |date| now.saturating_sub(date)))
+}
+
 /// What a stored response is good for now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Usable {
@@ -301,7 +308,8 @@ pub enum Usable {
 }
 
 /// What an entry of `lifetime`, stored `age` seconds ago, is good for; in crisis mode its
-/// freshness stretches to the route's `crisis_ttl` (unless the origin said `must-revalidate`).
+/// freshness stretches to the route's `crisis_ttl` (unless the origin said `must-revalidate` or
+/// `no-cache`).
 pub fn usable(lifetime: &Lifetime, age: u64, route: &RoutePolicy, crisis: bool) -> Usable {
     let mut fresh = lifetime.fresh;
     if crisis && !lifetime.must_revalidate && !lifetime.revalidate_always {
@@ -313,7 +321,7 @@ pub fn usable(lifetime: &Lifetime, age: u64, route: &RoutePolicy, crisis: bool) 
         Usable::StaleWhileRevalidate
     } else if age < fresh.saturating_add(lifetime.if_error.max(lifetime.while_revalidate)) {
         Usable::StaleIfError
-    } else if crisis && !lifetime.must_revalidate {
+    } else if crisis && !lifetime.must_revalidate && !lifetime.revalidate_always {
         // In crisis mode stale serving is allowed however old: an answer beats none.
         Usable::StaleIfError
     } else {
@@ -466,5 +474,17 @@ mod tests {
         assert_eq!(usable(&strict, 10, &ROUTE, false), Usable::Expired);
         assert_eq!(usable(&strict, 10, &ROUTE, true), Usable::Expired);
         assert_eq!(keep_for(&life, &ROUTE), 600 + 3_600);
+        // no-cache: stored, never served without the origin — not stale, not in a crisis.
+        let asks = storable(&response(200, "no-cache, max-age=60"), false, &ROUTE, 0).unwrap();
+        assert!(asks.revalidate_always && asks.while_revalidate == 0 && asks.if_error == 0);
+        assert_eq!(usable(&asks, 1, &ROUTE, false), Usable::Expired);
+        assert_eq!(usable(&asks, 1, &ROUTE, true), Usable::Expired);
+    }
+
+    #[test]
+    fn a_hostile_age_saturates_instead_of_wrapping() {
+        let resp = ResponseFacts { age: u64::MAX, date: Some(10), ..response(200, "max-age=60") };
+        assert_eq!(initial_age(&resp, 20), u64::MAX);
+        assert_eq!(storable(&resp, false, &ROUTE, 20).map(|l| l.fresh), Ok(0));
     }
 }

@@ -63,7 +63,11 @@ impl Snapshot {
                 p.cache.set_capacity(config.cache.memory);
                 Arc::clone(&p.cache)
             }
-            None => Cache::new(config.cache.memory),
+            None => {
+                let largest = config.routes.iter().filter_map(|r| r.cache.as_ref());
+                let largest = largest.map(|c| c.max_object_size).max().unwrap_or(1 << 20);
+                Cache::new(config.cache.memory, largest)
+            }
         };
         Snapshot {
             cache,

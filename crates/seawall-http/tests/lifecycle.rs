@@ -121,6 +121,11 @@ async fn admin_endpoints_and_token() {
     assert_eq!(post(&gw, "/api/v1/reload", Some("s3cret")).await.status, StatusCode::OK);
 
     get(gw.listen_addr(), "/").await;
+    // The books close just after the answer leaves: the client may look before that.
+    eventually(Duration::from_secs(5), "the request counted", || async {
+        admin(&gw, "/metrics").await.body.contains("seawall_inflight_requests{route=\"all\"} 0")
+    })
+    .await;
     let text = admin(&gw, "/metrics").await.body;
     for name in [
         "seawall_requests_total{route=\"all\",code=\"200\"} 1",

@@ -17,9 +17,11 @@ use tokio::task::JoinSet;
 /// The origin holds every request until the test lets them go: an adaptive concurrency limit
 /// would rightly see an origin that stopped answering and hold the wave back, so it is off.
 fn gateway_config(origin: &GatedOrigin, pool: &str) -> seawall_config::Config {
+    // Up to 180 connections are opened at once: on a loaded test machine a dropped SYN is sent
+    // again after 1 s, which the default connect_timeout (1 s) would count as a failure.
     config(&format!(
         "[upstreams.app]\nservers = [\"{}\"]\npassive = {{ consecutive_failures = 0 }}\n\
-         adaptive_concurrency = false\n{pool}\n\
+         adaptive_concurrency = false\nconnect_timeout = \"5s\"\n{pool}\n\
          [[routes]]\nname = \"all\"\nupstream = \"app\"\n",
         origin.addr
     ))

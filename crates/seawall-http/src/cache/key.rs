@@ -35,7 +35,7 @@ impl Key {
                 CacheKeyPart::Header(name) => {
                     key.push_str(name);
                     key.push('=');
-                    push_lossy(&mut key, request.headers.first(name).unwrap_or_default());
+                    push_lossy(&mut key, &field_value(request.headers, name).unwrap_or_default());
                 }
             }
         }
@@ -50,7 +50,7 @@ impl Key {
             key.push(SEP);
             key.push_str(name);
             key.push('=');
-            push_lossy(&mut key, request.first(name).unwrap_or_default());
+            push_lossy(&mut key, &field_value(request, name).unwrap_or_default());
         }
         Key(key)
     }
@@ -71,6 +71,23 @@ impl Key {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+}
+
+/// Every line of field `name`, joined as one value (RFC 9110 §5.3): a second line must not let
+/// one request pass for another.
+pub fn field_value(fields: &dyn HeaderLookup, name: &str) -> Option<Vec<u8>> {
+    let mut joined: Option<Vec<u8>> = None;
+    fields.for_each_value(name, &mut |value| {
+        match joined.as_mut() {
+            Some(all) => {
+                all.extend_from_slice(b", ");
+                all.extend_from_slice(value);
+            }
+            None => joined = Some(value.to_vec()),
+        }
+        false
+    });
+    joined
 }
 
 /// Appends bytes as text (a key compares bytes; invalid UTF-8 is replaced the same way each

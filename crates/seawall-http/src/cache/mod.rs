@@ -128,18 +128,37 @@ pub struct Cache {
 }
 
 impl Cache {
-    /// A cache holding at most `memory` bytes.
-    pub fn new(memory: u64) -> Arc<Cache> {
+    /// A cache holding at most `memory` bytes, in which an answer of `largest` bytes fits (L1 is
+    /// split into shards, each holding its share: no more shards than leave room for one).
+    pub fn new(memory: u64, largest: u64) -> Arc<Cache> {
         let evictions = Evictions::default();
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        let room = usize::try_from(memory / (largest.max(64 << 10) * 2)).unwrap_or(usize::MAX);
+        // A power of two, as quick_cache rounds to one.
+        let shards = (cores * 4).min(room).max(1);
+        let shards = 1 << (usize::BITS - 1 - shards.leading_zeros());
         // quick_cache sizes its table from an estimate of the entries: a few KiB each.
         let estimate = usize::try_from(memory / 4096).unwrap_or(usize::MAX).max(64);
-        let l1 = quick_cache::sync::Cache::with(
-            estimate,
-            memory,
-            Weigh,
-            quick_cache::DefaultHashBuilder::default(),
-            evictions.clone(),
-        );
+        let options = quick_cache::OptionsBuilder::new()
+            .shards(shards)
+            .estimated_items_capacity(estimate)
+            .weight_capacity(memory)
+            .build();
+        let l1 = match options {
+            Ok(options) => quick_cache::sync::Cache::with_options(
+                options,
+                Weigh,
+                quick_cache::DefaultHashBuilder::default(),
+                evictions.clone(),
+            ),
+            Err(_) => quick_cache::sync::Cache::with(
+                estimate,
+                memory,
+                Weigh,
+                quick_cache::DefaultHashBuilder::default(),
+                evictions.clone(),
+            ),
+        };
         Arc::new(Cache { l1, evictions, flights: Mutex::new(HashMap::new()) })
     }
 
@@ -191,15 +210,21 @@ impl Cache {
         let key = Key::primary(route_name, policy, request);
         let head = *request.method == http::Method::HEAD;
         let request_use = rules::request_use(&facts, &rules);
-        if request_use == RequestUse::Bypass {
+        // A body the key does not see (a search API reading GET bodies) must not select an
+        // answer fetched with another.
+        let has_body = !matches!(
+            request.framing,
+            crate::request::BodyFraming::None | crate::request::BodyFraming::Length(0)
+        );
+        if request_use == RequestUse::Bypass || has_body {
             return Lookup::Bypass;
         }
         let found = self.find(&key, request.headers);
         let candidate = found.as_ref().map(|(stored, _)| Arc::clone(stored));
         if request_use == RequestUse::Lookup {
             if let Some((stored, _)) = &found {
-                let age = stored.age(now);
-                match rules::usable(&stored.lifetime, age, &rules, crisis) {
+                let held = stored.held(now);
+                match rules::usable(&stored.lifetime, held, &rules, crisis) {
                     Usable::Fresh if !stored.lifetime.revalidate_always => {
                         let served = Served::new(stored, CacheStatus::Hit, request.headers);
                         return Lookup::Serve(served);
@@ -267,16 +292,22 @@ impl Cache {
 
     /// Stores `stored` under `key` (and, when it varies, the names it varies on under the
     /// primary key).
-    fn insert(&self, key: &Key, stored: Stored) {
+    /// Whether it fit: an entry heavier than one of L1's shards may hold is refused.
+    fn insert(&self, key: &Key, stored: Stored) -> bool {
+        let fits = self.l1.shard_capacity() / 100 * 97;
+        if stored.weight() + key.as_str().len() as u64 + 256 > fits {
+            return false;
+        }
         let stored = Arc::new(stored);
         if stored.vary.is_empty() {
             self.l1.insert(key.as_str().into(), Entry::Answer(stored));
-            return;
+            return true;
         }
         let names: Arc<[String]> = stored.vary.iter().map(|(n, _)| n.clone()).collect();
         let variant = key.variant_of(&stored);
         self.l1.insert(key.as_str().into(), Entry::Variants(names));
         self.l1.insert(variant.as_str().into(), Entry::Answer(stored));
+        true
     }
 }
 
@@ -286,7 +317,10 @@ fn found_key<'k>(found: &'k Option<(Arc<Stored>, Key)>, key: &'k Key) -> &'k Key
 
 /// Whether a stored variant was fetched with the request's values for the fields it varies on.
 fn matches_variant(stored: &Stored, request: &dyn HeaderLookup) -> bool {
-    stored.vary.iter().all(|(name, value)| request.first(name) == value.as_deref())
+    stored
+        .vary
+        .iter()
+        .all(|(name, value)| key::field_value(request, name).as_deref() == value.as_deref())
 }
 
 /// The route's policy in the rules' terms.
@@ -440,7 +474,7 @@ impl Ticket {
         self.role = Role::Alone;
         let (stored, _) = self.cache.find(&self.key, &self.request)?;
         let rules = route_rules(&self.policy);
-        let usable = rules::usable(&stored.lifetime, stored.age(now), &rules, crisis);
+        let usable = rules::usable(&stored.lifetime, stored.held(now), &rules, crisis);
         (usable == Usable::Fresh).then(|| self.serve(&stored, CacheStatus::Hit))
     }
 
@@ -460,7 +494,7 @@ impl Ticket {
     pub fn stale_for_error(&self, now: u64, crisis: bool) -> Option<Arc<Stored>> {
         let stale = self.stale.as_ref()?;
         let rules = route_rules(&self.policy);
-        match rules::usable(&stale.lifetime, stale.age(now), &rules, crisis) {
+        match rules::usable(&stale.lifetime, stale.held(now), &rules, crisis) {
             Usable::Expired => None,
             _ => Some(Arc::clone(stale)),
         }
@@ -473,11 +507,14 @@ impl Ticket {
         view: &ResponseView<'_>,
         now: u64,
     ) -> Result<Box<dyn BodyTap>, CacheEvent> {
-        if !self.store {
+        // A body with transfer codings (gzip) is kept as sent: it could not be served again
+        // without them.
+        if !self.store || view.head.coded {
             return Err(CacheEvent::Uncacheable);
         }
         let rules = route_rules(&self.policy);
         let facts = stored::response_facts(view);
+        let initial_age = rules::initial_age(&facts, now);
         let authorization = self.request.first("authorization").is_some();
         let stored_for = rules::storable(&facts, authorization, &rules, now);
         let lifetime = stored_for.map_err(|_| CacheEvent::Uncacheable)?;
@@ -488,12 +525,19 @@ impl Ticket {
         let vary = stored::vary_names(view)
             .into_iter()
             .map(|n| {
-                let value = self.request.first(&n).map(Bytes::copy_from_slice);
+                let value = key::field_value(&self.request, &n).map(Bytes::from);
                 (n, value)
             })
             .collect();
-        let stored =
-            stored::from_head(view, lifetime, now, vary, self.target.as_bytes(), &self.route);
+        let stored = stored::from_head(
+            view,
+            lifetime,
+            now,
+            initial_age,
+            vary,
+            self.target.as_bytes(),
+            &self.route,
+        );
         let flight = match std::mem::replace(&mut self.role, Role::Alone) {
             Role::Lead(flight) => Some(flight),
             _ => None,
@@ -518,6 +562,7 @@ struct Fill {
     stored: Option<Stored>,
     body: BytesMut,
     max: u64,
+    /// The fetch others wait for, ended with the fill.
     _flight: Option<Flight>,
 }
 
@@ -530,6 +575,8 @@ impl BodyTap for Fill {
             self.metrics.cache(CacheEvent::TooLarge);
             self.stored = None;
             self.body = BytesMut::new();
+            // Nothing will be stored: whoever waits for it goes to the origin now.
+            self._flight = None;
             return;
         }
         self.body.extend_from_slice(bytes);
@@ -539,8 +586,12 @@ impl BodyTap for Fill {
         let Some(mut stored) = self.stored.take() else { return };
         if complete {
             stored.body = std::mem::take(&mut self.body).freeze();
-            self.cache.insert(&self.key, stored);
-            self.metrics.cache(CacheEvent::Stored);
+            let event = if self.cache.insert(&self.key, stored) {
+                CacheEvent::Stored
+            } else {
+                CacheEvent::TooLarge
+            };
+            self.metrics.cache(event);
         }
     }
 }

@@ -66,8 +66,10 @@ pub struct Stored {
     /// (Seawall states its own).
     fields: Vec<(Bytes, Bytes)>,
     pub body: Bytes,
-    /// When it was received (epoch seconds), and its age then (the origin's `Age`).
+    /// When it was received (epoch seconds), and how old it already was then (the origin's
+    /// `Age` and the time since its `Date`).
     pub received_at: u64,
+    pub initial_age: u64,
     pub lifetime: Lifetime,
     pub etag: Option<Bytes>,
     pub last_modified: Option<Bytes>,
@@ -87,9 +89,15 @@ impl Stored {
         OVERHEAD + (fields + self.body.len() + self.path.len()) as u64
     }
 
-    /// Seconds since it was received, as an `Age` field would say.
-    pub fn age(&self, now: u64) -> u64 {
+    /// Seconds since it was received here (what its lifetime counts from).
+    pub fn held(&self, now: u64) -> u64 {
         now.saturating_sub(self.received_at)
+    }
+
+    /// Its age as the `Age` field says it (RFC 9111 §4.2.3): what it had on arrival, plus the
+    /// time held here.
+    pub fn age(&self, now: u64) -> u64 {
+        self.initial_age.saturating_add(self.held(now))
     }
 
     /// Whether the client's conditional request (`If-None-Match`, else `If-Modified-Since`)
@@ -241,6 +249,7 @@ pub fn from_head(
     view: &ResponseView<'_>,
     lifetime: Lifetime,
     received_at: u64,
+    initial_age: u64,
     vary: Vec<(String, Option<Bytes>)>,
     path: &[u8],
     route: &str,
@@ -265,6 +274,7 @@ pub fn from_head(
         fields,
         body: Bytes::new(),
         received_at,
+        initial_age,
         lifetime,
         etag,
         last_modified,
