@@ -214,6 +214,12 @@ pub struct Route {
 pub struct Cache {
     /// The bytes the in-memory cache (L1) holds at most: bodies, heads and keys.
     pub memory: u64,
+    /// The Redis server of the shared layer (L2), as a `redis://` URL; none: no L2.
+    pub redis: Option<String>,
+    /// The longest a lookup in L2 may hold a request up.
+    pub l2_timeout: Duration,
+    /// What every L2 key starts with.
+    pub l2_prefix: String,
 }
 
 /// `cache = { ... }` on a route.

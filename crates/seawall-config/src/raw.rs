@@ -39,6 +39,9 @@ pub struct RawConfig {
 #[serde(deny_unknown_fields, expecting = "a table")]
 pub struct RawCache {
     pub memory: Option<Spanned<RawSize>>,
+    pub redis: Option<Text>,
+    pub l2_timeout: Option<Text>,
+    pub l2_prefix: Option<Text>,
 }
 
 /// `cache = { ... }` on a route.

@@ -82,6 +82,8 @@ impl Controller {
     pub fn sample(&mut self, snapshot: &Snapshot) {
         let settings = &snapshot.config.overload;
         let overload = &snapshot.overload;
+        // The control plane drives the cache's shared layer: it follows the configuration here.
+        snapshot.cache.follow_l2(&snapshot.config.cache);
         let dwell_ms = seawall_core::clock::duration_ms(settings.min_dwell);
         self.levels.set_settings(dwell_ms, settings.hysteresis);
         let now = Instant::now();

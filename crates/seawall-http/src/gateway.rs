@@ -55,6 +55,8 @@ impl Gateway {
         let control = tokio::runtime::Handle::current();
         crate::state::log_warnings(&config);
         let snapshot = Arc::new(Snapshot::build(config, None, &registry));
+        // The cache's shared layer is driven from here, the control plane, before any request.
+        snapshot.cache.follow_l2(&snapshot.config.cache);
         let shared = Arc::new(Shared::new(snapshot, registry, config_path, running, control));
         let (spread, inboxes) = Spread::new(Arc::clone(&shared.registry), workers);
         let mut threads = Vec::with_capacity(workers);

@@ -352,3 +352,26 @@ async fn an_operator_purges_one_path_or_a_prefix() {
     assert!(metric(&gw, "seawall_cache_bytes{layer=\"l1\"}").await > 0.0);
     gw.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_answer_with_a_validator_is_revalidated_with_the_origin() {
+    for engine in ENGINES {
+        let origin = Origin::start().await;
+        let gw = cached_gateway(origin.addr, "ttl = \"60s\"").await;
+        // Stale at once, with an ETag: the next request asks the origin whether it changed.
+        let path = "/cache?cc=max-age=0&etag=%22v1%22";
+        let first = get_with(engine, &gw, path, &[]).await;
+        assert_eq!(first.header("x-seawall-cache"), "MISS");
+        let again = get_with(engine, &gw, path, &[]).await;
+        assert_eq!(again.status, StatusCode::OK, "{engine:?}");
+        assert_eq!(again.header("x-seawall-cache"), "REVALIDATED", "{engine:?}");
+        assert_eq!(again.body, first.body, "{engine:?}: the stored body, the origin sent none");
+        assert_eq!(origin.hits(), 2, "{engine:?}: one conditional request");
+        let revalidated = "seawall_cache_total{route=\"pages\",layer=\"l1\",event=\"revalidated\"}";
+        assert_eq!(metric(&gw, revalidated).await, 1.0);
+        // A client's own conditional request passes through: the origin's 304 is its answer.
+        let own = get_with(engine, &gw, path, &[("if-none-match", "\"v1\"")]).await;
+        assert_eq!(own.status, StatusCode::NOT_MODIFIED, "{engine:?}");
+        gw.shutdown().await;
+    }
+}

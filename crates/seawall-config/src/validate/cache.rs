@@ -16,7 +16,27 @@ pub(super) fn cache(cx: &mut Ctx<'_>, raw: &RawCache) -> Cache {
     if let Some(m) = raw.memory.as_ref().filter(|_| memory < 1 << 20) {
         cx.error(m.span(), "cache.memory", "must be at least 1MiB");
     }
-    Cache { memory }
+    let redis = raw.redis.as_ref().map(|url| {
+        let text = url.get_ref().trim();
+        let scheme_ok = ["redis://", "rediss://", "redis+unix://", "unix://"]
+            .iter()
+            .any(|s| text.starts_with(s));
+        if !scheme_ok {
+            let message = format!("expected a URL like \"redis://127.0.0.1:6379\", got {text:?}");
+            cx.error(url.span(), "cache.redis", message);
+        }
+        text.to_string()
+    });
+    let l2_timeout =
+        cx.duration(raw.l2_timeout.as_ref(), "cache.l2_timeout", defaults::CACHE_L2_TIMEOUT);
+    if let Some(t) = raw.l2_timeout.as_ref().filter(|_| l2_timeout > Duration::from_secs(5)) {
+        cx.error(t.span(), "cache.l2_timeout", format!("expected at most 5s, got {l2_timeout:?}"));
+    }
+    let l2_prefix = raw
+        .l2_prefix
+        .as_ref()
+        .map_or_else(|| defaults::CACHE_L2_PREFIX.to_string(), |p| p.get_ref().clone());
+    Cache { memory, redis, l2_timeout, l2_prefix }
 }
 
 /// A route's `cache = { ... }`.

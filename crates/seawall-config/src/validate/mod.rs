@@ -72,6 +72,8 @@ pub mod defaults {
     pub const CACHE_TTL: &str = "60s";
     pub const CACHE_MAX_OBJECT: u64 = 1 << 20;
     pub const CACHE_COALESCE_WAIT: &str = "5s";
+    pub const CACHE_L2_TIMEOUT: &str = "50ms";
+    pub const CACHE_L2_PREFIX: &str = "seawall:cache:";
 }
 
 mod cache;

@@ -3,6 +3,7 @@
 //! variant — or `{"prefix": "/products"}`; its size in `/metrics` and `/api/v1/state`.
 
 use std::fmt::Write as _;
+use std::sync::atomic::Ordering::Relaxed;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
@@ -78,12 +79,40 @@ pub fn metrics(out: &mut String, snapshot: &Snapshot) {
         family(out, name, kind, help);
         let _ = writeln!(out, "{name}{{layer=\"l1\"}} {value}");
     }
+    let Some(l2) = snapshot.cache.l2() else { return };
+    let name = "seawall_cache_l2_total";
+    family(out, name, "counter", "The shared layer (Redis): lookups that found an answer (hit) or none (miss), stores sent, failures (error: a timeout past cache.l2_timeout, a refused or broken connection), and lookups and stores skipped while its breaker is open.");
+    let c = &l2.counters;
+    for (event, counter) in [
+        ("hit", &c.hits),
+        ("miss", &c.misses),
+        ("store", &c.stores),
+        ("error", &c.errors),
+        ("skipped", &c.skipped),
+    ] {
+        let _ = writeln!(out, "{name}{{event=\"{event}\"}} {}", counter.load(Relaxed));
+    }
+    let name = "seawall_cache_l2_up";
+    family(out, name, "gauge", "1 while the shared layer is used, 0 while its breaker skips it (after 3 failures in a row, for 5 s at a time).");
+    let _ = writeln!(out, "{name} {}", u8::from(!l2.is_open()));
 }
 
 /// The `cache` object of `/api/v1/state`.
 pub fn state(snapshot: &Snapshot) -> Value {
     let (bytes, entries, evictions) = snapshot.cache.usage();
+    let l2 = snapshot.cache.l2().map(|l2| {
+        let c = &l2.counters;
+        json!({
+            "up": !l2.is_open(),
+            "hits": c.hits.load(Relaxed),
+            "misses": c.misses.load(Relaxed),
+            "stores": c.stores.load(Relaxed),
+            "errors": c.errors.load(Relaxed),
+            "skipped": c.skipped.load(Relaxed),
+        })
+    });
     json!({
+        "l2": l2,
         "l1": {
             "bytes": bytes,
             "capacity_bytes": snapshot.cache.capacity(),

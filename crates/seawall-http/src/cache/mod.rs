@@ -15,7 +15,9 @@
 //! The in-memory layer (L1) is a `quick_cache` bounded by bytes (frequency-aware admission, scan
 //! resistant); entries live past their freshness for as long as they may still be served stale.
 
+mod codec;
 mod key;
+mod l2;
 mod stored;
 
 use std::collections::HashMap;
@@ -28,6 +30,7 @@ use seawall_core::cache::{self as rules, RequestFacts, RequestUse, RoutePolicy, 
 use tokio::sync::watch;
 
 pub use key::Key;
+pub use l2::L2;
 pub use stored::{CacheStatus, Http1Form, Stored};
 
 use crate::headers::HeaderLookup;
@@ -122,6 +125,8 @@ type L1 =
 /// The cache every route shares; kept from snapshot to snapshot.
 pub struct Cache {
     l1: L1,
+    /// The shared layer, when `[cache] redis` is set (attached by the control plane).
+    l2: arc_swap::ArcSwapOption<L2>,
     evictions: Evictions,
     /// Keys being fetched now: a request for one waits for the fetch to end.
     flights: Mutex<HashMap<Box<str>, watch::Receiver<()>>>,
@@ -159,7 +164,35 @@ impl Cache {
                 evictions.clone(),
             ),
         };
-        Arc::new(Cache { l1, evictions, flights: Mutex::new(HashMap::new()) })
+        Arc::new(Cache {
+            l1,
+            l2: arc_swap::ArcSwapOption::empty(),
+            evictions,
+            flights: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Follows `[cache] redis`: attaches L2 (on the control plane's runtime, which drives its
+    /// connection), replaces it when its settings change, drops it when the key goes.
+    pub fn follow_l2(&self, config: &seawall_config::Cache) {
+        let current = self.l2.load();
+        match (&config.redis, current.as_deref()) {
+            (None, None) => {}
+            (None, Some(_)) => self.l2.store(None),
+            (Some(url), Some(l2)) if l2.is(url, &config.l2_prefix, config.l2_timeout) => {}
+            (Some(url), _) => {
+                let l2 = L2::new(url, &config.l2_prefix, config.l2_timeout);
+                if l2.is_some() {
+                    tracing::info!(url = %url, "cache: shared layer (L2) in Redis");
+                }
+                self.l2.store(l2);
+            }
+        }
+    }
+
+    /// The shared layer, when there is one.
+    pub fn l2(&self) -> Option<Arc<L2>> {
+        self.l2.load_full()
     }
 
     /// The bytes it may hold now.
@@ -180,8 +213,11 @@ impl Cache {
     }
 
     /// Removes every answer whose path (and query) is `path`, or starts with `prefix`; returns
-    /// how many went.
+    /// how many went from L1 (L2's go in the background).
     pub fn purge(&self, path: Option<&str>, prefix: Option<&str>) -> usize {
+        if let Some(l2) = self.l2() {
+            l2.purge(path, prefix);
+        }
         let removed = AtomicU64::new(0);
         self.l1.retain(|_, entry| {
             let Entry::Answer(stored) = entry else { return true };
@@ -253,6 +289,8 @@ impl Cache {
             stale: candidate,
             role,
             store: !head,
+            refresh: request_use == RequestUse::Refresh,
+            revalidating: false,
             request: Captured::of(request),
             target: String::from_utf8_lossy(request.target).into(),
         })
@@ -292,22 +330,23 @@ impl Cache {
 
     /// Stores `stored` under `key` (and, when it varies, the names it varies on under the
     /// primary key).
-    /// Whether it fit: an entry heavier than one of L1's shards may hold is refused.
-    fn insert(&self, key: &Key, stored: Stored) -> bool {
+    /// Stores `stored` under `key` (and, when it varies, the names it varies on under the
+    /// primary key); the entry, or `None` when it is heavier than one of L1's shards may hold.
+    fn insert(&self, key: &Key, stored: Stored) -> Option<Arc<Stored>> {
         let fits = self.l1.shard_capacity() / 100 * 97;
         if stored.weight() + key.as_str().len() as u64 + 256 > fits {
-            return false;
+            return None;
         }
         let stored = Arc::new(stored);
         if stored.vary.is_empty() {
-            self.l1.insert(key.as_str().into(), Entry::Answer(stored));
-            return true;
+            self.l1.insert(key.as_str().into(), Entry::Answer(Arc::clone(&stored)));
+            return Some(stored);
         }
         let names: Arc<[String]> = stored.vary.iter().map(|(n, _)| n.clone()).collect();
         let variant = key.variant_of(&stored);
         self.l1.insert(key.as_str().into(), Entry::Variants(names));
-        self.l1.insert(variant.as_str().into(), Entry::Answer(stored));
-        true
+        self.l1.insert(variant.as_str().into(), Entry::Answer(Arc::clone(&stored)));
+        Some(stored)
     }
 }
 
@@ -457,6 +496,11 @@ pub struct Ticket {
     pub role: Role,
     /// Whether the answer may be stored (a GET).
     store: bool,
+    /// The client asked for the origin's word (no-cache): nothing stored is served, not even
+    /// from L2.
+    refresh: bool,
+    /// The upstream request carries the stale answer's validators.
+    revalidating: bool,
     request: Captured,
     /// The request's path and query.
     target: Box<str>,
@@ -476,6 +520,75 @@ impl Ticket {
         let rules = route_rules(&self.policy);
         let usable = rules::usable(&stored.lifetime, stored.held(now), &rules, crisis);
         (usable == Usable::Fresh).then(|| self.serve(&stored, CacheStatus::Hit))
+    }
+
+    /// Looks the key up in the shared layer (L2), for a request about to fetch it: a fresh answer
+    /// found there goes into L1 (for whoever waits on this fetch) and is served; a stale one may
+    /// still stand in for a failure.
+    pub async fn from_l2(&mut self, now: u64, crisis: bool) -> Option<Served> {
+        if self.refresh || matches!(self.role, Role::Wait(_)) {
+            return None;
+        }
+        let l2 = self.cache.l2()?;
+        let found = l2.get(self.key.as_str()).await?;
+        // Only answers that do not vary go to L2; one that does is another key's.
+        if !found.vary.is_empty() {
+            return None;
+        }
+        let rules = route_rules(&self.policy);
+        let usable = rules::usable(&found.lifetime, found.held(now), &rules, crisis);
+        let stored = self.cache.insert(&self.key, found)?;
+        if usable == Usable::Fresh && !stored.lifetime.revalidate_always {
+            self.metrics.cache(CacheEvent::Hit);
+            return Some(self.serve(&stored, CacheStatus::Hit));
+        }
+        if self.stale.is_none() {
+            self.stale = Some(stored);
+        }
+        None
+    }
+
+    /// Asks the origin to revalidate the stored answer this request would replace: its validators
+    /// (`If-None-Match`, `If-Modified-Since`) go into the upstream head — unless the client sent
+    /// its own (then the origin's 304 is the client's). Whether it did.
+    pub fn add_validators(&mut self, head: &mut Vec<u8>) -> bool {
+        let Some(stale) = self.stale.as_ref().filter(|_| self.store) else { return false };
+        let client_asks = self.request.first("if-none-match").is_some()
+            || self.request.first("if-modified-since").is_some();
+        if client_asks || (stale.etag.is_none() && stale.last_modified.is_none()) {
+            return false;
+        }
+        if let Some(etag) = &stale.etag {
+            crate::headers::push_field(head, b"if-none-match", etag);
+        } else if let Some(modified) = &stale.last_modified {
+            crate::headers::push_field(head, b"if-modified-since", modified);
+        }
+        self.revalidating = true;
+        true
+    }
+
+    /// The origin answered 304 to this request's revalidation: the stored answer is fresh
+    /// again (its fields updated from the 304's), stored and served.
+    pub fn revalidated(&mut self, view: &ResponseView<'_>, now: u64) -> Option<Served> {
+        if !self.revalidating || view.head.status != 304 {
+            return None;
+        }
+        let stale = self.stale.take()?;
+        let rules = route_rules(&self.policy);
+        let facts = stored::response_facts(view);
+        // The 304's freshness, with the status of the answer it vouches for.
+        let facts = seawall_core::cache::ResponseFacts { status: stale.status, ..facts };
+        let authorization = self.request.first("authorization").is_some();
+        let lifetime = rules::storable(&facts, authorization, &rules, now).ok()?;
+        let refreshed =
+            stored::refreshed(&stale, view, lifetime, now, rules::initial_age(&facts, now));
+        self.end_flight();
+        let stored = self.cache.insert(&self.key, refreshed)?;
+        if let Some(l2) = self.cache.l2().filter(|_| stored.vary.is_empty()) {
+            l2.put(self.key.as_str(), &stored, rules::keep_for(&stored.lifetime, &rules));
+        }
+        self.metrics.cache(CacheEvent::Revalidated);
+        Some(self.serve(&stored, CacheStatus::Revalidated))
     }
 
     /// `stored` served to this request as `status`.
@@ -543,6 +656,7 @@ impl Ticket {
             _ => None,
         };
         Ok(Box::new(Fill {
+            rules,
             cache: Arc::clone(&self.cache),
             metrics: Arc::clone(&self.metrics),
             key: self.key.clone(),
@@ -556,6 +670,8 @@ impl Ticket {
 
 /// Stores an answer as its body passes to the client.
 struct Fill {
+    /// The route's rules (for how long L2 keeps the answer).
+    rules: RoutePolicy,
     cache: Arc<Cache>,
     metrics: Arc<RouteMetrics>,
     key: Key,
@@ -586,12 +702,15 @@ impl BodyTap for Fill {
         let Some(mut stored) = self.stored.take() else { return };
         if complete {
             stored.body = std::mem::take(&mut self.body).freeze();
-            let event = if self.cache.insert(&self.key, stored) {
-                CacheEvent::Stored
-            } else {
-                CacheEvent::TooLarge
+            let Some(stored) = self.cache.insert(&self.key, stored) else {
+                self.metrics.cache(CacheEvent::TooLarge);
+                return;
             };
-            self.metrics.cache(event);
+            self.metrics.cache(CacheEvent::Stored);
+            if let Some(l2) = self.cache.l2().filter(|_| stored.vary.is_empty()) {
+                let ttl = rules::keep_for(&stored.lifetime, &self.rules);
+                l2.put(self.key.as_str(), &stored, ttl);
+            }
         }
     }
 }

@@ -61,10 +61,10 @@ impl CacheStatus {
 #[derive(Debug)]
 pub struct Stored {
     pub status: u16,
-    reason: Bytes,
+    pub(super) reason: Bytes,
     /// The origin's fields as they go to clients: framing, hop-by-hop fields and `Age` removed
     /// (Seawall states its own).
-    fields: Vec<(Bytes, Bytes)>,
+    pub(super) fields: Vec<(Bytes, Bytes)>,
     pub body: Bytes,
     /// When it was received (epoch seconds), and how old it already was then (the origin's
     /// `Age` and the time since its `Date`).
@@ -281,6 +281,45 @@ pub fn from_head(
         vary,
         path: String::from_utf8_lossy(path).into(),
         route: route.into(),
+    }
+}
+
+/// `stale` made fresh by the origin's 304 (`view`): the same body, its fields updated with those
+/// the 304 carries (RFC 9111 §4.3.4), a new lifetime from now.
+pub fn refreshed(
+    stale: &Stored,
+    view: &ResponseView<'_>,
+    lifetime: Lifetime,
+    received_at: u64,
+    initial_age: u64,
+) -> Stored {
+    let updates: Vec<(&[u8], &[u8])> = view
+        .forwarded()
+        .filter(|(name, _)| !eq_lower(name, b"age") && !eq_lower(name, b"content-length"))
+        .collect();
+    let mut fields: Vec<(Bytes, Bytes)> = stale
+        .fields
+        .iter()
+        .filter(|(name, _)| !updates.iter().any(|(n, _)| n.eq_ignore_ascii_case(name)))
+        .cloned()
+        .collect();
+    fields.extend(
+        updates.iter().map(|(n, v)| (Bytes::copy_from_slice(n), Bytes::copy_from_slice(v))),
+    );
+    let find = |name: &[u8]| fields.iter().find(|(n, _)| eq_lower(n, name)).map(|(_, v)| v.clone());
+    Stored {
+        status: stale.status,
+        reason: stale.reason.clone(),
+        etag: find(b"etag"),
+        last_modified: find(b"last-modified"),
+        fields,
+        body: stale.body.clone(),
+        received_at,
+        initial_age,
+        lifetime,
+        vary: stale.vary.clone(),
+        path: stale.path.clone(),
+        route: stale.route.clone(),
     }
 }
 

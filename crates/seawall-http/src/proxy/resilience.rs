@@ -40,9 +40,18 @@ pub async fn forward<D: Downstream>(
         // The upstream hears the time left from Seawall, not what the client first said.
         strip_field(f.head, snapshot.config.server.deadline_header.as_bytes());
     }
+    if let Some(ticket) = f.cache.as_deref_mut() {
+        ticket.add_validators(f.head);
+    }
     f.head_len = f.head.len();
     if let Some(served) = wait_for_fetch(&mut f).await {
         return Forwarded::Cached(served);
+    }
+    if let Some(ticket) = f.cache.as_deref_mut() {
+        let crisis = f.snapshot.overload.in_crisis();
+        if let Some(served) = ticket.from_l2(crate::cache::now_secs(), crisis).await {
+            return Forwarded::Cached(served);
+        }
     }
     let mut forwarded = forward_group(&mut f, down, timer).await;
     for &next in &snapshot.upstreams[f.upstream].config.fallback {
@@ -60,9 +69,12 @@ pub async fn forward<D: Downstream>(
         }
     }
     if let Some(ticket) = f.cache.as_deref_mut() {
-        if let Some(served) = through_cache(ticket, &mut forwarded, f.snapshot) {
-            drop(forwarded);
-            f.snapshot.route_metrics[f.route].cache(crate::cache::CacheEvent::Stale);
+        if let Some(served) = through_cache(ticket, &mut forwarded, f.snapshot, f.route) {
+            // A 304 (a revalidation) leaves its connection clean for the pool; a failed answer
+            // is dropped, its outcome recorded as it goes.
+            if let Forwarded::Response(response) = forwarded {
+                (*response).finish(seawall_core::clock::now_ms());
+            }
             return Forwarded::Cached(served);
         }
     }
@@ -98,8 +110,14 @@ fn through_cache(
     ticket: &mut crate::cache::Ticket,
     forwarded: &mut Forwarded,
     snapshot: &crate::worker::Pinned,
+    route: usize,
 ) -> Option<crate::cache::Served> {
     let now = crate::cache::now_secs();
+    if let Forwarded::Response(response) = forwarded {
+        if let Some(served) = ticket.revalidated(&response.view(), now) {
+            return Some(served);
+        }
+    }
     let failed = match forwarded {
         Forwarded::Response(response) if response.head.status < 500 => {
             match ticket.tap(&response.view(), now) {
@@ -117,6 +135,7 @@ fn through_cache(
     }
     ticket.end_flight();
     let stored = ticket.stale_for_error(now, snapshot.overload.in_crisis())?;
+    snapshot.route_metrics[route].cache(crate::cache::CacheEvent::Stale);
     Some(ticket.serve(&stored, crate::cache::CacheStatus::Stale))
 }
 

@@ -188,6 +188,12 @@ async fn answer(o: Origin, mut req: Request<Incoming>) -> Result<Response<Origin
                 let v = v.replace("%22", "\"").replace("%20", " ");
                 r.headers_mut().append(name, v.parse().unwrap());
             }
+            // A conditional request whose tag matches gets 304, with the same fields.
+            let etag = r.headers().get("etag").cloned();
+            if etag.is_some() && req.headers().get("if-none-match") == etag.as_ref() {
+                *r.status_mut() = StatusCode::NOT_MODIFIED;
+                *r.body_mut() = Full::new(Bytes::new()).boxed();
+            }
             return Ok(r);
         }
         p if p.starts_with("/status/") => {
