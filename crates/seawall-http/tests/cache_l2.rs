@@ -86,7 +86,9 @@ async fn two_instances_share_an_entry_through_redis() {
         assert_eq!(origin.hits(), hits, "{engine:?}: the origin was not asked again");
     }
     assert!(l2(&b, "hit").await >= 2.0);
-    // A purge on one instance reaches Redis.
+    // A purge on one instance reaches Redis, and the other instance's L1.
+    let b_had = ask(Engine::Http1, b.listen_addr(), Engine::Http1.get("/cache?engine=Http1")).await;
+    assert_eq!(b_had.header("x-seawall-cache"), "HIT");
     assert_eq!(keys("127.0.0.1:6379", &format!("{prefix}*")), 2);
     let purge = http::Request::builder()
         .method("POST")
@@ -97,6 +99,13 @@ async fn two_instances_share_an_entry_through_redis() {
     assert_eq!(send(a.admin_addr(), purge).await.status, StatusCode::OK);
     eventually(Duration::from_secs(5), "the purge reaching Redis", || async {
         keys("127.0.0.1:6379", &format!("{prefix}*")) == 0
+    })
+    .await;
+    let purged_at_b = "the purge reaching the other instance's L1";
+    eventually(Duration::from_secs(5), purged_at_b, || async {
+        let answer =
+            ask(Engine::Http1, b.listen_addr(), Engine::Http1.get("/cache?engine=Http1")).await;
+        answer.header("x-seawall-cache") == "MISS"
     })
     .await;
     for gw in [a, b] {

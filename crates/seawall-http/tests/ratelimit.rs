@@ -6,6 +6,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::*;
 use http::StatusCode;
 use seawall_http::Gateway;
@@ -82,6 +84,13 @@ async fn a_client_over_its_limit_gets_429_with_retry_after_and_ratelimit_fields(
             get_with(engine, &gw, "/a", &[("x-api-key", "bob")]).await.status,
             StatusCode::OK
         );
+        // The books close just after each answer leaves: the client may look before that.
+        let counted = ["seawall_inflight_requests{route=\"all\"} 0", "code=\"429\"} 1"];
+        eventually(Duration::from_secs(5), "every request counted", || async {
+            let text = admin(&gw, "/metrics").await.body;
+            counted.iter().all(|line| text.contains(line))
+        })
+        .await;
         let text = admin(&gw, "/metrics").await.body;
         for line in [
             "seawall_rate_limit_requests_total{limit=\"api\",tier=\"free\",result=\"allowed\"} 3",

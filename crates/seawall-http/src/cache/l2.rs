@@ -3,6 +3,10 @@
 //! background, and after `FAILURES_TO_OPEN` failures in a row L2 is skipped for `OPEN_FOR`, then
 //! tried again by itself (its own breaker). The Redis client is `redis`'s connection manager
 //! (one multiplexed, pipelining connection that reconnects), driven from the control plane.
+//!
+//! Purges reach the whole fleet: the instance that is asked removes the entries from Redis and
+//! publishes the purge on `<l2_prefix>purge`; every instance listens there (a subscription the
+//! control plane keeps open, reconnecting after a second) and purges its own L1.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
@@ -44,6 +48,28 @@ pub struct L2 {
     /// While now (ms, [`seawall_core::clock`]) is before this, L2 is skipped.
     open_until_ms: AtomicU64,
     pub counters: L2Counters,
+    /// Tells this instance's purges from other instances'.
+    instance: u64,
+    /// The subscription to other instances' purges (ended with L2).
+    listener: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+/// A purge as instances tell each other: which entries, and who purged.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct PurgeMessage {
+    key: Option<String>,
+    prefix: Option<String>,
+    from: u64,
+}
+
+impl Drop for L2 {
+    fn drop(&mut self) {
+        if let Some(task) =
+            self.listener.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take()
+        {
+            task.abort();
+        }
+    }
 }
 
 impl L2 {
@@ -67,7 +93,52 @@ impl L2 {
             failures: AtomicU32::new(0),
             open_until_ms: AtomicU64::new(0),
             counters: L2Counters::default(),
+            // Random per process (std's hasher keys are): no two instances share it.
+            instance: std::hash::BuildHasher::hash_one(
+                &std::collections::hash_map::RandomState::new(),
+                std::process::id(),
+            ),
+            listener: std::sync::Mutex::new(None),
         }))
+    }
+
+    /// Listens for other instances' purges and applies them with `apply` (this instance's L1).
+    pub fn listen_for_purges(
+        self: &Arc<Self>,
+        apply: impl Fn(Option<&str>, Option<&str>) + Send + 'static,
+    ) {
+        let (client, channel, me) = (self.client.clone(), self.channel(), self.instance);
+        let task = self.runtime.spawn(async move {
+            use futures_util::StreamExt;
+            loop {
+                if let Ok(mut pubsub) = client.get_async_pubsub().await {
+                    if pubsub.subscribe(&channel).await.is_ok() {
+                        let mut messages = pubsub.on_message();
+                        while let Some(message) = messages.next().await {
+                            let Ok(purge) =
+                                serde_json::from_slice::<PurgeMessage>(message.get_payload_bytes())
+                            else {
+                                continue;
+                            };
+                            if purge.from != me {
+                                apply(purge.key.as_deref(), purge.prefix.as_deref());
+                            }
+                        }
+                    }
+                }
+                // Redis went away: listen again in a while.
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+        let old =
+            self.listener.lock().unwrap_or_else(std::sync::PoisonError::into_inner).replace(task);
+        if let Some(old) = old {
+            old.abort();
+        }
+    }
+
+    fn channel(&self) -> String {
+        format!("{}purge", self.prefix)
     }
 
     /// Whether this is L2 at `url` with `prefix` and `timeout`.
@@ -218,6 +289,15 @@ impl L2 {
                     || (query.is_empty() && parts.last() == Some(&path.as_str()))
             }
         };
+        let message = PurgeMessage {
+            key: path.map(str::to_string),
+            prefix: prefix.map(str::to_string),
+            from: self.instance,
+        };
+        let publish = redis::cmd("PUBLISH")
+            .arg(self.channel())
+            .arg(serde_json::to_vec(&message).unwrap_or_default())
+            .to_owned();
         let l2 = Arc::clone(self);
         self.runtime.spawn(async move {
             let mut cursor: u64 = 0;
@@ -236,7 +316,7 @@ impl L2 {
                 .await
                 else {
                     l2.counters.errors.fetch_add(1, Relaxed);
-                    return;
+                    break;
                 };
                 let keys: Vec<String> = keys.into_iter().filter(|k| matches(k)).collect();
                 if !keys.is_empty() {
@@ -248,9 +328,16 @@ impl L2 {
                     .await;
                 }
                 if next == 0 {
-                    return;
+                    break;
                 }
                 cursor = next;
+            }
+            // Only then the other instances purge their own L1 (earlier, they could fetch the
+            // entries back from Redis).
+            let told =
+                tokio::time::timeout(Duration::from_secs(5), publish.query_async::<i64>(&mut conn));
+            if !matches!(told.await, Ok(Ok(_))) {
+                l2.counters.errors.fetch_add(1, Relaxed);
             }
         });
     }

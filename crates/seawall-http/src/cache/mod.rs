@@ -174,7 +174,7 @@ impl Cache {
 
     /// Follows `[cache] redis`: attaches L2 (on the control plane's runtime, which drives its
     /// connection), replaces it when its settings change, drops it when the key goes.
-    pub fn follow_l2(&self, config: &seawall_config::Cache) {
+    pub fn follow_l2(self: &Arc<Self>, config: &seawall_config::Cache) {
         let current = self.l2.load();
         match (&config.redis, current.as_deref()) {
             (None, None) => {}
@@ -182,8 +182,20 @@ impl Cache {
             (Some(url), Some(l2)) if l2.is(url, &config.l2_prefix, config.l2_timeout) => {}
             (Some(url), _) => {
                 let l2 = L2::new(url, &config.l2_prefix, config.l2_timeout);
-                if l2.is_some() {
+                if let Some(l2) = &l2 {
                     tracing::info!(url = %url, "cache: shared layer (L2) in Redis");
+                    let cache = Arc::downgrade(self);
+                    l2.listen_for_purges(move |path, prefix| {
+                        if let Some(cache) = cache.upgrade() {
+                            let purged = cache.purge_l1(path, prefix);
+                            tracing::info!(
+                                path,
+                                prefix,
+                                purged,
+                                "cache: purged by another instance"
+                            );
+                        }
+                    });
                 }
                 self.l2.store(l2);
             }
@@ -213,11 +225,16 @@ impl Cache {
     }
 
     /// Removes every answer whose path (and query) is `path`, or starts with `prefix`; returns
-    /// how many went from L1 (L2's go in the background).
+    /// how many went from L1 (Redis's, and the other instances' L1 copies, go in the background).
     pub fn purge(&self, path: Option<&str>, prefix: Option<&str>) -> usize {
         if let Some(l2) = self.l2() {
             l2.purge(path, prefix);
         }
+        self.purge_l1(path, prefix)
+    }
+
+    /// [`Cache::purge`] in this instance's L1 only.
+    fn purge_l1(&self, path: Option<&str>, prefix: Option<&str>) -> usize {
         let removed = AtomicU64::new(0);
         self.l1.retain(|_, entry| {
             let Entry::Answer(stored) = entry else { return true };
