@@ -39,10 +39,12 @@ pub enum Admission {
     Cached(CachedAnswer),
 }
 
-/// A stored answer to serve, with Seawall's own field lines (the rate-limit state).
+/// A stored answer to serve, with Seawall's own field lines (the rate-limit state), and the
+/// background refresh to start once it is on its way.
 pub struct CachedAnswer {
     pub served: cache::Served,
     pub fields: Vec<u8>,
+    pub refresh: Option<cache::Refresh>,
 }
 
 /// An admitted request's hold on its route: counted in flight until dropped.
@@ -175,7 +177,18 @@ pub fn admit(snapshot: &Rc<Pinned>, request: &RequestView<'_>, account: &mut Acc
         match snapshot.cache.lookup(&route.name, policy, metrics, request, now, crisis) {
             Lookup::Serve(served) => {
                 metrics.cache(served.status.event());
-                return Admission::Cached(CachedAnswer { served, fields });
+                return Admission::Cached(CachedAnswer { served, fields, refresh: None });
+            }
+            Lookup::ServeStale(served, ticket) => {
+                metrics.cache(CacheEvent::Stale);
+                let refresh = ticket.map(|ticket| cache::Refresh {
+                    ticket,
+                    route: index,
+                    upstream: read_group(snapshot, route, reads, now_ms).unwrap_or(upstream),
+                    peer: request.peer,
+                    host: request.host.map(<[u8]>::to_vec),
+                });
+                return Admission::Cached(CachedAnswer { served, fields, refresh });
             }
             Lookup::Fetch(t) => {
                 let waits = matches!(t.role, cache::Role::Wait(_));
@@ -194,7 +207,8 @@ pub fn admit(snapshot: &Rc<Pinned>, request: &RequestView<'_>, account: &mut Acc
         let t = ticket.as_ref()?;
         let stored = t.stale_for_error(cache::now_secs(), overload.in_crisis())?;
         metrics.cache(CacheEvent::Stale);
-        Some(CachedAnswer { served: t.serve(&stored, CacheStatus::Stale), fields: fields.clone() })
+        let served = t.serve(&stored, CacheStatus::Stale);
+        Some(CachedAnswer { served, fields: fields.clone(), refresh: None })
     };
     if let Some(cause) = overload.shed(priority) {
         if let Some(answer) = stale_for_shed(&ticket) {
@@ -205,10 +219,7 @@ pub fn admit(snapshot: &Rc<Pinned>, request: &RequestView<'_>, account: &mut Acc
         let refusal = crate::overload::refusal(cause, priority, after);
         return Admission::Refuse(refusal.degraded(route.degrade.as_ref()));
     }
-    let upstream = match route.read_upstream {
-        Some(replicas) if reads && snapshot.upstreams[replicas].has_available(now_ms) => replicas,
-        _ => upstream,
-    };
+    let upstream = read_group(snapshot, route, reads, now_ms).unwrap_or(upstream);
     let group = &snapshot.upstreams[upstream];
     if let Some(gate) = group.gate.as_ref().filter(|g| crate::overload::sheds(g.level(), priority))
     {
@@ -237,6 +248,11 @@ pub fn admit(snapshot: &Rc<Pinned>, request: &RequestView<'_>, account: &mut Acc
         .and_then(seawall_core::deadline::parse_ms)
         .map(|ms| account.start + Duration::from_millis(ms));
     Admission::Admit(permit)
+}
+
+/// The route's `read_upstream` for a read while it has a server up.
+fn read_group(snapshot: &Pinned, route: &Route, reads: bool, now_ms: u64) -> Option<usize> {
+    route.read_upstream.filter(|&r| reads && snapshot.upstreams[r].has_available(now_ms))
 }
 
 /// Why a write is refused: the gateway is in read-only mode, or the upstream it would go to has

@@ -375,3 +375,36 @@ async fn a_stale_answer_with_a_validator_is_revalidated_with_the_origin() {
         gw.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_answer_is_served_at_once_while_it_is_refreshed_in_the_background() {
+    for engine in ENGINES {
+        let origin = Origin::start().await;
+        let gw =
+            cached_gateway(origin.addr, "ttl = \"60s\", stale_while_revalidate = \"60s\"").await;
+        // Stale at once; every fetch after the first takes the origin 3 s.
+        let path = "/cache?cc=max-age=0&slow_after=1";
+        let first = get_with(engine, &gw, path, &[]).await;
+        assert_eq!((first.header("x-seawall-cache"), first.body.as_str()), ("MISS", "answer 1"));
+        for _ in 0..3 {
+            let started = std::time::Instant::now();
+            let stale = get_with(engine, &gw, path, &[]).await;
+            assert_eq!(stale.header("x-seawall-cache"), "STALE", "{engine:?}");
+            assert_eq!(stale.body, "answer 1", "{engine:?}: the stored answer, at once");
+            assert!(
+                started.elapsed() < Duration::from_secs(2),
+                "{engine:?}: not held by the refresh"
+            );
+        }
+        eventually(Duration::from_secs(5), "the refresh reaching the origin", || async {
+            origin.hits() >= 2
+        })
+        .await;
+        assert_eq!(origin.hits(), 2, "{engine:?}: one refresh for all of them");
+        eventually(Duration::from_secs(10), "the refreshed answer", || async {
+            get_with(engine, &gw, path, &[]).await.body == "answer 2"
+        })
+        .await;
+        gw.shutdown().await;
+    }
+}

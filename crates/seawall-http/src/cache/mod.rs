@@ -18,6 +18,7 @@
 mod codec;
 mod key;
 mod l2;
+mod refresh;
 mod stored;
 
 use std::collections::HashMap;
@@ -31,6 +32,7 @@ use tokio::sync::watch;
 
 pub use key::Key;
 pub use l2::L2;
+pub use refresh::Refresh;
 pub use stored::{CacheStatus, Http1Form, Stored};
 
 use crate::headers::HeaderLookup;
@@ -282,9 +284,28 @@ impl Cache {
                         let served = Served::new(stored, CacheStatus::Hit, request.headers);
                         return Lookup::Serve(served);
                     }
-                    Usable::StaleWhileRevalidate if self.in_flight(found_key(&found, &key)) => {
+                    Usable::StaleWhileRevalidate if !stored.lifetime.revalidate_always => {
                         let served = Served::new(stored, CacheStatus::Stale, request.headers);
-                        return Lookup::Serve(served);
+                        // The first to find it stale starts its refresh, in the background.
+                        let fetch_key = found_key(&found, &key).clone();
+                        let refresh = match self.join_flight(&fetch_key) {
+                            Role::Lead(flight) if !head => Some(Ticket {
+                                cache: Arc::clone(self),
+                                metrics: Arc::clone(metrics),
+                                policy: Arc::clone(policy),
+                                route: route_name.into(),
+                                key: key.clone(),
+                                stale: Some(Arc::clone(stored)),
+                                role: Role::Lead(flight),
+                                store: true,
+                                refresh: false,
+                                revalidating: false,
+                                request: Captured::of(request),
+                                target: String::from_utf8_lossy(request.target).into(),
+                            }),
+                            _ => None,
+                        };
+                        return Lookup::ServeStale(served, refresh);
                     }
                     _ => {}
                 }
@@ -328,10 +349,6 @@ impl Cache {
                 }
             }
         }
-    }
-
-    fn in_flight(&self, key: &Key) -> bool {
-        self.flights.lock().unwrap_or_else(PoisonError::into_inner).contains_key(key.as_str())
     }
 
     /// Leads the fetch of `key`, or waits for the one leading it.
@@ -416,6 +433,9 @@ pub fn now_secs() -> u64 {
 pub enum Lookup {
     /// Answer with a stored response.
     Serve(Served),
+    /// Answer with a stale stored response; fetch it again in the background with the ticket,
+    /// when there is one (else another request is fetching it).
+    ServeStale(Served, Option<Ticket>),
     /// Go to the origin (storing what comes, when the ticket says so).
     Fetch(Ticket),
     /// Go to the origin, store nothing.

@@ -234,6 +234,9 @@ impl<S: Transport> Session<S> {
             Admission::Cached(answer) => {
                 let (served, after) = self.serve_stored(&answer.served, &answer.fields, None).await;
                 account.finish(served, Instant::now());
+                if let Some(refresh) = answer.refresh {
+                    refresh.spawn(&worker, &snapshot);
+                }
                 return after;
             }
             Admission::Refuse(refusal) => {

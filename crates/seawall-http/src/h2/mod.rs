@@ -108,7 +108,11 @@ pub async fn handle(
         Admission::Admit(permit) => permit,
         Admission::Refuse(refusal) => return Ok(refuse(refusal, account, None, active)),
         Admission::Cached(answer) => {
-            return Ok(serve_stored(&answer.served, &answer.fields, head_only, account, active))
+            let response = serve_stored(&answer.served, &answer.fields, head_only, account, active);
+            if let Some(refresh) = answer.refresh {
+                refresh.spawn(&worker, &snapshot);
+            }
+            return Ok(response);
         }
     };
     let mut ticket = permit.cache.take();

@@ -167,6 +167,10 @@ async fn answer(o: Origin, mut req: Request<Incoming>) -> Result<Response<Origin
         // `lm` (Last-Modified), `cookie=1` (a Set-Cookie); its body names the hit it was.
         "/cache" => {
             let n = o.hits.load(SeqCst);
+            // `slow_after=N`: every hit after the Nth takes 3 s.
+            if query(&req, "slow_after").is_some_and(|after| n as u64 > after) {
+                tokio::time::sleep(Duration::from_secs(3)).await;
+            }
             let mut r =
                 reply(&o, StatusCode::OK, Full::new(Bytes::from(format!("answer {n}"))).boxed());
             let pairs: Vec<(String, String)> = req

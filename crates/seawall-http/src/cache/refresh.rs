@@ -1,0 +1,158 @@
+//! Refreshing in the background: a request that finds its entry stale within
+//! `stale_while_revalidate` is answered with it at once, and the entry is fetched again by a task
+//! of the worker — the same upstream call as any request (`proxy::forward`: breaker, gate at P2,
+//! retries, revalidation with the entry's validators), with no client: the body is read to its
+//! end, which stores it. Requests arriving meanwhile are answered stale too (they find the fetch).
+
+use std::rc::Rc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::Method;
+use seawall_core::priority::Priority;
+use tokio::time::Instant;
+
+use super::Ticket;
+use crate::headers::{classify, HeaderLookup};
+use crate::proxy::{self, BodyError, Downstream, Forward, Forwarded, Gone};
+use crate::request::{write_upstream_head, BodyFraming, FieldRef, UpstreamHead};
+use crate::response::ResponseView;
+use crate::timer::LazyTimer;
+use crate::worker::{Pinned, Worker};
+
+/// A refresh to run once the stale answer is on its way.
+pub struct Refresh {
+    pub ticket: Ticket,
+    /// The route's index, and the upstream group to ask.
+    pub route: usize,
+    pub upstream: usize,
+    /// The client that found the entry stale, and the host it asked for.
+    pub peer: std::net::SocketAddr,
+    pub host: Option<Vec<u8>>,
+}
+
+impl Refresh {
+    /// Starts the refresh on this worker.
+    pub fn spawn(self, worker: &Rc<Worker>, snapshot: &Rc<Pinned>) {
+        let (worker, snapshot) = (Rc::clone(worker), Rc::clone(snapshot));
+        tokio::task::spawn_local(async move { self.run(&worker, &snapshot).await });
+    }
+
+    async fn run(mut self, worker: &Worker, snapshot: &Rc<Pinned>) {
+        let route = &snapshot.config.routes[self.route];
+        let mut head = Vec::with_capacity(512);
+        let target = self.ticket.target.clone();
+        let request = &self.ticket.request;
+        let mut fields: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        request.for_each_field(&mut |name, value| {
+            // The client's own validators are not this fetch's: the entry's go instead.
+            if !name.eq_ignore_ascii_case(b"if-none-match")
+                && !name.eq_ignore_ascii_case(b"if-modified-since")
+            {
+                fields.push((name.to_vec(), value.to_vec()));
+            }
+        });
+        let refs = fields.iter().map(|(name, value)| FieldRef {
+            name,
+            value,
+            class: classify(name),
+            named: false,
+        });
+        let host_is_server = !route.preserve_host || self.host.is_none();
+        write_upstream_head(
+            &mut head,
+            &UpstreamHead {
+                method: &Method::GET,
+                target: target.as_bytes(),
+                host: if host_is_server { None } else { self.host.as_deref() },
+                forwarded_host: self.host.as_deref(),
+                upgrade: false,
+                te_trailers: false,
+                framing: BodyFraming::None,
+                peer: self.peer,
+                version: http::Version::HTTP_11,
+            },
+            refs,
+        );
+        let start = Instant::now();
+        let mut timer = LazyTimer::new(start + Duration::from_secs(3600));
+        let group = &snapshot.upstreams[self.upstream];
+        let key = seawall_core::hash::stable_hash(target.as_bytes());
+        let forwarded = proxy::forward(
+            Forward {
+                worker,
+                snapshot,
+                upstream: self.upstream,
+                key,
+                method: &Method::GET,
+                idempotent: true,
+                upgrade: false,
+                framing: BodyFraming::None,
+                head: &mut head,
+                host_is_server,
+                start,
+                deadline: group.config.total_timeout.map(|t| start + t),
+                // Nobody waits for it: the first to go when the upstream is busy.
+                priority: Priority::P2,
+                route: self.route,
+                client_deadline: None,
+                head_len: 0,
+                degrade: None,
+                cache: Some(&mut self.ticket),
+            },
+            &mut NoClient,
+            &mut timer,
+        )
+        .await;
+        if let Forwarded::Response(mut response) = forwarded {
+            // Reading the body to its end stores it (the tap the cache put on it).
+            let read = std::future::poll_fn(|cx| loop {
+                match response.decoded_ready(&mut |_| {}) {
+                    Ok(true) => return Poll::Ready(true),
+                    Ok(false) => {}
+                    Err(_) => return Poll::Ready(false),
+                }
+                match response.poll_fill(cx, &mut timer) {
+                    Poll::Ready(Ok(())) => {}
+                    Poll::Ready(Err(_)) => return Poll::Ready(false),
+                    Poll::Pending => return Poll::Pending,
+                }
+            })
+            .await;
+            if read {
+                (*response).finish(seawall_core::clock::now_ms());
+            }
+        }
+    }
+}
+
+/// The client side of a fetch nobody asked for: no body, never gone.
+struct NoClient;
+
+impl Downstream for NoClient {
+    fn ready(&mut self) -> Result<(&[u8], bool), BodyError> {
+        Ok((&[], true))
+    }
+
+    fn consume(&mut self, _n: usize) {}
+
+    fn is_complete(&self) -> bool {
+        true
+    }
+
+    fn rewind(&mut self) -> bool {
+        true
+    }
+
+    async fn fill(&mut self, _timer: &mut LazyTimer) -> Result<(), BodyError> {
+        Ok(())
+    }
+
+    fn poll_gone(&mut self, _cx: &mut Context<'_>) -> Poll<Gone> {
+        Poll::Pending
+    }
+
+    async fn interim(&mut self, _view: &ResponseView<'_>) -> Result<(), BodyError> {
+        Ok(())
+    }
+}
