@@ -12,7 +12,6 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::cache::CacheEvent;
 use seawall_core::overload::ShedCause;
 use seawall_core::priority::Priority;
 
@@ -41,6 +40,51 @@ pub fn set_worker_shard(index: usize) {
 #[inline]
 pub fn shard_index(shards: usize) -> usize {
     SHARD.with(|s| s.get()).min(shards - 1)
+}
+
+/// What the cache counts per route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheEvent {
+    Hit,
+    Miss,
+    Stale,
+    Revalidated,
+    Bypass,
+    /// A request waited for another fetching its key.
+    Coalesced,
+    Stored,
+    /// The answer could not be stored (its status or `Cache-Control`).
+    Uncacheable,
+    /// The answer was larger than `max_object_size`.
+    TooLarge,
+}
+
+impl CacheEvent {
+    pub const ALL: [CacheEvent; 9] = [
+        CacheEvent::Hit,
+        CacheEvent::Miss,
+        CacheEvent::Stale,
+        CacheEvent::Revalidated,
+        CacheEvent::Bypass,
+        CacheEvent::Coalesced,
+        CacheEvent::Stored,
+        CacheEvent::Uncacheable,
+        CacheEvent::TooLarge,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheEvent::Hit => "hit",
+            CacheEvent::Miss => "miss",
+            CacheEvent::Stale => "stale",
+            CacheEvent::Revalidated => "revalidated",
+            CacheEvent::Bypass => "bypass",
+            CacheEvent::Coalesced => "coalesced",
+            CacheEvent::Stored => "stored",
+            CacheEvent::Uncacheable => "uncacheable",
+            CacheEvent::TooLarge => "too_large",
+        }
+    }
 }
 
 /// Upper bounds of the latency histogram buckets, in microseconds.

@@ -44,7 +44,7 @@ pub enum Admission {
 pub struct CachedAnswer {
     pub served: cache::Served,
     pub fields: Vec<u8>,
-    pub refresh: Option<cache::Refresh>,
+    pub refresh: Option<crate::proxy::Refresh>,
 }
 
 /// An admitted request's hold on its route: counted in flight until dropped.
@@ -181,7 +181,7 @@ pub fn admit(snapshot: &Rc<Pinned>, request: &RequestView<'_>, account: &mut Acc
             }
             Lookup::ServeStale(served, ticket) => {
                 metrics.cache(CacheEvent::Stale);
-                let refresh = ticket.map(|ticket| cache::Refresh {
+                let refresh = ticket.map(|ticket| crate::proxy::Refresh {
                     ticket,
                     route: index,
                     upstream: read_group(snapshot, route, reads, now_ms).unwrap_or(upstream),

@@ -32,6 +32,14 @@ pub enum Framing {
     UntilClose,
 }
 
+/// Sees the decoded body of a response as it passes (the cache fills from one).
+pub trait BodyTap {
+    /// The next bytes of the body.
+    fn data(&mut self, bytes: &[u8]);
+    /// The body ended: `complete` unless it was cut short.
+    fn end(&mut self, complete: bool);
+}
+
 /// A parsed response head.
 #[derive(Debug, Clone)]
 pub struct ResponseHead {

@@ -18,7 +18,6 @@
 mod codec;
 mod key;
 mod l2;
-mod refresh;
 mod stored;
 
 use std::collections::HashMap;
@@ -32,59 +31,14 @@ use tokio::sync::watch;
 
 pub use key::Key;
 pub use l2::L2;
-pub use refresh::Refresh;
 pub use stored::{CacheStatus, Http1Form, Stored};
 
 use crate::headers::HeaderLookup;
+pub use crate::metrics::CacheEvent;
 use crate::metrics::RouteMetrics;
-use crate::proxy::BodyTap;
 use crate::request::RequestView;
+use crate::response::BodyTap;
 use crate::response::ResponseView;
-
-/// What the cache counts per route.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CacheEvent {
-    Hit,
-    Miss,
-    Stale,
-    Revalidated,
-    Bypass,
-    /// A request waited for another fetching its key.
-    Coalesced,
-    Stored,
-    /// The answer could not be stored (its status or `Cache-Control`).
-    Uncacheable,
-    /// The answer was larger than `max_object_size`.
-    TooLarge,
-}
-
-impl CacheEvent {
-    pub const ALL: [CacheEvent; 9] = [
-        CacheEvent::Hit,
-        CacheEvent::Miss,
-        CacheEvent::Stale,
-        CacheEvent::Revalidated,
-        CacheEvent::Bypass,
-        CacheEvent::Coalesced,
-        CacheEvent::Stored,
-        CacheEvent::Uncacheable,
-        CacheEvent::TooLarge,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CacheEvent::Hit => "hit",
-            CacheEvent::Miss => "miss",
-            CacheEvent::Stale => "stale",
-            CacheEvent::Revalidated => "revalidated",
-            CacheEvent::Bypass => "bypass",
-            CacheEvent::Coalesced => "coalesced",
-            CacheEvent::Stored => "stored",
-            CacheEvent::Uncacheable => "uncacheable",
-            CacheEvent::TooLarge => "too_large",
-        }
-    }
-}
 
 /// An L1 entry: an answer, or the names a key's answers vary on (each variant is stored under
 /// the key extended with the request's values for them).
@@ -626,6 +580,16 @@ impl Ticket {
         }
         self.metrics.cache(CacheEvent::Revalidated);
         Some(self.serve(&stored, CacheStatus::Revalidated))
+    }
+
+    /// The request's path and query.
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
+    /// The request's fields, as captured when it was looked up.
+    pub fn request(&self) -> &Captured {
+        &self.request
     }
 
     /// `stored` served to this request as `status`.

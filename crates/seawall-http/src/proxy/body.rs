@@ -15,6 +15,7 @@ use crate::chunked::ChunkedScanner;
 use crate::faultlog;
 use crate::io::{make_room, poll_read_buf};
 use crate::metrics::UpstreamOutcome;
+pub use crate::response::BodyTap;
 use crate::response::{Framing, ResponseHead, ResponseView};
 use crate::timer::LazyTimer;
 use crate::upstream::pool::{Inflight, RawConn, WorkerPools, READ_BUFFER};
@@ -22,14 +23,6 @@ use crate::worker::Pinned;
 
 /// Where decoded body bytes go.
 type Sink<'a> = &'a mut dyn FnMut(&[u8]);
-
-/// Sees the decoded body of a response as it passes (the cache fills from one).
-pub trait BodyTap {
-    /// The next bytes of the body.
-    fn data(&mut self, bytes: &[u8]);
-    /// The body ended: `complete` unless it was cut short.
-    fn end(&mut self, complete: bool);
-}
 
 /// Why a response body could not be read to its end.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -24,6 +24,7 @@
 //! sending side still gets its answer.
 
 pub mod body;
+mod refresh;
 mod resilience;
 
 use std::future::Future;
@@ -37,6 +38,7 @@ use http::Method;
 use tokio::time::Instant;
 
 pub use body::{BodyFault, BodyTap, UpstreamResponse};
+pub use refresh::Refresh;
 use resilience::deadline_passed;
 pub use resilience::forward;
 

@@ -1,4 +1,4 @@
-//! Refreshing in the background: a request that finds its entry stale within
+//! The cache's refresh in the background: a request that finds its entry stale within
 //! `stale_while_revalidate` is answered with it at once, and the entry is fetched again by a task
 //! of the worker — the same upstream call as any request (`proxy::forward`: breaker, gate at P2,
 //! retries, revalidation with the entry's validators), with no client: the body is read to its
@@ -12,9 +12,9 @@ use http::Method;
 use seawall_core::priority::Priority;
 use tokio::time::Instant;
 
-use super::Ticket;
+use super::{BodyError, Downstream, Forward, Forwarded, Gone};
+use crate::cache::Ticket;
 use crate::headers::{classify, HeaderLookup};
-use crate::proxy::{self, BodyError, Downstream, Forward, Forwarded, Gone};
 use crate::request::{write_upstream_head, BodyFraming, FieldRef, UpstreamHead};
 use crate::response::ResponseView;
 use crate::timer::LazyTimer;
@@ -41,8 +41,8 @@ impl Refresh {
     async fn run(mut self, worker: &Worker, snapshot: &Rc<Pinned>) {
         let route = &snapshot.config.routes[self.route];
         let mut head = Vec::with_capacity(512);
-        let target = self.ticket.target.clone();
-        let request = &self.ticket.request;
+        let target = self.ticket.target().to_string();
+        let request = self.ticket.request();
         let mut fields: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
         request.for_each_field(&mut |name, value| {
             // The client's own validators are not this fetch's: the entry's go instead.
@@ -78,7 +78,7 @@ impl Refresh {
         let mut timer = LazyTimer::new(start + Duration::from_secs(3600));
         let group = &snapshot.upstreams[self.upstream];
         let key = seawall_core::hash::stable_hash(target.as_bytes());
-        let forwarded = proxy::forward(
+        let forwarded = super::forward(
             Forward {
                 worker,
                 snapshot,
