@@ -53,7 +53,17 @@ pub fn decode(bytes: &Bytes) -> Option<Stored> {
     let count = get_u32(&mut b)? as usize;
     let mut fields = Vec::with_capacity(count.min(256));
     for _ in 0..count {
-        fields.push((get_bytes(&mut b)?, get_bytes(&mut b)?));
+        let (name, value) = (get_bytes(&mut b)?, get_bytes(&mut b)?);
+        // Only what a stored answer can hold: a token for a name, a value without line breaks,
+        // nothing that frames the body or belongs to a hop.
+        let clean_value = !value.iter().any(|&c| matches!(c, b'\r' | b'\n' | 0));
+        if http::HeaderName::from_bytes(&name).is_err()
+            || !clean_value
+            || !crate::headers::forwards_response_field(crate::headers::classify(&name))
+        {
+            return None;
+        }
+        fields.push((name, value));
     }
     let received_at = get_u64(&mut b)?;
     let initial_age = get_u64(&mut b)?;
@@ -72,7 +82,8 @@ pub fn decode(bytes: &Bytes) -> Option<Stored> {
     let path = String::from_utf8(get_bytes(&mut b)?.to_vec()).ok()?;
     let route = String::from_utf8(get_bytes(&mut b)?.to_vec()).ok()?;
     let body = get_bytes(&mut b)?;
-    if b.has_remaining() || !(100..=599).contains(&status) {
+    let clean_reason = !reason.iter().any(|&c| matches!(c, b'\r' | b'\n' | 0));
+    if b.has_remaining() || !(200..=599).contains(&status) || !clean_reason {
         return None;
     }
     Some(Stored {
@@ -194,5 +205,17 @@ mod tests {
         let mut other = bytes;
         other[7] = b'9';
         assert!(decode(&Bytes::from(other)).is_none(), "another version's tag");
+        // A value with a line break would add a field of its own to an HTTP/1 head.
+        let mut injected = sample();
+        injected.fields =
+            vec![(Bytes::from_static(b"x"), Bytes::from_static(b"1\r\nset-cookie: a=b"))];
+        assert!(decode(&Bytes::from(encode(&injected))).is_none());
+        let mut framed = sample();
+        framed.fields =
+            vec![(Bytes::from_static(b"transfer-encoding"), Bytes::from_static(b"chunked"))];
+        assert!(decode(&Bytes::from(encode(&framed))).is_none());
+        let mut interim = sample();
+        interim.status = 101;
+        assert!(decode(&Bytes::from(encode(&interim))).is_none());
     }
 }

@@ -257,7 +257,12 @@ impl L2 {
 
     /// Removes the answers for `path` (every host and variant), or whose path starts with
     /// `prefix`, in the background; the keys are found with `SCAN`.
-    pub fn purge(self: &Arc<Self>, path: Option<&str>, prefix: Option<&str>) {
+    pub fn purge(
+        self: &Arc<Self>,
+        path: Option<&str>,
+        prefix: Option<&str>,
+        then: impl Fn() + Send + 'static,
+    ) {
         let Some(mut conn) = self.manager() else { return };
         // Keys hold the path after a newline; glob characters in it are escaped.
         let escaped = |s: &str| {
@@ -274,7 +279,9 @@ impl L2 {
             (Some(p), _) => {
                 let (path, query) =
                     p.split_once('?').map_or((p, String::new()), |(a, b)| (a, format!("?{b}")));
-                let pattern = format!("{}*\n{}\n*", escaped(&self.prefix), escaped(path));
+                // No newline after the path: a key may end with it (a route keyed without the
+                // query); `matches` below keeps only the exact ones.
+                let pattern = format!("{}*\n{}*", escaped(&self.prefix), escaped(path));
                 (pattern, Some((path.to_string(), query)))
             }
             (None, Some(p)) => (format!("{}*\n{}*", escaped(&self.prefix), escaped(p)), None),
@@ -326,6 +333,8 @@ impl L2 {
                         del.query_async::<()>(&mut conn),
                     )
                     .await;
+                    // What was fetched back from Redis before these went goes too.
+                    then();
                 }
                 if next == 0 {
                     break;

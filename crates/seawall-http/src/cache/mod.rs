@@ -182,9 +182,17 @@ impl Cache {
 
     /// Removes every answer whose path (and query) is `path`, or starts with `prefix`; returns
     /// how many went from L1 (Redis's, and the other instances' L1 copies, go in the background).
-    pub fn purge(&self, path: Option<&str>, prefix: Option<&str>) -> usize {
+    pub fn purge(self: &Arc<Self>, path: Option<&str>, prefix: Option<&str>) -> usize {
         if let Some(l2) = self.l2() {
-            l2.purge(path, prefix);
+            // Once Redis is clean, L1 again: a request in between could have fetched an entry
+            // back from Redis.
+            let (cache, path2, prefix2) =
+                (Arc::downgrade(self), path.map(str::to_string), prefix.map(str::to_string));
+            l2.purge(path, prefix, move || {
+                if let Some(cache) = cache.upgrade() {
+                    cache.purge_l1(path2.as_deref(), prefix2.as_deref());
+                }
+            });
         }
         self.purge_l1(path, prefix)
     }
@@ -229,7 +237,9 @@ impl Cache {
             return Lookup::Bypass;
         }
         let found = self.find(&key, request.headers);
-        let candidate = found.as_ref().map(|(stored, _)| Arc::clone(stored));
+        // A request the shared answers are not for gets none of them, not even as a stand-in.
+        let private = facts.authorization && !policy.share_authorized;
+        let candidate = found.as_ref().filter(|_| !private).map(|(stored, _)| Arc::clone(stored));
         if request_use == RequestUse::Lookup {
             if let Some((stored, _)) = &found {
                 let held = stored.held(now);
@@ -451,6 +461,16 @@ impl HeaderLookup for Captured {
     }
 }
 
+/// What an upstream answer meant for the revalidation its request carried.
+pub enum Revalidation {
+    /// The request carried none, or the answer is not a 304.
+    NotOne,
+    /// The stored answer is current: serve it.
+    Served(Served),
+    /// The 304 names another version than the stored one: neither can be used.
+    Unusable,
+}
+
 /// How a request that goes to the origin takes part in the fetch of its key.
 pub enum Role {
     /// It fetches; others wait until its answer is stored (or not).
@@ -558,28 +578,44 @@ impl Ticket {
         true
     }
 
-    /// The origin answered 304 to this request's revalidation: the stored answer is fresh
-    /// again (its fields updated from the 304's), stored and served.
-    pub fn revalidated(&mut self, view: &ResponseView<'_>, now: u64) -> Option<Served> {
+    /// What the origin's answer to this request means for a revalidation it carried: a 304 that
+    /// vouches for the stored answer makes it fresh again (its fields updated from the 304's,
+    /// stored when the 304 may be) and it is served - the client asked for none of this, so it
+    /// never sees the bare 304; a 304 naming another version (a different strong `ETag`) cannot
+    /// be used, and the entry goes.
+    pub fn revalidated(&mut self, view: &ResponseView<'_>, now: u64) -> Revalidation {
         if !self.revalidating || view.head.status != 304 {
-            return None;
+            return Revalidation::NotOne;
         }
-        let stale = self.stale.take()?;
+        let Some(stale) = self.stale.take() else { return Revalidation::NotOne };
+        self.end_flight();
+        let names_another = view.first("etag").is_some_and(|tag| {
+            let strong = |t: &[u8]| !t.starts_with(b"W/");
+            stale.etag.as_deref().is_some_and(|own| strong(own) && strong(tag) && own != tag)
+        });
+        if names_another {
+            self.cache.l1.remove(self.key.as_str());
+            return Revalidation::Unusable;
+        }
         let rules = route_rules(&self.policy);
         let facts = stored::response_facts(view);
         // The 304's freshness, with the status of the answer it vouches for.
         let facts = seawall_core::cache::ResponseFacts { status: stale.status, ..facts };
         let authorization = self.request.first("authorization").is_some();
-        let lifetime = rules::storable(&facts, authorization, &rules, now).ok()?;
+        self.metrics.cache(CacheEvent::Revalidated);
+        let Ok(lifetime) = rules::storable(&facts, authorization, &rules, now) else {
+            // Current, says the origin, but not to be kept: served as it is, not stored.
+            return Revalidation::Served(self.serve(&stale, CacheStatus::Revalidated));
+        };
         let refreshed =
             stored::refreshed(&stale, view, lifetime, now, rules::initial_age(&facts, now));
-        self.end_flight();
-        let stored = self.cache.insert(&self.key, refreshed)?;
+        let Some(stored) = self.cache.insert(&self.key, refreshed) else {
+            return Revalidation::Served(self.serve(&stale, CacheStatus::Revalidated));
+        };
         if let Some(l2) = self.cache.l2().filter(|_| stored.vary.is_empty()) {
             l2.put(self.key.as_str(), &stored, rules::keep_for(&stored.lifetime, &rules));
         }
-        self.metrics.cache(CacheEvent::Revalidated);
-        Some(self.serve(&stored, CacheStatus::Revalidated))
+        Revalidation::Served(self.serve(&stored, CacheStatus::Revalidated))
     }
 
     /// The request's path and query.

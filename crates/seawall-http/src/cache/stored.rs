@@ -293,9 +293,18 @@ pub fn refreshed(
     received_at: u64,
     initial_age: u64,
 ) -> Stored {
+    // Fields that describe the stored body itself stay as they were (RFC 9111 §3.2).
+    const BODY_FIELDS: [&[u8]; 6] = [
+        b"age",
+        b"content-length",
+        b"content-encoding",
+        b"content-range",
+        b"content-type",
+        b"transfer-encoding",
+    ];
     let updates: Vec<(&[u8], &[u8])> = view
         .forwarded()
-        .filter(|(name, _)| !eq_lower(name, b"age") && !eq_lower(name, b"content-length"))
+        .filter(|(name, _)| !BODY_FIELDS.iter().any(|f| eq_lower(name, f)))
         .collect();
     let mut fields: Vec<(Bytes, Bytes)> = stale
         .fields

@@ -14,7 +14,7 @@ use tokio::time::Instant;
 
 use super::{BodyError, Downstream, Forward, Forwarded, Gone};
 use crate::cache::Ticket;
-use crate::headers::{classify, HeaderLookup};
+use crate::headers::{classify, ConnectionOptions, HeaderLookup};
 use crate::request::{write_upstream_head, BodyFraming, FieldRef, UpstreamHead};
 use crate::response::ResponseView;
 use crate::timer::LazyTimer;
@@ -52,11 +52,18 @@ impl Refresh {
                 fields.push((name.to_vec(), value.to_vec()));
             }
         });
+        // What the client's `Connection` named was for its own hop, as on the request path.
+        let mut connection = ConnectionOptions::default();
+        for (name, value) in &fields {
+            if name.eq_ignore_ascii_case(b"connection") {
+                connection.add(value);
+            }
+        }
         let refs = fields.iter().map(|(name, value)| FieldRef {
             name,
             value,
             class: classify(name),
-            named: false,
+            named: connection.names(name),
         });
         let host_is_server = !route.preserve_host || self.host.is_none();
         write_upstream_head(

@@ -114,8 +114,15 @@ fn through_cache(
 ) -> Option<crate::cache::Served> {
     let now = crate::cache::now_secs();
     if let Forwarded::Response(response) = forwarded {
-        if let Some(served) = ticket.revalidated(&response.view(), now) {
-            return Some(served);
+        match ticket.revalidated(&response.view(), now) {
+            crate::cache::Revalidation::NotOne => {}
+            crate::cache::Revalidation::Served(served) => return Some(served),
+            crate::cache::Revalidation::Unusable => {
+                let detail = "the upstream's 304 named another version than the stored one";
+                let at = response.server();
+                *forwarded = Forwarded::Refused(Refusal::new(Reason::UpstreamError, detail), at);
+                return None;
+            }
         }
     }
     let failed = match forwarded {
