@@ -46,6 +46,8 @@ pub fn shard_index(shards: usize) -> usize {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CacheEvent {
     Hit,
+    /// A hit found in the shared layer (Redis).
+    HitL2,
     Miss,
     Stale,
     Revalidated,
@@ -60,8 +62,9 @@ pub enum CacheEvent {
 }
 
 impl CacheEvent {
-    pub const ALL: [CacheEvent; 9] = [
+    pub const ALL: [CacheEvent; 10] = [
         CacheEvent::Hit,
+        CacheEvent::HitL2,
         CacheEvent::Miss,
         CacheEvent::Stale,
         CacheEvent::Revalidated,
@@ -72,9 +75,18 @@ impl CacheEvent {
         CacheEvent::TooLarge,
     ];
 
+    /// The layer it happened in: the shared one for its hits, else the in-memory one.
+    pub fn layer(self) -> &'static str {
+        if self == CacheEvent::HitL2 {
+            "l2"
+        } else {
+            "l1"
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
-            CacheEvent::Hit => "hit",
+            CacheEvent::Hit | CacheEvent::HitL2 => "hit",
             CacheEvent::Miss => "miss",
             CacheEvent::Stale => "stale",
             CacheEvent::Revalidated => "revalidated",
@@ -511,15 +523,16 @@ impl Registry {
             }
         }
         let name = "seawall_cache_total";
-        family(out, name, "counter", "What the cache did, by route: hit, miss, stale (a stale answer served: being refreshed, or standing in for a failed or shed request), revalidated, bypass (not looked up: no-store, Authorization), coalesced (waited for another request fetching the same key), stored, uncacheable (the answer could not be stored), too_large (over max_object_size).");
+        family(out, name, "counter", "What the cache did, by route and layer (l1 in memory; l2 Redis, for its hits): hit, miss, stale (a stale answer served: being refreshed, or standing in for a failed or shed request), revalidated, bypass (not looked up: no-store, Authorization), coalesced (waited for another request fetching the same key), stored, uncacheable (the answer could not be stored), too_large (over max_object_size).");
         for (route, m) in &routes {
             for event in CacheEvent::ALL {
                 let n = m.cache_count(event);
                 if n > 0 {
                     let _ = writeln!(
                         out,
-                        "{name}{{route=\"{}\",layer=\"l1\",event=\"{}\"}} {n}",
+                        "{name}{{route=\"{}\",layer=\"{}\",event=\"{}\"}} {n}",
                         escape(route),
+                        event.layer(),
                         event.as_str()
                     );
                 }

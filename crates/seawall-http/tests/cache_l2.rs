@@ -86,6 +86,8 @@ async fn two_instances_share_an_entry_through_redis() {
         assert_eq!(origin.hits(), hits, "{engine:?}: the origin was not asked again");
     }
     assert!(l2(&b, "hit").await >= 2.0);
+    let by_route = "seawall_cache_total{route=\"pages\",layer=\"l2\",event=\"hit\"}";
+    assert_eq!(metric(&b, by_route).await, 2.0, "the route's hits from the shared layer");
     // A purge on one instance reaches Redis, and the other instance's L1.
     let b_had = ask(Engine::Http1, b.listen_addr(), Engine::Http1.get("/cache?engine=Http1")).await;
     assert_eq!(b_had.header("x-seawall-cache"), "HIT");

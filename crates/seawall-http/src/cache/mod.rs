@@ -550,7 +550,7 @@ impl Ticket {
         let usable = rules::usable(&found.lifetime, found.held(now), &rules, crisis);
         let stored = self.cache.insert(&self.key, found)?;
         if usable == Usable::Fresh && !stored.lifetime.revalidate_always {
-            self.metrics.cache(CacheEvent::Hit);
+            self.metrics.cache(CacheEvent::HitL2);
             return Some(self.serve(&stored, CacheStatus::Hit));
         }
         if self.stale.is_none() {
