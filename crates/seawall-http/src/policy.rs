@@ -200,6 +200,11 @@ pub fn admit(snapshot: &Rc<Pinned>, request: &RequestView<'_>, account: &mut Acc
                 metrics.cache(CacheEvent::Bypass);
                 cache_status = Some(CacheStatus::Bypass);
             }
+            Lookup::NotCached => {
+                let detail =
+                    "only a stored answer was asked for (only-if-cached), and there is none";
+                return Admission::Refuse(Refusal::new(Reason::NotCached, detail));
+            }
         }
     }
     // A request that would be shed gets a stale answer where there is one.

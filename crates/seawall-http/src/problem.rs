@@ -59,6 +59,9 @@ pub enum Reason {
     UpstreamTimeout,
     /// The client's own deadline passed before an answer (504): not the upstream's fault.
     DeadlineExceeded,
+    /// The client asked only for a stored answer (`Cache-Control: only-if-cached`) and there is
+    /// none it may have (504, RFC 9111 §5.2.1.7).
+    NotCached,
 }
 
 impl Reason {
@@ -85,6 +88,7 @@ impl Reason {
             Reason::Overloaded => "overloaded",
             Reason::UpstreamTimeout => "upstream_timeout",
             Reason::DeadlineExceeded => "deadline_exceeded",
+            Reason::NotCached => "not_cached",
         }
     }
 
@@ -107,7 +111,9 @@ impl Reason {
             | Reason::Overloaded
             | Reason::FeatureDisabled
             | Reason::ReadOnly => StatusCode::SERVICE_UNAVAILABLE,
-            Reason::UpstreamTimeout | Reason::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
+            Reason::UpstreamTimeout | Reason::DeadlineExceeded | Reason::NotCached => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
         }
     }
 

@@ -54,13 +54,23 @@ async fn a_second_request_is_served_from_memory_and_says_so() {
         assert_eq!(head.header("x-seawall-cache"), "HIT");
         assert_eq!(head.header("content-length"), first.body.len().to_string());
         assert!(head.body.is_empty());
+        // A client asking only for what is stored gets it, or 504 without reaching the origin.
+        let only = [("cache-control", "only-if-cached")];
+        assert_eq!(
+            get_with(engine, &gw, "/cache?x=1", &only).await.header("x-seawall-cache"),
+            "HIT"
+        );
+        let none = get_with(engine, &gw, "/cache?x=3", &only).await;
+        assert_eq!(none.status, StatusCode::GATEWAY_TIMEOUT, "{engine:?}");
+        assert_eq!(none.header("x-seawall-reason"), "not_cached");
+        assert_eq!(origin.hits(), 1);
         // Another query is another entry.
         let other = get_with(engine, &gw, "/cache?x=2", &[]).await;
         assert_eq!(other.header("x-seawall-cache"), "MISS");
         assert_eq!(origin.hits(), 2);
         let hits =
             metric(&gw, "seawall_cache_total{route=\"pages\",layer=\"l1\",event=\"hit\"}").await;
-        assert_eq!(hits, 2.0, "{engine:?}");
+        assert_eq!(hits, 3.0, "{engine:?}");
         gw.shutdown().await;
     }
 }

@@ -252,7 +252,12 @@ async fn slow_request_head_gets_408_and_idle_connection_is_closed() {
     stream.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
     let out = read_to_close(&mut stream).await;
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
-    assert!(!out.contains("408"), "an idle connection is closed without an answer: {out}");
+    // (The status line, not any "408": the origin's port in `x-origin` may hold one.)
+    let answers = out.matches("HTTP/1.1 ").count();
+    assert!(
+        answers == 1 && !out.contains("HTTP/1.1 408"),
+        "an idle connection is closed without an answer: {out}"
+    );
     // Counted as the connection's task ends, which may be just after the client sees the close.
     eventually(Duration::from_secs(5), "the idle timeout counted", || async {
         metric(&gw, "seawall_client_idle_timeouts_total").await == 1.0

@@ -275,6 +275,9 @@ impl Cache {
                 }
             }
         }
+        if facts.directives.only_if_cached {
+            return Lookup::NotCached;
+        }
         let fetch_key = found.map_or_else(|| key.clone(), |(_, k)| k);
         // A HEAD answer has no body to store: it goes alone, and stores nothing.
         let role = if head || request_use == RequestUse::Refresh {
@@ -404,6 +407,8 @@ pub enum Lookup {
     Fetch(Ticket),
     /// Go to the origin, store nothing.
     Bypass,
+    /// The client wants only a stored answer, and there is none it may have.
+    NotCached,
 }
 
 /// A stored answer about to be served.
