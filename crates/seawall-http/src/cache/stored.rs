@@ -254,23 +254,31 @@ pub fn from_head(
     path: &[u8],
     route: &str,
 ) -> Stored {
-    let mut fields = Vec::new();
-    let mut etag = None;
-    let mut last_modified = None;
-    for (name, value) in view.forwarded() {
-        if eq_lower(name, b"age") {
-            continue;
-        }
-        if eq_lower(name, b"etag") {
-            etag = Some(Bytes::copy_from_slice(value));
-        } else if eq_lower(name, b"last-modified") {
-            last_modified = Some(Bytes::copy_from_slice(value));
-        }
-        fields.push((Bytes::copy_from_slice(name), Bytes::copy_from_slice(value)));
+    // Every name and value (and the reason) in one block: one allocation an entry, not two a
+    // field.
+    let kept: Vec<(&[u8], &[u8])> =
+        view.forwarded().filter(|(name, _)| !eq_lower(name, b"age")).collect();
+    let size = kept.iter().map(|(n, v)| n.len() + v.len()).sum::<usize>() + view.reason().len();
+    let mut block = bytes::BytesMut::with_capacity(size);
+    let mut spans = Vec::with_capacity(kept.len());
+    for (name, value) in &kept {
+        let at = block.len();
+        block.extend_from_slice(name);
+        block.extend_from_slice(value);
+        spans.push((at, name.len(), value.len()));
     }
+    let reason_at = block.len();
+    block.extend_from_slice(view.reason());
+    let block = block.freeze();
+    let fields: Vec<(Bytes, Bytes)> = spans
+        .into_iter()
+        .map(|(at, n, v)| (block.slice(at..at + n), block.slice(at + n..at + n + v)))
+        .collect();
+    let find = |name: &[u8]| fields.iter().find(|(n, _)| eq_lower(n, name)).map(|(_, v)| v.clone());
+    let (etag, last_modified) = (find(b"etag"), find(b"last-modified"));
     Stored {
         status: view.head.status,
-        reason: Bytes::copy_from_slice(view.reason()),
+        reason: block.slice(reason_at..),
         fields,
         body: Bytes::new(),
         received_at,

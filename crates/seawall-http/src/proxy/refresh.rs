@@ -112,10 +112,14 @@ impl Refresh {
         )
         .await;
         if let Forwarded::Response(mut response) = forwarded {
-            // Reading the body to its end stores it (the tap the cache put on it).
+            // Reading the body to its end stores it (the tap the cache put on it) — up to what
+            // may be stored: past that, nobody wants the rest.
+            let most = route.cache.as_ref().map_or(0, |c| c.max_object_size);
+            let mut read_so_far = 0u64;
             let read = std::future::poll_fn(|cx| loop {
-                match response.decoded_ready(&mut |_| {}) {
+                match response.decoded_ready(&mut |d| read_so_far += d.len() as u64) {
                     Ok(true) => return Poll::Ready(true),
+                    Ok(false) if read_so_far > most => return Poll::Ready(false),
                     Ok(false) => {}
                     Err(_) => return Poll::Ready(false),
                 }
