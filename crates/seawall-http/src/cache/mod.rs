@@ -5,15 +5,21 @@
 //! served when the origin fails. RFC 9111's rules are [`seawall_core::cache`]'s.
 //!
 //! ```text
-//! admit ─▶ lookup ─┬─ fresh ───────────────────────────────▶ serve HIT (304 if the client's copy is current)
-//!                  ├─ stale, being fetched / would be shed ─▶ serve STALE
-//!                  ├─ absent / stale ─▶ fetch: lead, or wait for the one fetching ─▶ HIT
-//!                  │                   └ origin fails and a stale answer may stand in ─▶ STALE
-//!                  └─ bypass (no-store, Authorization) ───▶ origin, nothing stored
+//! admit ─▶ lookup ─┬─ fresh ──────────────────────────────────▶ serve HIT (304 if the client's copy is current)
+//!                  ├─ within stale-while-revalidate ───────────▶ serve STALE; refresh in the background
+//!                  ├─ would be shed, a stale answer may stand in ▶ serve STALE
+//!                  ├─ absent / stale ─▶ wait for the one fetching it ─▶ HIT
+//!                  │                  or fetch: L2 (Redis) ▸ origin, with the stale entry's validators
+//!                  │                     ├ 304 ─▶ REVALIDATED       ├ answer ─▶ MISS, stored as it streams
+//!                  │                     └ fails, a stale answer may stand in ─▶ STALE
+//!                  ├─ only-if-cached, nothing to give ─────────▶ 504 not_cached
+//!                  └─ bypass (no-store, a body) ───────────────▶ origin, nothing stored
 //! ```
 //!
 //! The in-memory layer (L1) is a `quick_cache` bounded by bytes (frequency-aware admission, scan
 //! resistant); entries live past their freshness for as long as they may still be served stale.
+//! The shared layer (L2, `l2.rs`) keeps answers in Redis for a fleet; the background refresh is an
+//! upstream call, in `proxy/refresh.rs`.
 
 mod codec;
 mod key;
