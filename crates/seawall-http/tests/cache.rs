@@ -22,14 +22,6 @@ async fn cached_gateway(origin: std::net::SocketAddr, cache: &str) -> Gateway {
     .await
 }
 
-async fn get_with(engine: Engine, gw: &Gateway, path: &str, headers: &[(&str, &str)]) -> Answer {
-    let mut req = engine.request("GET", path);
-    for (name, value) in headers {
-        req = req.header(*name, *value);
-    }
-    ask(engine, gw.listen_addr(), req.body(empty()).unwrap()).await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_request_is_served_from_memory_and_says_so() {
     for engine in ENGINES {

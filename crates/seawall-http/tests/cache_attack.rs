@@ -90,14 +90,6 @@ async fn gateway_with(origin: SocketAddr, top: &str, upstream_extra: &str, cache
     .await
 }
 
-async fn get_with(engine: Engine, gw: &Gateway, path: &str, headers: &[(&str, &str)]) -> Answer {
-    let mut req = engine.request("GET", path);
-    for (name, value) in headers {
-        req = req.header(*name, *value);
-    }
-    ask(engine, gw.listen_addr(), req.body(empty()).unwrap()).await
-}
-
 /// `Transfer-Encoding: gzip, chunked`: the gzip bytes could only be replayed as a plain body
 /// (the field that says they are gzip goes with the framing), so such an answer is not stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -84,14 +84,6 @@ async fn gateway(origin: SocketAddr, top: &str, cache: &str) -> Gateway {
     .await
 }
 
-async fn get_with(engine: Engine, gw: &Gateway, path: &str, headers: &[(&str, &str)]) -> Answer {
-    let mut req = engine.request("GET", path);
-    for (name, value) in headers {
-        req = req.header(*name, *value);
-    }
-    ask(engine, gw.listen_addr(), req.body(empty()).unwrap()).await
-}
-
 // ---- revalidation -------------------------------------------------------------------------
 
 /// A client that sent no validator must never get a 304: it has no copy to keep. With
@@ -245,20 +237,6 @@ async fn a_background_refresh_does_not_forward_connection_named_fields() {
 
 // ---- the shared layer (L2) and fleet-wide purge -------------------------------------------
 
-fn redis_at(addr: &str) -> bool {
-    let up = std::net::TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_secs(1))
-        .is_ok();
-    if !up {
-        eprintln!("skipped: Redis is not running on {addr}");
-    }
-    up
-}
-
-fn fresh_prefix() -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
-    format!("seawall-attack2:{}:{}:", std::process::id(), nanos.as_nanos())
-}
-
 async fn redis_conn(addr: &str) -> redis::aio::MultiplexedConnection {
     let client = redis::Client::open(format!("redis://{addr}")).unwrap();
     client.get_multiplexed_async_connection().await.unwrap()
@@ -326,42 +304,6 @@ async fn a_purge_by_path_reaches_redis_when_the_route_key_has_no_query() {
     );
     for gw in [a, b] {
         gw.shutdown().await;
-    }
-}
-
-/// A Redis server of the test's own (DEBUG allowed), on a free port.
-struct OwnRedis {
-    child: std::process::Child,
-    addr: String,
-}
-
-impl OwnRedis {
-    fn start() -> Option<OwnRedis> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let spawned = std::process::Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
-            .args(["--appendonly", "no", "--enable-debug-command", "yes"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn();
-        let Ok(child) = spawned else {
-            eprintln!("skipped: redis-server is not installed");
-            return None;
-        };
-        let addr = format!("127.0.0.1:{port}");
-        let started = std::time::Instant::now();
-        while std::net::TcpStream::connect(&addr).is_err() {
-            assert!(started.elapsed() < Duration::from_secs(10), "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Some(OwnRedis { child, addr })
-    }
-}
-
-impl Drop for OwnRedis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -7,28 +7,11 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::*;
 use http::StatusCode;
 use seawall_http::Gateway;
-
-fn required() -> bool {
-    std::env::var("SEAWALL_REQUIRE_SERVICES").is_ok_and(|v| v == "1")
-}
-
-/// Whether Redis answers at `addr`; without it the test is skipped (or fails when services are
-/// required).
-fn redis_at(addr: &str) -> bool {
-    let up = std::net::TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_secs(1))
-        .is_ok();
-    if !up {
-        assert!(!required(), "Redis is not running on {addr} (SEAWALL_REQUIRE_SERVICES=1)");
-        eprintln!("skipped: Redis is not running on {addr}");
-    }
-    up
-}
 
 /// How many keys match `pattern` (an inline `KEYS` command: the test's own prefix only).
 fn keys(addr: &str, pattern: &str) -> usize {
@@ -38,12 +21,6 @@ fn keys(addr: &str, pattern: &str) -> usize {
     let mut line = String::new();
     BufReader::new(stream).read_line(&mut line).unwrap();
     line.trim().trim_start_matches('*').parse().unwrap()
-}
-
-/// A prefix no other run shares.
-fn fresh_prefix() -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
-    format!("seawall-test:{}:{}:", std::process::id(), nanos.as_nanos())
 }
 
 async fn instance(origin: SocketAddr, redis: &str, prefix: &str) -> Gateway {
@@ -112,55 +89,6 @@ async fn two_instances_share_an_entry_through_redis() {
     .await;
     for gw in [a, b] {
         gw.shutdown().await;
-    }
-}
-
-/// A Redis server of the test's own, on a free port.
-struct OwnRedis {
-    child: Child,
-    addr: String,
-}
-
-impl OwnRedis {
-    fn start() -> Option<OwnRedis> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let spawned = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn();
-        let Ok(child) = spawned else {
-            assert!(!required(), "redis-server is not installed (SEAWALL_REQUIRE_SERVICES=1)");
-            eprintln!("skipped: redis-server is not installed");
-            return None;
-        };
-        let addr = format!("127.0.0.1:{port}");
-        let started = std::time::Instant::now();
-        while std::net::TcpStream::connect(&addr).is_err() {
-            assert!(started.elapsed() < Duration::from_secs(10), "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Some(OwnRedis { child, addr })
-    }
-
-    fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for OwnRedis {
-    fn drop(&mut self) {
-        self.stop();
     }
 }
 

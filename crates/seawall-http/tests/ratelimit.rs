@@ -30,15 +30,6 @@ async fn limited(origin: &Origin, limits: &str) -> Gateway {
     .await
 }
 
-/// A GET of `path` with `fields`, on a new connection.
-async fn get_with(engine: Engine, gw: &Gateway, path: &str, fields: &[(&str, &str)]) -> Answer {
-    let mut req = engine.request("GET", path);
-    for (name, value) in fields {
-        req = req.header(*name, *value);
-    }
-    ask(engine, gw.listen_addr(), req.body(empty()).unwrap()).await
-}
-
 /// How many of `n` requests pass before the first 429, and that 429.
 async fn until_limited(
     engine: Engine,

@@ -187,6 +187,20 @@ pub async fn try_ask(
     .await
 }
 
+/// A GET of `path` with `headers` through `engine`.
+pub async fn get_with(
+    engine: Engine,
+    gw: &seawall_http::Gateway,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Answer {
+    let mut req = engine.request("GET", path);
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    ask(engine, gw.listen_addr(), req.body(empty()).unwrap()).await
+}
+
 pub async fn ask(engine: Engine, addr: SocketAddr, req: Request<TestBody>) -> Answer {
     try_ask(engine, addr, req).await.unwrap_or_else(|e| panic!("{engine:?}: no answer: {e}"))
 }

@@ -4,12 +4,15 @@
 mod capacity;
 mod engines;
 mod gated;
+mod redis;
 #[allow(unused_imports)]
 pub use capacity::*;
 #[allow(unused_imports)]
 pub use engines::*;
 #[allow(unused_imports)]
 pub use gated::*;
+#[allow(unused_imports)]
+pub use redis::*;
 
 use std::convert::Infallible;
 use std::future::Future;
