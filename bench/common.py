@@ -22,7 +22,7 @@ def need(*tools):
     """Installs missing tools: Debian packages with apt (the scripts run as root here), oha with
     cargo."""
     packages = {"nginx": "nginx", "haproxy": "haproxy", "wrk": "wrk", "valgrind": "valgrind",
-                "perf": "linux-perf"}
+                "perf": "linux-perf", "openssl": "openssl"}
     missing = [packages[t] for t in tools if t in packages and shutil.which(t) is None]
     if missing:
         env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
@@ -191,7 +191,8 @@ backend be
     return Proc("haproxy", ["haproxy", "-f", str(conf)], port)
 
 
-def seawall(binary, port, admin_port, origin_port, name="seawall", protections=False, adaptive=True):
+def seawall(binary, port, admin_port, origin_port, name="seawall", protections=False, adaptive=True,
+            server_extra=""):
     conf = TMP / f"{name}.toml"
     extra = "" if adaptive else "adaptive_concurrency = false\n"
     limits = ""
@@ -216,6 +217,7 @@ listen = "127.0.0.1:{port}"
 admin = "127.0.0.1:{admin_port}"
 workers = 2
 max_connections = 40000
+{server_extra}
 [log]
 level = "warn"
 [upstreams.origin]
@@ -229,10 +231,11 @@ upstream = "origin"
     return Proc(name, [str(binary), "run", "--config", str(conf)], port)
 
 
-def wrk(port, seconds, connections=64, threads=1, path="/"):
+def wrk(port, seconds, connections=64, threads=1, path="/", scheme="http", headers=()):
+    extra = [arg for h in headers for arg in ("-H", h)]
     out = subprocess.run(
         ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{seconds}s", "--latency",
-         f"http://127.0.0.1:{port}{path}"],
+         *extra, f"{scheme}://127.0.0.1:{port}{path}"],
         capture_output=True, text=True, check=True).stdout
     requests = int(re.search(r"(\d+) requests in", out).group(1))
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))

@@ -14,13 +14,16 @@ ORIGIN, NGINX, HAPROXY, SEAWALL = 18000, 18001, 18002, 18003
 REQUEST = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
 
 
-async def open_idle(port, n, concurrency=400):
+async def open_idle(port, n, concurrency=400, tls=None):
+    """`n` connections with one answered request each; over TLS with the context `tls`."""
     conns = []
     sem = asyncio.Semaphore(concurrency)
+    name = "bench.test" if tls else None
 
     async def one():
         async with sem:
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=tls,
+                                                           server_hostname=name)
             writer.write(REQUEST)
             await writer.drain()
             head = await reader.readuntil(b"\r\n\r\n")
@@ -33,14 +36,15 @@ async def open_idle(port, n, concurrency=400):
     return conns
 
 
-async def measure(proc, port, n):
+async def measure(proc, port, n, tls=None):
+    """The proxy's RSS growth per idle connection."""
     pids = proc.pids()
-    warm = await open_idle(port, 50)
+    warm = await open_idle(port, 50, tls=tls)
     for w in warm:
         w.close()
     await asyncio.sleep(0.5)
     before = c.rss_kib(pids)
-    conns = await open_idle(port, n)
+    conns = await open_idle(port, n, 200 if tls else 400, tls)
     # Let the proxy settle into its idle state (Seawall parks an idle connection after 0.25 s and
     # returns freed memory once a second).
     await asyncio.sleep(2.5)

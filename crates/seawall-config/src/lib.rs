@@ -14,6 +14,7 @@ pub mod error;
 pub mod model;
 pub mod raw;
 mod recover;
+pub mod tls;
 mod units;
 mod validate;
 

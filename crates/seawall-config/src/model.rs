@@ -2,6 +2,7 @@
 //! are filled in (see `examples/seawall.toml` for each key and its default).
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 pub use seawall_core::breaker::BreakerPolicy;
@@ -58,6 +59,52 @@ pub struct Server {
     /// The request header in which a client says how long it will wait (lower-case); the time
     /// left is forwarded upstream in the same header.
     pub deadline_header: String,
+    /// TLS termination on `listen` (`None`: plain HTTP).
+    pub tls: Option<ServerTls>,
+    /// A second, plain listener whose every request is redirected to `https://` (needs `tls`).
+    pub http_redirect: Option<SocketAddr>,
+}
+
+/// `server.tls`: the certificates served, chosen by the name the client asks for (SNI).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerTls {
+    /// The first one is served to clients that name no host, or one no certificate has.
+    pub certificates: Vec<CertificateFiles>,
+    pub min_version: TlsVersion,
+    /// A client must complete its handshake within this time.
+    pub handshake_timeout: Duration,
+    /// Stateless resumption tickets (TLS 1.2 and 1.3).
+    pub session_tickets: bool,
+    /// Sessions kept for resumption by id (TLS 1.2); 0 turns the cache off.
+    pub session_cache: usize,
+}
+
+/// A certificate chain and its key, as PEM files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Names to serve it for instead of those in the certificate.
+    pub names: Vec<String>,
+}
+
+/// The oldest TLS version accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsVersion {
+    Tls12,
+    Tls13,
+}
+
+/// `tls = { ... }` on an upstream: connections to its servers use TLS, always verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamTls {
+    /// The name sent (SNI) and verified; default: each server's host as written in `servers`
+    /// (an IP address is verified against the certificate's IP addresses).
+    pub server_name: Option<String>,
+    /// The CAs trusted instead of the built-in web roots.
+    pub ca_file: Option<PathBuf>,
+    /// A client certificate and key presented to the servers.
+    pub client_certificate: Option<CertificateFiles>,
 }
 
 /// `[log]`
@@ -105,6 +152,8 @@ pub struct Upstream {
     /// Upstream groups tried in order when this one cannot answer (indices into
     /// [`Config::upstreams`]).
     pub fallback: Vec<usize>,
+    /// Connections to the servers use TLS.
+    pub tls: Option<UpstreamTls>,
 }
 
 /// When and how a failed attempt is tried again.

@@ -103,6 +103,38 @@ pub struct RawServer {
     pub tunnel_idle_timeout: Option<Text>,
     pub http2: Option<bool>,
     pub deadline_header: Option<Text>,
+    pub tls: Option<RawServerTls>,
+    pub http_redirect: Option<Text>,
+}
+
+/// `tls = { ... }` in `[server]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub struct RawServerTls {
+    pub certificates: Option<Spanned<Vec<Spanned<RawCertificate>>>>,
+    pub min_version: Option<Text>,
+    pub handshake_timeout: Option<Text>,
+    pub session_tickets: Option<bool>,
+    pub session_cache: Option<Spanned<i64>>,
+}
+
+/// One entry of `tls.certificates`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table: { cert = \"site.pem\", key = \"site.key\" }")]
+pub struct RawCertificate {
+    pub cert: Text,
+    pub key: Text,
+    pub names: Option<Vec<Text>>,
+}
+
+/// `tls = { ... }` on an upstream.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub struct RawUpstreamTls {
+    pub server_name: Option<Text>,
+    pub ca_file: Option<Text>,
+    pub client_cert: Option<Text>,
+    pub client_key: Option<Text>,
 }
 
 /// `[log]`
@@ -170,6 +202,7 @@ pub struct RawUpstream {
     pub fallback: Option<Vec<Text>>,
     pub adaptive_concurrency: Option<bool>,
     pub max_latency: Option<Text>,
+    pub tls: Option<RawUpstreamTls>,
 }
 
 /// A value written either as a string or as a table `T`: a server (`"host:port"` or

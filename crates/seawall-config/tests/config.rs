@@ -265,11 +265,11 @@ fn a_syntax_error_is_the_only_error() {
 #[test]
 fn an_unknown_table_is_reported_once_with_everything_under_it() {
     let src = format!(
-        "{MINIMAL}\n[server.tls]\ncert = \"a.pem\"\n[server.tls.client]\nca = \"b.pem\"\n[log]\nfmt = 1\n"
+        "{MINIMAL}\n[server.quic]\ncert = \"a.pem\"\n[server.quic.client]\nca = \"b.pem\"\n[log]\nfmt = 1\n"
     );
     let e = errors(&src);
     assert_eq!(e.len(), 2, "{e:#?}");
-    assert!(e[0].starts_with("t.toml:18:9: server.tls: unknown field `tls`"), "{e:#?}");
+    assert!(e[0].starts_with("t.toml:18:9: server.quic: unknown field `quic`"), "{e:#?}");
     assert!(e[1].starts_with("t.toml:23:1: log.fmt: unknown field `fmt`"), "{e:#?}");
 }
 

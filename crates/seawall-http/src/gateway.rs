@@ -25,6 +25,8 @@ pub struct Gateway {
     admin_task: tokio::task::JoinHandle<()>,
     sweeper: tokio::task::JoinHandle<()>,
     controller: tokio::task::JoinHandle<()>,
+    certificates: tokio::task::JoinHandle<()>,
+    redirect_addr: Option<SocketAddr>,
 }
 
 impl Gateway {
@@ -53,11 +55,18 @@ impl Gateway {
             max_connections: config.server.max_connections,
         };
         let control = tokio::runtime::Handle::current();
+        let tls = match &config.server.tls {
+            Some(tls) => Some(Arc::new(
+                crate::tls::Acceptor::new(tls, config.server.http2, registry.shards())
+                    .map_err(StartError::Tls)?,
+            )),
+            None => None,
+        };
         crate::state::log_warnings(&config);
         let snapshot = Arc::new(Snapshot::build(config, None, &registry));
         // The cache's shared layer is driven from here, the control plane, before any request.
         snapshot.cache.follow_l2(&snapshot.config.cache);
-        let shared = Arc::new(Shared::new(snapshot, registry, config_path, running, control));
+        let shared = Arc::new(Shared::new(snapshot, registry, config_path, running, tls, control));
         let (spread, inboxes) = Spread::new(Arc::clone(&shared.registry), workers);
         let mut threads = Vec::with_capacity(workers);
         for (index, (listener, inbox)) in listeners.into_iter().zip(inboxes).enumerate() {
@@ -66,15 +75,39 @@ impl Gateway {
             threads.push(server::spawn_worker(start)?);
         }
         let admin_task = tokio::spawn(crate::admin::serve(admin_listener, Arc::clone(&shared)));
+        let mut redirect_addr = None;
+        if let Some(addr) = shared.snapshot.load().config.server.http_redirect {
+            let err = |source| StartError::Listen { addr, source };
+            let listener = tokio::net::TcpListener::bind(addr).await.map_err(err)?;
+            redirect_addr = Some(listener.local_addr().map_err(err)?);
+            let port = listen_addr.port();
+            tokio::spawn(crate::server::redirect::serve(listener, Arc::clone(&shared), port));
+        }
         let sweeper = tokio::spawn(sweep_rate_limits(Arc::clone(&shared)));
         let controller = tokio::spawn(crate::controller::run(Arc::clone(&shared)));
+        let certificates = tokio::spawn(follow_certificate_files(Arc::clone(&shared)));
         tracing::info!(%listen_addr, %admin_addr, workers, "seawall is listening");
-        Ok(Gateway { shared, threads, listen_addr, admin_addr, admin_task, sweeper, controller })
+        Ok(Gateway {
+            shared,
+            threads,
+            listen_addr,
+            admin_addr,
+            admin_task,
+            sweeper,
+            controller,
+            certificates,
+            redirect_addr,
+        })
     }
 
     /// The address the gateway accepts clients on (useful when the config said port 0).
     pub fn listen_addr(&self) -> SocketAddr {
         self.listen_addr
+    }
+
+    /// The plain listener that redirects to `https://` (`server.http_redirect`), if any.
+    pub fn redirect_addr(&self) -> Option<SocketAddr> {
+        self.redirect_addr
     }
 
     /// The admin API's address.
@@ -125,6 +158,7 @@ impl Gateway {
         self.admin_task.abort();
         self.sweeper.abort();
         self.controller.abort();
+        self.certificates.abort();
         shared.stop_health_checks();
         tracing::info!(drained, "stopped");
         drained
@@ -170,6 +204,34 @@ async fn sweep_rate_limits(shared: Arc<Shared>) {
         let now_ns = seawall_core::clock::ns_at(std::time::Instant::now());
         for limiter in &snapshot.limiters {
             limiter.sweep(now_ns);
+        }
+    }
+}
+
+/// Reads the listener's certificates again when their files change (a renewal by certbot or a
+/// secret mounted anew): new handshakes get the new certificates, connections already open keep
+/// theirs. Files caught half-written or a key that does not match leave the running certificates
+/// in place (logged, counted) until the files are right.
+async fn follow_certificate_files(shared: Arc<Shared>) {
+    let Some(acceptor) = shared.tls.clone() else { return };
+    let mut watcher = crate::control::FilesWatcher::default();
+    loop {
+        let tls = shared.snapshot.load().config.server.tls.clone();
+        let Some(tls) = tls else { return };
+        watcher.watch(crate::tls::acceptor::files(&tls));
+        watcher.changed().await;
+        // The files named now (a reload may have changed them meanwhile).
+        let snapshot = shared.snapshot.load();
+        let Some(tls) = snapshot.config.server.tls.as_ref() else { return };
+        let http2 = snapshot.config.server.http2;
+        let (acceptor, tls) = (Arc::clone(&acceptor), tls.clone());
+        let result = tokio::task::spawn_blocking(move || acceptor.update(&tls, http2)).await;
+        match result {
+            Ok(Ok(())) => tracing::info!("certificate files changed: certificates reloaded"),
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "certificate files changed but cannot be used; the running certificates stay");
+            }
+            Err(e) => tracing::error!(error = %e, "certificate reload task failed"),
         }
     }
 }

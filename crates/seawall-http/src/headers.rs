@@ -292,6 +292,7 @@ pub fn write_forwarding<'v>(
     out: &mut Vec<u8>,
     forwarded_for: impl Iterator<Item = &'v [u8]>,
     client: IpAddr,
+    https: bool,
     host: Option<&[u8]>,
     via: &str,
 ) {
@@ -304,7 +305,11 @@ pub fn write_forwarding<'v>(
         }
     }
     write_ip(out, client);
-    out.extend_from_slice(b"\r\nx-forwarded-proto: http\r\n");
+    out.extend_from_slice(if https {
+        b"\r\nx-forwarded-proto: https\r\n"
+    } else {
+        b"\r\nx-forwarded-proto: http\r\n"
+    });
     if let Some(host) = host {
         push_field(out, b"x-forwarded-host", host);
     }
@@ -397,6 +402,7 @@ mod tests {
             &mut out,
             lines.into_iter(),
             "192.0.2.7".parse().unwrap(),
+            false,
             Some(b"shop"),
             "1.1 seawall",
         );

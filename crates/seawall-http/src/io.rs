@@ -13,13 +13,18 @@ use tokio::net::TcpStream;
 
 use crate::timer::LazyTimer;
 
-/// A client byte stream an engine can serve: plain TCP today, TLS later. Besides reading and
+/// A client byte stream an engine can serve: plain TCP or TLS. Besides reading and
 /// writing, an engine must be able to notice that the client sent something (or left) without
 /// taking the bytes: that is how idle connections park and how a client that leaves is noticed.
 pub trait Transport: AsyncRead + AsyncWrite + Unpin + 'static {
     /// Ready with the number of bytes waiting (0: the client closed its side), without
     /// consuming them.
     fn poll_peek(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>>;
+
+    /// Whether the client reached us over TLS (`X-Forwarded-Proto: https`).
+    fn is_tls(&self) -> bool {
+        false
+    }
 }
 
 impl Transport for TcpStream {
@@ -42,7 +47,8 @@ pub async fn within<F: Future>(timer: &mut LazyTimer, fut: F) -> Option<F::Outpu
     .await
 }
 
-/// Writes as much of `slices` as the stream takes now, advancing them; ready when all is written.
+/// Writes as much of `slices` as the stream takes now, advancing them; ready when all is written
+/// and flushed (a TLS stream may hold records back when the socket is full; TCP holds nothing).
 pub fn poll_write_all<W: AsyncWrite + Unpin>(
     stream: &mut W,
     slices: &mut &mut [IoSlice<'_>],
@@ -55,7 +61,7 @@ pub fn poll_write_all<W: AsyncWrite + Unpin>(
         }
         IoSlice::advance_slices(slices, n);
     }
-    Poll::Ready(Ok(()))
+    Pin::new(stream).poll_flush(cx)
 }
 
 /// Makes room in `buf` for the next read of at least `want` bytes.

@@ -6,7 +6,8 @@
 //!   request view both engines give), [`fields`] and [`response`] (heads parsed in place),
 //!   [`chunked`],
 //!   [`metrics`], [`timer`], [`signal`], [`io`], [`faultlog`], [`overload`] (the level and crisis
-//!   mode requests read, the machine's signals);
+//!   mode requests read, the machine's signals), [`control`] (file watching);
+//! - [`tls`]: termination on the listener and verified connections to upstreams;
 //! - the upstream model: [`upstream`] (groups, balancing, pools, health checks);
 //! - state: [`snapshot`], [`state`] (shared with the control plane), [`worker`] (per thread);
 //! - the one request path: [`router`] and [`policy`] (admission, accounting), [`proxy`] (the
@@ -43,6 +44,7 @@ pub mod snapshot;
 pub mod state;
 pub mod switches;
 pub mod timer;
+pub mod tls;
 pub mod upstream;
 pub mod worker;
 

@@ -47,6 +47,9 @@ pub enum Reason {
     UpstreamError,
     /// No connection could be made to any server tried (502).
     UpstreamConnectFailed,
+    /// The TLS handshake with the upstream failed: its certificate is not trusted or not for
+    /// the name verified, or it does not speak TLS (502).
+    UpstreamTlsFailed,
     /// No server of the upstream is available: all unhealthy or ejected (503).
     UpstreamUnavailable,
     /// The upstream's circuit breaker is open: refused without trying it (503).
@@ -82,6 +85,7 @@ impl Reason {
             Reason::UnsupportedTransferCoding => "unsupported_transfer_coding",
             Reason::UpstreamError => "upstream_error",
             Reason::UpstreamConnectFailed => "upstream_connect_failed",
+            Reason::UpstreamTlsFailed => "upstream_tls_failed",
             Reason::UpstreamUnavailable => "upstream_unavailable",
             Reason::CircuitOpen => "circuit_open",
             Reason::BulkheadFull => "bulkhead_full",
@@ -104,7 +108,9 @@ impl Reason {
             Reason::HeaderTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Reason::ClientClosed => client_closed_status(),
             Reason::UnsupportedTransferCoding => StatusCode::NOT_IMPLEMENTED,
-            Reason::UpstreamError | Reason::UpstreamConnectFailed => StatusCode::BAD_GATEWAY,
+            Reason::UpstreamError | Reason::UpstreamConnectFailed | Reason::UpstreamTlsFailed => {
+                StatusCode::BAD_GATEWAY
+            }
             Reason::UpstreamUnavailable
             | Reason::CircuitOpen
             | Reason::BulkheadFull
@@ -139,6 +145,7 @@ impl Reason {
             self,
             Reason::UpstreamError
                 | Reason::UpstreamConnectFailed
+                | Reason::UpstreamTlsFailed
                 | Reason::UpstreamUnavailable
                 | Reason::CircuitOpen
                 | Reason::BulkheadFull

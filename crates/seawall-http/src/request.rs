@@ -36,6 +36,8 @@ pub struct RequestView<'a> {
     pub framing: BodyFraming,
     /// The client's address.
     pub peer: SocketAddr,
+    /// The client came over TLS (`X-Forwarded-Proto: https`).
+    pub https: bool,
 }
 
 impl RequestView<'_> {
@@ -81,6 +83,8 @@ pub struct UpstreamHead<'a> {
     pub te_trailers: bool,
     pub framing: BodyFraming,
     pub peer: SocketAddr,
+    /// The client came over TLS.
+    pub https: bool,
     /// The version the client spoke (for `Via`).
     pub version: Version,
 }
@@ -125,7 +129,8 @@ where
         BodyFraming::Streamed => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
     }
     let prior = fields.filter(|f| f.class == Name::XForwardedFor && !f.named).map(|f| f.value);
-    write_forwarding(out, prior, head.peer.ip(), head.forwarded_host, via_for(head.version));
+    let client = head.peer.ip();
+    write_forwarding(out, prior, client, head.https, head.forwarded_host, via_for(head.version));
 }
 
 #[cfg(test)]
@@ -145,6 +150,7 @@ mod tests {
                 headers,
                 framing: BodyFraming::None,
                 peer: "127.0.0.1:1".parse().unwrap(),
+                https: false,
             };
             v.is_idempotent()
         };

@@ -95,6 +95,7 @@ upstream = "u"
             headers: &h,
             framing: crate::request::BodyFraming::None,
             peer: "127.0.0.1:1".parse().unwrap(),
+            https: false,
         };
         let i = find(&rs, &request).unwrap();
         rs[i].name.clone()

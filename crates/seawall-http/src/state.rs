@@ -48,6 +48,8 @@ pub struct Shared {
     /// True once shutdown has begun (`/readyz` answers 503).
     pub draining: AtomicBool,
     pub running: Running,
+    /// TLS termination on the client listener (`server.tls`; turned on or off by a restart).
+    pub tls: Option<Arc<crate::tls::Acceptor>>,
     pub(crate) phase: watch::Sender<Phase>,
     /// Open client connections allowed per worker: `server.max_connections` split evenly (each
     /// worker has its own accept queue, so one shared cap could leave a connection waiting in a
@@ -79,6 +81,7 @@ impl Shared {
         registry: Arc<Registry>,
         config_path: Option<PathBuf>,
         running: Running,
+        tls: Option<Arc<crate::tls::Acceptor>>,
         control: tokio::runtime::Handle,
     ) -> Self {
         let workers = running.workers.max(1);
@@ -92,6 +95,7 @@ impl Shared {
             config_path,
             draining: AtomicBool::new(false),
             running,
+            tls,
             phase,
             connection_closed: Notify::new(),
             reload_lock: Mutex::new(()),
@@ -102,7 +106,9 @@ impl Shared {
     /// Re-reads the configuration file and, if it is valid, makes it current.
     pub fn reload(&self) -> Result<(), ReloadError> {
         let path = self.config_path.as_ref().ok_or(ReloadError::NoFile)?;
-        match seawall_config::load(path) {
+        match seawall_config::load(path)
+            .and_then(|config| self.update_tls(&config).map(|()| config))
+        {
             Ok(config) => {
                 self.apply(config);
                 Ok(())
@@ -115,6 +121,29 @@ impl Shared {
                 Err(ReloadError::Invalid(errors))
             }
         }
+    }
+
+    /// Reads the certificates `config` names into the TLS listener (before the configuration
+    /// is applied: a reload whose certificates cannot be read is refused as a whole).
+    fn update_tls(&self, config: &Config) -> Result<(), ConfigErrors> {
+        let (Some(acceptor), Some(tls)) = (&self.tls, &config.server.tls) else {
+            if self.tls.is_some() != config.server.tls.is_some() {
+                tracing::warn!("turning server.tls on or off takes effect only after a restart");
+            }
+            return Ok(());
+        };
+        acceptor.update(tls, config.server.http2).map_err(|message| {
+            let file = self.config_path.as_ref().map(|p| p.display().to_string());
+            let key = "server.tls".to_string();
+            let error = seawall_config::ConfigError {
+                file: file.unwrap_or_default(),
+                line: 0,
+                column: 0,
+                key,
+                message,
+            };
+            ConfigErrors(vec![error])
+        })
     }
 
     /// [`Shared::reload`] on a blocking thread: reading the file and resolving server names may

@@ -74,11 +74,14 @@ pub mod defaults {
     pub const CACHE_COALESCE_WAIT: &str = "5s";
     pub const CACHE_L2_TIMEOUT: &str = "50ms";
     pub const CACHE_L2_PREFIX: &str = "seawall:cache:";
+    pub const TLS_HANDSHAKE_TIMEOUT: &str = "10s";
+    pub const TLS_SESSION_CACHE: u64 = 20_000;
 }
 
 mod cache;
 mod overload;
 mod protections;
+mod tls;
 
 struct Ctx<'a> {
     file: &'a str,
@@ -203,6 +206,7 @@ pub fn validate(raw: RawConfig, source: &str, file: &str) -> Result<Config, Conf
 
 fn server(cx: &mut Ctx<'_>, raw: &RawServer) -> Server {
     let listen = spanned_address(cx, raw.listen.as_ref(), "server.listen", defaults::LISTEN);
+    let tls = raw.tls.as_ref().map(|t| tls::server_tls(cx, t));
     let admin = spanned_address(cx, raw.admin.as_ref(), "server.admin", defaults::ADMIN);
     let admin_token =
         raw.admin_token.as_ref().map(|t| t.get_ref().clone()).filter(|t| !t.is_empty());
@@ -299,6 +303,8 @@ fn server(cx: &mut Ctx<'_>, raw: &RawServer) -> Server {
             Some(h) => h.get_ref().to_ascii_lowercase(),
             None => defaults::DEADLINE_HEADER.to_string(),
         },
+        http_redirect: tls::http_redirect(cx, raw.http_redirect.as_ref(), listen, tls.is_some()),
+        tls,
     }
 }
 
@@ -479,6 +485,7 @@ fn upstream(cx: &mut Ctx<'_>, name: &str, raw: &RawUpstream, names: &[String]) -
             .as_ref()
             .map(|m| cx.duration(Some(m), &key("max_latency"), defaults::TIMEOUT)),
         fallback,
+        tls: raw.tls.as_ref().map(|t| tls::upstream_tls(cx, t, &key("tls"))),
         name: name.to_string(),
         servers,
         balance,

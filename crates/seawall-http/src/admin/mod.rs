@@ -247,6 +247,9 @@ fn metrics(shared: &Shared) -> String {
     let mut out = String::with_capacity(8192);
     shared.registry.render_routes(&mut out);
     shared.registry.render_process(&mut out);
+    if let Some(tls) = &shared.tls {
+        tls.metrics.render(&mut out);
+    }
     let snapshot = shared.snapshot.load();
     crate::ratelimit::render_metrics(&mut out, &snapshot.limiters);
     switch_metrics(&mut out, &snapshot);

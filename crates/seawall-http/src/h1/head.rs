@@ -283,6 +283,7 @@ impl RequestHead {
         buf: &'h [u8],
         fields: &'h Fields<'h>,
         peer: SocketAddr,
+        https: bool,
     ) -> RequestView<'h> {
         RequestView {
             method: &self.method,
@@ -293,6 +294,7 @@ impl RequestHead {
             headers: fields,
             framing: self.framing,
             peer,
+            https,
         }
     }
 
@@ -303,6 +305,7 @@ impl RequestHead {
         buf: &[u8],
         out: &mut Vec<u8>,
         client: SocketAddr,
+        https: bool,
         host_is_server: bool,
     ) {
         let host = self.host(buf);
@@ -315,6 +318,7 @@ impl RequestHead {
             te_trailers: self.te_trailers,
             framing: self.framing,
             peer: client,
+            https,
             version: self.version,
         };
         let fields = self.fields.iter().map(|f| FieldRef {
@@ -365,6 +369,7 @@ mod tests {
             text.as_bytes(),
             &mut out,
             "192.0.2.7:1".parse().unwrap(),
+            false,
             host_is_server,
         );
         String::from_utf8(out).unwrap()

@@ -224,7 +224,7 @@ impl<S: Transport> Session<S> {
         let snapshot = worker.snapshot();
         let buf = &self.buf[..];
         let fields = self.head.fields(buf);
-        let view = self.head.view(buf, &fields, self.peer);
+        let view = self.head.view(buf, &fields, self.peer, self.stream.is_tls());
         let mut account = Account::open(&worker, &snapshot, self.peer, start, || {
             (view.method.as_str().to_owned(), String::from_utf8_lossy(view.path).into_owned())
         });
@@ -405,10 +405,13 @@ pub(super) async fn write_within<S: Transport>(
 /// One write attempt, without waiting (for a best-effort answer on a connection being closed).
 fn write_once<S: Transport>(stream: &mut S, bytes: &[u8]) -> io::Result<usize> {
     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-    match std::pin::Pin::new(stream).poll_write(&mut cx, bytes) {
-        Poll::Ready(result) => result,
-        Poll::Pending => Ok(0),
-    }
+    let written = match std::pin::Pin::new(&mut *stream).poll_write(&mut cx, bytes) {
+        Poll::Ready(result) => result?,
+        Poll::Pending => 0,
+    };
+    // Over TLS the records may still be in rustls: one try to send them.
+    let _ = std::pin::Pin::new(stream).poll_flush(&mut cx);
+    Ok(written)
 }
 
 /// Reads what is available into `buf`; `None` when `timer` expires first.

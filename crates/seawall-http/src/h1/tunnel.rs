@@ -87,6 +87,11 @@ impl Pipe {
                 }
                 return Ok(moved);
             }
+            // All written: push out what a TLS stream still holds before waiting to read (a
+            // no-op on TCP); if the socket is full, its readiness wakes us to finish.
+            if let Poll::Ready(Err(e)) = Pin::new(&mut *to).poll_flush(cx) {
+                return Err(e);
+            }
             self.start = 0;
             self.end = 0;
             let mut read = ReadBuf::new(&mut self.buf);

@@ -72,6 +72,7 @@ pub async fn handle(
     worker: Rc<Worker>,
     active: Arc<Active>,
     peer: SocketAddr,
+    https: bool,
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let start = Instant::now();
@@ -102,6 +103,7 @@ pub async fn handle(
         headers: &parts.headers,
         framing,
         peer,
+        https,
     };
     let head_only = parts.method == http::Method::HEAD;
     let mut permit = match policy::admit(&snapshot, &view, &mut account) {
@@ -148,6 +150,7 @@ pub async fn handle(
             te_trailers,
             framing,
             peer,
+            https,
             version: Version::HTTP_2,
         },
         fields.iter().copied(),

@@ -275,7 +275,7 @@ pub(super) async fn forward_to_server<D: Downstream>(
                     tried.push(index);
                     if tried.len() >= MAX_CONNECT_ATTEMPTS.min(group.servers.len()) {
                         let detail = format!("could not connect to upstream {name:?}: {e}");
-                        let refusal = Refusal::new(Reason::UpstreamConnectFailed, detail);
+                        let refusal = Refusal::new(connect_reason(&e), detail);
                         return Forwarded::Refused(refusal, at);
                     }
                     continue;
@@ -303,7 +303,7 @@ pub(super) async fn forward_to_server<D: Downstream>(
                 Ok(conn) => attempt_fresh(f, group, index, conn, down, timer).await,
                 Err(e) => {
                     let detail = format!("could not connect to upstream {name:?}: {e}");
-                    Attempt::Refused(Refusal::new(Reason::UpstreamConnectFailed, detail))
+                    Attempt::Refused(Refusal::new(connect_reason(&e), detail))
                 }
             };
         }
@@ -324,6 +324,15 @@ pub(super) async fn forward_to_server<D: Downstream>(
                 at,
             ),
         };
+    }
+}
+
+/// The refusal a failed connection gets: TLS failures are told apart (a certificate problem is
+/// fixed elsewhere than a server that is down).
+fn connect_reason(e: &crate::upstream::pool::ConnectError) -> Reason {
+    match e {
+        crate::upstream::pool::ConnectError::Tls(_) => Reason::UpstreamTlsFailed,
+        _ => Reason::UpstreamConnectFailed,
     }
 }
 

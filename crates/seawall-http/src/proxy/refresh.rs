@@ -28,6 +28,8 @@ pub struct Refresh {
     pub upstream: usize,
     /// The client that found the entry stale, and the host it asked for.
     pub peer: std::net::SocketAddr,
+    /// The client came over TLS.
+    pub https: bool,
     pub host: Option<Vec<u8>>,
 }
 
@@ -77,6 +79,7 @@ impl Refresh {
                 te_trailers: false,
                 framing: BodyFraming::None,
                 peer: self.peer,
+                https: self.https,
                 version: http::Version::HTTP_11,
             },
             refs,

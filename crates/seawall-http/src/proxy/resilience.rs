@@ -185,9 +185,10 @@ fn strip_field(head: &mut Vec<u8>, name: &[u8]) {
 fn falls_back(f: &Forward<'_>, forwarded: &Forwarded) -> bool {
     match forwarded {
         Forwarded::Refused(refusal, _) => match refusal.reason {
-            Reason::CircuitOpen | Reason::UpstreamUnavailable | Reason::UpstreamConnectFailed => {
-                true
-            }
+            Reason::CircuitOpen
+            | Reason::UpstreamUnavailable
+            | Reason::UpstreamConnectFailed
+            | Reason::UpstreamTlsFailed => true,
             // An Idempotency-Key means nothing to another provider: only a method that is
             // idempotent by definition may be sent to one after the first may have acted.
             Reason::UpstreamError | Reason::UpstreamTimeout => f.method.is_idempotent(),
@@ -292,7 +293,7 @@ fn retryable(
 ) -> Option<Retryable> {
     match forwarded {
         Forwarded::Refused(refusal, _) => match refusal.reason {
-            Reason::UpstreamConnectFailed => Some(Retryable::Connect),
+            Reason::UpstreamConnectFailed | Reason::UpstreamTlsFailed => Some(Retryable::Connect),
             Reason::UpstreamError if f.idempotent => Some(Retryable::Reset),
             _ => None,
         },

@@ -19,6 +19,7 @@ use seawall_core::clock::now_ms;
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 
+use super::conn::ClientConn;
 use crate::metrics::Registry;
 use crate::signal::LocalSignal;
 
@@ -27,7 +28,8 @@ pub const SCAN_EVERY: Duration = Duration::from_millis(250);
 
 /// An idle client connection, as the lot keeps it.
 pub struct Parked {
-    pub stream: TcpStream,
+    /// Plain or TLS: the lot watches the socket underneath either way.
+    pub stream: ClientConn,
     pub peer: SocketAddr,
     /// The connection's place under `server.max_connections`.
     pub permit: OwnedSemaphorePermit,
@@ -142,7 +144,7 @@ impl ParkingLot {
         });
         let waker =
             Waker::from(Arc::new(SlotWaker { slot, generation, ready: self.ready.clone() }));
-        match peek(&conn.stream, &waker) {
+        match peek(conn.stream.tcp(), &waker) {
             Peeked::Idle => {
                 let expires_ms =
                     now_ms() + u64::try_from(keepalive.as_millis()).unwrap_or(u64::MAX);

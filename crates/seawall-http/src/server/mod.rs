@@ -12,7 +12,9 @@
 //! preface, by hyper ([`crate::h2`]); an idle HTTP/1 connection parks in its worker's lot. A
 //! worker that serves clearly more connections than another hands new ones over ([`spread`]).
 
+pub mod conn;
 pub mod lot;
+pub mod redirect;
 pub mod spread;
 
 use std::future::Future;
@@ -33,6 +35,7 @@ use crate::metrics::set_worker_shard;
 use crate::signal::LocalSignal;
 use crate::state::{Phase, Shared};
 use crate::worker::Worker;
+use conn::ClientConn;
 use lot::{Parked, ParkingLot};
 use spread::{Handed, Spread};
 
@@ -43,6 +46,8 @@ pub enum StartError {
     Listen { addr: SocketAddr, source: std::io::Error },
     #[error("cannot start worker thread: {0}")]
     Thread(std::io::Error),
+    #[error("cannot set up TLS: {0}")]
+    Tls(String),
 }
 
 /// Binds `workers` listeners to the same address with `SO_REUSEPORT` so the kernel spreads
@@ -207,7 +212,7 @@ async fn accept_loop(
                 if let Some(stream) = stream {
                     tokio::task::spawn_local(serve_connection(
                         Rc::clone(host),
-                        stream,
+                        ClientConn::Plain(stream),
                         peer,
                         permit,
                         false,
@@ -271,7 +276,7 @@ async fn receive_handed(
             Ok(stream) => {
                 tokio::task::spawn_local(serve_connection(
                     Rc::clone(&host),
-                    stream,
+                    ClientConn::Plain(stream),
                     handed.peer,
                     permit,
                     false,
@@ -333,10 +338,12 @@ async fn wait_for_data(
 /// Serves one client connection: a session (the HTTP/1 engine, or hyper's HTTP/2) runs while
 /// requests come; an HTTP/1 connection that goes idle parks — its session ends and frees its
 /// buffers, its socket goes to the worker's parking lot and this task ends — and the lot starts
-/// a new task (`resumed`) when the client sends again.
+/// a new task (`resumed`) when the client sends again. On a TLS listener the handshake runs once
+/// the client's first bytes are there (a connection that never speaks costs no TLS state), and
+/// ALPN chooses the engine.
 async fn serve_connection(
     host: Rc<Host>,
-    mut stream: TcpStream,
+    mut stream: ClientConn,
     peer: SocketAddr,
     mut permit: OwnedSemaphorePermit,
     mut resumed: bool,
@@ -346,7 +353,7 @@ async fn serve_connection(
     if !resumed {
         // Counted open when it was assigned to this worker (see `spread`).
         registry.connections_total.add(1);
-        let _ = stream.set_nodelay(true);
+        let _ = stream.tcp().set_nodelay(true);
     }
     let mut open = OpenConnection { worker, parked: false };
     loop {
@@ -359,8 +366,35 @@ async fn serve_connection(
                 let snapshot = worker.snapshot();
                 (snapshot.config.server.header_timeout, snapshot.config.server.http2)
             };
-            match wait_for_data(&stream, wait, &worker.drain, allow_h2).await {
-                Wait::Data { http2 } => http2,
+            let tls = worker.shared.tls.as_ref();
+            match wait_for_data(stream.tcp(), wait, &worker.drain, allow_h2 && tls.is_none()).await
+            {
+                Wait::Data { http2 } => match (tls, stream) {
+                    (Some(acceptor), ClientConn::Plain(tcp)) => {
+                        let timeout = worker
+                            .snapshot()
+                            .config
+                            .server
+                            .tls
+                            .as_ref()
+                            .map_or(wait, |t| t.handshake_timeout);
+                        match Box::pin(acceptor.accept(tcp, timeout)).await {
+                            Ok(tls) => {
+                                let h2 = crate::tls::acceptor::negotiated_h2(&tls);
+                                stream = ClientConn::Tls(Box::new(tls));
+                                h2
+                            }
+                            Err(e) => {
+                                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                                break;
+                            }
+                        }
+                    }
+                    (_, plain) => {
+                        stream = plain;
+                        http2
+                    }
+                },
                 Wait::TimedOut => {
                     registry.header_timeouts.add(1);
                     break;
@@ -423,7 +457,7 @@ fn connection_closed(worker: &Worker) {
 /// A hyper HTTP/2 session on `stream`, until the connection is done.
 fn h2_session(
     worker: &Rc<Worker>,
-    stream: TcpStream,
+    stream: ClientConn,
     peer: SocketAddr,
 ) -> Pin<Box<dyn Future<Output = ()>>> {
     let worker = Rc::clone(worker);
@@ -431,6 +465,7 @@ fn h2_session(
         let snapshot = worker.snapshot();
         let server = &snapshot.config.server;
         let active = Arc::new(Active::default());
+        let https = stream.is_tls();
         let io = ClientIo::new(
             stream,
             Arc::clone(&active),
@@ -440,7 +475,7 @@ fn h2_session(
         );
         let service_worker = Rc::clone(&worker);
         let service = hyper::service::service_fn(move |req| {
-            h2::handle(Rc::clone(&service_worker), Arc::clone(&active), peer, req)
+            h2::handle(Rc::clone(&service_worker), Arc::clone(&active), peer, https, req)
         });
         let conn = hyper::server::conn::http2::Builder::new(LocalExec)
             .max_header_list_size(u32::try_from(server.max_header_size).unwrap_or(u32::MAX))

@@ -16,7 +16,6 @@ use http_body_util::Empty;
 use hyper_util::rt::TokioIo;
 use seawall_config::HealthCheck;
 use seawall_core::health::{HealthCounter, Transition};
-use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
 use super::{ServerState, UpstreamGroup};
@@ -106,8 +105,7 @@ async fn probe_loop(check: HealthCheck, server: Arc<ServerState>, upstream: Stri
 
 /// One probe: connect, `GET path`, and report whether the status was 2xx or 3xx.
 async fn probe(check: &HealthCheck, server: &ServerState) -> Result<bool, String> {
-    let stream = TcpStream::connect(server.address).await.map_err(|e| format!("connect: {e}"))?;
-    let _ = stream.set_nodelay(true);
+    let stream = super::pool::open_stream(server).await.map_err(|e| e.to_string())?;
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
             .await

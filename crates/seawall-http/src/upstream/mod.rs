@@ -9,6 +9,7 @@ pub mod breaker;
 pub mod bulkhead;
 pub mod health;
 pub mod pool;
+pub mod stream;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -72,6 +73,23 @@ pub struct ServerState {
     /// Passive ejection state.
     pub outlier: Outlier,
     pub metrics: ServerMetrics,
+    /// How connections to it are encrypted (`tls` on the upstream).
+    pub tls: Option<ServerTls>,
+}
+
+/// What a TLS connection to one server needs.
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    /// The upstream's client side and the name this server's certificate is verified against,
+    /// or why there is none (every connection then fails with that reason).
+    pub connect:
+        Result<(crate::tls::client::Connector, rustls_pki_types::ServerName<'static>), String>,
+}
+
+/// The TLS side of server `name` with `connector` (or the reason it has none).
+fn server_tls(connector: &Result<crate::tls::client::Connector, String>, name: &str) -> ServerTls {
+    let connect = connector.clone().and_then(|c| c.name_for(name).map(|n| (c, n)));
+    ServerTls { connect }
 }
 
 impl ServerState {
@@ -85,6 +103,7 @@ impl ServerState {
             healthy: AtomicBool::new(true),
             outlier: Outlier::default(),
             metrics: ServerMetrics::new(shards),
+            tls: None,
         }
     }
 
@@ -177,15 +196,27 @@ impl UpstreamGroup {
         previous: Option<&UpstreamGroup>,
         shards: usize,
     ) -> Self {
+        // Servers keep their state across a reload, unless the way to reach them changed.
         let old: HashMap<(&str, SocketAddr), &Arc<ServerState>> = previous
+            .filter(|p| p.config.tls == config.tls)
             .map(|p| p.servers.iter().map(|s| ((s.name.as_str(), s.address), s)).collect())
             .unwrap_or_default();
+        let connector = config.tls.as_ref().map(|tls| {
+            crate::tls::client::Connector::new(tls).map_err(|e| {
+                tracing::error!(upstream = %config.name, error = %e, "cannot set up TLS to the upstream; its connections will fail");
+                e
+            })
+        });
         let servers: Vec<Arc<ServerState>> = config
             .servers
             .iter()
             .map(|s| match old.get(&(s.name.as_str(), s.address)) {
                 Some(state) => Arc::clone(state),
-                None => Arc::new(ServerState::new(&s.name, s.address, shards)),
+                None => {
+                    let mut state = ServerState::new(&s.name, s.address, shards);
+                    state.tls = connector.as_ref().map(|c| server_tls(c, &s.name));
+                    Arc::new(state)
+                }
             })
             .collect();
         let weights: Vec<u32> = config.servers.iter().map(|s| s.weight).collect();

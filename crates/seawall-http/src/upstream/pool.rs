@@ -16,15 +16,14 @@
 //! demand.
 
 use std::cell::{Cell, RefCell};
-use std::mem::MaybeUninit;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::net::TcpStream;
 
+use super::stream::UpstreamStream;
 use super::ServerState;
 use crate::fields::Field;
 
@@ -33,7 +32,7 @@ pub const READ_BUFFER: usize = 16 * 1024;
 
 /// An upstream connection: the socket, its read buffer and the scratch space of its responses.
 pub struct RawConn {
-    pub stream: TcpStream,
+    pub stream: UpstreamStream,
     pub buf: BytesMut,
     /// Header fields of the response being read (kept with the connection to spare an
     /// allocation per response).
@@ -46,7 +45,7 @@ pub struct RawConn {
 }
 
 impl RawConn {
-    fn new(stream: TcpStream, server: &Arc<ServerState>) -> Self {
+    fn new(stream: UpstreamStream, server: &Arc<ServerState>) -> Self {
         server.metrics.connection(1);
         RawConn {
             stream,
@@ -60,23 +59,8 @@ impl RawConn {
     /// Whether an idle connection can carry a request: the server has neither closed it nor sent
     /// anything unasked. Without `thorough`, this trusts the runtime's readiness state (no system
     /// call unless the socket has signalled); with it, the socket itself is asked.
-    fn is_clean(&self, thorough: bool) -> bool {
-        if thorough || self.check_before_reuse {
-            let mut byte = [MaybeUninit::uninit(); 1];
-            return matches!(
-                socket2::SockRef::from(&self.stream).peek(&mut byte),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
-            );
-        }
-        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        match self.stream.poll_read_ready(&mut cx) {
-            Poll::Pending => true,
-            Poll::Ready(Err(_)) => false,
-            Poll::Ready(Ok(())) => matches!(
-                self.stream.try_read(&mut [0u8; 1]),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
-            ),
-        }
+    fn is_clean(&mut self, thorough: bool) -> bool {
+        self.stream.is_quiet(thorough || self.check_before_reuse)
     }
 }
 
@@ -124,7 +108,7 @@ impl ServerLocal {
     fn sweep(&mut self, now_ms: u64) {
         let mut gone = 0i64;
         let mut server = None;
-        self.idle.retain(|i| {
+        self.idle.retain_mut(|i| {
             let keep = i.expires_ms > now_ms && i.conn.is_clean(false);
             if !keep {
                 gone += 1;
@@ -166,6 +150,10 @@ pub enum ConnectError {
     Timeout(Duration),
     #[error("connect failed: {0}")]
     Io(#[from] std::io::Error),
+    /// The TLS handshake failed: the certificate is not trusted or not for this name, or the
+    /// server does not speak TLS.
+    #[error("TLS handshake with the upstream failed: {0}")]
+    Tls(String),
 }
 
 impl WorkerPools {
@@ -198,7 +186,7 @@ impl WorkerPools {
         let mut conn = self.with(server.slot, server.key, |s| {
             let mut taken = 0;
             let found = loop {
-                let Some(idle) = s.idle.pop() else { break None };
+                let Some(mut idle) = s.idle.pop() else { break None };
                 taken += 1;
                 if idle.expires_ms > now_ms && idle.conn.is_clean(thorough) {
                     break Some(idle.conn);
@@ -237,7 +225,7 @@ impl WorkerPools {
             // Acknowledge the answer at once: a server holding stray bytes back (Nagle's
             // algorithm waits for our delayed acknowledgement) sends them now, where the check
             // before reuse sees them, instead of after our next request.
-            let _ = socket2::SockRef::from(&conn.stream).set_quickack(true);
+            let _ = socket2::SockRef::from(conn.stream.tcp()).set_quickack(true);
         }
         self.with(server.slot, server.key, |s| {
             if max_idle.is_none_or(|max| s.idle.len() < max) {
@@ -247,16 +235,17 @@ impl WorkerPools {
         });
     }
 
-    /// Opens a new connection to `server`, counted in its metrics.
+    /// Opens a new connection to `server` (with its TLS handshake, when the upstream has
+    /// `tls`), counted in its metrics; `timeout` bounds both.
     pub async fn connect(
         &self,
         server: &Arc<ServerState>,
         timeout: Duration,
     ) -> Result<RawConn, ConnectError> {
-        let stream = tokio::time::timeout(timeout, TcpStream::connect(server.address))
+        let open = open_stream(server);
+        let stream = tokio::time::timeout(timeout, open)
             .await
             .map_err(|_| ConnectError::Timeout(timeout))??;
-        stream.set_nodelay(true)?;
         Ok(RawConn::new(stream, server))
     }
 
@@ -276,6 +265,18 @@ impl WorkerPools {
         if self.checkouts.replace(0) == 0 {
             self.spare.borrow_mut().clear();
         }
+    }
+}
+
+/// Opens a connection to `server`: TCP, then its TLS handshake when the upstream has `tls`.
+pub async fn open_stream(server: &ServerState) -> Result<UpstreamStream, ConnectError> {
+    let stream = TcpStream::connect(server.address).await?;
+    stream.set_nodelay(true)?;
+    let Some(tls) = &server.tls else { return Ok(UpstreamStream::Plain(stream)) };
+    let (connector, name) = tls.connect.as_ref().map_err(|e| ConnectError::Tls(e.clone()))?;
+    match connector.connect(name.clone(), stream).await {
+        Ok(stream) => Ok(UpstreamStream::Tls(Box::new(stream))),
+        Err(e) => Err(ConnectError::Tls(e.to_string())),
     }
 }
 

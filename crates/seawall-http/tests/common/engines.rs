@@ -114,7 +114,10 @@ impl Client {
         Client::over(engine, stream).await
     }
 
-    pub async fn over(engine: Engine, stream: TcpStream) -> Client {
+    pub async fn over<S>(engine: Engine, stream: S) -> Client
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+    {
         let io = TokioIo::new(stream);
         match engine {
             Engine::Http1 => {

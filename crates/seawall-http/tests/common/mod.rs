@@ -5,6 +5,7 @@ mod capacity;
 mod engines;
 mod gated;
 mod redis;
+mod tls;
 #[allow(unused_imports)]
 pub use capacity::*;
 #[allow(unused_imports)]
@@ -13,6 +14,8 @@ pub use engines::*;
 pub use gated::*;
 #[allow(unused_imports)]
 pub use redis::*;
+#[allow(unused_imports)]
+pub use tls::*;
 
 use std::convert::Infallible;
 use std::future::Future;
