@@ -137,7 +137,7 @@ fn fields_that_frame_or_route_a_message_cannot_be_changed() {
     ] {
         let routes =
             format!("[[routes]]\nupstream = \"app\"\n{side} = {{ remove = [\"{name}\"] }}\n");
-        one_error(&routes, &format!("t.toml:5:"), &format!("{name:?}"));
+        one_error(&routes, "t.toml:5:", &format!("{name:?}"));
         let routes = format!(
             "[[routes]]\nupstream = \"app\"\n{side} = {{ set = {{ \"{name}\" = \"1\" }} }}\n"
         );
