@@ -60,15 +60,19 @@ pub fn target<'a>(route: &Route, path: &'a [u8], target: &'a [u8]) -> Cow<'a, [u
     };
     let query = memchr::memchr(b'?', target).map_or(&b""[..], |i| &target[i..]);
     let replace = rewrite.replace.as_bytes();
-    if replace.ends_with(b"/") && rest.starts_with(b"/") {
-        rest = &rest[1..];
-    }
     let mut out = Vec::with_capacity(1 + replace.len() + rest.len() + query.len());
-    if !replace.starts_with(b"/") && !rest.starts_with(b"/") {
-        // Stripped to nothing (`/api` from `/api`), or inside a segment (`/api` from `/apiary`).
+    out.extend_from_slice(replace);
+    // The `/` a prefix ended with separated it from the rest: it still does.
+    let separated = rewrite.strip.ends_with('/') && !rest.is_empty();
+    if rest.starts_with(b"/") {
+        if out.ends_with(b"/") {
+            rest = &rest[1..];
+        }
+    } else if !out.ends_with(b"/") && (out.is_empty() || separated) {
+        // Stripped to nothing (`/api` from `/api`), inside a segment (`/api` from `/apiary`),
+        // or after a prefix's own `/`.
         out.push(b'/');
     }
-    out.extend_from_slice(replace);
     out.extend_from_slice(rest);
     out.extend_from_slice(query);
     Cow::Owned(out)
@@ -118,6 +122,42 @@ pub fn drop_fields(fields: &mut [Field], buf: &[u8], actions: &HeaderActions) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn rewritten(prefix: &str, rewrite: &str, target: &str) -> String {
+        let src = format!(
+            "[upstreams.u]\nservers = [\"127.0.0.1:1\"]\n[[routes]]\npath_prefix = \"{prefix}\"\n\
+             upstream = \"u\"\n{rewrite}\n"
+        );
+        let config = seawall_config::parse(&src, "t").unwrap();
+        let path = target.split('?').next().unwrap();
+        String::from_utf8(
+            super::target(&config.routes[0], path.as_bytes(), target.as_bytes()).to_vec(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn rewrites_always_make_an_origin_form_path() {
+        let strip = "strip_prefix = true";
+        for (prefix, rewrite, target, sent) in [
+            ("/api", strip, "/api", "/"),
+            ("/api", strip, "/api?q=1", "/?q=1"),
+            ("/api", strip, "/api/x?q", "/x?q"),
+            ("/api", strip, "/apiary", "/ary"),
+            ("/api/", strip, "/api/x", "/x"),
+            ("/api/", strip, "/api/", "/"),
+            ("/", "prefix_rewrite = \"/in\"", "/x?q", "/in/x?q"),
+            ("/", "prefix_rewrite = \"/in\"", "/", "/in"),
+            ("/v1/", "prefix_rewrite = \"/api/v2/\"", "/v1/x", "/api/v2/x"),
+            ("/v1/", "prefix_rewrite = \"/api\"", "/v1/x", "/api/x"),
+            ("/v1", "prefix_rewrite = \"/api/\"", "/v1/x", "/api/x"),
+            ("/v1", "prefix_rewrite = \"/api\"", "/v1", "/api"),
+            ("/v1/a", "strip_prefix = \"/v1\"", "/v1/a/b", "/a/b"),
+            ("/x", "", "/x//y?z", "/x//y?z"),
+        ] {
+            assert_eq!(rewritten(prefix, rewrite, target), sent, "{prefix} {rewrite} {target}");
+        }
+    }
 
     #[test]
     fn dot_segments_in_every_spelling() {
