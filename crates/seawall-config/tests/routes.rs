@@ -237,3 +237,15 @@ fn a_route_timeout_is_a_duration() {
         "expected a duration",
     );
 }
+
+#[test]
+fn a_route_timeout_past_the_total_timeout_is_a_warning() {
+    let src = "[upstreams.app]\nservers = [\"127.0.0.1:9000\"]\ntotal_timeout = \"1s\"\n\
+               [[routes]]\nupstream = \"app\"\ntimeout = \"2s\"\n";
+    let c = parse(src, "t.toml").unwrap();
+    let warnings: Vec<String> = c.warnings.iter().map(ToString::to_string).collect();
+    assert!(
+        warnings.iter().any(|w| w.starts_with("t.toml:6:11: routes[0].timeout") && w.contains("total_timeout")),
+        "{warnings:#?}"
+    );
+}

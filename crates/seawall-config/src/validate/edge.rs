@@ -7,7 +7,7 @@
 use toml::Spanned;
 
 use super::{is_protocol_field, valid_header_name, Ctx};
-use crate::model::{HeaderActions, PathMatch, PathRewrite, PrefixMatch, Redirect};
+use crate::model::{HeaderActions, PathMatch, PathRewrite, PrefixMatch, Redirect, Route, Upstream};
 use crate::raw::{RawHeaderActions, RawRedirect, RawRoute, RawStrip, Text};
 
 /// The longest `prefix_rewrite` or redirect `location`: a rewrite cannot grow a path without
@@ -268,4 +268,24 @@ pub(super) fn redirect(cx: &mut Ctx<'_>, raw: &Spanned<RawRedirect>, key: &str) 
         }
     };
     Redirect { status, location, keep_path }
+}
+
+/// A route `timeout` its upstream's `total_timeout` always cuts first is valid but not meant.
+pub(super) fn timeout_within_total(
+    cx: &mut Ctx<'_>,
+    i: usize,
+    raw: &RawRoute,
+    route: &Route,
+    upstreams: &[Upstream],
+) {
+    let (Some(timeout), Some(text)) = (route.timeout, raw.timeout.as_ref()) else { return };
+    let Some(upstream) = route.action.upstream().and_then(|u| upstreams.get(u)) else { return };
+    if let Some(total) = upstream.total_timeout.filter(|total| timeout >= *total) {
+        let message = format!(
+            "{timeout:?} is not shorter than upstream {:?}'s total_timeout ({total:?}), which \
+             ends the request first",
+            upstream.name
+        );
+        cx.warn(text.span(), &format!("routes[{i}].timeout"), message);
+    }
 }

@@ -182,6 +182,7 @@ pub fn validate(raw: RawConfig, source: &str, file: &str) -> Result<Config, Conf
     let mut routes: Vec<Route> = Vec::new();
     for (i, r) in raw.routes.iter().enumerate() {
         if let Some(route) = route(&mut cx, i, r, &names) {
+            edge::timeout_within_total(&mut cx, i, r.get_ref(), &route, &upstreams);
             if routes.iter().any(|other| other.name == route.name) {
                 cx.error(
                     r.span(),
