@@ -43,7 +43,7 @@ fn request(data: &[u8]) {
     let _ = head.path(data);
     let mut out = Vec::new();
     let host_is_server = head.host(data).is_none();
-    head.write_upstream(data, &mut out, "192.0.2.1:1".parse().unwrap(), host_is_server);
+    head.write_upstream(data, &mut out, "192.0.2.1:1".parse().unwrap(), host_is_server, None);
     if host_is_server {
         out.extend_from_slice(b"host: server\r\n");
     }

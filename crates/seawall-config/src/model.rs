@@ -59,6 +59,8 @@ pub struct Server {
     /// The request header in which a client says how long it will wait (lower-case); the time
     /// left is forwarded upstream in the same header.
     pub deadline_header: String,
+    /// How a route's `path_prefix` matches when the route does not say (`prefix_match`).
+    pub prefix_match: PrefixMatch,
     /// TLS termination on `listen` (`None`: plain HTTP).
     pub tls: Option<ServerTls>,
     /// A second, plain listener whose every request is redirected to `https://` (needs `tls`).
@@ -256,6 +258,63 @@ pub struct Route {
     pub disable_in_crisis: bool,
     /// How answers to the route's GET and HEAD requests are cached (`None`: they are not).
     pub cache: Option<std::sync::Arc<RouteCache>>,
+    /// How the path is changed before it goes upstream (or into a redirect's `Location`).
+    pub rewrite: Option<std::sync::Arc<PathRewrite>>,
+    /// Fields changed in the request sent upstream.
+    pub request_headers: Option<std::sync::Arc<HeaderActions>>,
+    /// Fields changed in the answers from the upstream (proxied or served from the cache).
+    pub response_headers: Option<std::sync::Arc<HeaderActions>>,
+    /// Overrides the upstream's `timeout` (the wait for the answer's head) for this route.
+    pub timeout: Option<Duration>,
+}
+
+/// How a `path_prefix` matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PrefixMatch {
+    /// Byte for byte: `/api` matches `/apiary` (the default, as before).
+    String,
+    /// Whole segments: `/api` matches `/api`, `/api/` and `/api/x`, not `/apiary`.
+    Segment,
+}
+
+/// `strip_prefix` / `prefix_rewrite`: the path's leading `strip` is replaced by `replace`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathRewrite {
+    /// What every matched path starts with (the route's prefix, or a start of it).
+    pub strip: String,
+    /// What takes its place (empty: stripped only).
+    pub replace: String,
+}
+
+/// Field changes: `set` replaces every field of the name, `add` appends one, `remove` drops all.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct HeaderActions {
+    /// Lower-case names and values.
+    pub set: Vec<(String, String)>,
+    pub add: Vec<(String, String)>,
+    /// Lower-case names.
+    pub remove: Vec<String>,
+    /// `set` and `add` as HTTP/1 field lines (`name: value\r\n`), written as they are.
+    pub lines: Vec<u8>,
+}
+
+impl HeaderActions {
+    /// Whether a field of this name from the message is dropped (removed, or replaced by `set`).
+    pub fn drops(&self, name: &[u8]) -> bool {
+        let same = |n: &String| n.as_bytes().eq_ignore_ascii_case(name);
+        self.remove.iter().any(same) || self.set.iter().any(|(n, _)| same(n))
+    }
+}
+
+/// `redirect = { ... }`: Seawall answers with a redirect instead of proxying.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Redirect {
+    /// 301, 302, 303, 307 or 308.
+    pub status: u16,
+    /// The `Location` (without a trailing `/` when `keep_path`).
+    pub location: String,
+    /// Append the request's path (rewritten, when the route rewrites) and query.
+    pub keep_path: bool,
 }
 
 /// `[cache]`: the cache every route with `cache = { ... }` shares.
@@ -358,6 +417,8 @@ pub struct RouteMatch {
     /// Upper-case method names; empty = any method.
     pub methods: Vec<String>,
     pub header: Option<HeaderMatch>,
+    /// How a [`PathMatch::Prefix`] matches.
+    pub prefix: PrefixMatch,
 }
 
 /// Host condition, compared case-insensitively without the port.
@@ -382,11 +443,23 @@ pub struct HeaderMatch {
     pub value: Option<String>,
 }
 
-/// What a matched route does. Only proxying exists today; queueing and others join here.
+/// What a matched route does. Proxying and redirects exist today; queueing and others join here.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RouteAction {
     /// Forward to the upstream at this index of [`Config::upstreams`].
     Proxy { upstream: usize },
+    /// Seawall answers with a redirect.
+    Redirect(std::sync::Arc<Redirect>),
+}
+
+impl RouteAction {
+    /// The upstream group a proxy route forwards to.
+    pub fn upstream(&self) -> Option<usize> {
+        match self {
+            RouteAction::Proxy { upstream } => Some(*upstream),
+            RouteAction::Redirect(_) => None,
+        }
+    }
 }
 
 impl Upstream {

@@ -103,6 +103,7 @@ pub struct RawServer {
     pub tunnel_idle_timeout: Option<Text>,
     pub http2: Option<bool>,
     pub deadline_header: Option<Text>,
+    pub prefix_match: Option<Text>,
     pub tls: Option<RawServerTls>,
     pub http_redirect: Option<Text>,
 }
@@ -305,6 +306,58 @@ pub struct RawRoute {
     pub degrade: Option<RawDegrade>,
     pub disable_in_crisis: Option<bool>,
     pub cache: Option<Spanned<RawRouteCache>>,
+    pub prefix_match: Option<Text>,
+    pub strip_prefix: Option<Spanned<RawStrip>>,
+    pub prefix_rewrite: Option<Text>,
+    pub request_headers: Option<RawHeaderActions>,
+    pub response_headers: Option<RawHeaderActions>,
+    pub redirect: Option<Spanned<RawRedirect>>,
+    pub timeout: Option<Text>,
+}
+
+/// `strip_prefix = true` (the route's own prefix) or `strip_prefix = "/v1"`.
+#[derive(Debug, Clone)]
+pub enum RawStrip {
+    Route(bool),
+    Text(String),
+}
+
+// By hand rather than `untagged`, for an error that says what is expected.
+impl<'de> Deserialize<'de> for RawStrip {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct StripVisitor;
+        impl<'de> Visitor<'de> for StripVisitor {
+            type Value = RawStrip;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("true, false or a path prefix like \"/v1\"")
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<RawStrip, E> {
+                Ok(RawStrip::Route(v))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawStrip, E> {
+                Ok(RawStrip::Text(v.to_string()))
+            }
+        }
+        deserializer.deserialize_any(StripVisitor)
+    }
+}
+
+/// `request_headers = { ... }` or `response_headers = { ... }` on a route.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub struct RawHeaderActions {
+    pub set: Option<BTreeMap<String, Text>>,
+    pub add: Option<BTreeMap<String, Text>>,
+    pub remove: Option<Vec<Text>>,
+}
+
+/// `redirect = { ... }` on a route.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub struct RawRedirect {
+    pub status: Option<Spanned<i64>>,
+    pub location: Option<Text>,
+    pub keep_path: Option<bool>,
 }
 
 /// `header = { name = "x-canary", value = "1" }`

@@ -10,7 +10,8 @@ pub struct Field {
     pub name: (u32, u32),
     pub value: (u32, u32),
     pub class: Name,
-    /// Listed in the message's `Connection` field: not forwarded.
+    /// Not forwarded: listed in the message's `Connection` field, or removed by the route
+    /// (`response_headers`).
     pub named: bool,
 }
 

@@ -22,6 +22,7 @@ pub mod cache;
 pub mod chunked;
 pub mod control;
 pub mod controller;
+pub mod edge;
 pub mod faultlog;
 pub mod fields;
 pub mod gateway;

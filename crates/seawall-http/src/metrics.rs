@@ -416,6 +416,10 @@ pub struct Registry {
     pub client_send_timeouts: Counter,
     /// Requests refused because the client paused its body longer than `body_timeout`.
     pub client_body_timeouts: Counter,
+    /// Answers of `redirect` routes.
+    pub redirects: Counter,
+    /// Requests refused because the route rewrites their path and it has a dot segment (400).
+    pub rewrite_refusals: Counter,
     /// Requests whose client left before the answer was complete (499 when before its head).
     pub client_aborts: Counter,
     /// Upgraded connections (WebSocket tunnels) open now.
@@ -444,6 +448,8 @@ impl Registry {
             parks: Counter::new(shards),
             client_send_timeouts: Counter::new(shards),
             client_body_timeouts: Counter::new(shards),
+            redirects: Counter::new(shards),
+            rewrite_refusals: Counter::new(shards),
             client_aborts: Counter::new(shards),
             tunnels_open: Gauge::new(shards),
             tunnel_idle_timeouts: Counter::new(shards),
@@ -575,7 +581,7 @@ impl Registry {
             let v = self.connections_open.shard(worker);
             let _ = writeln!(out, "{name}{{worker=\"{worker}\"}} {v}");
         }
-        let counters: [(&str, &str, u64); 11] = [
+        let counters: [(&str, &str, u64); 13] = [
             (
                 "seawall_connections_total",
                 "Client connections accepted.",
@@ -610,6 +616,16 @@ impl Registry {
                 "seawall_client_body_timeouts_total",
                 "Requests refused because the client paused its body past body_timeout (408).",
                 self.client_body_timeouts.get(),
+            ),
+            (
+                "seawall_redirects_total",
+                "Answers of redirect routes.",
+                self.redirects.get(),
+            ),
+            (
+                "seawall_rewrite_refusals_total",
+                "Requests refused 400 because their route rewrites the path and it has a dot segment.",
+                self.rewrite_refusals.get(),
             ),
             (
                 "seawall_client_aborts_total",

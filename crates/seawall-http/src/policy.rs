@@ -20,7 +20,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use http::Method;
-use seawall_config::{Route, RouteAction};
+use seawall_config::Route;
 use seawall_core::priority::Priority;
 
 use crate::cache::{self, CacheEvent, CacheStatus, Lookup};
@@ -51,7 +51,8 @@ pub struct CachedAnswer {
 pub struct Permit {
     snapshot: Rc<Pinned>,
     route: usize,
-    /// The upstream group the request goes to (the route's, or its `read_upstream` for a read).
+    /// The upstream group the request goes to (the route's, or its `read_upstream` for a read);
+    /// 0 and unused for a route that does not proxy.
     pub upstream: usize,
     /// The request's priority: its route's, moved by its rate-limit tier.
     pub priority: Priority,
@@ -143,11 +144,21 @@ pub fn admit(snapshot: &Rc<Pinned>, request: &RequestView<'_>, account: &mut Acc
         let refusal = Refusal::new(Reason::FeatureDisabled, detail);
         return Admission::Refuse(refusal.degraded(route.degrade.as_ref()));
     }
-    let RouteAction::Proxy { upstream } = route.action;
+    if route.rewrite.is_some() && crate::edge::has_dot_segment(request.path) {
+        account.worker.shared.registry.rewrite_refusals.add(1);
+        let detail = format!(
+            "route {:?} rewrites the path, and this one has a dot segment ('.' or '..')",
+            route.name
+        );
+        return Admission::Refuse(Refusal::new(Reason::BadRequest, detail));
+    }
+    // A redirect has no upstream: nothing is written, nothing to balance.
+    let upstream = route.action.upstream();
     let now_ms = seawall_core::clock::ms_at(account.start.into_std());
     let method = request.method;
     let reads = *method == Method::GET || *method == Method::HEAD;
-    if route.writes || !(reads || *method == Method::OPTIONS || *method == Method::TRACE) {
+    let writes = route.writes || !(reads || *method == Method::OPTIONS || *method == Method::TRACE);
+    if let Some(upstream) = upstream.filter(|_| writes) {
         if let Some(refusal) = read_only(snapshot, upstream, now_ms) {
             return Admission::Refuse(refusal);
         }
@@ -157,7 +168,7 @@ pub fn admit(snapshot: &Rc<Pinned>, request: &RequestView<'_>, account: &mut Acc
         let detail = format!("the request body exceeds {limit} bytes");
         return Admission::Refuse(Refusal::new(Reason::BodyTooLarge, detail));
     }
-    let (priority, fields) = match route.rate_limit {
+    let (priority, mut fields) = match route.rate_limit {
         None => (route.priority, Vec::new()),
         Some(limit) => {
             let now_ns = seawall_core::clock::ns_at(account.start.into_std());
@@ -167,6 +178,10 @@ pub fn admit(snapshot: &Rc<Pinned>, request: &RequestView<'_>, account: &mut Acc
             }
         }
     };
+    // The route's own response fields go on every answer from the upstream, stored ones too.
+    if let Some(actions) = &route.response_headers {
+        fields.extend_from_slice(&actions.lines);
+    }
     let overload = &snapshot.overload;
     let metrics = &snapshot.route_metrics[index];
     let mut ticket = None;
@@ -184,7 +199,10 @@ pub fn admit(snapshot: &Rc<Pinned>, request: &RequestView<'_>, account: &mut Acc
                 let refresh = ticket.map(|ticket| crate::proxy::Refresh {
                     ticket,
                     route: index,
-                    upstream: read_group(snapshot, route, reads, now_ms).unwrap_or(upstream),
+                    // Only a proxy route has a cache.
+                    upstream: read_group(snapshot, route, reads, now_ms)
+                        .or(upstream)
+                        .unwrap_or_default(),
                     peer: request.peer,
                     https: request.https,
                     host: request.host.map(<[u8]>::to_vec),
@@ -225,10 +243,13 @@ pub fn admit(snapshot: &Rc<Pinned>, request: &RequestView<'_>, account: &mut Acc
         let refusal = crate::overload::refusal(cause, priority, after);
         return Admission::Refuse(refusal.degraded(route.degrade.as_ref()));
     }
-    let upstream = read_group(snapshot, route, reads, now_ms).unwrap_or(upstream);
-    let group = &snapshot.upstreams[upstream];
-    if let Some(gate) = group.gate.as_ref().filter(|g| crate::overload::sheds(g.level(), priority))
-    {
+    let upstream = upstream.map(|u| read_group(snapshot, route, reads, now_ms).unwrap_or(u));
+    let gated = upstream.and_then(|u| {
+        let group = &snapshot.upstreams[u];
+        let gate = group.gate.as_ref()?;
+        crate::overload::sheds(gate.level(), priority).then_some((group, gate))
+    });
+    if let Some((group, gate)) = gated {
         if let Some(answer) = stale_for_shed(&ticket) {
             return Admission::Cached(answer);
         }
@@ -244,6 +265,7 @@ pub fn admit(snapshot: &Rc<Pinned>, request: &RequestView<'_>, account: &mut Acc
         return Admission::Refuse(refusal.degraded(route.degrade.as_ref()));
     }
     overload.admitted.add(1);
+    let upstream = upstream.unwrap_or_default();
     let mut permit = Permit::new(Rc::clone(snapshot), index, upstream, priority, fields);
     permit.cache = ticket;
     if let Some(status) = cache_status {

@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 
 use http::{Method, Version};
+use seawall_config::HeaderActions;
 
 use crate::headers::{
     forwards_request_field, push_field, via_for, write_content_length, write_forwarding,
@@ -87,10 +88,13 @@ pub struct UpstreamHead<'a> {
     pub https: bool,
     /// The version the client spoke (for `Via`).
     pub version: Version,
+    /// The route's `request_headers`: fields removed or replaced, fields added.
+    pub edits: Option<&'a HeaderActions>,
 }
 
 /// Writes the head sent upstream into `out`, without the final blank line (nor `Host` when the
 /// proxy adds the server's): the request line in origin form, the client's end-to-end fields,
+/// (less those the route's `request_headers` remove or replace, plus those it sets or adds),
 /// then what Seawall states itself — `Host`, `Upgrade`, `TE`, exactly one framing field matching
 /// the bytes that follow, and the forwarding fields. One writer for both engines.
 pub fn write_upstream_head<'f, I>(out: &mut Vec<u8>, head: &UpstreamHead<'_>, fields: I)
@@ -107,9 +111,16 @@ where
     out.extend_from_slice(head.target);
     out.extend_from_slice(b" HTTP/1.1\r\n");
     for field in fields.clone() {
-        if forwards_request_field(field.class) && !field.named {
+        if forwards_request_field(field.class)
+            && !field.named
+            && !head.edits.is_some_and(|e| e.drops(field.name))
+        {
             push_field(out, field.name, field.value);
         }
+    }
+    if let Some(edits) = head.edits {
+        // Checked at load: valid names, values without CR or LF, no field that frames.
+        out.extend_from_slice(&edits.lines);
     }
     if let Some(host) = head.host {
         push_field(out, b"host", host);

@@ -1,7 +1,7 @@
 //! Routing: the first route, in file order, whose host, path, method and header conditions all
 //! hold. No match is answered 404 `no_route` by the policy layer.
 
-use seawall_config::{HostMatch, PathMatch, Route};
+use seawall_config::{HostMatch, PathMatch, PrefixMatch, Route};
 
 use crate::request::RequestView;
 
@@ -22,7 +22,7 @@ pub fn find(routes: &[Route], request: &RequestView<'_>) -> Option<usize> {
             }
         };
         let path_ok = match &m.path {
-            PathMatch::Prefix(p) => path.starts_with(p.as_bytes()),
+            PathMatch::Prefix(p) => prefix_matches(path, p.as_bytes(), m.prefix),
             PathMatch::Exact(p) => path == p.as_bytes(),
         };
         let method_ok = m.methods.is_empty() || m.methods.iter().any(|x| x == method.as_str());
@@ -34,6 +34,18 @@ pub fn find(routes: &[Route], request: &RequestView<'_>) -> Option<usize> {
             });
         host_ok && path_ok && method_ok && header_ok
     })
+}
+
+/// Whether `path` (without its query) starts with `prefix`; by segments, only where a segment
+/// ends: `/api` matches `/api`, `/api/` and `/api/x`, not `/apiary`.
+fn prefix_matches(path: &[u8], prefix: &[u8], how: PrefixMatch) -> bool {
+    path.starts_with(prefix)
+        && match how {
+            PrefixMatch::String => true,
+            PrefixMatch::Segment => {
+                prefix.ends_with(b"/") || matches!(path.get(prefix.len()), None | Some(b'/'))
+            }
+        }
 }
 
 /// `example.com:8080` → `example.com`; `[::1]:80` → `[::1]`.
@@ -109,6 +121,18 @@ upstream = "u"
         assert_eq!(name("GET", Some("example.com"), "/login", &[]), "rest");
         assert_eq!(name("GET", None, "/x", &[("x-canary", "1")]), "canary");
         assert_eq!(name("GET", None, "/x", &[("x-canary", "2")]), "rest");
+    }
+
+    #[test]
+    fn segment_prefixes_end_where_a_segment_ends() {
+        let seg = |path: &str, prefix: &str| {
+            prefix_matches(path.as_bytes(), prefix.as_bytes(), PrefixMatch::Segment)
+        };
+        assert!(seg("/api", "/api") && seg("/api/", "/api") && seg("/api/x", "/api"));
+        assert!(!seg("/apiary", "/api") && !seg("/ap", "/api") && !seg("/api%2Fx", "/api"));
+        assert!(seg("/api/x", "/api/") && !seg("/api", "/api/"));
+        assert!(seg("/anything", "/"));
+        assert!(prefix_matches(b"/apiary", b"/api", PrefixMatch::String));
     }
 
     #[test]

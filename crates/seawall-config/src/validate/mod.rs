@@ -79,6 +79,7 @@ pub mod defaults {
 }
 
 mod cache;
+mod edge;
 mod overload;
 mod protections;
 mod tls;
@@ -180,10 +181,11 @@ pub fn validate(raw: RawConfig, source: &str, file: &str) -> Result<Config, Conf
         .iter()
         .map(|(name, limit)| protections::rate_limit(&mut cx, name, limit))
         .collect();
-    let names = Names { upstreams: &upstream_names, rate_limits: &rate_limits };
+    let names = Names { upstreams: &upstream_names, rate_limits: &rate_limits, server: &server };
     let mut routes: Vec<Route> = Vec::new();
     for (i, r) in raw.routes.iter().enumerate() {
         if let Some(route) = route(&mut cx, i, r, &names) {
+            edge::timeout_within_total(&mut cx, i, r.get_ref(), &route, &upstreams);
             if routes.iter().any(|other| other.name == route.name) {
                 cx.error(
                     r.span(),
@@ -303,6 +305,12 @@ fn server(cx: &mut Ctx<'_>, raw: &RawServer) -> Server {
             Some(h) => h.get_ref().to_ascii_lowercase(),
             None => defaults::DEADLINE_HEADER.to_string(),
         },
+        prefix_match: edge::prefix_match(
+            cx,
+            raw.prefix_match.as_ref(),
+            "server.prefix_match",
+            PrefixMatch::String,
+        ),
         http_redirect: tls::http_redirect(cx, raw.http_redirect.as_ref(), listen, tls.is_some()),
         tls,
     }
@@ -349,6 +357,7 @@ impl RawLog {
 struct Names<'a> {
     upstreams: &'a [String],
     rate_limits: &'a [RateLimit],
+    server: &'a Server,
 }
 
 /// The index of the upstream `v` names, or an error listing those that exist.
@@ -698,11 +707,40 @@ fn route(cx: &mut Ctx<'_>, i: usize, raw: &Spanned<RawRoute>, names: &Names<'_>)
         let size = cx.size(r.max_body_size.as_ref(), &key("max_body_size"), 0);
         (size > 0).then_some(size)
     });
-    let Some(up) = &r.upstream else {
-        cx.error(raw.span(), &key("upstream"), "a route needs an upstream to send requests to");
-        return None;
+    let action = match (&r.upstream, &r.redirect) {
+        (Some(_), Some(redirect)) => {
+            cx.error(redirect.span(), &key("redirect"), "set upstream or redirect, not both");
+            return None;
+        }
+        (None, None) => {
+            let message = "a route needs an upstream to send requests to (or a redirect)";
+            cx.error(raw.span(), &key("upstream"), message);
+            return None;
+        }
+        (Some(up), None) => RouteAction::Proxy {
+            upstream: upstream_index(cx, up, &key("upstream"), names.upstreams)?,
+        },
+        (None, Some(redirect)) => {
+            let redirect = edge::redirect(cx, redirect, &key("redirect"));
+            // What only applies to a request that goes upstream.
+            let proxy_only = [
+                ("read_upstream", r.read_upstream.as_ref().map(|v| v.span())),
+                ("timeout", r.timeout.as_ref().map(|v| v.span())),
+                ("cache", r.cache.as_ref().map(|v| v.span())),
+                ("preserve_host", r.preserve_host.map(|_| raw.span())),
+                ("request_headers", r.request_headers.as_ref().map(|_| raw.span())),
+                ("response_headers", r.response_headers.as_ref().map(|_| raw.span())),
+            ];
+            for (field, span) in proxy_only {
+                if let Some(span) = span {
+                    let message =
+                        format!("{field} applies to routes with an upstream, not to a redirect");
+                    cx.error(span, &key(field), message);
+                }
+            }
+            RouteAction::Redirect(std::sync::Arc::new(redirect))
+        }
     };
-    let index = upstream_index(cx, up, &key("upstream"), names.upstreams)?;
     let read_upstream = r
         .read_upstream
         .as_ref()
@@ -731,10 +769,47 @@ fn route(cx: &mut Ctx<'_>, i: usize, raw: &Spanned<RawRoute>, names: &Names<'_>)
         .map(|d| std::sync::Arc::new(protections::degrade(cx, d, &key("degrade"))));
     let cache =
         r.cache.as_ref().map(|c| std::sync::Arc::new(cache::route_cache(cx, c, &key("cache"))));
+    let prefix = edge::prefix_match(
+        cx,
+        r.prefix_match.as_ref(),
+        &key("prefix_match"),
+        names.server.prefix_match,
+    );
+    if let (Some(p), PathMatch::Exact(_)) = (&r.prefix_match, &path) {
+        cx.error(
+            p.span(),
+            &key("prefix_match"),
+            "prefix_match applies to path_prefix, not to path",
+        );
+    }
+    let rewrite = edge::rewrite(cx, r, &path, &key).map(std::sync::Arc::new);
+    let deadline_header = names.server.deadline_header.as_str();
+    let request_headers = r.request_headers.as_ref().map(|h| {
+        let side = edge::Side::Request;
+        std::sync::Arc::new(edge::header_actions(
+            cx,
+            h,
+            &key("request_headers"),
+            side,
+            deadline_header,
+        ))
+    });
+    let response_headers = r.response_headers.as_ref().map(|h| {
+        let side = edge::Side::Response;
+        std::sync::Arc::new(edge::header_actions(
+            cx,
+            h,
+            &key("response_headers"),
+            side,
+            deadline_header,
+        ))
+    });
+    let timeout =
+        r.timeout.as_ref().map(|t| cx.duration(Some(t), &key("timeout"), defaults::TIMEOUT));
     Some(Route {
         name,
-        matcher: RouteMatch { host, path, methods, header },
-        action: RouteAction::Proxy { upstream: index },
+        matcher: RouteMatch { host, path, methods, header, prefix },
+        action,
         preserve_host: r.preserve_host.unwrap_or(true),
         max_body_size,
         rate_limit,
@@ -744,6 +819,10 @@ fn route(cx: &mut Ctx<'_>, i: usize, raw: &Spanned<RawRoute>, names: &Names<'_>)
         degrade,
         disable_in_crisis: r.disable_in_crisis.unwrap_or(false),
         cache,
+        rewrite,
+        request_headers,
+        response_headers,
+        timeout,
     })
 }
 

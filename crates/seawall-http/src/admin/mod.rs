@@ -417,18 +417,21 @@ fn state(shared: &Shared) -> String {
         .routes
         .iter()
         .map(|r| {
-            let RouteAction::Proxy { upstream } = r.action;
+            let (action, upstream) = match &r.action {
+                RouteAction::Proxy { upstream } => ("proxy", Some(config.upstreams[*upstream].name.as_str())),
+                RouteAction::Redirect(_) => ("redirect", None),
+            };
             json!({
                 "name": r.name,
                 "host": r.matcher.host.as_ref().map(|h| match h { HostMatch::Exact(h) => h.clone(), HostMatch::Suffix(s) => format!("*{s}") }),
                 "path_prefix": match &r.matcher.path { PathMatch::Prefix(p) => Some(p), PathMatch::Exact(_) => None },
                 "path": match &r.matcher.path { PathMatch::Exact(p) => Some(p), PathMatch::Prefix(_) => None },
                 "methods": r.matcher.methods,
-                "action": "proxy",
+                "action": action,
                 "disabled": snapshot.switches.is_disabled(&r.name),
                 "disable_in_crisis": r.disable_in_crisis,
                 "priority": r.priority.as_str(),
-                "upstream": config.upstreams[upstream].name,
+                "upstream": upstream,
             })
         })
         .collect();

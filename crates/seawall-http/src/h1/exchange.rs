@@ -45,7 +45,8 @@ impl<S: Transport> Session<S> {
         let Facts { key, idempotent, has_host } = facts;
         let host_is_server = !route.preserve_host || !has_host;
         let https = self.stream.is_tls();
-        self.head.write_upstream(&self.buf, &mut self.out, self.peer, https, host_is_server);
+        let (buf, out) = (&self.buf, &mut self.out);
+        self.head.write_upstream(buf, out, self.peer, https, host_is_server, Some(route));
         let method = self.head.method.clone();
         let draining = self.worker.drain.fired();
         let mut body = ClientBody::new(

@@ -13,6 +13,8 @@ use http::{Method, Version};
 use crate::fields::{range, slice, Field, Fields};
 use crate::headers::{has_token, parse_length, tokens, valid_host, ConnectionOptions, Name};
 use crate::problem::{Reason, Refusal};
+use seawall_config::Route;
+
 use crate::request::{write_upstream_head, BodyFraming, FieldRef, RequestView, UpstreamHead};
 
 /// Header fields parsed without a heap allocation; beyond, up to `server.max_headers`.
@@ -299,7 +301,8 @@ impl RequestHead {
     }
 
     /// Writes the head to send upstream into `out`, without `Host` when `host_is_server` (the
-    /// proxy adds the chosen server's name) and without the final blank line.
+    /// proxy adds the chosen server's name) and without the final blank line; `route`, when
+    /// given, rewrites its target and fields.
     pub fn write_upstream(
         &self,
         buf: &[u8],
@@ -307,11 +310,16 @@ impl RequestHead {
         client: SocketAddr,
         https: bool,
         host_is_server: bool,
+        route: Option<&Route>,
     ) {
         let host = self.host(buf);
+        let target = match route {
+            Some(route) => crate::edge::target(route, self.path(buf), self.target(buf)),
+            None => std::borrow::Cow::Borrowed(self.target(buf)),
+        };
         let head = UpstreamHead {
             method: &self.method,
-            target: self.target(buf),
+            target: &target,
             host: if host_is_server { None } else { host },
             forwarded_host: host,
             upgrade: self.upgrade,
@@ -320,6 +328,7 @@ impl RequestHead {
             peer: client,
             https,
             version: self.version,
+            edits: route.and_then(|r| r.request_headers.as_deref()),
         };
         let fields = self.fields.iter().map(|f| FieldRef {
             name: slice(buf, f.name),
@@ -371,6 +380,7 @@ mod tests {
             "192.0.2.7:1".parse().unwrap(),
             false,
             host_is_server,
+            None,
         );
         String::from_utf8(out).unwrap()
     }

@@ -251,7 +251,11 @@ impl<S: Transport> Session<S> {
             }
         };
         let upstream = permit.upstream;
-        let (served, after) = match permit.route().action {
+        let (served, after) = match &permit.route().action {
+            RouteAction::Redirect(redirect) => {
+                let redirect = std::sync::Arc::clone(redirect);
+                self.redirect(&redirect, &permit).await
+            }
             RouteAction::Proxy { .. } => {
                 // What the upstream call needs of the view, taken while the head is at hand.
                 let facts = Facts {

@@ -117,6 +117,15 @@ pub async fn handle(
             return Ok(response);
         }
     };
+    if let seawall_config::RouteAction::Redirect(redirect) = &permit.route().action {
+        let answer = crate::edge::redirect(redirect, permit.route(), path, target, &permit.fields);
+        worker.shared.registry.redirects.add(1);
+        let served = Served { status: redirect.status, upstream: None, reason: None };
+        account.finish(served, Instant::now());
+        let guards = Guards { _permit: Some(permit), _active: active };
+        let (parts, body) = answer.into_parts();
+        return Ok(Response::from_parts(parts, ProxyBody::full(body).with_guards(guards)));
+    }
     let mut ticket = permit.cache.take();
     let upstream = permit.upstream;
     let group = &snapshot.upstreams[upstream];
@@ -139,11 +148,12 @@ pub async fn handle(
     let te_trailers =
         parts.headers.get(header::TE).is_some_and(|v| has_token(v.as_bytes(), b"trailers"));
     let mut head = Vec::with_capacity(512);
+    let upstream_target = crate::edge::target(route, path, target);
     write_upstream_head(
         &mut head,
         &UpstreamHead {
             method: &parts.method,
-            target,
+            target: &upstream_target,
             host: if host_is_server { None } else { host },
             forwarded_host: host,
             upgrade: false,
@@ -152,6 +162,7 @@ pub async fn handle(
             peer,
             https,
             version: Version::HTTP_2,
+            edits: route.request_headers.as_deref(),
         },
         fields.iter().copied(),
     );

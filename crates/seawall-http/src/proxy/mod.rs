@@ -18,7 +18,8 @@
 //!
 //! Timers: the upstream's `send_timeout` bounds each write of the request, the client's
 //! `body_timeout` each wait for its body (in the engine's [`Downstream::fill`]), and `timeout`
-//! runs from the moment the whole request has been sent to the start of the answer. A client
+//! (the route's, when it sets one, else the upstream's) runs from the moment the whole request
+//! has been sent to the start of the answer, for each attempt. A client
 //! that waits longer than [`WATCH_AFTER`] is watched: if it leaves, an idempotent request is
 //! cancelled (499); a non-idempotent one is never cut half-way — a client that only closed its
 //! sending side still gets its answer.
@@ -428,8 +429,11 @@ async fn attempt<D: Downstream>(
         Sent::All { at_once: true } => since,
         _ => Instant::now(),
     };
-    // The upstream's timeout, or the request's total time left when that is shorter.
-    let deadline = f.deadline.map_or(sent_at + config.timeout, |t| t.min(sent_at + config.timeout));
+    // The route's `timeout` overrides the upstream's; the request's total time left still wins
+    // when it is shorter.
+    let route = &f.snapshot.config.routes[f.route];
+    let answer_timeout = route.timeout.unwrap_or(config.timeout);
+    let deadline = f.deadline.map_or(sent_at + answer_timeout, |t| t.min(sent_at + answer_timeout));
     let mut received = false;
     loop {
         if !conn.buf.is_empty() {
@@ -449,6 +453,9 @@ async fn attempt<D: Downstream>(
                     continue;
                 }
                 Ok(Parsed::Head(head)) => {
+                    if let Some(actions) = &route.response_headers {
+                        crate::edge::drop_fields(&mut conn.fields, &conn.buf, actions);
+                    }
                     return Attempt::Answered(Box::new(UpstreamResponse::new(
                         conn,
                         head,
@@ -489,8 +496,10 @@ async fn attempt<D: Downstream>(
                     let detail = "the client's deadline passed before the upstream answered";
                     return Attempt::Refused(Refusal::new(Reason::DeadlineExceeded, detail));
                 }
-                let what = if f.deadline.is_some_and(|t| t < sent_at + config.timeout) {
+                let what = if f.deadline.is_some_and(|t| t < sent_at + answer_timeout) {
                     "did not answer within the request's total_timeout".to_string()
+                } else if route.timeout.is_some() {
+                    format!("did not answer within the route's timeout ({answer_timeout:?})")
                 } else {
                     format!("did not answer within {:?}", config.timeout)
                 };

@@ -68,11 +68,13 @@ impl Refresh {
             named: connection.names(name),
         });
         let host_is_server = !route.preserve_host || self.host.is_none();
+        let path = target.split('?').next().unwrap_or("/");
+        let upstream_target = crate::edge::target(route, path.as_bytes(), target.as_bytes());
         write_upstream_head(
             &mut head,
             &UpstreamHead {
                 method: &Method::GET,
-                target: target.as_bytes(),
+                target: &upstream_target,
                 host: if host_is_server { None } else { self.host.as_deref() },
                 forwarded_host: self.host.as_deref(),
                 upgrade: false,
@@ -81,6 +83,7 @@ impl Refresh {
                 peer: self.peer,
                 https: self.https,
                 version: http::Version::HTTP_11,
+                edits: route.request_headers.as_deref(),
             },
             refs,
         );

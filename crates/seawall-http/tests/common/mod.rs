@@ -126,7 +126,8 @@ async fn answer(o: Origin, mut req: Request<Incoming>) -> Result<Response<Origin
         ));
     }
     let body: OriginBody = match path.as_str() {
-        "/echo" => {
+        // `/echo/...` too: what a rewritten path arrived as.
+        p if p == "/echo" || p.starts_with("/echo/") => {
             let headers: serde_json::Map<String, serde_json::Value> = req
                 .headers()
                 .iter()
