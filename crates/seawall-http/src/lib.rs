@@ -3,7 +3,7 @@
 //! Start with [`Gateway::start`]. The modules are layered, each using only those above it here:
 //!
 //! - plain types: [`problem`] (refusals), [`headers`] (the header policy), [`request`] (the
-//!   request view both engines give), [`fields`] and [`response`] (heads parsed in place),
+//!   request view both engines give), [`request_id`], [`fields`] and [`response`] (heads parsed in place),
 //!   [`chunked`],
 //!   [`metrics`], [`timer`], [`signal`], [`io`], [`faultlog`], [`overload`] (the level and crisis
 //!   mode requests read, the machine's signals);
@@ -35,6 +35,7 @@ pub mod problem;
 pub mod proxy;
 pub mod ratelimit;
 pub mod request;
+pub mod request_id;
 pub mod response;
 pub mod router;
 pub mod server;

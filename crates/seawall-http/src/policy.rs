@@ -24,9 +24,11 @@ use seawall_config::{Route, RouteAction};
 use seawall_core::priority::Priority;
 
 use crate::cache::{self, CacheEvent, CacheStatus, Lookup};
+use crate::headers::HeaderLookup;
 use crate::overload::ShedCause;
 use crate::problem::{Reason, Refusal};
 use crate::request::RequestView;
+use crate::request_id::RequestId;
 use crate::router;
 use crate::worker::{Pinned, Worker};
 
@@ -64,6 +66,8 @@ pub struct Permit {
     pub cache: Option<cache::Ticket>,
     /// The length of `fields` before the `x-seawall-cache` line (a stored answer states its own).
     pub fields_before_cache: usize,
+    /// The request's id (`server.request_id`), also in `fields`.
+    pub request_id: Option<RequestId>,
 }
 
 impl Permit {
@@ -85,6 +89,7 @@ impl Permit {
             deadline: None,
             cache: None,
             fields_before_cache,
+            request_id: None,
         }
     }
 
@@ -167,6 +172,10 @@ pub fn admit(snapshot: &Rc<Pinned>, request: &RequestView<'_>, account: &mut Acc
             }
         }
     };
+    let mut fields = fields;
+    if let Some(id) = &account.request_id {
+        id.push_line(&snapshot.config.server.request_id_header, &mut fields);
+    }
     let overload = &snapshot.overload;
     let metrics = &snapshot.route_metrics[index];
     let mut ticket = None;
@@ -245,6 +254,7 @@ pub fn admit(snapshot: &Rc<Pinned>, request: &RequestView<'_>, account: &mut Acc
     overload.admitted.add(1);
     let mut permit = Permit::new(Rc::clone(snapshot), index, upstream, priority, fields);
     permit.cache = ticket;
+    permit.request_id = account.request_id;
     if let Some(status) = cache_status {
         permit.fields.extend_from_slice(status.field_line());
     }
@@ -288,6 +298,8 @@ pub struct Account {
     pub route: Option<usize>,
     /// Method and path, kept only when the access log is on.
     log: Option<(String, String)>,
+    /// The request's id, once given ([`Account::assign_request_id`]).
+    pub request_id: Option<RequestId>,
     done: bool,
 }
 
@@ -330,8 +342,31 @@ impl Account {
             start,
             peer,
             route: None,
+            request_id: None,
             done: false,
         }
+    }
+
+    /// Gives the request its id when `server.request_id` is on: its client's (from `headers`)
+    /// when kept, else a new one.
+    pub fn assign_request_id(&mut self, headers: Option<&dyn HeaderLookup>) -> Option<RequestId> {
+        let server = &self.snapshot.config.server;
+        if !server.request_id {
+            return None;
+        }
+        let ids = &self.worker.ids;
+        let id = match headers {
+            Some(headers) => RequestId::for_request(ids, server, headers),
+            None => RequestId::generate(ids),
+        };
+        self.request_id = Some(id);
+        self.request_id
+    }
+
+    /// Marks Seawall's answer with the request's id.
+    pub fn stamp(&self, refusal: &mut Refusal) {
+        let name = &self.snapshot.config.server.request_id_header;
+        refusal.stamp(name, self.request_id.as_ref());
     }
 
     /// Closes the books: `served` as of `end` (when the response head went out).

@@ -83,6 +83,8 @@ pub struct UpstreamHead<'a> {
     pub peer: SocketAddr,
     /// The version the client spoke (for `Via`).
     pub version: Version,
+    /// The request id's field (name, value): the client's fields of that name are replaced by it.
+    pub request_id: Option<(&'a [u8], &'a [u8])>,
 }
 
 /// Writes the head sent upstream into `out`, without the final blank line (nor `Host` when the
@@ -102,10 +104,16 @@ where
     }
     out.extend_from_slice(head.target);
     out.extend_from_slice(b" HTTP/1.1\r\n");
+    let replaced = |f: &FieldRef<'_>| {
+        head.request_id.is_some_and(|(name, _)| f.name.eq_ignore_ascii_case(name))
+    };
     for field in fields.clone() {
-        if forwards_request_field(field.class) && !field.named {
+        if forwards_request_field(field.class) && !field.named && !replaced(&field) {
             push_field(out, field.name, field.value);
         }
+    }
+    if let Some((name, value)) = head.request_id {
+        push_field(out, name, value);
     }
     if let Some(host) = head.host {
         push_field(out, b"host", host);

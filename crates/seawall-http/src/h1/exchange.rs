@@ -44,7 +44,9 @@ impl<S: Transport> Session<S> {
         let server_config = &snapshot.config.server;
         let Facts { key, idempotent, has_host } = facts;
         let host_is_server = !route.preserve_host || !has_host;
-        self.head.write_upstream(&self.buf, &mut self.out, self.peer, host_is_server);
+        let id_field = (self.request_id.as_ref())
+            .map(|id| (server_config.request_id_header.as_bytes(), id.as_bytes()));
+        self.head.write_upstream(&self.buf, &mut self.out, self.peer, host_is_server, id_field);
         let method = self.head.method.clone();
         let draining = self.worker.drain.fired();
         let mut body = ClientBody::new(
@@ -141,7 +143,7 @@ impl<S: Transport> Session<S> {
             || self.worker.drain.fired()
             || refusal.reason.closes_connection();
         let how = self.answer_kind(close);
-        refusal.write_http1(&mut self.out, how);
+        self.write_refusal(refusal, how);
         if self.write_client_once().await.is_err() {
             return (Served::refused(Reason::ClientClosed, at), After::Close);
         }
@@ -167,7 +169,7 @@ impl<S: Transport> Session<S> {
                 self.worker.shared.registry.client_body_timeouts.add(1);
                 let refusal = Refusal::new(error.reason(), error.detail());
                 let how = self.answer_kind(true);
-                refusal.write_http1(&mut self.out, how);
+                self.write_refusal(&refusal, how);
                 let _ = self.write_client_once().await;
                 (Served::refused(error.reason(), at), After::Close)
             }

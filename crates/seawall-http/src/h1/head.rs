@@ -304,6 +304,7 @@ impl RequestHead {
         out: &mut Vec<u8>,
         client: SocketAddr,
         host_is_server: bool,
+        request_id: Option<(&[u8], &[u8])>,
     ) {
         let host = self.host(buf);
         let head = UpstreamHead {
@@ -316,6 +317,7 @@ impl RequestHead {
             framing: self.framing,
             peer: client,
             version: self.version,
+            request_id,
         };
         let fields = self.fields.iter().map(|f| FieldRef {
             name: slice(buf, f.name),
@@ -366,6 +368,7 @@ mod tests {
             &mut out,
             "192.0.2.7:1".parse().unwrap(),
             host_is_server,
+            None,
         );
         String::from_utf8(out).unwrap()
     }

@@ -20,6 +20,7 @@ use crate::io::{make_room, within, Transport};
 use crate::policy::{self, Account, Admission, Served};
 use crate::problem::{header_timeout_http1, Http1Answer, Reason, Refusal};
 use crate::request::BodyFraming;
+use crate::request_id::RequestId;
 use crate::timer::LazyTimer;
 use crate::worker::Worker;
 
@@ -63,6 +64,8 @@ pub(super) struct Session<S> {
     pub(super) head_sent: Option<Instant>,
     /// `clock` was read at the end of the exchange (it need not be read again to close it).
     pub(super) clock_fresh: bool,
+    /// The current request's id (`server.request_id`).
+    pub(super) request_id: Option<RequestId>,
 }
 
 /// What the upstream call needs of a request's view.
@@ -109,6 +112,7 @@ pub async fn serve<S: Transport>(worker: Rc<Worker>, stream: S, peer: SocketAddr
         clock,
         head_sent: None,
         clock_fresh: false,
+        request_id: None,
     };
     loop {
         let after = match session.next_head().await {
@@ -203,11 +207,13 @@ impl<S: Transport> Session<S> {
         let start = self.tick();
         let worker = Rc::clone(&self.worker);
         let snapshot = worker.snapshot();
-        let account =
+        let mut account =
             Account::open(&worker, &snapshot, self.peer, start, || ("-".into(), "-".into()));
+        // The head was refused: its fields are not to be trusted, the id is Seawall's.
+        self.request_id = account.assign_request_id(None);
         // The head did not parse, but a refused HEAD still gets no body.
         let head = self.buf.starts_with(b"HEAD ");
-        refusal.write_http1(&mut self.out, Http1Answer { close: true, head, http10: false });
+        self.write_refusal(&refusal, Http1Answer { close: true, head, http10: false });
         let written = self.write_client_once().await;
         account.finish(Served::refused(refusal.reason, None), Instant::now());
         if written.is_ok() {
@@ -228,6 +234,7 @@ impl<S: Transport> Session<S> {
         let mut account = Account::open(&worker, &snapshot, self.peer, start, || {
             (view.method.as_str().to_owned(), String::from_utf8_lossy(view.path).into_owned())
         });
+        self.request_id = account.assign_request_id(Some(view.headers));
         let admission = policy::admit(&snapshot, &view, &mut account);
         let mut permit = match admission {
             Admission::Admit(permit) => permit,
@@ -282,7 +289,7 @@ impl<S: Transport> Session<S> {
             || !here
             || self.worker.drain.fired();
         let how = self.answer_kind(close);
-        refusal.write_http1(&mut self.out, how);
+        self.write_refusal(refusal, how);
         if self.write_client_once().await.is_err() {
             return (After::Close, false);
         }
@@ -291,6 +298,19 @@ impl<S: Transport> Session<S> {
         }
         self.consume_request();
         (After::KeepOpen, true)
+    }
+
+    /// Writes Seawall's answer `refusal` into `self.out`, marked with the request's id.
+    pub(super) fn write_refusal(&mut self, refusal: &Refusal, how: Http1Answer) {
+        match &self.request_id {
+            None => refusal.write_http1(&mut self.out, how),
+            Some(id) => {
+                let mut refusal = refusal.clone();
+                let snapshot = self.worker.snapshot();
+                refusal.stamp(&snapshot.config.server.request_id_header, Some(id));
+                refusal.write_http1(&mut self.out, how);
+            }
+        }
     }
 
     /// How Seawall's own answer to the current request goes out.

@@ -88,6 +88,7 @@ pub async fn handle(
     let mut account = Account::open(&worker, &snapshot, peer, start, || {
         (parts.method.as_str().to_owned(), parts.uri.path().to_owned())
     });
+    let request_id = account.assign_request_id(Some(&parts.headers));
     let checked = check_head(&parts.headers, host, snapshot.config.server.max_headers);
     let framing = match checked.and_then(|()| framing(&parts.headers, &body)) {
         Ok(framing) => framing,
@@ -149,6 +150,8 @@ pub async fn handle(
             framing,
             peer,
             version: Version::HTTP_2,
+            request_id: (request_id.as_ref())
+                .map(|id| (snapshot.config.server.request_id_header.as_bytes(), id.as_bytes())),
         },
         fields.iter().copied(),
     );
@@ -294,11 +297,12 @@ fn serve_stored(
 
 /// Seawall's own answer, accounted.
 fn refuse(
-    refusal: Refusal,
+    mut refusal: Refusal,
     account: Account,
     at: Option<(usize, usize)>,
     active: ActiveGuard,
 ) -> Response<ProxyBody> {
+    account.stamp(&mut refusal);
     account.finish(Served::answered(&refusal, at), Instant::now());
     let response = refusal.to_response();
     let (mut parts, body) = response.into_parts();
