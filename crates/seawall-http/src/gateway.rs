@@ -57,7 +57,15 @@ impl Gateway {
         let snapshot = Arc::new(Snapshot::build(config, None, &registry));
         // The cache's shared layer is driven from here, the control plane, before any request.
         snapshot.cache.follow_l2(&snapshot.config.cache);
-        let shared = Arc::new(Shared::new(snapshot, registry, config_path, running, control));
+        let access_log =
+            crate::access_log::Sink::open(&snapshot.config.log, &registry).map_err(|source| {
+                StartError::AccessLog {
+                    path: snapshot.config.log.access_log_file.clone().unwrap_or_default(),
+                    source,
+                }
+            })?;
+        let shared =
+            Arc::new(Shared::new(snapshot, registry, config_path, running, control, access_log));
         let (spread, inboxes) = Spread::new(Arc::clone(&shared.registry), workers);
         let mut threads = Vec::with_capacity(workers);
         for (index, (listener, inbox)) in listeners.into_iter().zip(inboxes).enumerate() {
@@ -126,8 +134,19 @@ impl Gateway {
         self.sweeper.abort();
         self.controller.abort();
         shared.stop_health_checks();
+        let shared = Arc::clone(shared);
+        let _ = tokio::task::spawn_blocking(move || shared.access_log.flush()).await;
         tracing::info!(drained, "stopped");
         drained
+    }
+
+    /// Reopens the access log file by its path (what SIGUSR1 does, after logrotate moved it):
+    /// lines of requests answered after this returns land in the new file.
+    pub async fn reopen_access_log(&self) -> std::io::Result<()> {
+        let shared = Arc::clone(&self.shared);
+        tokio::task::spawn_blocking(move || shared.access_log.reopen())
+            .await
+            .map_err(std::io::Error::other)?
     }
 
     /// Runs until SIGTERM or SIGINT, reloading on SIGHUP and whenever the configuration file
@@ -137,6 +156,7 @@ impl Gateway {
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
         let mut hup = signal(SignalKind::hangup())?;
+        let mut usr1 = signal(SignalKind::user_defined1())?;
         let mut watcher = crate::control::FileWatcher::new(self.shared.config_path.clone());
         loop {
             tokio::select! {
@@ -145,6 +165,11 @@ impl Gateway {
                 _ = hup.recv() => {
                     tracing::info!("SIGHUP: reloading configuration");
                     let _ = Shared::reload_in_background(&self.shared).await;
+                }
+                _ = usr1.recv() => {
+                    if let Err(e) = self.reopen_access_log().await {
+                        tracing::error!(error = %e, "SIGUSR1: the access log could not be reopened");
+                    }
                 }
                 _ = watcher.changed() => {
                     tracing::info!("configuration file changed: reloading");

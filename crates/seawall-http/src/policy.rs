@@ -23,6 +23,7 @@ use http::Method;
 use seawall_config::{Route, RouteAction};
 use seawall_core::priority::Priority;
 
+use crate::access_log::{self, RequestLine};
 use crate::cache::{self, CacheEvent, CacheStatus, Lookup};
 use crate::headers::HeaderLookup;
 use crate::overload::ShedCause;
@@ -296,8 +297,13 @@ pub struct Account {
     peer: SocketAddr,
     /// The route matched, once known.
     pub route: Option<usize>,
-    /// Method and path, kept only when the access log is on.
-    log: Option<(String, String)>,
+    /// What the access log keeps of the request, only when the log is on.
+    log: Option<RequestLine>,
+    /// Bytes of the answer sent to the client (head and body), as far as the engine knows
+    /// when the books close.
+    pub bytes_sent: u64,
+    /// Upstream connect and response-head times of the answering attempt.
+    pub upstream_timing: Option<access_log::Timing>,
     /// The request's id, once given ([`Account::assign_request_id`]).
     pub request_id: Option<RequestId>,
     done: bool,
@@ -326,14 +332,14 @@ impl Served {
 }
 
 impl Account {
-    /// Opens the books of a request that started at `start`; `line` gives its method and path for
-    /// the access log (called only when the log is on).
+    /// Opens the books of a request that started at `start`; `line` gives what the access log
+    /// keeps of it (called only when the log is on).
     pub fn open(
         worker: &Rc<Worker>,
         snapshot: &Rc<Pinned>,
         peer: SocketAddr,
         start: Instant,
-        line: impl FnOnce() -> (String, String),
+        line: impl FnOnce() -> RequestLine,
     ) -> Self {
         Account {
             worker: Rc::clone(worker),
@@ -343,6 +349,8 @@ impl Account {
             peer,
             route: None,
             request_id: None,
+            bytes_sent: 0,
+            upstream_timing: None,
             done: false,
         }
     }
@@ -383,24 +391,63 @@ impl Account {
         let metrics =
             self.route.map_or(&snapshot.unmatched_metrics, |i| &snapshot.route_metrics[i]);
         metrics.record(served.status, elapsed);
-        let Some((method, path)) = &self.log else { return };
+        let Some(line) = &self.log else { return };
         let route = self.route.map_or("", |i| snapshot.config.routes[i].name.as_str());
         let (upstream, server) = served.upstream.map_or(("", ""), |(u, s)| {
             let group = &snapshot.upstreams[u];
             (group.config.name.as_str(), group.servers[s].name.as_str())
         });
-        tracing::info!(
-            target: "seawall::access",
-            client = %self.peer.ip(),
-            method = %method,
-            path = %path,
-            route,
-            upstream,
-            server,
-            status = served.status,
-            duration_ms = elapsed.as_secs_f64() * 1000.0,
-            reason = served.reason.map_or("", Reason::as_str),
-        );
+        let request_id = self.request_id.as_ref().map_or("", RequestId::as_str);
+        let reason = served.reason.map_or("", Reason::as_str);
+        let duration_ms = access_log::millis(elapsed);
+        let timing = self.upstream_timing.unwrap_or_default();
+        let connect_ms = timing.connect.map(access_log::millis);
+        let response_ms = timing.response.map(access_log::millis);
+        let sink = &self.worker.shared.access_log;
+        if let access_log::Sink::Tracing = sink {
+            tracing::info!(
+                target: "seawall::access",
+                client = %self.peer.ip(),
+                method = %line.method,
+                path = %line.path,
+                query = line.query.as_deref(),
+                protocol = line.protocol,
+                route,
+                upstream,
+                server,
+                status = served.status,
+                duration_ms,
+                upstream_connect_ms = connect_ms,
+                upstream_response_ms = response_ms,
+                bytes_received = line.bytes_received,
+                bytes_sent = self.bytes_sent,
+                user_agent = line.user_agent.as_deref(),
+                request_id,
+                reason,
+            );
+            return;
+        }
+        let json = serde_json::json!({
+            "time": access_log::now_rfc3339(),
+            "client": self.peer.ip().to_string(),
+            "method": line.method,
+            "path": line.path,
+            "query": line.query,
+            "protocol": line.protocol,
+            "route": route,
+            "upstream": upstream,
+            "server": server,
+            "status": served.status,
+            "duration_ms": duration_ms,
+            "upstream_connect_ms": connect_ms,
+            "upstream_response_ms": response_ms,
+            "bytes_received": line.bytes_received,
+            "bytes_sent": self.bytes_sent,
+            "user_agent": line.user_agent,
+            "request_id": request_id,
+            "reason": reason,
+        });
+        sink.send(json.to_string());
     }
 }
 

@@ -55,6 +55,8 @@ pub struct Shared {
     pub(crate) connections_per_worker: usize,
     /// Woken each time a client connection closes (the drain waits on it).
     pub(crate) connection_closed: Notify,
+    /// Where access-log lines go (chosen at start: a new `log.access_log_file` takes a restart).
+    pub access_log: crate::access_log::Sink,
     /// Serialises reloads so two cannot interleave.
     reload_lock: Mutex<()>,
     health: Mutex<HealthChecks>,
@@ -80,6 +82,7 @@ impl Shared {
         config_path: Option<PathBuf>,
         running: Running,
         control: tokio::runtime::Handle,
+        access_log: crate::access_log::Sink,
     ) -> Self {
         let workers = running.workers.max(1);
         let (phase, _) = watch::channel(Phase::Running);
@@ -94,6 +97,7 @@ impl Shared {
             running,
             phase,
             connection_closed: Notify::new(),
+            access_log,
             reload_lock: Mutex::new(()),
             control,
         }

@@ -100,6 +100,7 @@ impl<S: Transport> Session<S> {
             }
         };
         let at = response.server();
+        self.upstream_timing = Some(response.timing);
         if response.head.status == 101 {
             return self.switch(response, at).await;
         }
@@ -224,12 +225,14 @@ impl<S: Transport> Session<S> {
             IoSlice::new(end),
             IoSlice::new(last),
         ];
+        let size = slices.iter().map(|s| s.len() as u64).sum::<u64>();
         if write_within(&mut self.stream, &mut slices, &mut self.timer, send_timeout, &self.worker)
             .await
             .is_err()
         {
             return Relayed::ClientGone { status: None };
         }
+        self.sent += size;
         if done {
             {
                 let now = self.tick_ms();
@@ -261,6 +264,7 @@ impl<S: Transport> Session<S> {
             let last: &[u8] = if done && mode == Relay::Rechunk { LAST_CHUNK } else { b"" };
             let mut slices =
                 [IoSlice::new(start), IoSlice::new(piece), IoSlice::new(end), IoSlice::new(last)];
+            let size = slices.iter().map(|s| s.len() as u64).sum::<u64>();
             if write_within(
                 &mut self.stream,
                 &mut slices,
@@ -273,6 +277,7 @@ impl<S: Transport> Session<S> {
             {
                 return Relayed::ClientGone { status: Some(status) };
             }
+            self.sent += size;
             if done {
                 {
                     let now = self.tick_ms();

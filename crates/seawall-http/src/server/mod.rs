@@ -43,6 +43,8 @@ pub enum StartError {
     Listen { addr: SocketAddr, source: std::io::Error },
     #[error("cannot start worker thread: {0}")]
     Thread(std::io::Error),
+    #[error("cannot open the access log {path}: {source}")]
+    AccessLog { path: std::path::PathBuf, source: std::io::Error },
 }
 
 /// Binds `workers` listeners to the same address with `SO_REUSEPORT` so the kernel spreads
