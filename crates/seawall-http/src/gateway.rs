@@ -95,6 +95,23 @@ impl Gateway {
         &self.shared
     }
 
+    /// Shutdown as load balancers can see it (SIGTERM, the Kubernetes preStop convention):
+    /// `/readyz` answers 503 at once, the listeners keep accepting and serving for
+    /// `server.drain_delay` — or until `cut` completes (a second signal) — and then
+    /// [`Gateway::shutdown`] drains. Returns whether everything drained.
+    pub async fn shutdown_after_delay(self, cut: impl std::future::Future<Output = ()>) -> bool {
+        let delay = self.shared.snapshot.load().config.server.drain_delay;
+        self.shared.draining.store(true, Relaxed);
+        if !delay.is_zero() {
+            tracing::info!(?delay, "not ready: serving on for drain_delay, then draining");
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = cut => tracing::info!("second signal: draining now"),
+            }
+        }
+        self.shutdown().await
+    }
+
     /// Graceful shutdown: stop accepting, answer `/readyz` with 503, close idle connections and
     /// tunnels, let in-flight requests finish for up to `server.drain_timeout`, then stop the
     /// workers. Returns whether everything drained.
@@ -150,7 +167,8 @@ impl Gateway {
     }
 
     /// Runs until SIGTERM or SIGINT, reloading on SIGHUP and whenever the configuration file
-    /// changes; then shuts down gracefully.
+    /// changes, reopening the access log on SIGUSR1; then shuts down gracefully after
+    /// `server.drain_delay` ([`Gateway::shutdown_after_delay`]; a second signal cuts the delay).
     pub async fn run_until_signal(self) -> std::io::Result<bool> {
         use tokio::signal::unix::{signal, SignalKind};
         let mut term = signal(SignalKind::terminate())?;
@@ -177,7 +195,13 @@ impl Gateway {
                 }
             }
         }
-        Ok(self.shutdown().await)
+        let again = async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        };
+        Ok(self.shutdown_after_delay(again).await)
     }
 }
 
