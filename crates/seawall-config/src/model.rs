@@ -36,6 +36,9 @@ pub struct Server {
     pub admin: SocketAddr,
     /// Bearer token required by mutating admin endpoints; required for a non-loopback admin address.
     pub admin_token: Option<String>,
+    /// The read endpoints (`/api/v1/state`, `/metrics`) need the token too; the health probes
+    /// (`/healthz`, `/readyz`) stay open.
+    pub admin_token_for_reads: bool,
     /// Worker threads, each with its own listener and upstream pools (0 in the file = one per CPU).
     pub workers: usize,
     pub max_connections: usize,
@@ -59,6 +62,17 @@ pub struct Server {
     /// The request header in which a client says how long it will wait (lower-case); the time
     /// left is forwarded upstream in the same header.
     pub deadline_header: String,
+    /// On SIGTERM, `/readyz` answers 503 at once and the listeners keep serving this long before
+    /// the drain starts, so that load balancers stop sending first (zero: drain at once).
+    pub drain_delay: Duration,
+    /// Every request carries an id (`request_id_header`): sent upstream, returned to the client,
+    /// in the access log and in every refusal.
+    pub request_id: bool,
+    /// The request id's header name (lower-case).
+    pub request_id_header: String,
+    /// A client's own id is kept when it is a sane token (1 to 128 visible ASCII bytes); else,
+    /// or when this is off, Seawall's replaces it.
+    pub trust_request_id: bool,
     /// How a route's `path_prefix` matches when the route does not say (`prefix_match`).
     pub prefix_match: PrefixMatch,
     /// TLS termination on `listen` (`None`: plain HTTP).
@@ -115,6 +129,11 @@ pub struct Log {
     pub level: String,
     pub format: LogFormat,
     pub access_log: bool,
+    /// Where access-log lines go: a file (reopened on SIGUSR1), or `None` for the `tracing`
+    /// output (target `seawall::access`).
+    pub access_log_file: Option<std::path::PathBuf>,
+    /// Whether the access log carries the query string (it may hold tokens: off by default).
+    pub access_log_query: bool,
 }
 
 /// How log lines are written.

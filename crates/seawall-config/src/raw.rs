@@ -90,6 +90,7 @@ pub struct RawServer {
     pub listen: Option<Text>,
     pub admin: Option<Text>,
     pub admin_token: Option<Text>,
+    pub admin_token_for_reads: Option<bool>,
     pub workers: Option<Spanned<i64>>,
     pub max_connections: Option<Spanned<i64>>,
     pub header_timeout: Option<Text>,
@@ -103,6 +104,10 @@ pub struct RawServer {
     pub tunnel_idle_timeout: Option<Text>,
     pub http2: Option<bool>,
     pub deadline_header: Option<Text>,
+    pub drain_delay: Option<Text>,
+    pub request_id: Option<bool>,
+    pub request_id_header: Option<Text>,
+    pub trust_request_id: Option<bool>,
     pub prefix_match: Option<Text>,
     pub tls: Option<RawServerTls>,
     pub http_redirect: Option<Text>,
@@ -145,6 +150,8 @@ pub struct RawLog {
     pub level: Option<Text>,
     pub format: Option<Text>,
     pub access_log: Option<bool>,
+    pub access_log_file: Option<Text>,
+    pub access_log_query: Option<bool>,
 }
 
 /// A size written as a number of bytes or a string with a unit.

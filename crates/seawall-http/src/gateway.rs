@@ -66,7 +66,22 @@ impl Gateway {
         let snapshot = Arc::new(Snapshot::build(config, None, &registry));
         // The cache's shared layer is driven from here, the control plane, before any request.
         snapshot.cache.follow_l2(&snapshot.config.cache);
-        let shared = Arc::new(Shared::new(snapshot, registry, config_path, running, tls, control));
+        let access_log =
+            crate::access_log::Sink::open(&snapshot.config.log, &registry).map_err(|source| {
+                StartError::AccessLog {
+                    path: snapshot.config.log.access_log_file.clone().unwrap_or_default(),
+                    source,
+                }
+            })?;
+        let shared = Arc::new(Shared::new(
+            snapshot,
+            registry,
+            config_path,
+            running,
+            tls,
+            control,
+            access_log,
+        ));
         let (spread, inboxes) = Spread::new(Arc::clone(&shared.registry), workers);
         let mut threads = Vec::with_capacity(workers);
         for (index, (listener, inbox)) in listeners.into_iter().zip(inboxes).enumerate() {
@@ -120,6 +135,23 @@ impl Gateway {
         &self.shared
     }
 
+    /// Shutdown as load balancers can see it (SIGTERM, the Kubernetes preStop convention):
+    /// `/readyz` answers 503 at once, the listeners keep accepting and serving for
+    /// `server.drain_delay` — or until `cut` completes (a second signal) — and then
+    /// [`Gateway::shutdown`] drains. Returns whether everything drained.
+    pub async fn shutdown_after_delay(self, cut: impl std::future::Future<Output = ()>) -> bool {
+        let delay = self.shared.snapshot.load().config.server.drain_delay;
+        self.shared.draining.store(true, Relaxed);
+        if !delay.is_zero() {
+            tracing::info!(?delay, "not ready: serving on for drain_delay, then draining");
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = cut => tracing::info!("second signal: draining now"),
+            }
+        }
+        self.shutdown().await
+    }
+
     /// Graceful shutdown: stop accepting, answer `/readyz` with 503, close idle connections and
     /// tunnels, let in-flight requests finish for up to `server.drain_timeout`, then stop the
     /// workers. Returns whether everything drained.
@@ -160,17 +192,30 @@ impl Gateway {
         self.controller.abort();
         self.certificates.abort();
         shared.stop_health_checks();
+        let shared = Arc::clone(shared);
+        let _ = tokio::task::spawn_blocking(move || shared.access_log.flush()).await;
         tracing::info!(drained, "stopped");
         drained
     }
 
+    /// Reopens the access log file by its path (what SIGUSR1 does, after logrotate moved it):
+    /// lines of requests answered after this returns land in the new file.
+    pub async fn reopen_access_log(&self) -> std::io::Result<()> {
+        let shared = Arc::clone(&self.shared);
+        tokio::task::spawn_blocking(move || shared.access_log.reopen())
+            .await
+            .map_err(std::io::Error::other)?
+    }
+
     /// Runs until SIGTERM or SIGINT, reloading on SIGHUP and whenever the configuration file
-    /// changes; then shuts down gracefully.
+    /// changes, reopening the access log on SIGUSR1; then shuts down gracefully after
+    /// `server.drain_delay` ([`Gateway::shutdown_after_delay`]; a second signal cuts the delay).
     pub async fn run_until_signal(self) -> std::io::Result<bool> {
         use tokio::signal::unix::{signal, SignalKind};
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
         let mut hup = signal(SignalKind::hangup())?;
+        let mut usr1 = signal(SignalKind::user_defined1())?;
         let mut watcher = crate::control::FileWatcher::new(self.shared.config_path.clone());
         loop {
             tokio::select! {
@@ -180,13 +225,24 @@ impl Gateway {
                     tracing::info!("SIGHUP: reloading configuration");
                     let _ = Shared::reload_in_background(&self.shared).await;
                 }
+                _ = usr1.recv() => {
+                    if let Err(e) = self.reopen_access_log().await {
+                        tracing::error!(error = %e, "SIGUSR1: the access log could not be reopened");
+                    }
+                }
                 _ = watcher.changed() => {
                     tracing::info!("configuration file changed: reloading");
                     let _ = Shared::reload_in_background(&self.shared).await;
                 }
             }
         }
-        Ok(self.shutdown().await)
+        let again = async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        };
+        Ok(self.shutdown_after_delay(again).await)
     }
 }
 

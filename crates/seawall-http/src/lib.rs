@@ -2,8 +2,8 @@
 //!
 //! Start with [`Gateway::start`]. The modules are layered, each using only those above it here:
 //!
-//! - plain types: [`problem`] (refusals), [`headers`] (the header policy), [`request`] (the
-//!   request view both engines give), [`fields`] and [`response`] (heads parsed in place),
+//! - plain types: [`problem`] (refusals), [`access_log`] (its lines and destination), [`headers`] (the header policy), [`request`] (the
+//!   request view both engines give), [`request_id`], [`fields`] and [`response`] (heads parsed in place),
 //!   [`chunked`],
 //!   [`metrics`], [`timer`], [`signal`], [`io`], [`faultlog`], [`overload`] (the level and crisis
 //!   mode requests read, the machine's signals), [`control`] (file watching);
@@ -17,6 +17,7 @@
 //! - [`server`] (listeners, workers, parked connections), [`controller`] (the overload controller:
 //!   levels and adaptive limits), then [`admin`], and [`gateway`] on top (start, reload, drain).
 
+pub mod access_log;
 pub mod admin;
 pub mod cache;
 pub mod chunked;
@@ -37,6 +38,7 @@ pub mod problem;
 pub mod proxy;
 pub mod ratelimit;
 pub mod request;
+pub mod request_id;
 pub mod response;
 pub mod router;
 pub mod server;

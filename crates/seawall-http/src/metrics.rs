@@ -426,6 +426,8 @@ pub struct Registry {
     pub tunnels_open: Gauge,
     /// Tunnels closed after `tunnel_idle_timeout` without a byte either way.
     pub tunnel_idle_timeouts: Counter,
+    /// Access-log lines dropped because the writer thread fell behind (its queue was full).
+    pub access_log_dropped: Counter,
     /// Reloads that took effect.
     pub config_reloads: Counter,
     /// Reloads refused because the new file was invalid.
@@ -453,6 +455,7 @@ impl Registry {
             client_aborts: Counter::new(shards),
             tunnels_open: Gauge::new(shards),
             tunnel_idle_timeouts: Counter::new(shards),
+            access_log_dropped: Counter::new(shards),
             config_reloads: Counter::new(shards),
             config_reload_failures: Counter::new(shards),
         }
@@ -581,7 +584,7 @@ impl Registry {
             let v = self.connections_open.shard(worker);
             let _ = writeln!(out, "{name}{{worker=\"{worker}\"}} {v}");
         }
-        let counters: [(&str, &str, u64); 13] = [
+        let counters: [(&str, &str, u64); 14] = [
             (
                 "seawall_connections_total",
                 "Client connections accepted.",
@@ -636,6 +639,11 @@ impl Registry {
                 "seawall_tunnel_idle_timeouts_total",
                 "Tunnels closed after tunnel_idle_timeout without traffic.",
                 self.tunnel_idle_timeouts.get(),
+            ),
+            (
+                "seawall_access_log_dropped_total",
+                "Access-log lines dropped because the file writer fell behind (never waited for).",
+                self.access_log_dropped.get(),
             ),
             (
                 "seawall_config_reloads_total",

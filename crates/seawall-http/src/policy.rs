@@ -23,10 +23,13 @@ use http::Method;
 use seawall_config::Route;
 use seawall_core::priority::Priority;
 
+use crate::access_log::{self, RequestLine};
 use crate::cache::{self, CacheEvent, CacheStatus, Lookup};
+use crate::headers::HeaderLookup;
 use crate::overload::ShedCause;
 use crate::problem::{Reason, Refusal};
 use crate::request::RequestView;
+use crate::request_id::RequestId;
 use crate::router;
 use crate::worker::{Pinned, Worker};
 
@@ -65,6 +68,8 @@ pub struct Permit {
     pub cache: Option<cache::Ticket>,
     /// The length of `fields` before the `x-seawall-cache` line (a stored answer states its own).
     pub fields_before_cache: usize,
+    /// The request's id (`server.request_id`), also in `fields`.
+    pub request_id: Option<RequestId>,
 }
 
 impl Permit {
@@ -86,6 +91,7 @@ impl Permit {
             deadline: None,
             cache: None,
             fields_before_cache,
+            request_id: None,
         }
     }
 
@@ -182,6 +188,9 @@ pub fn admit(snapshot: &Rc<Pinned>, request: &RequestView<'_>, account: &mut Acc
     if let Some(actions) = &route.response_headers {
         fields.extend_from_slice(&actions.lines);
     }
+    if let Some(id) = &account.request_id {
+        id.push_line(&snapshot.config.server.request_id_header, &mut fields);
+    }
     let overload = &snapshot.overload;
     let metrics = &snapshot.route_metrics[index];
     let mut ticket = None;
@@ -268,6 +277,7 @@ pub fn admit(snapshot: &Rc<Pinned>, request: &RequestView<'_>, account: &mut Acc
     let upstream = upstream.unwrap_or_default();
     let mut permit = Permit::new(Rc::clone(snapshot), index, upstream, priority, fields);
     permit.cache = ticket;
+    permit.request_id = account.request_id;
     if let Some(status) = cache_status {
         permit.fields.extend_from_slice(status.field_line());
     }
@@ -309,8 +319,15 @@ pub struct Account {
     peer: SocketAddr,
     /// The route matched, once known.
     pub route: Option<usize>,
-    /// Method and path, kept only when the access log is on.
-    log: Option<(String, String)>,
+    /// What the access log keeps of the request, only when the log is on.
+    log: Option<RequestLine>,
+    /// Bytes of the answer sent to the client (head and body), as far as the engine knows
+    /// when the books close.
+    pub bytes_sent: u64,
+    /// Upstream connect and response-head times of the answering attempt.
+    pub upstream_timing: Option<access_log::Timing>,
+    /// The request's id, once given ([`Account::assign_request_id`]).
+    pub request_id: Option<RequestId>,
     done: bool,
 }
 
@@ -337,14 +354,14 @@ impl Served {
 }
 
 impl Account {
-    /// Opens the books of a request that started at `start`; `line` gives its method and path for
-    /// the access log (called only when the log is on).
+    /// Opens the books of a request that started at `start`; `line` gives what the access log
+    /// keeps of it (called only when the log is on).
     pub fn open(
         worker: &Rc<Worker>,
         snapshot: &Rc<Pinned>,
         peer: SocketAddr,
         start: Instant,
-        line: impl FnOnce() -> (String, String),
+        line: impl FnOnce() -> RequestLine,
     ) -> Self {
         Account {
             worker: Rc::clone(worker),
@@ -353,8 +370,33 @@ impl Account {
             start,
             peer,
             route: None,
+            request_id: None,
+            bytes_sent: 0,
+            upstream_timing: None,
             done: false,
         }
+    }
+
+    /// Gives the request its id when `server.request_id` is on: its client's (from `headers`)
+    /// when kept, else a new one.
+    pub fn assign_request_id(&mut self, headers: Option<&dyn HeaderLookup>) -> Option<RequestId> {
+        let server = &self.snapshot.config.server;
+        if !server.request_id {
+            return None;
+        }
+        let ids = &self.worker.ids;
+        let id = match headers {
+            Some(headers) => RequestId::for_request(ids, server, headers),
+            None => RequestId::generate(ids),
+        };
+        self.request_id = Some(id);
+        self.request_id
+    }
+
+    /// Marks Seawall's answer with the request's id.
+    pub fn stamp(&self, refusal: &mut Refusal) {
+        let name = &self.snapshot.config.server.request_id_header;
+        refusal.stamp(name, self.request_id.as_ref());
     }
 
     /// Closes the books: `served` as of `end` (when the response head went out).
@@ -371,24 +413,63 @@ impl Account {
         let metrics =
             self.route.map_or(&snapshot.unmatched_metrics, |i| &snapshot.route_metrics[i]);
         metrics.record(served.status, elapsed);
-        let Some((method, path)) = &self.log else { return };
+        let Some(line) = &self.log else { return };
         let route = self.route.map_or("", |i| snapshot.config.routes[i].name.as_str());
         let (upstream, server) = served.upstream.map_or(("", ""), |(u, s)| {
             let group = &snapshot.upstreams[u];
             (group.config.name.as_str(), group.servers[s].name.as_str())
         });
-        tracing::info!(
-            target: "seawall::access",
-            client = %self.peer.ip(),
-            method = %method,
-            path = %path,
-            route,
-            upstream,
-            server,
-            status = served.status,
-            duration_ms = elapsed.as_secs_f64() * 1000.0,
-            reason = served.reason.map_or("", Reason::as_str),
-        );
+        let request_id = self.request_id.as_ref().map_or("", RequestId::as_str);
+        let reason = served.reason.map_or("", Reason::as_str);
+        let duration_ms = access_log::millis(elapsed);
+        let timing = self.upstream_timing.unwrap_or_default();
+        let connect_ms = timing.connect.map(access_log::millis);
+        let response_ms = timing.response.map(access_log::millis);
+        let sink = &self.worker.shared.access_log;
+        if let access_log::Sink::Tracing = sink {
+            tracing::info!(
+                target: "seawall::access",
+                client = %self.peer.ip(),
+                method = %line.method,
+                path = %line.path,
+                query = line.query.as_deref(),
+                protocol = line.protocol,
+                route,
+                upstream,
+                server,
+                status = served.status,
+                duration_ms,
+                upstream_connect_ms = connect_ms,
+                upstream_response_ms = response_ms,
+                bytes_received = line.bytes_received,
+                bytes_sent = self.bytes_sent,
+                user_agent = line.user_agent.as_deref(),
+                request_id,
+                reason,
+            );
+            return;
+        }
+        let json = serde_json::json!({
+            "time": access_log::now_rfc3339(),
+            "client": self.peer.ip().to_string(),
+            "method": line.method,
+            "path": line.path,
+            "query": line.query,
+            "protocol": line.protocol,
+            "route": route,
+            "upstream": upstream,
+            "server": server,
+            "status": served.status,
+            "duration_ms": duration_ms,
+            "upstream_connect_ms": connect_ms,
+            "upstream_response_ms": response_ms,
+            "bytes_received": line.bytes_received,
+            "bytes_sent": self.bytes_sent,
+            "user_agent": line.user_agent,
+            "request_id": request_id,
+            "reason": reason,
+        });
+        sink.send(json.to_string());
     }
 }
 

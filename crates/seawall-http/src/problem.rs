@@ -10,6 +10,8 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 use seawall_config::Degrade;
 
+use crate::request_id::RequestId;
+
 /// The header that carries the reason of a refusal.
 pub const REASON_HEADER: &str = "x-seawall-reason";
 
@@ -183,6 +185,10 @@ pub struct Refusal {
     pub fields: Vec<u8>,
     /// The route's degraded answer, served instead of the problem document.
     pub stand_in: Option<Arc<Degrade>>,
+    /// The request's id, stated in the problem document (its field line is in `fields`).
+    pub request_id: Option<Box<str>>,
+    /// Where the id's field line starts in `fields` (a degraded answer carries only that one).
+    id_line_at: usize,
 }
 
 impl Refusal {
@@ -194,7 +200,35 @@ impl Refusal {
             retry_after: reason.retry_after(),
             fields: Vec::new(),
             stand_in: None,
+            request_id: None,
+            id_line_at: 0,
         }
+    }
+
+    /// Marks the answer with the request's id: a field `name: id` and a `request_id` member in
+    /// the problem document. Called by the engine as the refusal goes out.
+    pub fn stamp(&mut self, name: &str, id: Option<&RequestId>) {
+        let Some(id) = id else { return };
+        if self.request_id.is_some() {
+            return;
+        }
+        self.request_id = Some(id.as_str().into());
+        self.id_line_at = self.fields.len();
+        id.push_line(name, &mut self.fields);
+    }
+
+    /// The problem document's response, with the request's id.
+    fn problem(&self) -> Response<Bytes> {
+        let id = self.request_id.as_deref();
+        let mut response = problem_document(
+            self.status(),
+            self.reason.as_str(),
+            &self.detail,
+            self.retry_after,
+            id,
+        );
+        append_field_lines(response.headers_mut(), &self.fields);
+        response
     }
 
     /// Serves `degrade` instead of the problem document (when the route has one).
@@ -214,14 +248,16 @@ impl Refusal {
     /// The answer as a response with a complete body.
     pub fn to_response(&self) -> Response<Bytes> {
         if let Some(degrade) = &self.stand_in {
-            return stand_in(degrade, self.reason);
+            let mut response = stand_in(degrade, self.reason);
+            if self.request_id.is_some() {
+                append_field_lines(response.headers_mut(), &self.fields[self.id_line_at..]);
+            }
+            return response;
         }
-        let mut response =
-            problem_with(self.status(), self.reason.as_str(), &self.detail, self.retry_after);
+        let mut response = self.problem();
         if self.reason.closes_connection() {
             response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
-        append_field_lines(response.headers_mut(), &self.fields);
         response
     }
 
@@ -230,10 +266,7 @@ impl Refusal {
         if self.stand_in.is_some() {
             return write_http1(out, &self.to_response(), how);
         }
-        let mut problem =
-            problem_with(self.status(), self.reason.as_str(), &self.detail, self.retry_after);
-        append_field_lines(problem.headers_mut(), &self.fields);
-        write_http1(out, &problem, how);
+        write_http1(out, &self.problem(), how);
     }
 }
 
@@ -285,14 +318,28 @@ pub fn problem_with(
     detail: &str,
     retry_after: Option<u32>,
 ) -> Response<Bytes> {
-    let body = serde_json::json!({
+    problem_document(status, reason, detail, retry_after, None)
+}
+
+/// A problem response, with the request's id as the member `request_id` when there is one.
+fn problem_document(
+    status: StatusCode,
+    reason: &str,
+    detail: &str,
+    retry_after: Option<u32>,
+    request_id: Option<&str>,
+) -> Response<Bytes> {
+    let mut body = serde_json::json!({
         "type": format!("urn:seawall:problem:{reason}"),
         "title": status.canonical_reason().unwrap_or("Error"),
         "status": status.as_u16(),
         "reason": reason,
         "detail": detail,
-    })
-    .to_string();
+    });
+    if let (Some(id), Some(members)) = (request_id, body.as_object_mut()) {
+        members.insert("request_id".into(), id.into());
+    }
+    let body = body.to_string();
     let mut response = Response::new(Bytes::from(body));
     *response.status_mut() = status;
     let headers = response.headers_mut();

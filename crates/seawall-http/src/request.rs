@@ -69,6 +69,14 @@ pub struct FieldRef<'a> {
     pub named: bool,
 }
 
+/// What the HTTP/1 engine adds to the head it sends upstream: the route's request fields and
+/// the request id's field (name, value).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Added<'a> {
+    pub route: Option<&'a seawall_config::Route>,
+    pub request_id: Option<(&'a [u8], &'a [u8])>,
+}
+
 /// What the head sent upstream says, besides the client's own fields.
 pub struct UpstreamHead<'a> {
     pub method: &'a Method,
@@ -90,6 +98,8 @@ pub struct UpstreamHead<'a> {
     pub version: Version,
     /// The route's `request_headers`: fields removed or replaced, fields added.
     pub edits: Option<&'a HeaderActions>,
+    /// The request id's field (name, value): the client's fields of that name are replaced by it.
+    pub request_id: Option<(&'a [u8], &'a [u8])>,
 }
 
 /// Writes the head sent upstream into `out`, without the final blank line (nor `Host` when the
@@ -110,10 +120,14 @@ where
     }
     out.extend_from_slice(head.target);
     out.extend_from_slice(b" HTTP/1.1\r\n");
+    let replaced = |f: &FieldRef<'_>| {
+        head.request_id.is_some_and(|(name, _)| f.name.eq_ignore_ascii_case(name))
+    };
     for field in fields.clone() {
         if forwards_request_field(field.class)
             && !field.named
             && !head.edits.is_some_and(|e| e.drops(field.name))
+            && !replaced(&field)
         {
             push_field(out, field.name, field.value);
         }
@@ -121,6 +135,9 @@ where
     if let Some(edits) = head.edits {
         // Checked at load: valid names, values without CR or LF, no field that frames.
         out.extend_from_slice(&edits.lines);
+    }
+    if let Some((name, value)) = head.request_id {
+        push_field(out, name, value);
     }
     if let Some(host) = head.host {
         push_field(out, b"host", host);

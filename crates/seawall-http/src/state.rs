@@ -57,6 +57,8 @@ pub struct Shared {
     pub(crate) connections_per_worker: usize,
     /// Woken each time a client connection closes (the drain waits on it).
     pub(crate) connection_closed: Notify,
+    /// Where access-log lines go (chosen at start: a new `log.access_log_file` takes a restart).
+    pub access_log: crate::access_log::Sink,
     /// Serialises reloads so two cannot interleave.
     reload_lock: Mutex<()>,
     health: Mutex<HealthChecks>,
@@ -83,6 +85,7 @@ impl Shared {
         running: Running,
         tls: Option<Arc<crate::tls::Acceptor>>,
         control: tokio::runtime::Handle,
+        access_log: crate::access_log::Sink,
     ) -> Self {
         let workers = running.workers.max(1);
         let (phase, _) = watch::channel(Phase::Running);
@@ -98,6 +101,7 @@ impl Shared {
             tls,
             phase,
             connection_closed: Notify::new(),
+            access_log,
             reload_lock: Mutex::new(()),
             control,
         }

@@ -19,6 +19,8 @@ pub struct Worker {
     pub shared: Arc<Shared>,
     pub pools: Rc<WorkerPools>,
     pub rng: RefCell<FastRng>,
+    /// Request ids, seeded apart from `rng` (whose seed is fixed, for balancing).
+    pub ids: crate::request_id::IdSource,
     /// Fires when the gateway starts draining (idle connections and tunnels then close).
     pub drain: LocalSignal,
     /// The generation and snapshot this worker last loaded.
@@ -33,6 +35,7 @@ impl Worker {
         Worker {
             pools: Rc::default(),
             rng: RefCell::new(FastRng::new(0x5EA_3A11 + index as u64 * 0x9E37_79B9)),
+            ids: crate::request_id::IdSource::default(),
             drain: LocalSignal::default(),
             current: RefCell::new(current),
             shared,

@@ -40,6 +40,7 @@ pub mod defaults {
     pub const PASSIVE_MAX: &str = "300s";
     pub const PASSIVE_PERCENT: u32 = 50;
     pub const DEADLINE_HEADER: &str = "x-request-timeout";
+    pub const REQUEST_ID_HEADER: &str = "x-request-id";
     pub const RATE_LIMIT_MAX_KEYS: u64 = 100_000;
     pub const BREAKER_FAILURE_RATE: f64 = 0.5;
     pub const BREAKER_MIN_REQUESTS: u64 = 20;
@@ -116,6 +117,15 @@ impl Ctx<'_> {
                 fallback
             }
         }
+    }
+
+    /// A duration that may be zero (absent: zero).
+    fn duration_or_zero(&mut self, value: Option<&Text>, key: &str) -> Duration {
+        let Some(v) = value else { return Duration::ZERO };
+        parse_duration(v.get_ref()).unwrap_or_else(|e| {
+            self.error(v.span(), key, e);
+            Duration::ZERO
+        })
     }
 
     fn count(
@@ -237,10 +247,17 @@ fn server(cx: &mut Ctx<'_>, raw: &RawServer) -> Server {
     }
     let max_body =
         cx.size(raw.max_body_size.as_ref(), "server.max_body_size", defaults::MAX_BODY_SIZE);
+    let admin_token_for_reads = raw.admin_token_for_reads.unwrap_or(false);
+    if admin_token_for_reads && admin_token.is_none() {
+        let span = key_span(cx.source, &["server", "admin_token_for_reads"]).unwrap_or(0..0);
+        let message = "needs server.admin_token to be set (the token the read endpoints require)";
+        cx.error(span, "server.admin_token_for_reads", message);
+    }
     Server {
         listen,
         admin,
         admin_token,
+        admin_token_for_reads,
         workers,
         max_connections: cx.count(
             raw.max_connections.as_ref(),
@@ -289,22 +306,23 @@ fn server(cx: &mut Ctx<'_>, raw: &RawServer) -> Server {
             defaults::TUNNEL_IDLE_TIMEOUT,
         ),
         http2: raw.http2.unwrap_or(true),
-        deadline_header: match &raw.deadline_header {
-            // Seawall rewrites this field in every request it forwards: never one that frames
-            // or routes the request.
-            Some(h) if is_protocol_field(h.get_ref()) => {
-                let message = format!("{:?} is a field of the HTTP protocol itself; choose another name, like \"x-request-timeout\"", h.get_ref());
-                cx.error(h.span(), "server.deadline_header", message);
-                defaults::DEADLINE_HEADER.to_string()
-            }
-            Some(h) if !valid_header_name(h.get_ref()) => {
-                let message = format!("{:?} is not a valid header name", h.get_ref());
-                cx.error(h.span(), "server.deadline_header", message);
-                defaults::DEADLINE_HEADER.to_string()
-            }
-            Some(h) => h.get_ref().to_ascii_lowercase(),
-            None => defaults::DEADLINE_HEADER.to_string(),
-        },
+        // Seawall rewrites this field in every request it forwards: never one that frames or
+        // routes the request.
+        deadline_header: header_name(
+            cx,
+            raw.deadline_header.as_ref(),
+            "server.deadline_header",
+            defaults::DEADLINE_HEADER,
+        ),
+        drain_delay: cx.duration_or_zero(raw.drain_delay.as_ref(), "server.drain_delay"),
+        request_id: raw.request_id.unwrap_or(true),
+        request_id_header: header_name(
+            cx,
+            raw.request_id_header.as_ref(),
+            "server.request_id_header",
+            defaults::REQUEST_ID_HEADER,
+        ),
+        trust_request_id: raw.trust_request_id.unwrap_or(true),
         prefix_match: edge::prefix_match(
             cx,
             raw.prefix_match.as_ref(),
@@ -313,6 +331,24 @@ fn server(cx: &mut Ctx<'_>, raw: &RawServer) -> Server {
         ),
         http_redirect: tls::http_redirect(cx, raw.http_redirect.as_ref(), listen, tls.is_some()),
         tls,
+    }
+}
+
+/// A header name Seawall writes into requests or answers: valid, and not one of the protocol's.
+fn header_name(cx: &mut Ctx<'_>, value: Option<&Text>, key: &str, default: &str) -> String {
+    let Some(h) = value else { return default.to_string() };
+    if is_protocol_field(h.get_ref()) {
+        let message = format!(
+            "{:?} is a field of the HTTP protocol itself; choose another name, like {default:?}",
+            h.get_ref()
+        );
+        cx.error(h.span(), key, message);
+        default.to_string()
+    } else if !valid_header_name(h.get_ref()) {
+        cx.error(h.span(), key, format!("{:?} is not a valid header name", h.get_ref()));
+        default.to_string()
+    } else {
+        h.get_ref().to_ascii_lowercase()
     }
 }
 
@@ -344,7 +380,21 @@ fn log(cx: &mut Ctx<'_>, raw: &RawLog) -> Log {
             );
         }
     }
-    Log { level, format, access_log: raw.access_log.unwrap_or(false) }
+    let access_log_file = match &raw.access_log_file {
+        Some(f) if f.get_ref().is_empty() => {
+            cx.error(f.span(), "log.access_log_file", "expected a file path, got an empty string");
+            None
+        }
+        Some(f) => Some(std::path::PathBuf::from(f.get_ref())),
+        None => None,
+    };
+    Log {
+        level,
+        format,
+        access_log: raw.access_log.unwrap_or(false),
+        access_log_file,
+        access_log_query: raw.access_log_query.unwrap_or(false),
+    }
 }
 
 impl RawLog {

@@ -9,12 +9,15 @@
 //! | POST | `/api/v1/reload` | re-reads the configuration file (token-protected) |
 //! | POST | `/api/v1/upstreams/{name}/breaker` | forces a breaker open or closed, or back to auto ([`switches`]) |
 //! | POST | `/api/v1/routes/{name}/disable`, `/enable` | turns a route off and on |
+//! | POST | `/api/v1/upstreams/{name}/servers/{server}/drain`, `/undrain` | takes a server out of balancing and back ([`servers`]) |
 //! | PUT | `/api/v1/mode` | `{"read_only": true \| false}` and/or `{"crisis": "on" \| "off" \| "auto"}` |
 //!
-//! Mutating endpoints require `Authorization: Bearer <server.admin_token>` when a token is set.
+//! Mutating endpoints require `Authorization: Bearer <server.admin_token>` when a token is set;
+//! with `server.admin_token_for_reads`, every endpoint but the health probes does.
 
 mod cache;
 mod overload;
+mod servers;
 mod switches;
 
 use std::convert::Infallible;
@@ -62,6 +65,14 @@ pub async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
 async fn route(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Bytes> {
     let path = req.uri().path();
     let method = req.method();
+    // The health probes stay open to the orchestrator; with `admin_token_for_reads`, everything
+    // else (state and metrics name internal hosts) needs the token.
+    let probe = path == "/healthz" || path == "/readyz";
+    if !probe && shared.snapshot.load().config.server.admin_token_for_reads {
+        if let Some(refusal) = authorize(shared, &req) {
+            return refusal;
+        }
+    }
     let (allowed, response) = match path {
         "/healthz" => (Method::GET, text(StatusCode::OK, "text/plain", "ok\n".into())),
         "/readyz" => (Method::GET, readiness(shared)),
@@ -104,9 +115,20 @@ async fn route(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Bytes> 
     response
 }
 
-/// `POST /api/v1/upstreams/{name}/breaker`, `POST /api/v1/routes/{name}/disable|enable`.
+/// `POST /api/v1/upstreams/{name}/breaker`, `POST /api/v1/routes/{name}/disable|enable`,
+/// `POST /api/v1/upstreams/{name}/servers/{server}/drain|undrain`.
 async fn switch(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Bytes> {
     let path = req.uri().path().to_string();
+    if let Some((upstream, server, drain)) = servers::target(&path) {
+        if req.method() != Method::POST {
+            return method_not_allowed(Method::POST);
+        }
+        if let Some(refusal) = authorize(shared, &req) {
+            return refusal;
+        }
+        let (upstream, server) = (percent_decoded(upstream), percent_decoded(server));
+        return servers::drain(shared, &upstream, &server, drain);
+    }
     let target = if let Some(rest) = path.strip_prefix("/api/v1/upstreams/") {
         rest.strip_suffix("/breaker").map(|name| (name, None))
     } else if let Some(rest) = path.strip_prefix("/api/v1/routes/") {
@@ -258,7 +280,7 @@ fn metrics(shared: &Shared) -> String {
     overload::metrics(&mut out, &snapshot);
     cache::metrics(&mut out, &snapshot);
     let now = seawall_core::clock::now_ms();
-    let families: [(&str, &str, &str, ServerSamples); 5] = [
+    let families: [(&str, &str, &str, ServerSamples); 6] = [
         (
             "seawall_upstream_requests_total",
             "counter",
@@ -290,6 +312,12 @@ fn metrics(shared: &Shared) -> String {
             "gauge",
             "Whether a server passes its active health checks (1) or not (0).",
             &|s, sample| sample("", u64::from(s.healthy.load(Relaxed))),
+        ),
+        (
+            "seawall_upstream_draining",
+            "gauge",
+            "Whether an operator took a server out of balancing (1) or not (0).",
+            &|s, sample| sample("", u64::from(s.draining.load(Relaxed))),
         ),
         (
             "seawall_upstream_ejected",
@@ -456,6 +484,7 @@ fn state(shared: &Shared) -> String {
                         "weight": c.weight,
                         "healthy": s.healthy.load(Relaxed),
                         "ejected": s.outlier.is_ejected(now),
+                        "draining": s.draining.load(Relaxed),
                         "available": s.is_available(now),
                         "consecutive_failures": s.outlier.consecutive_failures(),
                         "ejections": s.outlier.ejections(),

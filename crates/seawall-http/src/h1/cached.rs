@@ -56,6 +56,7 @@ impl<S: Transport> Session<S> {
         if sent.is_err() {
             return (Served::refused(Reason::ClientClosed, None), After::Close);
         }
+        self.sent += (self.out.len() + body.len()) as u64;
         let status = if answer.not_modified { 304 } else { stored.status };
         let served = Served { status, upstream: None, reason: None };
         if close {

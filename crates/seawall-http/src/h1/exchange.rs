@@ -45,8 +45,11 @@ impl<S: Transport> Session<S> {
         let Facts { key, idempotent, has_host } = facts;
         let host_is_server = !route.preserve_host || !has_host;
         let https = self.stream.is_tls();
+        let id_field = (self.request_id.as_ref())
+            .map(|id| (server_config.request_id_header.as_bytes(), id.as_bytes()));
         let (buf, out) = (&self.buf, &mut self.out);
-        self.head.write_upstream(buf, out, self.peer, https, host_is_server, Some(route));
+        let added = crate::request::Added { route: Some(route), request_id: id_field };
+        self.head.write_upstream(buf, out, self.peer, https, host_is_server, added);
         let method = self.head.method.clone();
         let draining = self.worker.drain.fired();
         let mut body = ClientBody::new(
@@ -100,6 +103,7 @@ impl<S: Transport> Session<S> {
             }
         };
         let at = response.server();
+        self.upstream_timing = Some(response.timing);
         if response.head.status == 101 {
             return self.switch(response, at).await;
         }
@@ -143,7 +147,7 @@ impl<S: Transport> Session<S> {
             || self.worker.drain.fired()
             || refusal.reason.closes_connection();
         let how = self.answer_kind(close);
-        refusal.write_http1(&mut self.out, how);
+        self.write_refusal(refusal, how);
         if self.write_client_once().await.is_err() {
             return (Served::refused(Reason::ClientClosed, at), After::Close);
         }
@@ -169,7 +173,7 @@ impl<S: Transport> Session<S> {
                 self.worker.shared.registry.client_body_timeouts.add(1);
                 let refusal = Refusal::new(error.reason(), error.detail());
                 let how = self.answer_kind(true);
-                refusal.write_http1(&mut self.out, how);
+                self.write_refusal(&refusal, how);
                 let _ = self.write_client_once().await;
                 (Served::refused(error.reason(), at), After::Close)
             }
@@ -224,12 +228,14 @@ impl<S: Transport> Session<S> {
             IoSlice::new(end),
             IoSlice::new(last),
         ];
+        let size = slices.iter().map(|s| s.len() as u64).sum::<u64>();
         if write_within(&mut self.stream, &mut slices, &mut self.timer, send_timeout, &self.worker)
             .await
             .is_err()
         {
             return Relayed::ClientGone { status: None };
         }
+        self.sent += size;
         if done {
             {
                 let now = self.tick_ms();
@@ -261,6 +267,7 @@ impl<S: Transport> Session<S> {
             let last: &[u8] = if done && mode == Relay::Rechunk { LAST_CHUNK } else { b"" };
             let mut slices =
                 [IoSlice::new(start), IoSlice::new(piece), IoSlice::new(end), IoSlice::new(last)];
+            let size = slices.iter().map(|s| s.len() as u64).sum::<u64>();
             if write_within(
                 &mut self.stream,
                 &mut slices,
@@ -273,6 +280,7 @@ impl<S: Transport> Session<S> {
             {
                 return Relayed::ClientGone { status: Some(status) };
             }
+            self.sent += size;
             if done {
                 {
                     let now = self.tick_ms();

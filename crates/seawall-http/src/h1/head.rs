@@ -13,7 +13,6 @@ use http::{Method, Version};
 use crate::fields::{range, slice, Field, Fields};
 use crate::headers::{has_token, parse_length, tokens, valid_host, ConnectionOptions, Name};
 use crate::problem::{Reason, Refusal};
-use seawall_config::Route;
 
 use crate::request::{write_upstream_head, BodyFraming, FieldRef, RequestView, UpstreamHead};
 
@@ -310,10 +309,10 @@ impl RequestHead {
         client: SocketAddr,
         https: bool,
         host_is_server: bool,
-        route: Option<&Route>,
+        added: crate::request::Added<'_>,
     ) {
         let host = self.host(buf);
-        let target = match route {
+        let target = match added.route {
             Some(route) => crate::edge::target(route, self.path(buf), self.target(buf)),
             None => std::borrow::Cow::Borrowed(self.target(buf)),
         };
@@ -328,7 +327,8 @@ impl RequestHead {
             peer: client,
             https,
             version: self.version,
-            edits: route.and_then(|r| r.request_headers.as_deref()),
+            edits: added.route.and_then(|r| r.request_headers.as_deref()),
+            request_id: added.request_id,
         };
         let fields = self.fields.iter().map(|f| FieldRef {
             name: slice(buf, f.name),
@@ -380,7 +380,7 @@ mod tests {
             "192.0.2.7:1".parse().unwrap(),
             false,
             host_is_server,
-            None,
+            crate::request::Added::default(),
         );
         String::from_utf8(out).unwrap()
     }

@@ -16,10 +16,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
 use super::head::{Limits, Parsed, RequestHead};
+use crate::access_log::RequestLine;
 use crate::io::{make_room, within, Transport};
 use crate::policy::{self, Account, Admission, Served};
 use crate::problem::{header_timeout_http1, Http1Answer, Reason, Refusal};
 use crate::request::BodyFraming;
+use crate::request_id::RequestId;
 use crate::timer::LazyTimer;
 use crate::worker::Worker;
 
@@ -63,6 +65,12 @@ pub(super) struct Session<S> {
     pub(super) head_sent: Option<Instant>,
     /// `clock` was read at the end of the exchange (it need not be read again to close it).
     pub(super) clock_fresh: bool,
+    /// The current request's id (`server.request_id`).
+    pub(super) request_id: Option<RequestId>,
+    /// Bytes of the current answer written to the client (for the access log).
+    pub(super) sent: u64,
+    /// The upstream times of the current answer (for the access log).
+    pub(super) upstream_timing: Option<crate::access_log::Timing>,
 }
 
 /// What the upstream call needs of a request's view.
@@ -109,6 +117,9 @@ pub async fn serve<S: Transport>(worker: Rc<Worker>, stream: S, peer: SocketAddr
         clock,
         head_sent: None,
         clock_fresh: false,
+        request_id: None,
+        sent: 0,
+        upstream_timing: None,
     };
     loop {
         let after = match session.next_head().await {
@@ -184,9 +195,13 @@ impl<S: Transport> Session<S> {
             match read_within(&mut self.stream, &mut self.buf, &mut self.timer).await {
                 None => {
                     registry.header_timeouts.add(1);
-                    let account = Account::open(&worker, &snapshot, self.peer, self.clock, || {
-                        ("-".into(), "-".into())
-                    });
+                    let account = Account::open(
+                        &worker,
+                        &snapshot,
+                        self.peer,
+                        self.clock,
+                        RequestLine::unparsed,
+                    );
                     account.finish(Served::refused(Reason::HeaderTimeout, None), Instant::now());
                     // Best effort: the client is slow, so waiting for it is not worth it.
                     let _ = write_once(&mut self.stream, header_timeout_http1());
@@ -203,12 +218,15 @@ impl<S: Transport> Session<S> {
         let start = self.tick();
         let worker = Rc::clone(&self.worker);
         let snapshot = worker.snapshot();
-        let account =
-            Account::open(&worker, &snapshot, self.peer, start, || ("-".into(), "-".into()));
+        let mut account =
+            Account::open(&worker, &snapshot, self.peer, start, RequestLine::unparsed);
+        // The head was refused: its fields are not to be trusted, the id is Seawall's.
+        self.request_id = account.assign_request_id(None);
         // The head did not parse, but a refused HEAD still gets no body.
         let head = self.buf.starts_with(b"HEAD ");
-        refusal.write_http1(&mut self.out, Http1Answer { close: true, head, http10: false });
+        self.write_refusal(&refusal, Http1Answer { close: true, head, http10: false });
         let written = self.write_client_once().await;
+        account.bytes_sent = std::mem::take(&mut self.sent);
         account.finish(Served::refused(refusal.reason, None), Instant::now());
         if written.is_ok() {
             After::Linger
@@ -225,14 +243,18 @@ impl<S: Transport> Session<S> {
         let buf = &self.buf[..];
         let fields = self.head.fields(buf);
         let view = self.head.view(buf, &fields, self.peer, self.stream.is_tls());
+        let head_len = self.head.len as u64;
         let mut account = Account::open(&worker, &snapshot, self.peer, start, || {
-            (view.method.as_str().to_owned(), String::from_utf8_lossy(view.path).into_owned())
+            RequestLine::of(&view, snapshot.config.log.access_log_query, head_len)
         });
+        self.sent = 0;
+        self.request_id = account.assign_request_id(Some(view.headers));
         let admission = policy::admit(&snapshot, &view, &mut account);
         let mut permit = match admission {
             Admission::Admit(permit) => permit,
             Admission::Cached(answer) => {
                 let (served, after) = self.serve_stored(&answer.served, &answer.fields, None).await;
+                account.bytes_sent = std::mem::take(&mut self.sent);
                 account.finish(served, Instant::now());
                 if let Some(refresh) = answer.refresh {
                     refresh.spawn(&worker, &snapshot);
@@ -246,6 +268,7 @@ impl<S: Transport> Session<S> {
                 } else {
                     Served::refused(Reason::ClientClosed, None)
                 };
+                account.bytes_sent = std::mem::take(&mut self.sent);
                 account.finish(served, Instant::now());
                 return after;
             }
@@ -270,6 +293,8 @@ impl<S: Transport> Session<S> {
         // The duration runs to the response head; the keep-alive wait that follows, from now.
         let now = if std::mem::take(&mut self.clock_fresh) { self.clock } else { self.tick() };
         let end = self.head_sent.take().unwrap_or(now);
+        account.bytes_sent = std::mem::take(&mut self.sent);
+        account.upstream_timing = self.upstream_timing.take();
         account.finish(served, end);
         drop(permit);
         after
@@ -286,7 +311,7 @@ impl<S: Transport> Session<S> {
             || !here
             || self.worker.drain.fired();
         let how = self.answer_kind(close);
-        refusal.write_http1(&mut self.out, how);
+        self.write_refusal(refusal, how);
         if self.write_client_once().await.is_err() {
             return (After::Close, false);
         }
@@ -295,6 +320,19 @@ impl<S: Transport> Session<S> {
         }
         self.consume_request();
         (After::KeepOpen, true)
+    }
+
+    /// Writes Seawall's answer `refusal` into `self.out`, marked with the request's id.
+    pub(super) fn write_refusal(&mut self, refusal: &Refusal, how: Http1Answer) {
+        match &self.request_id {
+            None => refusal.write_http1(&mut self.out, how),
+            Some(id) => {
+                let mut refusal = refusal.clone();
+                let snapshot = self.worker.snapshot();
+                refusal.stamp(&snapshot.config.server.request_id_header, Some(id));
+                refusal.write_http1(&mut self.out, how);
+            }
+        }
     }
 
     /// How Seawall's own answer to the current request goes out.
@@ -328,7 +366,9 @@ impl<S: Transport> Session<S> {
         let send_timeout = self.worker.snapshot().config.server.send_timeout;
         let mut slices = [io::IoSlice::new(&self.out)];
         write_within(&mut self.stream, &mut slices, &mut self.timer, send_timeout, &self.worker)
-            .await
+            .await?;
+        self.sent += self.out.len() as u64;
+        Ok(())
     }
 
     /// Whether the client has sent bytes not read yet (without waiting).

@@ -23,6 +23,7 @@ use tokio::time::Instant;
 pub use body::ProxyBody;
 use body::StreamBody;
 
+use crate::access_log::RequestLine;
 use crate::cache;
 use crate::headers::{classify, has_token, valid_host, ConnectionOptions};
 use crate::policy::{self, body_limit, Account, Admission, Permit, Served};
@@ -87,8 +88,9 @@ pub async fn handle(
     let target = parts.uri.path_and_query().map_or(&b"/"[..], |pq| pq.as_str().as_bytes());
     let path = parts.uri.path().as_bytes();
     let mut account = Account::open(&worker, &snapshot, peer, start, || {
-        (parts.method.as_str().to_owned(), parts.uri.path().to_owned())
+        RequestLine::of_parts(&parts, snapshot.config.log.access_log_query)
     });
+    let request_id = account.assign_request_id(Some(&parts.headers));
     let checked = check_head(&parts.headers, host, snapshot.config.server.max_headers);
     let framing = match checked.and_then(|()| framing(&parts.headers, &body)) {
         Ok(framing) => framing,
@@ -163,6 +165,8 @@ pub async fn handle(
             https,
             version: Version::HTTP_2,
             edits: route.request_headers.as_deref(),
+            request_id: (request_id.as_ref())
+                .map(|id| (snapshot.config.server.request_id_header.as_bytes(), id.as_bytes())),
         },
         fields.iter().copied(),
     );
@@ -216,6 +220,7 @@ pub async fn handle(
     };
     let mut response = response;
     let at = response.server();
+    account.upstream_timing = Some(response.timing);
     let Ok(headers) = response::to_header_map(&response.view(), &permit.fields) else {
         let detail = "the upstream's transfer coding cannot be sent to this client";
         return Ok(refuse(Refusal::new(Reason::UpstreamError, detail), account, at, active));
@@ -242,8 +247,16 @@ pub async fn handle(
     *answer.status_mut() =
         http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::BAD_GATEWAY);
     *answer.headers_mut() = headers;
+    // The body streams after the books close: its declared length, where it has one.
+    account.bytes_sent = response_length(answer.headers());
     account.finish(Served { status, upstream: at, reason: None }, Instant::now());
     Ok(answer)
+}
+
+/// The body length an answer declares (0 when it streams without one).
+fn response_length(headers: &http::HeaderMap) -> u64 {
+    let value = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok());
+    value.and_then(|v| v.parse().ok()).unwrap_or(0)
 }
 
 /// What the HTTP/1 engine refuses in a head is refused here too: too many fields, a host that is
@@ -289,7 +302,7 @@ fn serve_stored(
     answer: &cache::Served,
     added: &[u8],
     head_only: bool,
-    account: Account,
+    mut account: Account,
     active: ActiveGuard,
 ) -> Response<ProxyBody> {
     let stored = &answer.stored;
@@ -297,6 +310,7 @@ fn serve_stored(
     let (status, headers) = stored.header_map(age, answer.status, added, answer.not_modified);
     let bodiless = answer.not_modified || head_only || stored.status == 204;
     let body = if bodiless { bytes::Bytes::new() } else { stored.body.clone() };
+    account.bytes_sent = body.len() as u64;
     account
         .finish(Served { status: status.as_u16(), upstream: None, reason: None }, Instant::now());
     let mut response =
@@ -308,13 +322,15 @@ fn serve_stored(
 
 /// Seawall's own answer, accounted.
 fn refuse(
-    refusal: Refusal,
-    account: Account,
+    mut refusal: Refusal,
+    mut account: Account,
     at: Option<(usize, usize)>,
     active: ActiveGuard,
 ) -> Response<ProxyBody> {
-    account.finish(Served::answered(&refusal, at), Instant::now());
+    account.stamp(&mut refusal);
     let response = refusal.to_response();
+    account.bytes_sent = response.body().len() as u64;
+    account.finish(Served::answered(&refusal, at), Instant::now());
     let (mut parts, body) = response.into_parts();
     // Connection-specific fields are not allowed in HTTP/2.
     parts.headers.remove(header::CONNECTION);

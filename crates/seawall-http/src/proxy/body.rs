@@ -137,6 +137,8 @@ pub struct UpstreamResponse {
     ledger: Ledger,
     /// The upstream's bulkhead slot, held until the body is done.
     slot: Option<crate::upstream::bulkhead::Slot>,
+    /// Connect and response-head times, measured only for the access log.
+    pub timing: crate::access_log::Timing,
 }
 
 impl UpstreamResponse {
@@ -175,6 +177,7 @@ impl UpstreamResponse {
             trailers: Vec::new(),
             ledger,
             slot: None,
+            timing: crate::access_log::Timing::default(),
         }
     }
 

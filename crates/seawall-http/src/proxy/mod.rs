@@ -43,6 +43,7 @@ pub use refresh::Refresh;
 use resilience::deadline_passed;
 pub use resilience::forward;
 
+use crate::access_log::Timing;
 use crate::chunked::{chunk_line, CHUNK_END, LAST_CHUNK};
 use crate::faultlog;
 use crate::io::{make_room, poll_read_buf, poll_write_all};
@@ -268,11 +269,17 @@ pub(super) async fn forward_to_server<D: Downstream>(
         // A request that cannot be retried must not land on a connection the server is closing:
         // its socket is asked directly.
         let pooled = f.worker.pools.checkout(server, now_ms, !f.idempotent);
+        // The access log's times cost clock readings only when the log is on.
+        let log = f.snapshot.config.log.access_log;
+        let mut connect_time = None;
         let (conn, pooled) = match pooled {
             Some(conn) => (conn, true),
-            None => match connect(f, group, index).await {
-                Ok(conn) => (conn, false),
-                Err(e) => {
+            None => match (log.then(Instant::now), connect(f, group, index).await) {
+                (began, Ok(conn)) => {
+                    connect_time = began.map(|b| b.elapsed());
+                    (conn, false)
+                }
+                (_, Err(e)) => {
                     tried.push(index);
                     if tried.len() >= MAX_CONNECT_ATTEMPTS.min(group.servers.len()) {
                         let detail = format!("could not connect to upstream {name:?}: {e}");
@@ -310,6 +317,10 @@ pub(super) async fn forward_to_server<D: Downstream>(
         }
         return match attempt {
             Attempt::Answered(mut response) => {
+                if log {
+                    let response_time = Some(f.start.elapsed());
+                    response.timing = Timing { connect: connect_time, response: response_time };
+                }
                 let pools = Rc::clone(&f.worker.pools);
                 response.attach(Rc::clone(f.snapshot), pools, (f.upstream, index), inflight);
                 Forwarded::Response(response)

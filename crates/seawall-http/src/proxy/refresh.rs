@@ -16,6 +16,7 @@ use super::{BodyError, Downstream, Forward, Forwarded, Gone};
 use crate::cache::Ticket;
 use crate::headers::{classify, ConnectionOptions, HeaderLookup};
 use crate::request::{write_upstream_head, BodyFraming, FieldRef, UpstreamHead};
+use crate::request_id::RequestId;
 use crate::response::ResponseView;
 use crate::timer::LazyTimer;
 use crate::worker::{Pinned, Worker};
@@ -70,6 +71,9 @@ impl Refresh {
         let host_is_server = !route.preserve_host || self.host.is_none();
         let path = target.split('?').next().unwrap_or("/");
         let upstream_target = crate::edge::target(route, path.as_bytes(), target.as_bytes());
+        // A refresh is its own request: it carries an id of its own.
+        let server = &snapshot.config.server;
+        let id = server.request_id.then(|| RequestId::generate(&worker.ids));
         write_upstream_head(
             &mut head,
             &UpstreamHead {
@@ -84,6 +88,9 @@ impl Refresh {
                 https: self.https,
                 version: http::Version::HTTP_11,
                 edits: route.request_headers.as_deref(),
+                request_id: id
+                    .as_ref()
+                    .map(|id| (server.request_id_header.as_bytes(), id.as_bytes())),
             },
             refs,
         );

@@ -48,6 +48,8 @@ pub enum StartError {
     Thread(std::io::Error),
     #[error("cannot set up TLS: {0}")]
     Tls(String),
+    #[error("cannot open the access log {path}: {source}")]
+    AccessLog { path: std::path::PathBuf, source: std::io::Error },
 }
 
 /// Binds `workers` listeners to the same address with `SO_REUSEPORT` so the kernel spreads

@@ -70,6 +70,9 @@ pub struct ServerState {
     pub address: SocketAddr,
     /// Result of active health checks (true until a check says otherwise).
     pub healthy: AtomicBool,
+    /// Taken out by an operator (`POST .../servers/{server}/drain`): no new requests; what is
+    /// in flight, and its pooled connections, finish.
+    pub draining: AtomicBool,
     /// Passive ejection state.
     pub outlier: Outlier,
     pub metrics: ServerMetrics,
@@ -101,6 +104,7 @@ impl ServerState {
             name: name.to_string(),
             address,
             healthy: AtomicBool::new(true),
+            draining: AtomicBool::new(false),
             outlier: Outlier::default(),
             metrics: ServerMetrics::new(shards),
             tls: None,
@@ -110,7 +114,9 @@ impl ServerState {
     /// Whether requests may go to this server at `now_ms`.
     #[inline]
     pub fn is_available(&self, now_ms: u64) -> bool {
-        self.healthy.load(Relaxed) && !self.outlier.is_ejected(now_ms)
+        self.healthy.load(Relaxed)
+            && !self.draining.load(Relaxed)
+            && !self.outlier.is_ejected(now_ms)
     }
 }
 
