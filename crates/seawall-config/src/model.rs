@@ -58,6 +58,102 @@ pub struct Server {
     /// The request header in which a client says how long it will wait (lower-case); the time
     /// left is forwarded upstream in the same header.
     pub deadline_header: String,
+    /// Who the client is: the PROXY protocol, trusted proxies and `X-Forwarded-For`.
+    pub clients: ClientAddress,
+}
+
+/// `[server]`'s `proxy_protocol`, `trusted_proxies` and `forwarded_for`: where the client's
+/// address comes from, for balancing keys, rate limits, logs and `X-Forwarded-For`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientAddress {
+    /// Every new connection starts with a PROXY protocol header (v1 or v2) whose source
+    /// address replaces the TCP peer's; a connection without one is closed.
+    pub proxy_protocol: bool,
+    /// Peers whose `X-Forwarded-For` is believed: the client is the right-most entry that is
+    /// not itself one of them.
+    pub trusted_proxies: Vec<Cidr>,
+    /// What becomes of a client-sent `X-Forwarded-For` from a peer that is not trusted.
+    pub forwarded_for: ForwardedFor,
+}
+
+impl ClientAddress {
+    /// Whether `ip` is one of the trusted proxies.
+    pub fn trusts(&self, ip: std::net::IpAddr) -> bool {
+        self.trusted_proxies.iter().any(|c| c.contains(ip))
+    }
+}
+
+/// What Seawall does with an `X-Forwarded-For` sent by a peer it does not trust.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ForwardedFor {
+    /// Drop it: the upstream sees only the address Seawall saw (the default, so that no
+    /// upstream mistakes a client's claim for something Seawall vouched for).
+    #[default]
+    Replace,
+    /// Keep it and append the peer's address (the upstream must know it is unverified).
+    Append,
+}
+
+/// An IP network written `address/prefix` (a bare address is a `/32` or `/128`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    net: std::net::IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    /// Parses `10.0.0.0/8`, `::1/128` or a bare address. Host bits below the prefix are an
+    /// error (`10.0.0.1/8` is probably a typo for a host or a network).
+    pub fn parse(text: &str) -> Result<Cidr, String> {
+        let (addr, prefix) = match text.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (text, None),
+        };
+        let net: std::net::IpAddr =
+            addr.trim().parse().map_err(|_| format!("{addr:?} is not an IP address"))?;
+        let max = if net.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => match p.trim().parse::<u8>() {
+                Ok(n) if n <= max => n,
+                _ => return Err(format!("prefix {p:?} is not a number from 0 to {max}")),
+            },
+        };
+        let cidr = Cidr { net, prefix };
+        if cidr.masked(net) != Some(bits(net)) {
+            return Err(format!("{text:?} has bits set past the /{prefix} prefix"));
+        }
+        Ok(cidr)
+    }
+
+    /// Whether `ip` is in this network (an IPv4-mapped IPv6 address counts as IPv4).
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        self.masked(ip.to_canonical()).is_some_and(|bits| Some(bits) == self.masked(self.net))
+    }
+
+    /// `ip`'s bits under this network's mask; `None` for the other family.
+    fn masked(&self, ip: std::net::IpAddr) -> Option<u128> {
+        let width = if ip.is_ipv4() { 32 } else { 128 };
+        if ip.is_ipv4() != self.net.is_ipv4() {
+            return None;
+        }
+        let keep = u32::from(width - self.prefix);
+        let mask = if keep >= 128 { 0 } else { u128::MAX << keep };
+        Some(bits(ip) & mask)
+    }
+}
+
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.net, self.prefix)
+    }
+}
+
+fn bits(ip: std::net::IpAddr) -> u128 {
+    match ip {
+        std::net::IpAddr::V4(v4) => u128::from(u32::from(v4)),
+        std::net::IpAddr::V6(v6) => u128::from(v6),
+    }
 }
 
 /// `[log]`

@@ -103,6 +103,9 @@ pub struct RawServer {
     pub tunnel_idle_timeout: Option<Text>,
     pub http2: Option<bool>,
     pub deadline_header: Option<Text>,
+    pub proxy_protocol: Option<bool>,
+    pub trusted_proxies: Option<Vec<Text>>,
+    pub forwarded_for: Option<Text>,
 }
 
 /// `[log]`

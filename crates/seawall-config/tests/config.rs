@@ -387,3 +387,33 @@ fn header_size_is_bounded_both_ways() {
         }
     }
 }
+
+#[test]
+fn client_address_keys_are_read_and_checked() {
+    let c = parse(MINIMAL, "t.toml").unwrap();
+    assert!(!c.server.clients.proxy_protocol);
+    assert!(c.server.clients.trusted_proxies.is_empty());
+    assert_eq!(c.server.clients.forwarded_for, ForwardedFor::Replace);
+    let keys = "[server]\nproxy_protocol = true\ntrusted_proxies = [\"10.0.0.0/8\", \"::1\"]\nforwarded_for = \"append\"";
+    let c = parse(&MINIMAL.replace("[server]", keys), "t.toml").unwrap();
+    assert!(c.server.clients.proxy_protocol);
+    assert!(c.server.clients.trusts("10.2.3.4".parse().unwrap()));
+    assert!(c.server.clients.trusts("::1".parse().unwrap()));
+    assert!(!c.server.clients.trusts("11.0.0.1".parse().unwrap()));
+    assert_eq!(c.server.clients.forwarded_for, ForwardedFor::Append);
+    let bad = "[server]\ntrusted_proxies = [\"10.0.0.0/8\", \"10.0.0.1/8\", \"proxy\"]\nforwarded_for = \"keep\"";
+    let e = errors(&MINIMAL.replace("[server]", bad));
+    assert_eq!(e.len(), 3, "{e:?}");
+    assert!(
+        e[0].starts_with("t.toml:3:34: server.trusted_proxies[1]: expected a network"),
+        "{e:?}"
+    );
+    assert!(e[0].contains("bits set past the /8"), "{e:?}");
+    assert!(e[1].starts_with("t.toml:3:48: server.trusted_proxies[2]"), "{e:?}");
+    assert!(
+        e[2].starts_with("t.toml:4:17: server.forwarded_for: expected \"replace\" or \"append\""),
+        "{e:?}"
+    );
+    let e = errors(&MINIMAL.replace("[server]", "[server]\nproxy_protocol = \"yes\""));
+    assert!(e[0].starts_with("t.toml:3:18: server.proxy_protocol"), "{e:?}");
+}

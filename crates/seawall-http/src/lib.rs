@@ -19,6 +19,7 @@
 pub mod admin;
 pub mod cache;
 pub mod chunked;
+pub mod client;
 pub mod control;
 pub mod controller;
 pub mod faultlog;

@@ -408,6 +408,9 @@ pub struct Registry {
     pub connections_total: Counter,
     /// Connections closed because the client sent its request head too slowly (answered 408).
     pub header_timeouts: Counter,
+    /// Connections closed because their PROXY protocol header was missing, malformed or not
+    /// complete within the header timeout (`server.proxy_protocol`).
+    pub proxy_protocol_refused: Counter,
     /// Idle keep-alive connections closed by `keepalive_timeout`.
     pub idle_timeouts: Counter,
     /// Idle HTTP/1 connections whose session state was released while they wait.
@@ -440,6 +443,7 @@ impl Registry {
             connections_total: Counter::new(shards),
             connections_handed_over: Counter::new(shards),
             header_timeouts: Counter::new(shards),
+            proxy_protocol_refused: Counter::new(shards),
             idle_timeouts: Counter::new(shards),
             parks: Counter::new(shards),
             client_send_timeouts: Counter::new(shards),
@@ -575,7 +579,7 @@ impl Registry {
             let v = self.connections_open.shard(worker);
             let _ = writeln!(out, "{name}{{worker=\"{worker}\"}} {v}");
         }
-        let counters: [(&str, &str, u64); 11] = [
+        let counters: [(&str, &str, u64); 12] = [
             (
                 "seawall_connections_total",
                 "Client connections accepted.",
@@ -590,6 +594,11 @@ impl Registry {
                 "seawall_client_header_timeouts_total",
                 "Connections closed because no request head came in time (408 if one had started).",
                 self.header_timeouts.get(),
+            ),
+            (
+                "seawall_proxy_protocol_refused_total",
+                "Connections closed because their PROXY protocol header was missing, malformed or late.",
+                self.proxy_protocol_refused.get(),
             ),
             (
                 "seawall_client_idle_timeouts_total",

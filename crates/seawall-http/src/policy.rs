@@ -185,7 +185,7 @@ pub fn admit(snapshot: &Rc<Pinned>, request: &RequestView<'_>, account: &mut Acc
                     ticket,
                     route: index,
                     upstream: read_group(snapshot, route, reads, now_ms).unwrap_or(upstream),
-                    peer: request.peer,
+                    client: request.client,
                     host: request.host.map(<[u8]>::to_vec),
                 });
                 return Admission::Cached(CachedAnswer { served, fields, refresh });

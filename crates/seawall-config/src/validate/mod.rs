@@ -77,6 +77,7 @@ pub mod defaults {
 }
 
 mod cache;
+mod client;
 mod overload;
 mod protections;
 
@@ -231,7 +232,9 @@ fn server(cx: &mut Ctx<'_>, raw: &RawServer) -> Server {
     }
     let max_body =
         cx.size(raw.max_body_size.as_ref(), "server.max_body_size", defaults::MAX_BODY_SIZE);
+    let clients = client::client_address(cx, raw);
     Server {
+        clients,
         listen,
         admin,
         admin_token,

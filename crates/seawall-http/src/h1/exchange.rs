@@ -44,7 +44,7 @@ impl<S: Transport> Session<S> {
         let server_config = &snapshot.config.server;
         let Facts { key, idempotent, has_host } = facts;
         let host_is_server = !route.preserve_host || !has_host;
-        self.head.write_upstream(&self.buf, &mut self.out, self.peer, host_is_server);
+        self.head.write_upstream(&self.buf, &mut self.out, self.client, host_is_server);
         let method = self.head.method.clone();
         let draining = self.worker.drain.fired();
         let mut body = ClientBody::new(

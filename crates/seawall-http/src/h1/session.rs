@@ -16,6 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
 use super::head::{Limits, Parsed, RequestHead};
+use crate::client::Client;
 use crate::io::{make_room, within, Transport};
 use crate::policy::{self, Account, Admission, Served};
 use crate::problem::{header_timeout_http1, Http1Answer, Reason, Refusal};
@@ -48,6 +49,8 @@ pub(super) struct Session<S> {
     pub(super) worker: Rc<Worker>,
     pub(super) stream: S,
     pub(super) peer: SocketAddr,
+    /// The current request's client (see [`Client::of`]).
+    pub(super) client: Client,
     /// What the client sent and this engine has not consumed yet.
     pub(super) buf: BytesMut,
     pub(super) head: RequestHead,
@@ -102,6 +105,7 @@ pub async fn serve<S: Transport>(worker: Rc<Worker>, stream: S, peer: SocketAddr
         worker,
         stream,
         peer,
+        client: Client::direct(peer),
         buf: BytesMut::with_capacity(READ_BUFFER),
         head: RequestHead::default(),
         out: Vec::with_capacity(1024),
@@ -224,8 +228,9 @@ impl<S: Transport> Session<S> {
         let snapshot = worker.snapshot();
         let buf = &self.buf[..];
         let fields = self.head.fields(buf);
-        let view = self.head.view(buf, &fields, self.peer);
-        let mut account = Account::open(&worker, &snapshot, self.peer, start, || {
+        self.client = Client::of(self.peer, &fields, &snapshot.config.server.clients);
+        let view = self.head.view(buf, &fields, self.client);
+        let mut account = Account::open(&worker, &snapshot, self.client.addr, start, || {
             (view.method.as_str().to_owned(), String::from_utf8_lossy(view.path).into_owned())
         });
         let admission = policy::admit(&snapshot, &view, &mut account);

@@ -24,6 +24,7 @@ pub use body::ProxyBody;
 use body::StreamBody;
 
 use crate::cache;
+use crate::client::Client;
 use crate::headers::{classify, has_token, valid_host, ConnectionOptions};
 use crate::policy::{self, body_limit, Account, Admission, Permit, Served};
 use crate::problem::{Reason, Refusal};
@@ -85,7 +86,8 @@ pub async fn handle(
         .or_else(|| parts.headers.get(header::HOST).map(http::HeaderValue::as_bytes));
     let target = parts.uri.path_and_query().map_or(&b"/"[..], |pq| pq.as_str().as_bytes());
     let path = parts.uri.path().as_bytes();
-    let mut account = Account::open(&worker, &snapshot, peer, start, || {
+    let client = Client::of(peer, &parts.headers, &snapshot.config.server.clients);
+    let mut account = Account::open(&worker, &snapshot, client.addr, start, || {
         (parts.method.as_str().to_owned(), parts.uri.path().to_owned())
     });
     let checked = check_head(&parts.headers, host, snapshot.config.server.max_headers);
@@ -101,7 +103,7 @@ pub async fn handle(
         host,
         headers: &parts.headers,
         framing,
-        peer,
+        client,
     };
     let head_only = parts.method == http::Method::HEAD;
     let mut permit = match policy::admit(&snapshot, &view, &mut account) {
@@ -147,7 +149,7 @@ pub async fn handle(
             upgrade: false,
             te_trailers,
             framing,
-            peer,
+            client,
             version: Version::HTTP_2,
         },
         fields.iter().copied(),

@@ -27,7 +27,7 @@ pub struct Refresh {
     pub route: usize,
     pub upstream: usize,
     /// The client that found the entry stale, and the host it asked for.
-    pub peer: std::net::SocketAddr,
+    pub client: crate::client::Client,
     pub host: Option<Vec<u8>>,
 }
 
@@ -76,7 +76,7 @@ impl Refresh {
                 upgrade: false,
                 te_trailers: false,
                 framing: BodyFraming::None,
-                peer: self.peer,
+                client: self.client,
                 version: http::Version::HTTP_11,
             },
             refs,

@@ -226,7 +226,9 @@ impl UpstreamGroup {
     /// request's head may be overwritten by its streaming body.
     pub fn request_key(&self, request: &RequestView<'_>) -> u64 {
         match &self.balancer {
-            Balancer::ConsistentHash(_, key) => hash_of(key, request.headers, request.peer.ip()),
+            Balancer::ConsistentHash(_, key) => {
+                hash_of(key, request.headers, request.client.addr.ip())
+            }
             _ => 0,
         }
     }
