@@ -111,15 +111,18 @@ pub fn parse(bytes: &[u8]) -> Parse {
 
 fn parse_v1(bytes: &[u8]) -> Parse {
     let window = &bytes[..bytes.len().min(V1_MAX)];
-    let Some(cr) = window.iter().position(|&b| b == b'\r') else {
+    // The line is printable ASCII up to its CR: anything else (a bare LF, a NUL, UTF-8) ends it
+    // as malformed, so a header's every prefix is a valid beginning.
+    let Some(cr) = window.iter().position(|&b| !(b' '..=b'~').contains(&b)) else {
         return if bytes.len() >= V1_MAX {
             Parse::Invalid("v1 header longer than 107 bytes")
-        } else if window.contains(&b'\n') {
-            Parse::Invalid("v1 header ends without CRLF")
         } else {
             Parse::Partial
         };
     };
+    if window[cr] != b'\r' {
+        return Parse::Invalid("v1 header has a byte that is not printable ASCII");
+    }
     match bytes.get(cr + 1) {
         None if cr + 1 < V1_MAX => return Parse::Partial,
         Some(b'\n') if cr + 2 <= V1_MAX => {}
@@ -269,6 +272,8 @@ mod tests {
             b"PROXY UDP4 203.0.113.7 10.0.0.1 80 80\r\n",
             b"PROXY tcp4 203.0.113.7 10.0.0.1 80 80\r\n",
             b"PROXY \xff\r\n",
+            b"PROXY UNKNOWN a\nb\r\n",
+            b"PROXY UNKNOWN \0\r\n",
             b"GET / HTTP/1.1\r\n",
             b"PROXX",
         ] {
@@ -380,8 +385,12 @@ mod tests {
                         break;
                     }
                 }
-                if let Parse::Complete { len, .. } = parse(&h) {
+                if let Parse::Complete { len, source } = parse(&h) {
                     assert!(len <= h.len(), "{h:?}");
+                    assert_eq!(parse(&h[..len]), Parse::Complete { len, source }, "{h:?}");
+                    for cut in 0..len {
+                        assert_eq!(parse(&h[..cut]), Parse::Partial, "{h:?} cut at {cut}");
+                    }
                 }
             }
         }
