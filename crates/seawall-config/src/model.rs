@@ -22,10 +22,25 @@ pub struct Config {
     pub rate_limits: Vec<RateLimit>,
     pub overload: Overload,
     pub cache: Cache,
+    pub dns: Dns,
     /// What is valid but probably not meant (a timeout chain that cannot hold, a key this
     /// version accepts but does not enforce yet); `seawall check` prints them, the gateway logs
     /// them.
     pub warnings: Vec<crate::ConfigError>,
+}
+
+/// `[dns]`: how host names in upstreams' `servers` are resolved, and how often again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dns {
+    /// Nameservers to ask (UDP, then TCP); empty = the system's (`/etc/resolv.conf`, and
+    /// `/etc/hosts` first).
+    pub servers: Vec<SocketAddr>,
+    /// Resolve every name again this often, whatever its records' TTL; `None` = at the TTL.
+    pub resolve_interval: Option<Duration>,
+    /// A TTL is raised to at least this (a name with TTL 0 is not asked for every request)...
+    pub min_ttl: Duration,
+    /// ...and lowered to at most this (a name with a day's TTL still follows a move).
+    pub max_ttl: Duration,
 }
 
 /// `[server]`: listeners, workers and client-facing limits.
@@ -235,10 +250,14 @@ pub struct Bulkhead {
 /// One server of an upstream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamServer {
-    /// As written in the file (used in metrics and the state API).
+    /// As written in the file (used in metrics and the state API); for a server found by
+    /// resolving a host name, its address.
     pub name: String,
     pub address: SocketAddr,
     pub weight: u32,
+    /// The `host:port` this server's address was resolved from, when the file named a host:
+    /// such an entry is resolved again at its TTL, and every address becomes a server.
+    pub host: Option<String>,
 }
 
 /// How an upstream spreads requests.

@@ -32,6 +32,18 @@ pub struct RawConfig {
     pub overload: RawOverload,
     #[serde(default)]
     pub cache: RawCache,
+    #[serde(default)]
+    pub dns: RawDns,
+}
+
+/// `[dns]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub struct RawDns {
+    pub servers: Option<Vec<Text>>,
+    pub resolve_interval: Option<Text>,
+    pub min_ttl: Option<Text>,
+    pub max_ttl: Option<Text>,
 }
 
 /// `[cache]`

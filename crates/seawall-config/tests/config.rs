@@ -417,3 +417,37 @@ fn client_address_keys_are_read_and_checked() {
     let e = errors(&MINIMAL.replace("[server]", "[server]\nproxy_protocol = \"yes\""));
     assert!(e[0].starts_with("t.toml:3:18: server.proxy_protocol"), "{e:?}");
 }
+
+#[test]
+fn dns_keys_are_read_and_checked() {
+    let c = parse(MINIMAL, "t.toml").unwrap();
+    assert!(c.dns.servers.is_empty() && c.dns.resolve_interval.is_none());
+    assert_eq!((c.dns.min_ttl, c.dns.max_ttl), (Duration::from_secs(1), Duration::from_secs(300)));
+    assert_eq!(c.upstreams[0].servers[0].host, None, "an address is not resolved again");
+    let named = MINIMAL.replace("\"127.0.0.1:9001\"", "\"app.internal:9001\"")
+        + "[dns]\nservers = [\"127.0.0.1:5353\", \"10.0.0.2\"]\nresolve_interval = \"10s\"\n";
+    let c = parse(&named, "t.toml").unwrap();
+    assert_eq!(c.upstreams[0].servers[1].host.as_deref(), Some("app.internal:9001"));
+    assert_eq!(c.dns.servers, ["127.0.0.1:5353".parse().unwrap(), "10.0.0.2:53".parse().unwrap()]);
+    assert_eq!(c.dns.resolve_interval, Some(Duration::from_secs(10)));
+    let bad = MINIMAL.replace("\"127.0.0.1:9001\"", "\"bad host:9001\"")
+        + "[dns]\nservers = [\"ns.example\"]\nmin_ttl = \"10m\"\nresolve_interval = \"0s\"\n";
+    let e = errors(&bad);
+    assert_eq!(e.len(), 4, "{e:?}");
+    assert!(
+        e.iter().any(|e| e.starts_with("t.toml:18:12: dns.servers[0]: expected an IP address")),
+        "{e:?}"
+    );
+    assert!(
+        e.iter().any(|e| e.starts_with("t.toml:19:11: dns.min_ttl: must not exceed dns.max_ttl")),
+        "{e:?}"
+    );
+    assert!(e.iter().any(|e| e.starts_with("t.toml:20:20: dns.resolve_interval: must be greater than zero")), "{e:?}");
+    let bad_name = MINIMAL.replace("\"127.0.0.1:9001\"", "\"bad host:9001\"")
+        + "[dns]\nservers = [\"127.0.0.1:5353\"]\n";
+    let e = errors(&bad_name);
+    assert!(
+        e[0].starts_with("t.toml:7:30: upstreams.app.servers[1]: expected an address"),
+        "{e:?}"
+    );
+}

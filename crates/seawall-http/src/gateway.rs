@@ -25,6 +25,8 @@ pub struct Gateway {
     admin_task: tokio::task::JoinHandle<()>,
     sweeper: tokio::task::JoinHandle<()>,
     controller: tokio::task::JoinHandle<()>,
+    /// Resolves upstream host names again at their TTL ([`crate::resolve`]).
+    resolver: tokio::task::JoinHandle<()>,
 }
 
 impl Gateway {
@@ -54,10 +56,16 @@ impl Gateway {
         };
         let control = tokio::runtime::Handle::current();
         crate::state::log_warnings(&config);
+        // Host names are resolved before the first request, so none meets an unresolved server.
+        let names = crate::resolve::Names::default();
+        let (_, next_resolve) = crate::resolve::resolve_all(&config, &names, &registry).await;
+        let config = crate::resolve::expand(config, &names.table());
         let snapshot = Arc::new(Snapshot::build(config, None, &registry));
         // The cache's shared layer is driven from here, the control plane, before any request.
         snapshot.cache.follow_l2(&snapshot.config.cache);
-        let shared = Arc::new(Shared::new(snapshot, registry, config_path, running, control));
+        let mut shared = Shared::new(snapshot, registry, config_path, running, control);
+        shared.names = names;
+        let shared = Arc::new(shared);
         let (spread, inboxes) = Spread::new(Arc::clone(&shared.registry), workers);
         let mut threads = Vec::with_capacity(workers);
         for (index, (listener, inbox)) in listeners.into_iter().zip(inboxes).enumerate() {
@@ -68,8 +76,18 @@ impl Gateway {
         let admin_task = tokio::spawn(crate::admin::serve(admin_listener, Arc::clone(&shared)));
         let sweeper = tokio::spawn(sweep_rate_limits(Arc::clone(&shared)));
         let controller = tokio::spawn(crate::controller::run(Arc::clone(&shared)));
+        let resolver = tokio::spawn(crate::resolve::run(Arc::clone(&shared), next_resolve));
         tracing::info!(%listen_addr, %admin_addr, workers, "seawall is listening");
-        Ok(Gateway { shared, threads, listen_addr, admin_addr, admin_task, sweeper, controller })
+        Ok(Gateway {
+            shared,
+            threads,
+            listen_addr,
+            admin_addr,
+            admin_task,
+            sweeper,
+            controller,
+            resolver,
+        })
     }
 
     /// The address the gateway accepts clients on (useful when the config said port 0).
@@ -125,6 +143,7 @@ impl Gateway {
         self.admin_task.abort();
         self.sweeper.abort();
         self.controller.abort();
+        self.resolver.abort();
         shared.stop_health_checks();
         tracing::info!(drained, "stopped");
         drained

@@ -36,6 +36,7 @@ pub mod problem;
 pub mod proxy;
 pub mod ratelimit;
 pub mod request;
+pub mod resolve;
 pub mod response;
 pub mod router;
 pub mod server;

@@ -411,6 +411,9 @@ pub struct Registry {
     /// Connections closed because their PROXY protocol header was missing, malformed or not
     /// complete within the header timeout (`server.proxy_protocol`).
     pub proxy_protocol_refused: Counter,
+    /// Resolutions of upstream host names that failed or found no address (the last good
+    /// addresses stayed).
+    pub dns_failures: Counter,
     /// Idle keep-alive connections closed by `keepalive_timeout`.
     pub idle_timeouts: Counter,
     /// Idle HTTP/1 connections whose session state was released while they wait.
@@ -444,6 +447,7 @@ impl Registry {
             connections_handed_over: Counter::new(shards),
             header_timeouts: Counter::new(shards),
             proxy_protocol_refused: Counter::new(shards),
+            dns_failures: Counter::new(shards),
             idle_timeouts: Counter::new(shards),
             parks: Counter::new(shards),
             client_send_timeouts: Counter::new(shards),
@@ -579,7 +583,7 @@ impl Registry {
             let v = self.connections_open.shard(worker);
             let _ = writeln!(out, "{name}{{worker=\"{worker}\"}} {v}");
         }
-        let counters: [(&str, &str, u64); 12] = [
+        let counters: [(&str, &str, u64); 13] = [
             (
                 "seawall_connections_total",
                 "Client connections accepted.",
@@ -599,6 +603,11 @@ impl Registry {
                 "seawall_proxy_protocol_refused_total",
                 "Connections closed because their PROXY protocol header was missing, malformed or late.",
                 self.proxy_protocol_refused.get(),
+            ),
+            (
+                "seawall_dns_failures_total",
+                "Resolutions of upstream host names that failed or found nothing (the last good addresses stay).",
+                self.dns_failures.get(),
             ),
             (
                 "seawall_client_idle_timeouts_total",
