@@ -28,9 +28,19 @@ use crate::state::Shared;
 #[derive(Default)]
 pub struct Names {
     map: Mutex<HashMap<String, Vec<SocketAddr>>>,
+    /// Wakes the resolver at once: a reload named a host it has not resolved yet.
+    unknown: tokio::sync::Notify,
 }
 
 impl Names {
+    /// Wakes the resolver when `config` names a host it has no addresses for.
+    pub fn follow(&self, config: &Config) {
+        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if hosts(config).iter().any(|h| !map.contains_key(h)) {
+            self.unknown.notify_one();
+        }
+    }
+
     /// A copy of the table (taken once per rebuild).
     pub fn table(&self) -> HashMap<String, Vec<SocketAddr>> {
         self.map.lock().unwrap_or_else(|p| p.into_inner()).clone()
@@ -140,6 +150,7 @@ pub async fn resolve_all(config: &Config, names: &Names, registry: &Registry) ->
     let dns = &config.dns;
     let hosts = hosts(config);
     if hosts.is_empty() {
+        // A reload that names a host wakes the resolver (see `Names::follow`).
         return (false, dns.max_ttl);
     }
     let Some(resolver) = resolver(dns) else {
@@ -172,9 +183,13 @@ pub async fn resolve_all(config: &Config, names: &Names, registry: &Registry) ->
 /// address set changes. Runs on the control runtime until aborted.
 pub async fn run(shared: Arc<Shared>, mut wait: Duration) {
     loop {
-        tokio::time::sleep(wait).await;
-        let config = shared.snapshot.load().config.clone();
-        let (changed, next) = resolve_all(&config, &shared.names, &shared.registry).await;
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = shared.names.unknown.notified() => {}
+        }
+        let snapshot = shared.snapshot.load_full();
+        let (changed, next) = resolve_all(&snapshot.config, &shared.names, &shared.registry).await;
+        drop(snapshot);
         if changed {
             shared.apply_resolved();
         }

@@ -149,6 +149,7 @@ impl Shared {
         {
             tracing::warn!("server.listen, server.admin, server.workers and server.max_connections take effect only after a restart");
         }
+        self.names.follow(&config);
         self.swap(config, &previous);
         self.registry.config_reloads.add(1);
         tracing::info!("configuration reloaded");

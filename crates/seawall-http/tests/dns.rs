@@ -187,3 +187,25 @@ async fn a_failing_nameserver_keeps_the_last_good_addresses() {
     assert_eq!(a.hits(), 12);
     gw.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_not_resolved_yet_is_never_picked_then_serves_once_resolved() {
+    let (a, _b) = two_origins().await;
+    let ns = Nameserver::start(&[A]).await;
+    ns.answer(None);
+    let gw = gateway(&ns, a.addr.port()).await;
+    // Unresolved, the server has no address: a refusal, not a request to this machine.
+    for engine in ENGINES {
+        let answer = get_with(engine, &gw, "/", &[]).await;
+        assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE, "{engine:?}");
+        assert_eq!(answer.header("x-seawall-reason"), "upstream_unavailable", "{engine:?}");
+    }
+    ns.answer(Some(&[A]));
+    eventually(Duration::from_secs(10), "the name resolves", || async {
+        servers(&gw).await.first().is_some_and(|(address, _)| *address == a.addr.to_string())
+    })
+    .await;
+    traffic(&gw, 2).await;
+    assert_eq!(a.hits(), 4);
+    gw.shutdown().await;
+}

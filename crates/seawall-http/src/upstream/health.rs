@@ -35,11 +35,11 @@ impl HealthChecks {
             let Some(check) = &group.config.health else {
                 // Without active checks a server is always eligible (passive ejection still applies).
                 for s in &group.servers {
-                    s.healthy.store(true, Relaxed);
+                    s.healthy.store(s.is_resolved(), Relaxed);
                 }
                 continue;
             };
-            for server in &group.servers {
+            for server in group.servers.iter().filter(|s| s.is_resolved()) {
                 let (check, server, upstream) =
                     (check.clone(), Arc::clone(server), group.config.name.clone());
                 tasks.push(runtime.spawn(probe_loop(check, server, upstream)));

@@ -82,10 +82,16 @@ impl ServerState {
             key,
             name: name.to_string(),
             address,
-            healthy: AtomicBool::new(true),
+            healthy: AtomicBool::new(!address.ip().is_unspecified()),
             outlier: Outlier::default(),
             metrics: ServerMetrics::new(shards),
         }
+    }
+
+    /// Whether the server has an address: a host name not resolved yet (see [`crate::resolve`])
+    /// has the unspecified one, and is never picked nor probed (it would reach this machine).
+    pub fn is_resolved(&self) -> bool {
+        !self.address.ip().is_unspecified()
     }
 
     /// Whether requests may go to this server at `now_ms`.
