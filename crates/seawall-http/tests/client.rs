@@ -282,3 +282,27 @@ async fn rate_limits_key_on_the_proxy_protocol_client() {
 fn lb_ip(header: &[u8]) -> String {
     lossy(header).split(' ').nth(2).unwrap().to_string()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consistent_hashing_keys_on_the_client_behind_a_trusted_proxy() {
+    let (a, b) = (Origin::start().await, Origin::start().await);
+    let body = format!(
+        "[upstreams.app]\nservers = [\"{}\", \"{}\"]\nbalance = \"consistent_hash\"\n[[routes]]\nname = \"all\"\nupstream = \"app\"\n",
+        a.addr, b.addr
+    );
+    let gw = start(config_with_server("trusted_proxies = [\"127.0.0.1/32\"]", &body)).await;
+    let mut origins = std::collections::BTreeSet::new();
+    for engine in ENGINES {
+        for i in 0..20 {
+            let xff = format!("198.51.100.{i}");
+            let first = get_with(engine, &gw, "/", &[("x-forwarded-for", &xff)]).await;
+            let again = get_with(engine, &gw, "/", &[("x-forwarded-for", &xff)]).await;
+            let origin = first.header("x-origin").to_string();
+            assert_eq!(again.header("x-origin"), origin, "{engine:?}: {xff} stays on its server");
+            origins.insert(origin);
+        }
+    }
+    // Keyed on the one peer (127.0.0.1), every request would reach one server.
+    assert_eq!(origins.len(), 2, "clients spread over both servers");
+    gw.shutdown().await;
+}
