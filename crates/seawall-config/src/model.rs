@@ -23,10 +23,25 @@ pub struct Config {
     pub rate_limits: Vec<RateLimit>,
     pub overload: Overload,
     pub cache: Cache,
+    pub dns: Dns,
     /// What is valid but probably not meant (a timeout chain that cannot hold, a key this
     /// version accepts but does not enforce yet); `seawall check` prints them, the gateway logs
     /// them.
     pub warnings: Vec<crate::ConfigError>,
+}
+
+/// `[dns]`: how host names in upstreams' `servers` are resolved, and how often again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dns {
+    /// Nameservers to ask (UDP, then TCP); empty = the system's (`/etc/resolv.conf`, and
+    /// `/etc/hosts` first).
+    pub servers: Vec<SocketAddr>,
+    /// Resolve every name again this often, whatever its records' TTL; `None` = at the TTL.
+    pub resolve_interval: Option<Duration>,
+    /// A TTL is raised to at least this (a name with TTL 0 is not asked for every request)...
+    pub min_ttl: Duration,
+    /// ...and lowered to at most this (a name with a day's TTL still follows a move).
+    pub max_ttl: Duration,
 }
 
 /// `[server]`: listeners, workers and client-facing limits.
@@ -62,6 +77,8 @@ pub struct Server {
     /// The request header in which a client says how long it will wait (lower-case); the time
     /// left is forwarded upstream in the same header.
     pub deadline_header: String,
+    /// Who the client is: the PROXY protocol, trusted proxies and `X-Forwarded-For`.
+    pub clients: ClientAddress,
     /// On SIGTERM, `/readyz` answers 503 at once and the listeners keep serving this long before
     /// the drain starts, so that load balancers stop sending first (zero: drain at once).
     pub drain_delay: Duration,
@@ -121,6 +138,100 @@ pub struct UpstreamTls {
     pub ca_file: Option<PathBuf>,
     /// A client certificate and key presented to the servers.
     pub client_certificate: Option<CertificateFiles>,
+}
+
+/// `[server]`'s `proxy_protocol`, `trusted_proxies` and `forwarded_for`: where the client's
+/// address comes from, for balancing keys, rate limits, logs and `X-Forwarded-For`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientAddress {
+    /// Every new connection starts with a PROXY protocol header (v1 or v2) whose source
+    /// address replaces the TCP peer's; a connection without one is closed.
+    pub proxy_protocol: bool,
+    /// Peers whose `X-Forwarded-For` is believed: the client is the right-most entry that is
+    /// not itself one of them.
+    pub trusted_proxies: Vec<Cidr>,
+    /// What becomes of a client-sent `X-Forwarded-For` from a peer that is not trusted.
+    pub forwarded_for: ForwardedFor,
+}
+
+impl ClientAddress {
+    /// Whether `ip` is one of the trusted proxies.
+    pub fn trusts(&self, ip: std::net::IpAddr) -> bool {
+        self.trusted_proxies.iter().any(|c| c.contains(ip))
+    }
+}
+
+/// What Seawall does with an `X-Forwarded-For` sent by a peer it does not trust.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ForwardedFor {
+    /// Drop it: the upstream sees only the address Seawall saw (the default, so that no
+    /// upstream mistakes a client's claim for something Seawall vouched for).
+    #[default]
+    Replace,
+    /// Keep it and append the peer's address (the upstream must know it is unverified).
+    Append,
+}
+
+/// An IP network written `address/prefix` (a bare address is a `/32` or `/128`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    net: std::net::IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    /// Parses `10.0.0.0/8`, `::1/128` or a bare address. Host bits below the prefix are an
+    /// error (`10.0.0.1/8` is probably a typo for a host or a network).
+    pub fn parse(text: &str) -> Result<Cidr, String> {
+        let (addr, prefix) = match text.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (text, None),
+        };
+        let net: std::net::IpAddr =
+            addr.trim().parse().map_err(|_| format!("{addr:?} is not an IP address"))?;
+        let max = if net.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => match p.trim().parse::<u8>() {
+                Ok(n) if n <= max => n,
+                _ => return Err(format!("prefix {p:?} is not a number from 0 to {max}")),
+            },
+        };
+        let cidr = Cidr { net, prefix };
+        if cidr.masked(net) != Some(bits(net)) {
+            return Err(format!("{text:?} has bits set past the /{prefix} prefix"));
+        }
+        Ok(cidr)
+    }
+
+    /// Whether `ip` is in this network (an IPv4-mapped IPv6 address counts as IPv4).
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        self.masked(ip.to_canonical()).is_some_and(|bits| Some(bits) == self.masked(self.net))
+    }
+
+    /// `ip`'s bits under this network's mask; `None` for the other family.
+    fn masked(&self, ip: std::net::IpAddr) -> Option<u128> {
+        let width = if ip.is_ipv4() { 32 } else { 128 };
+        if ip.is_ipv4() != self.net.is_ipv4() {
+            return None;
+        }
+        let keep = u32::from(width - self.prefix);
+        let mask = if keep >= 128 { 0 } else { u128::MAX << keep };
+        Some(bits(ip) & mask)
+    }
+}
+
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.net, self.prefix)
+    }
+}
+
+fn bits(ip: std::net::IpAddr) -> u128 {
+    match ip {
+        std::net::IpAddr::V4(v4) => u128::from(u32::from(v4)),
+        std::net::IpAddr::V6(v6) => u128::from(v6),
+    }
 }
 
 /// `[log]`
@@ -209,10 +320,14 @@ pub struct Bulkhead {
 /// One server of an upstream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamServer {
-    /// As written in the file (used in metrics and the state API).
+    /// As written in the file (used in metrics and the state API); for a server found by
+    /// resolving a host name, its address.
     pub name: String,
     pub address: SocketAddr,
     pub weight: u32,
+    /// The `host:port` this server's address was resolved from, when the file named a host:
+    /// such an entry is resolved again at its TTL, and every address becomes a server.
+    pub host: Option<String>,
 }
 
 /// How an upstream spreads requests.

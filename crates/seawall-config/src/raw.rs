@@ -32,6 +32,18 @@ pub struct RawConfig {
     pub overload: RawOverload,
     #[serde(default)]
     pub cache: RawCache,
+    #[serde(default)]
+    pub dns: RawDns,
+}
+
+/// `[dns]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub struct RawDns {
+    pub servers: Option<Vec<Text>>,
+    pub resolve_interval: Option<Text>,
+    pub min_ttl: Option<Text>,
+    pub max_ttl: Option<Text>,
 }
 
 /// `[cache]`
@@ -104,6 +116,9 @@ pub struct RawServer {
     pub tunnel_idle_timeout: Option<Text>,
     pub http2: Option<bool>,
     pub deadline_header: Option<Text>,
+    pub proxy_protocol: Option<bool>,
+    pub trusted_proxies: Option<Vec<Text>>,
+    pub forwarded_for: Option<Text>,
     pub drain_delay: Option<Text>,
     pub request_id: Option<bool>,
     pub request_id_header: Option<Text>,

@@ -387,3 +387,67 @@ fn header_size_is_bounded_both_ways() {
         }
     }
 }
+
+#[test]
+fn client_address_keys_are_read_and_checked() {
+    let c = parse(MINIMAL, "t.toml").unwrap();
+    assert!(!c.server.clients.proxy_protocol);
+    assert!(c.server.clients.trusted_proxies.is_empty());
+    assert_eq!(c.server.clients.forwarded_for, ForwardedFor::Replace);
+    let keys = "[server]\nproxy_protocol = true\ntrusted_proxies = [\"10.0.0.0/8\", \"::1\"]\nforwarded_for = \"append\"";
+    let c = parse(&MINIMAL.replace("[server]", keys), "t.toml").unwrap();
+    assert!(c.server.clients.proxy_protocol);
+    assert!(c.server.clients.trusts("10.2.3.4".parse().unwrap()));
+    assert!(c.server.clients.trusts("::1".parse().unwrap()));
+    assert!(!c.server.clients.trusts("11.0.0.1".parse().unwrap()));
+    assert_eq!(c.server.clients.forwarded_for, ForwardedFor::Append);
+    let bad = "[server]\ntrusted_proxies = [\"10.0.0.0/8\", \"10.0.0.1/8\", \"proxy\"]\nforwarded_for = \"keep\"";
+    let e = errors(&MINIMAL.replace("[server]", bad));
+    assert_eq!(e.len(), 3, "{e:?}");
+    assert!(
+        e[0].starts_with("t.toml:3:34: server.trusted_proxies[1]: expected a network"),
+        "{e:?}"
+    );
+    assert!(e[0].contains("bits set past the /8"), "{e:?}");
+    assert!(e[1].starts_with("t.toml:3:48: server.trusted_proxies[2]"), "{e:?}");
+    assert!(
+        e[2].starts_with("t.toml:4:17: server.forwarded_for: expected \"replace\" or \"append\""),
+        "{e:?}"
+    );
+    let e = errors(&MINIMAL.replace("[server]", "[server]\nproxy_protocol = \"yes\""));
+    assert!(e[0].starts_with("t.toml:3:18: server.proxy_protocol"), "{e:?}");
+}
+
+#[test]
+fn dns_keys_are_read_and_checked() {
+    let c = parse(MINIMAL, "t.toml").unwrap();
+    assert!(c.dns.servers.is_empty() && c.dns.resolve_interval.is_none());
+    assert_eq!((c.dns.min_ttl, c.dns.max_ttl), (Duration::from_secs(1), Duration::from_secs(300)));
+    assert_eq!(c.upstreams[0].servers[0].host, None, "an address is not resolved again");
+    let named = MINIMAL.replace("\"127.0.0.1:9001\"", "\"app.internal:9001\"")
+        + "[dns]\nservers = [\"127.0.0.1:5353\", \"10.0.0.2\"]\nresolve_interval = \"10s\"\n";
+    let c = parse(&named, "t.toml").unwrap();
+    assert_eq!(c.upstreams[0].servers[1].host.as_deref(), Some("app.internal:9001"));
+    assert_eq!(c.dns.servers, ["127.0.0.1:5353".parse().unwrap(), "10.0.0.2:53".parse().unwrap()]);
+    assert_eq!(c.dns.resolve_interval, Some(Duration::from_secs(10)));
+    let bad = MINIMAL.replace("\"127.0.0.1:9001\"", "\"bad host:9001\"")
+        + "[dns]\nservers = [\"ns.example\"]\nmin_ttl = \"10m\"\nresolve_interval = \"0s\"\n";
+    let e = errors(&bad);
+    assert_eq!(e.len(), 4, "{e:?}");
+    assert!(
+        e.iter().any(|e| e.starts_with("t.toml:18:12: dns.servers[0]: expected an IP address")),
+        "{e:?}"
+    );
+    assert!(
+        e.iter().any(|e| e.starts_with("t.toml:19:11: dns.min_ttl: must not exceed dns.max_ttl")),
+        "{e:?}"
+    );
+    assert!(e.iter().any(|e| e.starts_with("t.toml:20:20: dns.resolve_interval: must be greater than zero")), "{e:?}");
+    let bad_name = MINIMAL.replace("\"127.0.0.1:9001\"", "\"bad host:9001\"")
+        + "[dns]\nservers = [\"127.0.0.1:5353\"]\n";
+    let e = errors(&bad_name);
+    assert!(
+        e[0].starts_with("t.toml:7:30: upstreams.app.servers[1]: expected an address"),
+        "{e:?}"
+    );
+}

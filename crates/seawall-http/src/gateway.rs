@@ -27,6 +27,8 @@ pub struct Gateway {
     controller: tokio::task::JoinHandle<()>,
     certificates: tokio::task::JoinHandle<()>,
     redirect_addr: Option<SocketAddr>,
+    /// Resolves upstream host names again at their TTL ([`crate::resolve`]).
+    resolver: tokio::task::JoinHandle<()>,
 }
 
 impl Gateway {
@@ -63,6 +65,10 @@ impl Gateway {
             None => None,
         };
         crate::state::log_warnings(&config);
+        // Host names are resolved before the first request, so none meets an unresolved server.
+        let names = crate::resolve::Names::default();
+        let (_, next_resolve) = crate::resolve::resolve_all(&config, &names, &registry).await;
+        let config = crate::resolve::expand(config, &names.table());
         let snapshot = Arc::new(Snapshot::build(config, None, &registry));
         // The cache's shared layer is driven from here, the control plane, before any request.
         snapshot.cache.follow_l2(&snapshot.config.cache);
@@ -73,15 +79,10 @@ impl Gateway {
                     source,
                 }
             })?;
-        let shared = Arc::new(Shared::new(
-            snapshot,
-            registry,
-            config_path,
-            running,
-            tls,
-            control,
-            access_log,
-        ));
+        let mut shared =
+            Shared::new(snapshot, registry, config_path, running, tls, control, access_log);
+        shared.names = names;
+        let shared = Arc::new(shared);
         let (spread, inboxes) = Spread::new(Arc::clone(&shared.registry), workers);
         let mut threads = Vec::with_capacity(workers);
         for (index, (listener, inbox)) in listeners.into_iter().zip(inboxes).enumerate() {
@@ -101,6 +102,7 @@ impl Gateway {
         let sweeper = tokio::spawn(sweep_rate_limits(Arc::clone(&shared)));
         let controller = tokio::spawn(crate::controller::run(Arc::clone(&shared)));
         let certificates = tokio::spawn(follow_certificate_files(Arc::clone(&shared)));
+        let resolver = tokio::spawn(crate::resolve::run(Arc::clone(&shared), next_resolve));
         tracing::info!(%listen_addr, %admin_addr, workers, "seawall is listening");
         Ok(Gateway {
             shared,
@@ -112,6 +114,7 @@ impl Gateway {
             controller,
             certificates,
             redirect_addr,
+            resolver,
         })
     }
 
@@ -191,6 +194,7 @@ impl Gateway {
         self.sweeper.abort();
         self.controller.abort();
         self.certificates.abort();
+        self.resolver.abort();
         shared.stop_health_checks();
         let shared = Arc::clone(shared);
         let _ = tokio::task::spawn_blocking(move || shared.access_log.flush()).await;

@@ -286,7 +286,8 @@ pub fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 }
 
 /// Writes the fields Seawall adds to every request it forwards: `X-Forwarded-For` (the client's
-/// list, every line of it, with the client appended), `X-Forwarded-Proto`, `X-Forwarded-Host`
+/// list, every line of it, when it is kept — see [`crate::client::Client`] — with the peer
+/// appended), `X-Forwarded-Proto`, `X-Forwarded-Host`
 /// (only when the request named a host) and `Via`.
 pub fn write_forwarding<'v>(
     out: &mut Vec<u8>,

@@ -408,6 +408,12 @@ pub struct Registry {
     pub connections_total: Counter,
     /// Connections closed because the client sent its request head too slowly (answered 408).
     pub header_timeouts: Counter,
+    /// Connections closed because their PROXY protocol header was missing, malformed or not
+    /// complete within the header timeout (`server.proxy_protocol`).
+    pub proxy_protocol_refused: Counter,
+    /// Resolutions of upstream host names that failed or found no address (the last good
+    /// addresses stayed).
+    pub dns_failures: Counter,
     /// Idle keep-alive connections closed by `keepalive_timeout`.
     pub idle_timeouts: Counter,
     /// Idle HTTP/1 connections whose session state was released while they wait.
@@ -446,6 +452,8 @@ impl Registry {
             connections_total: Counter::new(shards),
             connections_handed_over: Counter::new(shards),
             header_timeouts: Counter::new(shards),
+            proxy_protocol_refused: Counter::new(shards),
+            dns_failures: Counter::new(shards),
             idle_timeouts: Counter::new(shards),
             parks: Counter::new(shards),
             client_send_timeouts: Counter::new(shards),
@@ -584,7 +592,7 @@ impl Registry {
             let v = self.connections_open.shard(worker);
             let _ = writeln!(out, "{name}{{worker=\"{worker}\"}} {v}");
         }
-        let counters: [(&str, &str, u64); 14] = [
+        let counters: [(&str, &str, u64); 16] = [
             (
                 "seawall_connections_total",
                 "Client connections accepted.",
@@ -599,6 +607,16 @@ impl Registry {
                 "seawall_client_header_timeouts_total",
                 "Connections closed because no request head came in time (408 if one had started).",
                 self.header_timeouts.get(),
+            ),
+            (
+                "seawall_proxy_protocol_refused_total",
+                "Connections closed because their PROXY protocol header was missing, malformed or late.",
+                self.proxy_protocol_refused.get(),
+            ),
+            (
+                "seawall_dns_failures_total",
+                "Resolutions of upstream host names that failed or found nothing (the last good addresses stay).",
+                self.dns_failures.get(),
             ),
             (
                 "seawall_client_idle_timeouts_total",

@@ -212,8 +212,7 @@ pub fn admit(snapshot: &Rc<Pinned>, request: &RequestView<'_>, account: &mut Acc
                     upstream: read_group(snapshot, route, reads, now_ms)
                         .or(upstream)
                         .unwrap_or_default(),
-                    peer: request.peer,
-                    https: request.https,
+                    client: request.client,
                     host: request.host.map(<[u8]>::to_vec),
                 });
                 return Admission::Cached(CachedAnswer { served, fields, refresh });

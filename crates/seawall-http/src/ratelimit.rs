@@ -166,7 +166,7 @@ impl Limiter {
             }
             None => {
                 key.push(b'i');
-                match request.peer.ip() {
+                match request.client.addr.ip().to_canonical() {
                     IpAddr::V4(ip) => key.extend_from_slice(&ip.octets()),
                     // One IPv6 client usually holds a whole /64: it counts as one.
                     IpAddr::V6(ip) => key.extend_from_slice(&ip.octets()[..8]),

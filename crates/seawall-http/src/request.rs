@@ -1,11 +1,10 @@
 //! The request as every stage after parsing sees it, whichever engine parsed it: routing,
 //! admission, balancing keys and the proxy read a [`RequestView`] and nothing engine-specific.
 
-use std::net::SocketAddr;
-
 use http::{Method, Version};
 use seawall_config::HeaderActions;
 
+use crate::client::Client;
 use crate::headers::{
     forwards_request_field, push_field, via_for, write_content_length, write_forwarding,
     HeaderLookup, Name,
@@ -35,10 +34,8 @@ pub struct RequestView<'a> {
     pub host: Option<&'a [u8]>,
     pub headers: &'a dyn HeaderLookup,
     pub framing: BodyFraming,
-    /// The client's address.
-    pub peer: SocketAddr,
-    /// The client came over TLS (`X-Forwarded-Proto: https`).
-    pub https: bool,
+    /// The client (its address, and the hop that connected).
+    pub client: Client,
 }
 
 impl RequestView<'_> {
@@ -91,9 +88,8 @@ pub struct UpstreamHead<'a> {
     /// Ask the upstream for trailers (`TE: trailers`).
     pub te_trailers: bool,
     pub framing: BodyFraming,
-    pub peer: SocketAddr,
-    /// The client came over TLS.
-    pub https: bool,
+    /// Whose address `X-Forwarded-For` ends with, and whether the client's list goes before it.
+    pub client: Client,
     /// The version the client spoke (for `Via`).
     pub version: Version,
     /// The route's `request_headers`: fields removed or replaced, fields added.
@@ -156,9 +152,11 @@ where
         BodyFraming::Length(n) => write_content_length(out, n),
         BodyFraming::Streamed => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
     }
-    let prior = fields.filter(|f| f.class == Name::XForwardedFor && !f.named).map(|f| f.value);
-    let client = head.peer.ip();
-    write_forwarding(out, prior, client, head.https, head.forwarded_host, via_for(head.version));
+    let keep = head.client.keep_forwarded_for;
+    let prior =
+        fields.filter(|f| keep && f.class == Name::XForwardedFor && !f.named).map(|f| f.value);
+    let (peer, https) = (head.client.peer.ip(), head.client.https);
+    write_forwarding(out, prior, peer, https, head.forwarded_host, via_for(head.version));
 }
 
 #[cfg(test)]
@@ -177,8 +175,7 @@ mod tests {
                 host: None,
                 headers,
                 framing: BodyFraming::None,
-                peer: "127.0.0.1:1".parse().unwrap(),
-                https: false,
+                client: Client::direct("127.0.0.1:1".parse().unwrap()),
             };
             v.is_idempotent()
         };

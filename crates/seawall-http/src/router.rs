@@ -106,8 +106,7 @@ upstream = "u"
             host: host.map(str::as_bytes),
             headers: &h,
             framing: crate::request::BodyFraming::None,
-            peer: "127.0.0.1:1".parse().unwrap(),
-            https: false,
+            client: crate::client::Client::direct("127.0.0.1:1".parse().unwrap()),
         };
         let i = find(&rs, &request).unwrap();
         rs[i].name.clone()

@@ -63,6 +63,9 @@ pub struct Shared {
     reload_lock: Mutex<()>,
     health: Mutex<HealthChecks>,
     control: tokio::runtime::Handle,
+    /// The last good addresses of the upstreams' host names: every configuration made current
+    /// is expanded with them ([`crate::resolve`]).
+    pub names: crate::resolve::Names,
 }
 
 /// Why a reload did not take effect.
@@ -91,6 +94,7 @@ impl Shared {
         let (phase, _) = watch::channel(Phase::Running);
         Shared {
             health: Mutex::new(HealthChecks::spawn(&control, &snapshot.upstreams)),
+            names: crate::resolve::Names::default(),
             connections_per_worker: (running.max_connections / workers).max(1),
             snapshot: ArcSwap::new(snapshot),
             generation: AtomicU64::new(0),
@@ -167,6 +171,7 @@ impl Shared {
     pub fn apply(&self, config: Config) {
         let _serial = self.reload_lock.lock().unwrap_or_else(|p| p.into_inner());
         log_warnings(&config);
+        let config = crate::resolve::expand(config, &self.names.table());
         let previous = self.snapshot.load_full();
         let new = &config.server;
         let running = self.running;
@@ -177,15 +182,32 @@ impl Shared {
         {
             tracing::warn!("server.listen, server.admin, server.workers and server.max_connections take effect only after a restart");
         }
-        let snapshot = Arc::new(Snapshot::build(config, Some(&previous), &self.registry));
+        self.names.follow(&config);
+        self.swap(config, &previous);
+        self.registry.config_reloads.add(1);
+        tracing::info!("configuration reloaded");
+    }
+
+    /// Makes the current configuration current again with the upstreams' host names expanded
+    /// to their addresses now (see [`crate::resolve`]): servers are kept, added and dropped as
+    /// on a reload.
+    pub fn apply_resolved(&self) {
+        let _serial = self.reload_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let previous = self.snapshot.load_full();
+        let config = crate::resolve::expand(previous.config.clone(), &self.names.table());
+        self.swap(config, &previous);
+    }
+
+    /// Builds the snapshot of `config` from `previous`, restarts the health checks on its
+    /// servers and makes it current.
+    fn swap(&self, config: Config, previous: &Snapshot) {
+        let snapshot = Arc::new(Snapshot::build(config, Some(previous), &self.registry));
         {
             let mut health = self.health.lock().unwrap_or_else(|p| p.into_inner());
             *health = HealthChecks::spawn(&self.control, &snapshot.upstreams);
         }
         self.snapshot.store(snapshot);
         self.generation.fetch_add(1, Ordering::Release);
-        self.registry.config_reloads.add(1);
-        tracing::info!("configuration reloaded");
     }
 
     /// Stops the health checks (at shutdown).

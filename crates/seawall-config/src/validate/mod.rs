@@ -77,9 +77,13 @@ pub mod defaults {
     pub const CACHE_L2_PREFIX: &str = "seawall:cache:";
     pub const TLS_HANDSHAKE_TIMEOUT: &str = "10s";
     pub const TLS_SESSION_CACHE: u64 = 20_000;
+    pub const DNS_MIN_TTL: &str = "1s";
+    pub const DNS_MAX_TTL: &str = "5m";
 }
 
 mod cache;
+mod client;
+mod dns;
 mod edge;
 mod overload;
 mod protections;
@@ -180,11 +184,12 @@ impl Ctx<'_> {
 pub fn validate(raw: RawConfig, source: &str, file: &str) -> Result<Config, ConfigErrors> {
     let mut cx = Ctx { file, source, errors: Vec::new(), warnings: Vec::new() };
     let server = server(&mut cx, &raw.server);
+    let dns = dns::dns(&mut cx, &raw.dns);
     let log = log(&mut cx, &raw.log);
     let mut upstreams = Vec::new();
     let upstream_names: Vec<String> = raw.upstreams.keys().cloned().collect();
     for (name, up) in &raw.upstreams {
-        upstreams.push(upstream(&mut cx, name, up, &upstream_names));
+        upstreams.push(upstream(&mut cx, name, up, &upstream_names, &dns));
     }
     let rate_limits: Vec<RateLimit> = raw
         .rate_limits
@@ -210,7 +215,7 @@ pub fn validate(raw: RawConfig, source: &str, file: &str) -> Result<Config, Conf
     let cache = cache::cache(&mut cx, &raw.cache);
     if cx.errors.is_empty() {
         let warnings = cx.warnings;
-        Ok(Config { server, log, upstreams, routes, rate_limits, overload, cache, warnings })
+        Ok(Config { server, log, upstreams, routes, rate_limits, overload, cache, dns, warnings })
     } else {
         Err(ConfigErrors(cx.errors))
     }
@@ -253,7 +258,9 @@ fn server(cx: &mut Ctx<'_>, raw: &RawServer) -> Server {
         let message = "needs server.admin_token to be set (the token the read endpoints require)";
         cx.error(span, "server.admin_token_for_reads", message);
     }
+    let clients = client::client_address(cx, raw);
     Server {
+        clients,
         listen,
         admin,
         admin_token,
@@ -424,7 +431,13 @@ fn upstream_index(cx: &mut Ctx<'_>, v: &Text, key: &str, upstreams: &[String]) -
     found
 }
 
-fn upstream(cx: &mut Ctx<'_>, name: &str, raw: &RawUpstream, names: &[String]) -> Upstream {
+fn upstream(
+    cx: &mut Ctx<'_>,
+    name: &str,
+    raw: &RawUpstream,
+    names: &[String],
+    dns: &Dns,
+) -> Upstream {
     let key = |k: &str| format!("upstreams.{name}.{k}");
     let mut servers = Vec::new();
     let entries = match &raw.servers {
@@ -454,11 +467,20 @@ fn upstream(cx: &mut Ctx<'_>, name: &str, raw: &RawUpstream, names: &[String]) -
         if !(1..=1000).contains(&weight) {
             cx.error(entry.span(), &k, format!("weight must be from 1 to 1000, got {weight}"));
         }
-        if let Some(address) = cx.address(&addr, entry.span(), &k) {
+        let literal = addr.parse::<SocketAddr>().ok();
+        let address = match literal {
+            Some(address) => Some(address),
+            // A host name asked of configured nameservers need not be known to the system's:
+            // the gateway resolves it before it starts.
+            None if !dns.servers.is_empty() => dns::host_port(cx, &addr, entry.span(), &k),
+            None => cx.address(&addr, entry.span(), &k),
+        };
+        if let Some(address) = address {
             if servers.iter().any(|s: &UpstreamServer| s.name == addr) {
                 cx.error(entry.span(), &k, format!("server {addr:?} is listed twice"));
             }
             servers.push(UpstreamServer {
+                host: literal.is_none().then(|| addr.clone()),
                 name: addr,
                 address,
                 weight: weight.clamp(1, 1000) as u32,

@@ -481,6 +481,7 @@ fn state(shared: &Shared) -> String {
                 .map(|(s, c)| {
                     json!({
                         "address": s.name,
+                        "host": c.host,
                         "weight": c.weight,
                         "healthy": s.healthy.load(Relaxed),
                         "ejected": s.outlier.is_ejected(now),

@@ -44,12 +44,11 @@ impl<S: Transport> Session<S> {
         let server_config = &snapshot.config.server;
         let Facts { key, idempotent, has_host } = facts;
         let host_is_server = !route.preserve_host || !has_host;
-        let https = self.stream.is_tls();
         let id_field = (self.request_id.as_ref())
             .map(|id| (server_config.request_id_header.as_bytes(), id.as_bytes()));
         let (buf, out) = (&self.buf, &mut self.out);
         let added = crate::request::Added { route: Some(route), request_id: id_field };
-        self.head.write_upstream(buf, out, self.peer, https, host_is_server, added);
+        self.head.write_upstream(buf, out, self.client, host_is_server, added);
         let method = self.head.method.clone();
         let draining = self.worker.drain.fired();
         let mut body = ClientBody::new(

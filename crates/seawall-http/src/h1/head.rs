@@ -6,10 +6,10 @@
 //! `Expect: 100-continue`, upgrades and absolute-form targets included.
 
 use std::mem::MaybeUninit;
-use std::net::SocketAddr;
 
 use http::{Method, Version};
 
+use crate::client::Client;
 use crate::fields::{range, slice, Field, Fields};
 use crate::headers::{has_token, parse_length, tokens, valid_host, ConnectionOptions, Name};
 use crate::problem::{Reason, Refusal};
@@ -283,8 +283,7 @@ impl RequestHead {
         &'h self,
         buf: &'h [u8],
         fields: &'h Fields<'h>,
-        peer: SocketAddr,
-        https: bool,
+        client: Client,
     ) -> RequestView<'h> {
         RequestView {
             method: &self.method,
@@ -294,8 +293,7 @@ impl RequestHead {
             host: self.host(buf),
             headers: fields,
             framing: self.framing,
-            peer,
-            https,
+            client,
         }
     }
 
@@ -306,8 +304,7 @@ impl RequestHead {
         &self,
         buf: &[u8],
         out: &mut Vec<u8>,
-        client: SocketAddr,
-        https: bool,
+        client: Client,
         host_is_server: bool,
         added: crate::request::Added<'_>,
     ) {
@@ -324,8 +321,7 @@ impl RequestHead {
             upgrade: self.upgrade,
             te_trailers: self.te_trailers,
             framing: self.framing,
-            peer: client,
-            https,
+            client,
             version: self.version,
             edits: added.route.and_then(|r| r.request_headers.as_deref()),
             request_id: added.request_id,
@@ -370,18 +366,22 @@ mod tests {
         }
     }
 
+    /// The head sent upstream for a client whose `X-Forwarded-For` is kept (a trusted peer).
     fn upstream(text: &str, host_is_server: bool) -> String {
+        let client = Client { keep_forwarded_for: true, ..Client::direct(peer()) };
+        upstream_for(text, host_is_server, client)
+    }
+
+    fn peer() -> std::net::SocketAddr {
+        "192.0.2.7:1".parse().unwrap()
+    }
+
+    fn upstream_for(text: &str, host_is_server: bool, client: Client) -> String {
         let (head, result) = parsed(text);
         assert_eq!(result, Parsed::Complete, "{text:?}");
         let mut out = Vec::new();
-        head.write_upstream(
-            text.as_bytes(),
-            &mut out,
-            "192.0.2.7:1".parse().unwrap(),
-            false,
-            host_is_server,
-            crate::request::Added::default(),
-        );
+        let added = crate::request::Added::default();
+        head.write_upstream(text.as_bytes(), &mut out, client, host_is_server, added);
         String::from_utf8(out).unwrap()
     }
 
@@ -468,6 +468,9 @@ mod tests {
             upstream(text, false).contains("host: shop\r\n"),
             "Connection: host cannot drop Host"
         );
+        let replaced = upstream_for(text, true, Client::direct(peer()));
+        assert!(replaced.contains("\r\nx-forwarded-for: 192.0.2.7\r\n"), "{replaced}");
+        assert!(!replaced.contains("10.0.0.1"), "{replaced}");
     }
 
     #[test]

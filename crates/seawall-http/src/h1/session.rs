@@ -17,6 +17,7 @@ use tokio::time::Instant;
 
 use super::head::{Limits, Parsed, RequestHead};
 use crate::access_log::RequestLine;
+use crate::client::Client;
 use crate::io::{make_room, within, Transport};
 use crate::policy::{self, Account, Admission, Served};
 use crate::problem::{header_timeout_http1, Http1Answer, Reason, Refusal};
@@ -50,6 +51,8 @@ pub(super) struct Session<S> {
     pub(super) worker: Rc<Worker>,
     pub(super) stream: S,
     pub(super) peer: SocketAddr,
+    /// The current request's client (see [`Client::of`]).
+    pub(super) client: Client,
     /// What the client sent and this engine has not consumed yet.
     pub(super) buf: BytesMut,
     pub(super) head: RequestHead,
@@ -110,6 +113,7 @@ pub async fn serve<S: Transport>(worker: Rc<Worker>, stream: S, peer: SocketAddr
         worker,
         stream,
         peer,
+        client: Client::direct(peer),
         buf: BytesMut::with_capacity(READ_BUFFER),
         head: RequestHead::default(),
         out: Vec::with_capacity(1024),
@@ -242,9 +246,11 @@ impl<S: Transport> Session<S> {
         let snapshot = worker.snapshot();
         let buf = &self.buf[..];
         let fields = self.head.fields(buf);
-        let view = self.head.view(buf, &fields, self.peer, self.stream.is_tls());
+        let https = self.stream.is_tls();
+        self.client = Client::of(self.peer, &fields, &snapshot.config.server.clients).over(https);
+        let view = self.head.view(buf, &fields, self.client);
         let head_len = self.head.len as u64;
-        let mut account = Account::open(&worker, &snapshot, self.peer, start, || {
+        let mut account = Account::open(&worker, &snapshot, self.client.addr, start, || {
             RequestLine::of(&view, snapshot.config.log.access_log_query, head_len)
         });
         self.sent = 0;

@@ -25,6 +25,7 @@ use body::StreamBody;
 
 use crate::access_log::RequestLine;
 use crate::cache;
+use crate::client::Client;
 use crate::headers::{classify, has_token, valid_host, ConnectionOptions};
 use crate::policy::{self, body_limit, Account, Admission, Permit, Served};
 use crate::problem::{Reason, Refusal};
@@ -87,7 +88,8 @@ pub async fn handle(
         .or_else(|| parts.headers.get(header::HOST).map(http::HeaderValue::as_bytes));
     let target = parts.uri.path_and_query().map_or(&b"/"[..], |pq| pq.as_str().as_bytes());
     let path = parts.uri.path().as_bytes();
-    let mut account = Account::open(&worker, &snapshot, peer, start, || {
+    let client = Client::of(peer, &parts.headers, &snapshot.config.server.clients).over(https);
+    let mut account = Account::open(&worker, &snapshot, client.addr, start, || {
         RequestLine::of_parts(&parts, snapshot.config.log.access_log_query)
     });
     let request_id = account.assign_request_id(Some(&parts.headers));
@@ -104,8 +106,7 @@ pub async fn handle(
         host,
         headers: &parts.headers,
         framing,
-        peer,
-        https,
+        client,
     };
     let head_only = parts.method == http::Method::HEAD;
     let mut permit = match policy::admit(&snapshot, &view, &mut account) {
@@ -161,8 +162,7 @@ pub async fn handle(
             upgrade: false,
             te_trailers,
             framing,
-            peer,
-            https,
+            client,
             version: Version::HTTP_2,
             edits: route.request_headers.as_deref(),
             request_id: (request_id.as_ref())

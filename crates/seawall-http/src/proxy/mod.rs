@@ -292,7 +292,7 @@ pub(super) async fn forward_to_server<D: Downstream>(
         };
         f.head.truncate(f.head_len);
         if f.host_is_server {
-            crate::headers::push_field(f.head, b"host", server.name.as_bytes());
+            crate::headers::push_field(f.head, b"host", server.authority.as_bytes());
         }
         if let Some(deadline) = f.deadline {
             let left = deadline.saturating_duration_since(Instant::now()).as_millis();

@@ -28,9 +28,7 @@ pub struct Refresh {
     pub route: usize,
     pub upstream: usize,
     /// The client that found the entry stale, and the host it asked for.
-    pub peer: std::net::SocketAddr,
-    /// The client came over TLS.
-    pub https: bool,
+    pub client: crate::client::Client,
     pub host: Option<Vec<u8>>,
 }
 
@@ -84,8 +82,7 @@ impl Refresh {
                 upgrade: false,
                 te_trailers: false,
                 framing: BodyFraming::None,
-                peer: self.peer,
-                https: self.https,
+                client: self.client,
                 version: http::Version::HTTP_11,
                 edits: route.request_headers.as_deref(),
                 request_id: id

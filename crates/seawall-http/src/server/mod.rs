@@ -14,6 +14,7 @@
 
 pub mod conn;
 pub mod lot;
+pub mod proxy_protocol;
 pub mod redirect;
 pub mod spread;
 
@@ -346,7 +347,7 @@ async fn wait_for_data(
 async fn serve_connection(
     host: Rc<Host>,
     mut stream: ClientConn,
-    peer: SocketAddr,
+    mut peer: SocketAddr,
     mut permit: OwnedSemaphorePermit,
     mut resumed: bool,
 ) {
@@ -358,6 +359,15 @@ async fn serve_connection(
         let _ = stream.tcp().set_nodelay(true);
     }
     let mut open = OpenConnection { worker, parked: false };
+    if let (false, ClientConn::Plain(tcp)) = (resumed, &mut stream) {
+        // The PROXY protocol's address stands for the peer from here on (a parked connection
+        // keeps it, and resumes without a header). It comes before any TLS handshake.
+        match proxied_peer(worker, tcp).await {
+            Ok(Some(client)) => peer = client,
+            Ok(None) => {}
+            Err(()) => return,
+        }
+    }
     loop {
         // A new connection must start a request within the header timeout. A resumed one has
         // bytes waiting and was HTTP/1 (HTTP/2 sessions do not park).
@@ -432,6 +442,27 @@ async fn serve_connection(
             }
         }
     }
+}
+
+/// With `server.proxy_protocol`, reads the header a new connection starts with: the client
+/// address it states (`None`: keep the TCP peer's), or `Err` when the connection is to close.
+async fn proxied_peer(worker: &Worker, stream: &mut TcpStream) -> Result<Option<SocketAddr>, ()> {
+    let timeout = {
+        let snapshot = worker.snapshot();
+        let server = &snapshot.config.server;
+        if !server.clients.proxy_protocol {
+            return Ok(None);
+        }
+        server.header_timeout
+    };
+    let read = tokio::select! {
+        r = proxy_protocol::read_header(stream, timeout) => r,
+        () = worker.drain.wait() => return Err(()),
+    };
+    read.map_err(|refused| {
+        tracing::debug!(?refused, "connection closed: no valid PROXY protocol header");
+        worker.shared.registry.proxy_protocol_refused.add(1);
+    })
 }
 
 /// A client connection's place in the books while a task serves it: when the task ends — by

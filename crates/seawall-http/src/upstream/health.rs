@@ -34,11 +34,11 @@ impl HealthChecks {
             let Some(check) = &group.config.health else {
                 // Without active checks a server is always eligible (passive ejection still applies).
                 for s in &group.servers {
-                    s.healthy.store(true, Relaxed);
+                    s.healthy.store(s.is_resolved(), Relaxed);
                 }
                 continue;
             };
-            for server in &group.servers {
+            for server in group.servers.iter().filter(|s| s.is_resolved()) {
                 let (check, server, upstream) =
                     (check.clone(), Arc::clone(server), group.config.name.clone());
                 tasks.push(runtime.spawn(probe_loop(check, server, upstream)));
@@ -111,7 +111,7 @@ async fn probe(check: &HealthCheck, server: &ServerState) -> Result<bool, String
             .await
             .map_err(|e| format!("handshake: {e}"))?;
     let driver = tokio::spawn(conn);
-    let host = check.host.as_deref().unwrap_or(&server.name);
+    let host = check.host.as_deref().unwrap_or(&server.authority);
     let request = Request::get(check.path.as_str())
         .header(header::HOST, HeaderValue::from_str(host).map_err(|e| e.to_string())?)
         .header(header::USER_AGENT, "seawall-health-check")

@@ -76,6 +76,9 @@ pub struct ServerState {
     /// Passive ejection state.
     pub outlier: Outlier,
     pub metrics: ServerMetrics,
+    /// The `host:port` written in the file that this server stands for (its address when the
+    /// file wrote one): the `Host` sent to it, and the name its TLS certificate is checked for.
+    pub authority: String,
     /// How connections to it are encrypted (`tls` on the upstream).
     pub tls: Option<ServerTls>,
 }
@@ -103,12 +106,19 @@ impl ServerState {
             key,
             name: name.to_string(),
             address,
-            healthy: AtomicBool::new(true),
+            healthy: AtomicBool::new(!address.ip().is_unspecified()),
             draining: AtomicBool::new(false),
             outlier: Outlier::default(),
             metrics: ServerMetrics::new(shards),
+            authority: name.to_string(),
             tls: None,
         }
+    }
+
+    /// Whether the server has an address: a host name not resolved yet (see [`crate::resolve`])
+    /// has the unspecified one, and is never picked nor probed (it would reach this machine).
+    pub fn is_resolved(&self) -> bool {
+        !self.address.ip().is_unspecified()
     }
 
     /// Whether requests may go to this server at `now_ms`.
@@ -220,7 +230,9 @@ impl UpstreamGroup {
                 Some(state) => Arc::clone(state),
                 None => {
                     let mut state = ServerState::new(&s.name, s.address, shards);
-                    state.tls = connector.as_ref().map(|c| server_tls(c, &s.name));
+                    // The host written in the file, not the address it resolved to.
+                    state.authority = s.host.clone().unwrap_or_else(|| s.name.clone());
+                    state.tls = connector.as_ref().map(|c| server_tls(c, &state.authority));
                     Arc::new(state)
                 }
             })
@@ -263,7 +275,9 @@ impl UpstreamGroup {
     /// request's head may be overwritten by its streaming body.
     pub fn request_key(&self, request: &RequestView<'_>) -> u64 {
         match &self.balancer {
-            Balancer::ConsistentHash(_, key) => hash_of(key, request.headers, request.peer.ip()),
+            Balancer::ConsistentHash(_, key) => {
+                hash_of(key, request.headers, request.client.addr.ip())
+            }
             _ => 0,
         }
     }

@@ -74,7 +74,12 @@ pub struct Origin {
 
 impl Origin {
     pub async fn start() -> Origin {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Origin::start_at("127.0.0.1:0".parse().unwrap()).await.unwrap()
+    }
+
+    /// An origin listening on `addr` (another loopback address than 127.0.0.1, a given port).
+    pub async fn start_at(addr: SocketAddr) -> std::io::Result<Origin> {
+        let listener = TcpListener::bind(addr).await?;
         let origin = Origin {
             addr: listener.local_addr().unwrap(),
             hits: Arc::default(),
@@ -95,7 +100,7 @@ impl Origin {
                 });
             }
         });
-        origin
+        Ok(origin)
     }
 
     pub fn hits(&self) -> usize {
