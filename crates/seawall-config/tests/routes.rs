@@ -134,6 +134,9 @@ fn fields_that_frame_or_route_a_message_cannot_be_changed() {
         ("response_headers", "transfer-encoding"),
         ("response_headers", "connection"),
         ("response_headers", "x-seawall-reason"),
+        // Request ids are on by default: Seawall writes the id both ways.
+        ("request_headers", "X-Request-Id"),
+        ("response_headers", "x-request-id"),
     ] {
         let routes =
             format!("[[routes]]\nupstream = \"app\"\n{side} = {{ remove = [\"{name}\"] }}\n");

@@ -22,7 +22,7 @@ impl FileWatcher {
     /// Watches `path` (never fires when `None`).
     pub fn new(path: Option<PathBuf>) -> Self {
         let mut files = FilesWatcher::default();
-        files.watch(path.into_iter().collect());
+        let _ = files.watch(path.into_iter().collect());
         FileWatcher { files }
     }
 
@@ -41,11 +41,16 @@ pub struct FilesWatcher {
 
 impl FilesWatcher {
     /// Watches `paths` from now on; a set equal to the current one keeps what was last seen.
-    pub fn watch(&mut self, paths: Vec<PathBuf>) {
-        if paths != self.paths {
-            self.last = stamps(&paths);
-            self.paths = paths;
+    /// True when it replaces a set watched before (what the new files hold may not have been
+    /// read yet).
+    pub fn watch(&mut self, paths: Vec<PathBuf>) -> bool {
+        if paths == self.paths {
+            return false;
         }
+        let moved = !self.paths.is_empty();
+        self.last = stamps(&paths);
+        self.paths = paths;
+        moved
     }
 
     /// Resolves the next time a file's modification time or size differs from last seen and

@@ -90,10 +90,14 @@ pub fn redirect(
     let mut location = redirect.location.clone().into_bytes();
     if redirect.keep_path {
         let kept = target(route, path, request_target);
-        if !kept.starts_with(b"/") {
-            location.push(b'/');
-        }
-        location.extend_from_slice(&kept);
+        // One `/` between the location and the path: `//host/x` after a relative location
+        // would send the client to another site.
+        let kept = match kept.iter().position(|&b| b != b'/') {
+            Some(first) => &kept[first..],
+            None => &b""[..],
+        };
+        location.push(b'/');
+        location.extend_from_slice(kept);
     }
     let mut response = Response::new(Bytes::new());
     *response.status_mut() = StatusCode::from_u16(redirect.status).unwrap_or(StatusCode::FOUND);
@@ -114,6 +118,15 @@ pub fn redirect(
 pub fn drop_fields(fields: &mut [Field], buf: &[u8], actions: &HeaderActions) {
     for field in fields.iter_mut() {
         if actions.drops(crate::fields::slice(buf, field.name)) {
+            field.named = true;
+        }
+    }
+}
+
+/// Marks the fields of an upstream's answer called `name` as not to be forwarded.
+pub fn drop_named(fields: &mut [Field], buf: &[u8], name: &[u8]) {
+    for field in fields.iter_mut() {
+        if crate::fields::slice(buf, field.name).eq_ignore_ascii_case(name) {
             field.named = true;
         }
     }

@@ -278,8 +278,14 @@ async fn follow_certificate_files(shared: Arc<Shared>) {
     loop {
         let tls = shared.snapshot.load().config.server.tls.clone();
         let Some(tls) = tls else { return };
-        watcher.watch(crate::tls::acceptor::files(&tls));
-        watcher.changed().await;
+        // A reload may name other files: they are looked up again every few seconds, and read
+        // once more when they change (they may have been renewed since the reload read them).
+        if !watcher.watch(crate::tls::acceptor::files(&tls)) {
+            tokio::select! {
+                () = watcher.changed() => {}
+                () = tokio::time::sleep(std::time::Duration::from_secs(5)) => continue,
+            }
+        }
         // The files named now (a reload may have changed them meanwhile).
         let snapshot = shared.snapshot.load();
         let Some(tls) = snapshot.config.server.tls.as_ref() else { return };

@@ -146,3 +146,16 @@ async fn turned_off_nothing_is_added_and_the_clients_field_passes() {
     }
     gw.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_id_does_not_make_a_second_one() {
+    let origin = Origin::start().await;
+    let gw = gateway(&origin, "").await;
+    for engine in ENGINES {
+        let answer =
+            get_with(engine, &gw, "/cache?rid=from-upstream", &[("x-request-id", "mine-3")]).await;
+        let all: Vec<_> = answer.headers.get_all("x-request-id").iter().collect();
+        assert_eq!(all, ["mine-3"], "{engine:?}: one id, Seawall's");
+    }
+    gw.shutdown().await;
+}

@@ -305,3 +305,24 @@ upstream = "app"
     }
     gw.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_path_never_makes_a_protocol_relative_location() {
+    let origin = Origin::start().await;
+    let body = format!(
+        "[upstreams.app]\nservers = [\"{}\"]\n[[routes]]\nname = \"old\"\npath_prefix = \"/old\"\n\
+         strip_prefix = true\nredirect = {{ status = 308, location = \"/\", keep_path = true }}\n\
+         [[routes]]\nname = \"all\"\nupstream = \"app\"\n",
+        origin.addr
+    );
+    let gw = start(config(&body)).await;
+    for (target, expected) in
+        [("/old//evil.example/x", "/evil.example/x"), ("/old/a?b=1", "/a?b=1"), ("/old", "/")]
+    {
+        let request = format!("GET {target} HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n");
+        let reply = raw(gw.listen_addr(), request.as_bytes()).await;
+        let location = reply.lines().find_map(|l| l.strip_prefix("location: ")).unwrap_or("");
+        assert_eq!(location, expected, "{target}: {reply}");
+    }
+    gw.shutdown().await;
+}

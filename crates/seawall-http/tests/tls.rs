@@ -262,7 +262,7 @@ async fn upstream_tls_gateway(origin: std::net::SocketAddr, tls: &str) -> seawal
 async fn upstreams_are_reached_over_verified_tls() {
     let ca = TestCa::new("upstream");
     let leaf = ca.leaf("origin", &["origin.internal"]);
-    let origin = https_origin(&leaf).await;
+    let origin = https_origin(&leaf, None).await;
     let good = format!("server_name = \"origin.internal\", ca_file = {:?}", ca.ca_file());
     let gw = upstream_tls_gateway(origin, &good).await;
     for engine in ENGINES {
@@ -308,5 +308,187 @@ async fn a_plain_server_behind_an_upstream_with_tls_is_a_tls_failure() {
     let answer = ask(Engine::Http1, gw.listen_addr(), Engine::Http1.get("/x")).await;
     assert_eq!(answer.status, 502, "{}", answer.body);
     assert_eq!(answer.json()["reason"], "upstream_tls_failed");
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_certificate_is_presented_to_an_upstream_that_asks() {
+    let ca = TestCa::new("mtls");
+    let leaf = ca.leaf("origin", &["origin.internal"]);
+    let client = ca.leaf("client", &["seawall.internal"]);
+    let origin = https_origin(&leaf, Some(&ca)).await;
+    let base = format!("server_name = \"origin.internal\", ca_file = {:?}", ca.ca_file());
+    let with_cert =
+        format!("{base}, client_cert = {:?}, client_key = {:?}", client.cert, client.key);
+    let gw = upstream_tls_gateway(origin, &with_cert).await;
+    for engine in ENGINES {
+        let answer = ask(engine, gw.listen_addr(), engine.get("/mtls")).await;
+        assert_eq!(answer.status, 200, "{engine:?}: {}", answer.body);
+    }
+    gw.shutdown().await;
+    // Without it the origin refuses the connection: a 502, never its answer.
+    let gw = upstream_tls_gateway(origin, &base).await;
+    let answer = ask(Engine::Http1, gw.listen_addr(), Engine::Http1.get("/mtls")).await;
+    assert_eq!(answer.status, 502, "{}", answer.body);
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_silent_after_its_handshake_is_cut_at_the_header_timeout() {
+    let ca = TestCa::new("silent");
+    let leaf = ca.leaf("site", &["site.test"]);
+    let origin = Origin::start().await;
+    let gw = tls_gateway(
+        &origin,
+        &[&leaf],
+        "",
+        "header_timeout = \"300ms\"\nkeepalive_timeout = \"60s\"",
+    )
+    .await;
+    let mut stream =
+        tls_connect(gw.listen_addr(), "site.test", &ca.client(&["http/1.1"])).await.unwrap();
+    let mut sink = Vec::new();
+    // Closed at the header timeout, not after the keep-alive time.
+    let _ = bounded(5.0, "the silent TLS client is cut", stream.read_to_end(&mut sink)).await;
+    assert!(sink.is_empty(), "{}", lossy(&sink));
+    assert!(metric(&gw, "seawall_client_header_timeouts_total ").await >= 1.0);
+    gw.shutdown().await;
+}
+
+/// An origin that answers every request head with `reply` (and keeps the connection).
+async fn scripted_origin(reply: &'static [u8]) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut tcp, _)) = listener.accept().await else { continue };
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while let Ok(n) = tcp.read(&mut chunk).await {
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buf.drain(..end + 4);
+                        if tcp.write_all(reply).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_that_ends_with_the_connection_ends_with_close_notify() {
+    let ca = TestCa::new("notify");
+    let leaf = ca.leaf("site", &["site.test"]);
+    let origin = scripted_origin(
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    )
+    .await;
+    let server = server_tls(&[&leaf], "");
+    let body = format!("[upstreams.app]\nservers = [\"{origin}\"]\n[[routes]]\nname = \"all\"\nupstream = \"app\"\n");
+    let gw = start(config_with_server(&server, &body)).await;
+    for (what, req) in [
+        // An HTTP/1.0 client gets a body that ends with the connection.
+        ("HTTP/1.0", &b"GET /x HTTP/1.0\r\nhost: site.test\r\n\r\n"[..]),
+        ("HTTP/1.1 close", &b"GET /x HTTP/1.1\r\nhost: site.test\r\nconnection: close\r\n\r\n"[..]),
+    ] {
+        let mut stream =
+            tls_connect(gw.listen_addr(), "site.test", &ca.client(&["http/1.1"])).await.unwrap();
+        stream.write_all(req).await.unwrap();
+        let mut answer = Vec::new();
+        let read = bounded(5.0, "the answer", stream.read_to_end(&mut answer)).await;
+        assert!(read.is_ok(), "{what}: cut without close_notify: {read:?}");
+        assert!(lossy(&answer).ends_with("hello") || lossy(&answer).contains("hello"), "{what}");
+    }
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_redirect_listener_reads_proxy_protocol_headers_too() {
+    let ca = TestCa::new("redirect-pp");
+    let leaf = ca.leaf("site", &["site.test"]);
+    let origin = Origin::start().await;
+    let server = "proxy_protocol = true\nhttp_redirect = \"127.0.0.1:0\"";
+    let gw = tls_gateway(&origin, &[&leaf], "", server).await;
+    let reply = raw(
+        gw.redirect_addr().unwrap(),
+        b"PROXY TCP4 203.0.113.7 10.0.0.1 5555 80\r\nGET /cart HTTP/1.1\r\nhost: site.test\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(reply.starts_with("HTTP/1.1 308"), "{reply}");
+    let reply =
+        raw(gw.redirect_addr().unwrap(), b"GET /cart HTTP/1.1\r\nhost: site.test\r\n\r\n").await;
+    assert!(!reply.contains("308"), "without its PROXY header: {reply}");
+    gw.shutdown().await;
+}
+
+/// Starts a gateway from a file written with `src`, so that it can reload.
+async fn from_file(
+    dir: &std::path::Path,
+    src: &str,
+) -> (seawall_http::Gateway, std::path::PathBuf) {
+    let file = dir.join("seawall.toml");
+    std::fs::write(&file, src).unwrap();
+    let config = seawall_config::load(&file).unwrap();
+    (seawall_http::Gateway::start(config, Some(file.clone())).await.unwrap(), file)
+}
+
+const SERVER: &str = "[server]\nlisten = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\nworkers = 2\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ca_bundle_replaced_in_place_is_used_after_a_reload() {
+    let ca = TestCa::new("ca-swap");
+    let wrong = TestCa::new("ca-swap-wrong");
+    let leaf = ca.leaf("origin", &["origin.internal"]);
+    let origin = https_origin(&leaf, None).await;
+    let ca_path = ca.dir.join("trusted.pem");
+    std::fs::copy(wrong.ca_file(), &ca_path).unwrap();
+    let src = format!(
+        "{SERVER}[overload]\ncpu = \"off\"\n[upstreams.secure]\nservers = [\"{origin}\"]\n\
+         tls = {{ server_name = \"origin.internal\", ca_file = {ca_path:?} }}\n\
+         [[routes]]\nname = \"all\"\nupstream = \"secure\"\n"
+    );
+    let (gw, _) = from_file(&ca.dir, &src).await;
+    assert_eq!(get(gw.listen_addr(), "/x").await.status, 502);
+    std::fs::copy(ca.ca_file(), &ca_path).unwrap();
+    gw.shared().reload().unwrap();
+    let answer = get(gw.listen_addr(), "/x").await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_files_named_by_a_reload_are_followed() {
+    let ca = TestCa::new("follow");
+    let (a, b, c) =
+        (ca.leaf("a", &["site.test"]), ca.leaf("b", &["site.test"]), ca.leaf("c", &["site.test"]));
+    let origin = Origin::start().await;
+    let src = |leaf: &Leaf| {
+        format!(
+            "{SERVER}{}\n[overload]\ncpu = \"off\"\n[upstreams.app]\nservers = [\"{}\"]\n\
+             [[routes]]\nname = \"all\"\nupstream = \"app\"\n",
+            server_tls(&[leaf], ""),
+            origin.addr
+        )
+    };
+    let (gw, file) = from_file(&ca.dir, &src(&a)).await;
+    assert_eq!(served_cert(gw.listen_addr(), &ca, "site.test").await, a.der.as_ref());
+    std::fs::write(&file, src(&b)).unwrap();
+    gw.shared().reload().unwrap();
+    assert_eq!(served_cert(gw.listen_addr(), &ca, "site.test").await, b.der.as_ref());
+    // b's files renewed in place (with c's certificate and key).
+    std::fs::copy(&c.key, &b.key).unwrap();
+    std::fs::copy(&c.cert, &b.cert).unwrap();
+    eventually(Duration::from_secs(15), "the renewed certificate is served", || async {
+        served_cert(gw.listen_addr(), &ca, "site.test").await == c.der.as_ref()
+    })
+    .await;
     gw.shutdown().await;
 }

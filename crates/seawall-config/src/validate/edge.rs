@@ -108,7 +108,7 @@ pub(super) fn header_actions(
     raw: &RawHeaderActions,
     key: &str,
     side: Side,
-    deadline_header: &str,
+    (deadline_header, request_id_header): (&str, Option<&str>),
 ) -> HeaderActions {
     let mut actions = HeaderActions::default();
     let check_name = |cx: &mut Ctx<'_>, name: &str, span, key: &str| -> Option<String> {
@@ -123,6 +123,8 @@ pub(super) fn header_actions(
             )
         } else if side == Side::Request && lower == deadline_header {
             format!("{name:?} is server.deadline_header: Seawall writes the time left in it")
+        } else if request_id_header == Some(lower.as_str()) {
+            format!("{name:?} is server.request_id_header: Seawall writes the request id in it")
         } else if side == Side::Response && lower.starts_with("x-seawall-") {
             format!("{name:?} is one of Seawall's own fields")
         } else {

@@ -855,26 +855,19 @@ fn route(cx: &mut Ctx<'_>, i: usize, raw: &Spanned<RawRoute>, names: &Names<'_>)
         );
     }
     let rewrite = edge::rewrite(cx, r, &path, &key).map(std::sync::Arc::new);
-    let deadline_header = names.server.deadline_header.as_str();
+    let server = names.server;
+    // The fields Seawall writes itself: the time left, and the request id when ids are on.
+    let own = (
+        server.deadline_header.as_str(),
+        server.request_id.then_some(server.request_id_header.as_str()),
+    );
     let request_headers = r.request_headers.as_ref().map(|h| {
         let side = edge::Side::Request;
-        std::sync::Arc::new(edge::header_actions(
-            cx,
-            h,
-            &key("request_headers"),
-            side,
-            deadline_header,
-        ))
+        std::sync::Arc::new(edge::header_actions(cx, h, &key("request_headers"), side, own))
     });
     let response_headers = r.response_headers.as_ref().map(|h| {
         let side = edge::Side::Response;
-        std::sync::Arc::new(edge::header_actions(
-            cx,
-            h,
-            &key("response_headers"),
-            side,
-            deadline_header,
-        ))
+        std::sync::Arc::new(edge::header_actions(cx, h, &key("response_headers"), side, own))
     });
     let timeout =
         r.timeout.as_ref().map(|t| cx.duration(Some(t), &key("timeout"), defaults::TIMEOUT));

@@ -138,7 +138,10 @@ pub async fn serve<S: Transport>(worker: Rc<Worker>, stream: S, peer: SocketAddr
                 session.linger().await;
                 return End::Closed;
             }
-            After::Close => return End::Closed,
+            After::Close => {
+                session.close_tls().await;
+                return End::Closed;
+            }
             After::Tunnel(upstream) => {
                 session.tunnel(upstream).await;
                 return End::Closed;
@@ -396,13 +399,26 @@ impl<S: Transport> Session<S> {
         self.clock
     }
 
+    /// Over TLS, tells the client the connection ends here (`close_notify`), within
+    /// `send_timeout`, so that an answer that ends with the connection can be told from one cut
+    /// short. Nothing to do on TCP (closing the socket says it).
+    async fn close_tls(&mut self) {
+        if self.stream.is_tls() {
+            let send_timeout = self.worker.snapshot().config.server.send_timeout;
+            self.timer.set(Instant::now() + send_timeout);
+            let _ = within(&mut self.timer, self.stream.shutdown()).await;
+        }
+    }
+
     /// Closes gently: our side of the connection is shut, and what the client still sends is
     /// read and dropped for a short while, so that our last answer is not destroyed by the reset
     /// that closing a socket with unread bytes would send.
     async fn linger(&mut self) {
-        let _ = self.stream.shutdown().await;
+        // Over TLS the shutdown writes a close_notify: a client that stopped reading cannot hold
+        // it up past the linger time.
         let deadline = Instant::now() + LINGER_FOR;
         self.timer.set(deadline);
+        let _ = within(&mut self.timer, self.stream.shutdown()).await;
         let mut drained = 0;
         let mut scratch = [0u8; 4096];
         while drained < LINGER_BYTES {

@@ -467,6 +467,13 @@ async fn attempt<D: Downstream>(
                     if let Some(actions) = &route.response_headers {
                         crate::edge::drop_fields(&mut conn.fields, &conn.buf, actions);
                     }
+                    let server = &f.snapshot.config.server;
+                    if server.request_id {
+                        // The answer carries Seawall's id: an upstream's own (or its echo of
+                        // ours) would make two.
+                        let name = server.request_id_header.as_bytes();
+                        crate::edge::drop_named(&mut conn.fields, &conn.buf, name);
+                    }
                     return Attempt::Answered(Box::new(UpstreamResponse::new(
                         conn,
                         head,

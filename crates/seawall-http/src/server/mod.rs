@@ -338,6 +338,16 @@ async fn wait_for_data(
     .await
 }
 
+/// Waits, within `timeout`, until a TLS client sends request bytes (not only records without
+/// data); false when it did not, left, or the gateway drains.
+async fn first_bytes(stream: &mut ClientConn, timeout: Duration, drain: &LocalSignal) -> bool {
+    let peek = std::future::poll_fn(|cx| crate::io::Transport::poll_peek(stream, cx));
+    tokio::select! {
+        r = tokio::time::timeout(timeout, peek) => matches!(r, Ok(Ok(n)) if n > 0),
+        () = drain.wait() => false,
+    }
+}
+
 /// Serves one client connection: a session (the HTTP/1 engine, or hyper's HTTP/2) runs while
 /// requests come; an HTTP/1 connection that goes idle parks — its session ends and frees its
 /// buffers, its socket goes to the worker's parking lot and this task ends — and the lot starts
@@ -394,6 +404,14 @@ async fn serve_connection(
                             Ok(tls) => {
                                 let h2 = crate::tls::acceptor::negotiated_h2(&tls);
                                 stream = ClientConn::Tls(Box::new(tls));
+                                // The first request, like a plain connection's, must start
+                                // within the header timeout (HTTP/2 has its own keep-alive).
+                                if !h2 && !first_bytes(&mut stream, wait, &worker.drain).await {
+                                    if !worker.drain.fired() {
+                                        registry.header_timeouts.add(1);
+                                    }
+                                    break;
+                                }
                                 h2
                             }
                             Err(e) => {

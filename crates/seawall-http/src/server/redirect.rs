@@ -22,7 +22,7 @@ pub async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>, https
             a = listener.accept() => a,
             _ = super::leaves(&mut phase, Phase::Running) => return,
         };
-        let stream = match accepted {
+        let mut stream = match accepted {
             Ok((stream, _)) => stream,
             Err(e) => {
                 tracing::warn!(error = %e, "redirect listener: accept failed");
@@ -30,9 +30,21 @@ pub async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>, https
                 continue;
             }
         };
-        let header_timeout = shared.snapshot.load().config.server.header_timeout;
+        let (header_timeout, proxy_protocol) = {
+            let snapshot = shared.snapshot.load();
+            let server = &snapshot.config.server;
+            (server.header_timeout, server.clients.proxy_protocol)
+        };
         let mut stopping = shared.phase.subscribe();
+        let registry = Arc::clone(&shared.registry);
         tokio::spawn(async move {
+            // Behind a load balancer that sends PROXY headers, this port gets them too.
+            if proxy_protocol
+                && super::proxy_protocol::read_header(&mut stream, header_timeout).await.is_err()
+            {
+                registry.proxy_protocol_refused.add(1);
+                return;
+            }
             let service = hyper::service::service_fn(move |req: Request<Incoming>| async move {
                 Ok::<_, Infallible>(redirect(&req, https_port))
             });

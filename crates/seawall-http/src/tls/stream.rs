@@ -36,6 +36,30 @@ impl Transport for tokio_rustls::server::TlsStream<TcpStream> {
     }
 }
 
+/// Takes every record waiting on `tcp` into rustls by asking the socket itself (not the
+/// runtime's readiness, which may not know yet); false when the peer closed or the connection
+/// failed. Then [`waiting`] says what they decrypt to.
+pub(crate) fn take_in_now<D>(tcp: &TcpStream, conn: &mut rustls::ConnectionCommon<D>) -> bool {
+    loop {
+        match conn.read_tls(&mut RawRead(tcp)) {
+            Ok(0) => return false,
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// A read of the socket itself (it is non-blocking).
+struct RawRead<'a>(&'a TcpStream);
+
+impl io::Read for RawRead<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let socket = socket2::SockRef::from(self.0);
+        io::Read::read(&mut &*socket, buf)
+    }
+}
+
 /// A socket read without waiting, as rustls' `read_tls` wants it.
 struct TryRead<'a>(&'a TcpStream);
 

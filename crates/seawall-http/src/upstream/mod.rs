@@ -79,8 +79,8 @@ pub struct ServerState {
     /// The `host:port` written in the file that this server stands for (its address when the
     /// file wrote one): the `Host` sent to it, and the name its TLS certificate is checked for.
     pub authority: String,
-    /// How connections to it are encrypted (`tls` on the upstream).
-    pub tls: Option<ServerTls>,
+    /// How connections to it are encrypted (`tls` on the upstream), replaced at each reload.
+    pub tls: arc_swap::ArcSwapOption<ServerTls>,
 }
 
 /// What a TLS connection to one server needs.
@@ -111,7 +111,7 @@ impl ServerState {
             outlier: Outlier::default(),
             metrics: ServerMetrics::new(shards),
             authority: name.to_string(),
-            tls: None,
+            tls: arc_swap::ArcSwapOption::empty(),
         }
     }
 
@@ -212,10 +212,12 @@ impl UpstreamGroup {
         previous: Option<&UpstreamGroup>,
         shards: usize,
     ) -> Self {
-        // Servers keep their state across a reload, unless the way to reach them changed.
+        // Servers keep their state across a reload, unless the way to reach them changed (their
+        // pooled connections were made the old way). A server is the host written in the file at
+        // one of its addresses.
         let old: HashMap<(&str, SocketAddr), &Arc<ServerState>> = previous
             .filter(|p| p.config.tls == config.tls)
-            .map(|p| p.servers.iter().map(|s| ((s.name.as_str(), s.address), s)).collect())
+            .map(|p| p.servers.iter().map(|s| ((s.authority.as_str(), s.address), s)).collect())
             .unwrap_or_default();
         let connector = config.tls.as_ref().map(|tls| {
             crate::tls::client::Connector::new(tls).map_err(|e| {
@@ -226,15 +228,21 @@ impl UpstreamGroup {
         let servers: Vec<Arc<ServerState>> = config
             .servers
             .iter()
-            .map(|s| match old.get(&(s.name.as_str(), s.address)) {
-                Some(state) => Arc::clone(state),
-                None => {
-                    let mut state = ServerState::new(&s.name, s.address, shards);
-                    // The host written in the file, not the address it resolved to.
-                    state.authority = s.host.clone().unwrap_or_else(|| s.name.clone());
-                    state.tls = connector.as_ref().map(|c| server_tls(c, &state.authority));
-                    Arc::new(state)
-                }
+            .map(|s| {
+                // The host written in the file, not the address it resolved to.
+                let authority = s.host.as_deref().unwrap_or(&s.name);
+                let state = match old.get(&(authority, s.address)) {
+                    Some(state) => Arc::clone(state),
+                    None => {
+                        let mut state = ServerState::new(&s.name, s.address, shards);
+                        state.authority = authority.to_string();
+                        Arc::new(state)
+                    }
+                };
+                // Read anew at each build: a CA bundle or client certificate replaced in place
+                // is used by the connections opened after a reload.
+                state.tls.store(connector.as_ref().map(|c| Arc::new(server_tls(c, authority))));
+                state
             })
             .collect();
         let weights: Vec<u32> = config.servers.iter().map(|s| s.weight).collect();

@@ -272,7 +272,7 @@ impl WorkerPools {
 pub async fn open_stream(server: &ServerState) -> Result<UpstreamStream, ConnectError> {
     let stream = TcpStream::connect(server.address).await?;
     stream.set_nodelay(true)?;
-    let Some(tls) = &server.tls else { return Ok(UpstreamStream::Plain(stream)) };
+    let Some(tls) = server.tls.load_full() else { return Ok(UpstreamStream::Plain(stream)) };
     let (connector, name) = tls.connect.as_ref().map_err(|e| ConnectError::Tls(e.clone()))?;
     match connector.connect(name.clone(), stream).await {
         Ok(stream) => Ok(UpstreamStream::Tls(Box::new(stream))),

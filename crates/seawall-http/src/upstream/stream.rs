@@ -11,7 +11,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
 pub use crate::tls::stream::MaybeTls;
-use crate::tls::stream::{try_read, waiting};
+use crate::tls::stream::{take_in_now, try_read, waiting};
 
 /// A connection to an upstream server.
 pub type UpstreamStream = MaybeTls<TlsStream<TcpStream>>;
@@ -72,6 +72,11 @@ impl MaybeTls<TlsStream<TcpStream>> {
                     Poll::Ready(Err(_)) => false,
                     Poll::Ready(Ok(())) => would_block(s.try_read(&mut [0u8; 1])),
                 }
+            }
+            MaybeTls::Tls(s) if thorough => {
+                // Records that carry no data (a session ticket, a key update) do not count.
+                let (tcp, conn) = s.get_mut();
+                take_in_now(tcp, &mut **conn) && matches!(waiting(&mut **conn), Ok(None))
             }
             MaybeTls::Tls(s) => would_block(try_read(s.as_mut(), &mut [0u8; 1])),
         }

@@ -176,7 +176,8 @@ async fn answer(o: Origin, mut req: Request<Incoming>) -> Result<Response<Origin
             return Ok(r);
         }
         // An answer whose caching fields the query sets: `cc` (Cache-Control), `etag`, `vary`,
-        // `lm` (Last-Modified), `cookie=1` (a Set-Cookie); its body names the hit it was.
+        // `lm` (Last-Modified), `cookie=1` (a Set-Cookie), `rid` (an X-Request-Id of its own); its
+        // body names the hit it was.
         "/cache" => {
             let n = o.hits.load(SeqCst);
             // `slow_after=N`: every hit after the Nth takes 3 s.
@@ -199,6 +200,7 @@ async fn answer(o: Origin, mut req: Request<Incoming>) -> Result<Response<Origin
                     "vary" => "vary",
                     "lm" => "last-modified",
                     "cookie" => "set-cookie",
+                    "rid" => "x-request-id",
                     _ => continue,
                 };
                 let v = v.replace("%22", "\"").replace("%20", " ");

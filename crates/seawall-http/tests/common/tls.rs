@@ -111,8 +111,9 @@ pub async fn tls_client(engine: Engine, addr: SocketAddr, ca: &TestCa, name: &st
     Client::over(engine, stream).await
 }
 
-/// An HTTPS origin serving `leaf`, answering every request with 200 and the path it got.
-pub async fn https_origin(leaf: &Leaf) -> SocketAddr {
+/// An HTTPS origin serving `leaf`, answering every request with 200 and the path it got; with
+/// `clients`, it requires a client certificate signed by that CA.
+pub async fn https_origin(leaf: &Leaf, clients: Option<&TestCa>) -> SocketAddr {
     let chain = rustls::pki_types::pem::PemObject::pem_file_iter(&leaf.cert)
         .unwrap()
         .collect::<Result<Vec<CertificateDer<'static>>, _>>()
@@ -123,12 +124,24 @@ pub async fn https_origin(leaf: &Leaf) -> SocketAddr {
         )
         .unwrap();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
+    let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
         .unwrap();
+    let builder = match clients {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(ca.cert.der().clone()).unwrap();
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .unwrap();
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let config = builder.with_single_cert(chain, key).unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
