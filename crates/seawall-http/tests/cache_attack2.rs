@@ -314,8 +314,10 @@ async fn a_purge_by_path_reaches_redis_when_the_route_key_has_no_query() {
 async fn a_purge_is_not_undone_by_a_request_while_redis_is_scanned() {
     let Some(redis) = OwnRedis::start() else { return };
     {
-        // Other tenants' keys: the SCAN walks them all.
+        // Other tenants' keys: the SCAN walks them all. Writing them takes seconds on a busy
+        // machine: longer than the client's default wait for an answer.
         let mut conn = redis_conn(&redis.addr).await;
+        conn.set_response_timeout(Duration::from_secs(120));
         let _: () = redis::cmd("DEBUG")
             .arg("POPULATE")
             .arg(400_000)
