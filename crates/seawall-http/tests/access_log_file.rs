@@ -110,16 +110,23 @@ async fn the_query_is_left_out_unless_asked_and_a_client_that_left_is_499() {
     let gw = gateway(&origin, &file, "").await;
     let answer = get_with(Engine::Http1, &gw, "/echo?token=secret", &[]).await;
     assert_eq!(answer.status, StatusCode::OK);
-    // A client that asks for a slow answer and leaves before it.
+    // A client that asks for a slow answer and vanishes before it, on each engine.
     let mut stream = tokio::net::TcpStream::connect(gw.listen_addr()).await.unwrap();
     stream.write_all(b"GET /slow?ms=3000 HTTP/1.1\r\nhost: a\r\n\r\n").await.unwrap();
-    eventually(Duration::from_secs(5), "the origin has the slow request", || async {
-        origin.hits() >= 2
+    let h2 = Client::connect(Engine::H2c, gw.listen_addr()).await;
+    let mut sender = h2.h2();
+    let pending = tokio::spawn(async move {
+        let _ = sender.send_request(Engine::H2c.get("/slow?ms=3000")).await;
+    });
+    eventually(Duration::from_secs(5), "the origin has both slow requests", || async {
+        origin.hits() >= 3
     })
     .await;
     drop(stream);
-    eventually(Duration::from_secs(5), "a 499 line", || async {
-        lines(&file).iter().any(|l| l["status"] == 499)
+    pending.abort();
+    h2.close();
+    eventually(Duration::from_secs(5), "a 499 line from each engine", || async {
+        lines(&file).iter().filter(|l| l["status"] == 499).count() >= 2
     })
     .await;
     gw.shutdown().await;
