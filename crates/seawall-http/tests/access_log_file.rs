@@ -178,3 +178,20 @@ async fn a_file_that_cannot_be_opened_fails_the_start() {
     assert!(error.to_string().contains("missing-folder"), "{error}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_request_is_logged_with_its_refusal() {
+    let dir = folder("access-malformed");
+    let file = dir.join("access.log");
+    let origin = Origin::start().await;
+    let gw = gateway(&origin, &file, "").await;
+    let reply = raw(gw.listen_addr(), b"GET / HTTP/1.1\r\nhost: a\r\nbad header\r\n\r\n").await;
+    assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
+    eventually(Duration::from_secs(5), "a 400 line", || async {
+        lines(&file).iter().any(|l| l["status"] == 400 && l["reason"] == "bad_request")
+    })
+    .await;
+    assert_eq!(origin.hits(), 0);
+    gw.shutdown().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
