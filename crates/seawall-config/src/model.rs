@@ -24,10 +24,77 @@ pub struct Config {
     pub overload: Overload,
     pub cache: Cache,
     pub dns: Dns,
+    /// The durable queue, when `[queue]` is written or a route queues requests.
+    pub queue: Option<Queue>,
     /// What is valid but probably not meant (a timeout chain that cannot hold, a key this
     /// version accepts but does not enforce yet); `seawall check` prints them, the gateway logs
     /// them.
     pub warnings: Vec<crate::ConfigError>,
+}
+
+/// `[queue]`: where queued requests are kept, their bounds, and how each topic is delivered.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Queue {
+    pub backend: QueueBackend,
+    /// Where `GET {jobs_path}ID` answers a job's status (ends with `/`).
+    pub jobs_path: String,
+    /// Bounds over every topic: jobs waiting (not yet delivered or dead) and their bytes.
+    pub max_jobs: u64,
+    pub max_bytes: u64,
+    /// The largest request body a job keeps (a larger one is refused 413).
+    pub max_body: u64,
+    /// The request fields a job keeps (lower-case); the others are dropped.
+    pub headers: Vec<String>,
+    /// How long a delivered or dead job's status stays answerable.
+    pub keep_finished: Duration,
+    /// How long a job being delivered is held by the instance delivering it before another may
+    /// take it (a fleet's instance that died; the embedded store re-delivers at start).
+    pub lease: Duration,
+    /// `Retry-After` on `queue_full`.
+    pub retry_after: Duration,
+    /// How long the writer waits for more jobs to share one durable commit (0: it does not wait;
+    /// jobs that arrive during a commit share the next one anyway).
+    pub commit_delay: Duration,
+    /// Topics in name order; routes refer to them by index.
+    pub topics: Vec<Topic>,
+}
+
+/// Where the queue's jobs are stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QueueBackend {
+    /// An embedded store in this folder (one Seawall per folder).
+    Embedded { data_dir: std::path::PathBuf },
+    /// Redis Streams shared by a fleet: `redis://` URL and the prefix of every key.
+    Redis { url: String, prefix: String },
+}
+
+/// One topic: the jobs of one destination.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Topic {
+    pub name: String,
+    /// The upstream group jobs are delivered to (index into [`Config::upstreams`]).
+    pub deliver_to: usize,
+    /// The topic's own bounds (within the queue's).
+    pub max_jobs: u64,
+    pub max_bytes: u64,
+    /// Deliveries in flight at once.
+    pub concurrency: u32,
+    /// Deliveries started per period (`None`: as fast as `concurrency` allows).
+    pub rate: Option<Quota>,
+    /// Attempts before a job is dead.
+    pub max_attempts: u32,
+    /// The first retry's backoff bound, doubled each attempt up to `max_backoff` (full jitter).
+    pub backoff: Duration,
+    pub max_backoff: Duration,
+    /// The topic starts paused (it still accepts jobs).
+    pub paused: bool,
+}
+
+impl Queue {
+    /// The topic named `name`.
+    pub fn topic(&self, name: &str) -> Option<usize> {
+        self.topics.iter().position(|t| t.name == name)
+    }
 }
 
 /// `[dns]`: how host names in upstreams' `servers` are resolved, and how often again.
@@ -400,6 +467,9 @@ pub struct Route {
     pub response_headers: Option<std::sync::Arc<HeaderActions>>,
     /// Overrides the upstream's `timeout` (the wait for the answer's head) for this route.
     pub timeout: Option<Duration>,
+    /// `on_failure = "queue"`: a write the upstream cannot take (breaker open, no server up, a
+    /// connect failure, or shed by overload control) is queued in this topic and answered 202.
+    pub queue_on_failure: Option<usize>,
 }
 
 /// How a `path_prefix` matches.
@@ -584,6 +654,8 @@ pub enum RouteAction {
     Proxy { upstream: usize },
     /// Seawall answers with a redirect.
     Redirect(std::sync::Arc<Redirect>),
+    /// The request is stored in the queue's topic at this index and answered 202.
+    Queue { topic: usize },
 }
 
 impl RouteAction {
@@ -591,7 +663,7 @@ impl RouteAction {
     pub fn upstream(&self) -> Option<usize> {
         match self {
             RouteAction::Proxy { upstream } => Some(*upstream),
-            RouteAction::Redirect(_) => None,
+            RouteAction::Redirect(_) | RouteAction::Queue { .. } => None,
         }
     }
 }

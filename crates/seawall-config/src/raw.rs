@@ -34,6 +34,54 @@ pub struct RawConfig {
     pub cache: RawCache,
     #[serde(default)]
     pub dns: RawDns,
+    pub queue: Option<Spanned<RawQueue>>,
+}
+
+/// `[queue]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub struct RawQueue {
+    pub backend: Option<Text>,
+    pub data_dir: Option<Text>,
+    pub redis: Option<Text>,
+    pub redis_prefix: Option<Text>,
+    pub jobs_path: Option<Text>,
+    pub max_jobs: Option<Spanned<i64>>,
+    pub max_bytes: Option<Spanned<RawSize>>,
+    pub max_body: Option<Spanned<RawSize>>,
+    pub headers: Option<Vec<Text>>,
+    pub keep_finished: Option<Text>,
+    pub lease: Option<Text>,
+    pub retry_after: Option<Text>,
+    pub commit_delay: Option<Text>,
+    #[serde(default)]
+    pub topics: BTreeMap<String, Spanned<RawTopic>>,
+}
+
+/// `[queue.topics.NAME]`: one topic's bounds and how it is delivered.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub struct RawTopic {
+    pub deliver_to: Option<Text>,
+    pub max_jobs: Option<Spanned<i64>>,
+    pub max_bytes: Option<Spanned<RawSize>>,
+    pub concurrency: Option<Spanned<i64>>,
+    pub rate: Option<Text>,
+    pub max_attempts: Option<Spanned<i64>>,
+    pub backoff: Option<Text>,
+    pub max_backoff: Option<Text>,
+    pub paused: Option<bool>,
+}
+
+/// `queue = { topic = "emails", deliver_to = "mailer" }` on a route.
+#[derive(Debug, Default, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a table like { topic = \"emails\", deliver_to = \"mailer\" }"
+)]
+pub struct RawRouteQueue {
+    pub topic: Option<Text>,
+    pub deliver_to: Option<Text>,
 }
 
 /// `[dns]`
@@ -335,6 +383,8 @@ pub struct RawRoute {
     pub response_headers: Option<RawHeaderActions>,
     pub redirect: Option<Spanned<RawRedirect>>,
     pub timeout: Option<Text>,
+    pub queue: Option<Spanned<RawRouteQueue>>,
+    pub on_failure: Option<Text>,
 }
 
 /// `strip_prefix = true` (the route's own prefix) or `strip_prefix = "/v1"`.

@@ -79,9 +79,16 @@ impl Gateway {
                     source,
                 }
             })?;
+        let queue = match &snapshot.config.queue {
+            Some(config) => {
+                Some(seawall_queue::Queue::open(config).await.map_err(StartError::Queue)?)
+            }
+            None => None,
+        };
         let mut shared =
             Shared::new(snapshot, registry, config_path, running, tls, control, access_log);
         shared.names = names;
+        shared.queue = queue;
         let shared = Arc::new(shared);
         let (spread, inboxes) = Spread::new(Arc::clone(&shared.registry), workers);
         let mut threads = Vec::with_capacity(workers);

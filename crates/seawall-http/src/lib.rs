@@ -37,6 +37,7 @@ pub mod overload;
 pub mod policy;
 pub mod problem;
 pub mod proxy;
+pub mod queue;
 pub mod ratelimit;
 pub mod request;
 pub mod request_id;

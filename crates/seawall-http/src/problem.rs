@@ -67,6 +67,11 @@ pub enum Reason {
     /// The client asked only for a stored answer (`Cache-Control: only-if-cached`) and there is
     /// none it may have (504, RFC 9111 §5.2.1.7).
     NotCached,
+    /// The queue cannot take the request: a bound is reached, or the store failed — nothing was
+    /// stored (503).
+    QueueFull,
+    /// `GET /jobs/ID` for an id the queue does not know (404).
+    JobNotFound,
 }
 
 impl Reason {
@@ -95,6 +100,8 @@ impl Reason {
             Reason::UpstreamTimeout => "upstream_timeout",
             Reason::DeadlineExceeded => "deadline_exceeded",
             Reason::NotCached => "not_cached",
+            Reason::QueueFull => "queue_full",
+            Reason::JobNotFound => "job_not_found",
         }
     }
 
@@ -103,7 +110,7 @@ impl Reason {
         match self {
             Reason::BadRequest => StatusCode::BAD_REQUEST,
             Reason::HeaderTimeout | Reason::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
-            Reason::NoRoute => StatusCode::NOT_FOUND,
+            Reason::NoRoute | Reason::JobNotFound => StatusCode::NOT_FOUND,
             Reason::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Reason::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Reason::ExpectationFailed => StatusCode::EXPECTATION_FAILED,
@@ -118,6 +125,7 @@ impl Reason {
             | Reason::BulkheadFull
             | Reason::Overloaded
             | Reason::FeatureDisabled
+            | Reason::QueueFull
             | Reason::ReadOnly => StatusCode::SERVICE_UNAVAILABLE,
             Reason::UpstreamTimeout | Reason::DeadlineExceeded | Reason::NotCached => {
                 StatusCode::GATEWAY_TIMEOUT

@@ -66,6 +66,9 @@ pub struct Shared {
     /// The last good addresses of the upstreams' host names: every configuration made current
     /// is expanded with them ([`crate::resolve`]).
     pub names: crate::resolve::Names,
+    /// The durable queue, opened at start when the configuration has one (adding one later
+    /// takes a restart).
+    pub queue: Option<Arc<seawall_queue::Queue>>,
 }
 
 /// Why a reload did not take effect.
@@ -95,6 +98,7 @@ impl Shared {
         Shared {
             health: Mutex::new(HealthChecks::spawn(&control, &snapshot.upstreams)),
             names: crate::resolve::Names::default(),
+            queue: None,
             connections_per_worker: (running.max_connections / workers).max(1),
             snapshot: ArcSwap::new(snapshot),
             generation: AtomicU64::new(0),
@@ -183,6 +187,17 @@ impl Shared {
             tracing::warn!("server.listen, server.admin, server.workers and server.max_connections take effect only after a restart");
         }
         self.names.follow(&config);
+        match (&self.queue, &config.queue) {
+            (Some(queue), Some(new)) => {
+                if queue.config().backend != new.backend {
+                    tracing::warn!("queue.backend, queue.data_dir and queue.redis take effect only after a restart");
+                }
+                queue.reconfigure(new);
+            }
+            (Some(_), None) => tracing::warn!("[queue] was removed: its jobs stay stored, undelivered, until it comes back (or a restart)"),
+            (None, Some(_)) => tracing::warn!("[queue] was added: the queue starts only after a restart; its routes answer 503 until then"),
+            (None, None) => {}
+        }
         self.swap(config, &previous);
         self.registry.config_reloads.add(1);
         tracing::info!("configuration reloaded");

@@ -79,6 +79,18 @@ pub mod defaults {
     pub const TLS_SESSION_CACHE: u64 = 20_000;
     pub const DNS_MIN_TTL: &str = "1s";
     pub const DNS_MAX_TTL: &str = "5m";
+    pub const QUEUE_DATA_DIR: &str = "./seawall-data";
+    pub const QUEUE_REDIS_PREFIX: &str = "seawall:queue:";
+    pub const QUEUE_MAX_JOBS: u64 = 1_000_000;
+    pub const QUEUE_MAX_BYTES: u64 = 1 << 30;
+    pub const QUEUE_MAX_BODY: u64 = 1 << 20;
+    pub const QUEUE_KEEP_FINISHED: &str = "24h";
+    pub const QUEUE_LEASE: &str = "30s";
+    pub const QUEUE_RETRY_AFTER: &str = "5s";
+    pub const QUEUE_CONCURRENCY: u64 = 32;
+    pub const QUEUE_MAX_ATTEMPTS: u64 = 10;
+    pub const QUEUE_BACKOFF: &str = "1s";
+    pub const QUEUE_MAX_BACKOFF: &str = "5m";
 }
 
 mod cache;
@@ -87,6 +99,7 @@ mod dns;
 mod edge;
 mod overload;
 mod protections;
+mod queue;
 mod tls;
 
 struct Ctx<'a> {
@@ -196,7 +209,15 @@ pub fn validate(raw: RawConfig, source: &str, file: &str) -> Result<Config, Conf
         .iter()
         .map(|(name, limit)| protections::rate_limit(&mut cx, name, limit))
         .collect();
-    let names = Names { upstreams: &upstream_names, rate_limits: &rate_limits, server: &server };
+    let queue = queue::queue(&mut cx, &raw, &upstream_names);
+    let topics: Vec<String> =
+        queue.iter().flat_map(|q| q.topics.iter().map(|t| t.name.clone())).collect();
+    let names = Names {
+        upstreams: &upstream_names,
+        rate_limits: &rate_limits,
+        server: &server,
+        topics: &topics,
+    };
     let mut routes: Vec<Route> = Vec::new();
     for (i, r) in raw.routes.iter().enumerate() {
         if let Some(route) = route(&mut cx, i, r, &names) {
@@ -215,7 +236,18 @@ pub fn validate(raw: RawConfig, source: &str, file: &str) -> Result<Config, Conf
     let cache = cache::cache(&mut cx, &raw.cache);
     if cx.errors.is_empty() {
         let warnings = cx.warnings;
-        Ok(Config { server, log, upstreams, routes, rate_limits, overload, cache, dns, warnings })
+        Ok(Config {
+            server,
+            log,
+            upstreams,
+            routes,
+            rate_limits,
+            overload,
+            cache,
+            dns,
+            queue,
+            warnings,
+        })
     } else {
         Err(ConfigErrors(cx.errors))
     }
@@ -415,6 +447,8 @@ struct Names<'a> {
     upstreams: &'a [String],
     rate_limits: &'a [RateLimit],
     server: &'a Server,
+    /// The queue's topics, in name order.
+    topics: &'a [String],
 }
 
 /// The index of the upstream `v` names, or an error listing those that exist.
@@ -779,37 +813,39 @@ fn route(cx: &mut Ctx<'_>, i: usize, raw: &Spanned<RawRoute>, names: &Names<'_>)
         let size = cx.size(r.max_body_size.as_ref(), &key("max_body_size"), 0);
         (size > 0).then_some(size)
     });
-    let action = match (&r.upstream, &r.redirect) {
-        (Some(_), Some(redirect)) => {
+    let queueing = queue::route_queue(cx, i, r);
+    let topic_index = |topic: &str| names.topics.iter().position(|t| t == topic);
+    let queue_on_failure = match &queueing {
+        queue::RouteQueue::OnFailure { topic } => topic_index(topic),
+        _ => None,
+    };
+    let action = match (&r.upstream, &r.redirect, &queueing) {
+        (_, Some(redirect), queue::RouteQueue::Action { .. }) => {
+            cx.error(redirect.span(), &key("redirect"), "set queue or redirect, not both");
+            return None;
+        }
+        (Some(_), Some(redirect), _) => {
             cx.error(redirect.span(), &key("redirect"), "set upstream or redirect, not both");
             return None;
         }
-        (None, None) => {
-            let message = "a route needs an upstream to send requests to (or a redirect)";
+        (None, None, queue::RouteQueue::Action { topic, .. }) => {
+            // The topic is missing only when it had an error of its own.
+            let topic = topic_index(topic)?;
+            proxy_only(cx, r, raw, &key, "a queue");
+            RouteAction::Queue { topic }
+        }
+        (None, None, _) => {
+            let message =
+                "a route needs an upstream to send requests to (or a redirect, or a queue)";
             cx.error(raw.span(), &key("upstream"), message);
             return None;
         }
-        (Some(up), None) => RouteAction::Proxy {
+        (Some(up), None, _) => RouteAction::Proxy {
             upstream: upstream_index(cx, up, &key("upstream"), names.upstreams)?,
         },
-        (None, Some(redirect)) => {
+        (None, Some(redirect), _) => {
             let redirect = edge::redirect(cx, redirect, &key("redirect"));
-            // What only applies to a request that goes upstream.
-            let proxy_only = [
-                ("read_upstream", r.read_upstream.as_ref().map(|v| v.span())),
-                ("timeout", r.timeout.as_ref().map(|v| v.span())),
-                ("cache", r.cache.as_ref().map(|v| v.span())),
-                ("preserve_host", r.preserve_host.map(|_| raw.span())),
-                ("request_headers", r.request_headers.as_ref().map(|_| raw.span())),
-                ("response_headers", r.response_headers.as_ref().map(|_| raw.span())),
-            ];
-            for (field, span) in proxy_only {
-                if let Some(span) = span {
-                    let message =
-                        format!("{field} applies to routes with an upstream, not to a redirect");
-                    cx.error(span, &key(field), message);
-                }
-            }
+            proxy_only(cx, r, raw, &key, "a redirect");
             RouteAction::Redirect(std::sync::Arc::new(redirect))
         }
     };
@@ -888,7 +924,33 @@ fn route(cx: &mut Ctx<'_>, i: usize, raw: &Spanned<RawRoute>, names: &Names<'_>)
         request_headers,
         response_headers,
         timeout,
+        queue_on_failure,
     })
+}
+
+/// Errors for the keys that only apply to a request that goes upstream, on a route whose action
+/// is `what` (a redirect, a queue).
+fn proxy_only(
+    cx: &mut Ctx<'_>,
+    r: &RawRoute,
+    raw: &Spanned<RawRoute>,
+    key: &dyn Fn(&str) -> String,
+    what: &str,
+) {
+    let proxy_only = [
+        ("read_upstream", r.read_upstream.as_ref().map(|v| v.span())),
+        ("timeout", r.timeout.as_ref().map(|v| v.span())),
+        ("cache", r.cache.as_ref().map(|v| v.span())),
+        ("preserve_host", r.preserve_host.map(|_| raw.span())),
+        ("request_headers", r.request_headers.as_ref().map(|_| raw.span())),
+        ("response_headers", r.response_headers.as_ref().map(|_| raw.span())),
+    ];
+    for (field, span) in proxy_only {
+        if let Some(span) = span {
+            let message = format!("{field} applies to routes with an upstream, not to {what}");
+            cx.error(span, &key(field), message);
+        }
+    }
 }
 
 fn checked_path(cx: &mut Ctx<'_>, p: &Text, key: &str) -> String {

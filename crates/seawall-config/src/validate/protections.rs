@@ -171,7 +171,7 @@ fn tier(
 
 /// Parses a rate: `N/s`, `N/min`, `N/h`, `N/day` (or a duration: `N/10s`). The burst is the
 /// count unless set.
-fn quota(
+pub(super) fn quota(
     cx: &mut Ctx<'_>,
     text: &str,
     span: std::ops::Range<usize>,

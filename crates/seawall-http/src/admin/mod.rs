@@ -437,6 +437,18 @@ fn breaker_metrics(out: &mut String, groups: &[crate::upstream::UpstreamGroup]) 
 /// Writes one metric family's samples for a server: `sample(extra labels, value)` per sample.
 type ServerSamples<'a> = &'a dyn Fn(&ServerState, &mut dyn FnMut(&str, u64));
 
+/// The queue topic a route sends to (its action, or `on_failure = "queue"`).
+fn route_topic<'a>(
+    config: &'a seawall_config::Config,
+    route: &seawall_config::Route,
+) -> Option<&'a str> {
+    let topic = match &route.action {
+        RouteAction::Queue { topic } => Some(*topic),
+        _ => route.queue_on_failure,
+    }?;
+    config.queue.as_ref().map(|q| q.topics[topic].name.as_str())
+}
+
 fn state(shared: &Shared) -> String {
     let snapshot = shared.snapshot.load();
     let now = seawall_core::clock::now_ms();
@@ -448,6 +460,10 @@ fn state(shared: &Shared) -> String {
             let (action, upstream) = match &r.action {
                 RouteAction::Proxy { upstream } => ("proxy", Some(config.upstreams[*upstream].name.as_str())),
                 RouteAction::Redirect(_) => ("redirect", None),
+                RouteAction::Queue { topic } => {
+                    let topics = config.queue.as_ref().map(|q| &q.topics[*topic]);
+                    ("queue", topics.map(|t| config.upstreams[t.deliver_to].name.as_str()))
+                }
             };
             json!({
                 "name": r.name,
@@ -460,6 +476,7 @@ fn state(shared: &Shared) -> String {
                 "disable_in_crisis": r.disable_in_crisis,
                 "priority": r.priority.as_str(),
                 "upstream": upstream,
+                "topic": route_topic(config, r),
             })
         })
         .collect();

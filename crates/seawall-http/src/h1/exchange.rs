@@ -75,7 +75,7 @@ impl<S: Transport> Session<S> {
                 start: self.clock,
                 deadline: permit.deadline,
                 priority: permit.priority,
-                route: permit.route_index(),
+                route: Some(permit.route_index()),
                 client_deadline: None,
                 head_len: 0,
                 degrade: route.degrade.as_ref(),
@@ -135,7 +135,7 @@ impl<S: Transport> Session<S> {
     }
 
     /// Seawall answers instead of the upstream, after the request went (part of) the way.
-    async fn refuse_after_forward(
+    pub(super) async fn refuse_after_forward(
         &mut self,
         refusal: &Refusal,
         at: Option<(usize, usize)>,
@@ -160,7 +160,7 @@ impl<S: Transport> Session<S> {
 
     /// The client's side failed: a body that stalled or grew too large gets its answer; a broken
     /// body or a departed client gets nothing.
-    async fn client_failed(
+    pub(super) async fn client_failed(
         &mut self,
         error: BodyError,
         at: Option<(usize, usize)>,
@@ -447,7 +447,7 @@ pub(super) struct ClientBody<'s, S> {
 }
 
 impl<'s, S: Transport> ClientBody<'s, S> {
-    fn new(
+    pub(super) fn new(
         stream: &'s mut S,
         buf: &'s mut BytesMut,
         head: &super::head::RequestHead,
@@ -486,7 +486,7 @@ impl<'s, S: Transport> ClientBody<'s, S> {
 
     /// Where the request ends in the buffer (as far as known), and whether the whole body was
     /// read.
-    fn finish(self) -> (usize, bool) {
+    pub(super) fn finish(self) -> (usize, bool) {
         (self.request_end(), self.is_complete())
     }
 

@@ -9,6 +9,7 @@
 mod cached;
 mod exchange;
 pub mod head;
+mod queue;
 mod redirect;
 mod session;
 mod tunnel;

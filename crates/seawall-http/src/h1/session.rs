@@ -288,6 +288,10 @@ impl<S: Transport> Session<S> {
                 let redirect = std::sync::Arc::clone(redirect);
                 self.redirect(&redirect, &permit).await
             }
+            RouteAction::Queue { topic } => {
+                let topic = *topic;
+                self.enqueue(&permit, topic).await
+            }
             RouteAction::Proxy { .. } => {
                 // What the upstream call needs of the view, taken while the head is at hand.
                 let facts = Facts {

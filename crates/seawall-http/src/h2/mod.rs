@@ -7,6 +7,7 @@
 
 mod body;
 pub mod io;
+mod queue;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -123,11 +124,11 @@ pub async fn handle(
     if let seawall_config::RouteAction::Redirect(redirect) = &permit.route().action {
         let answer = crate::edge::redirect(redirect, permit.route(), path, target, &permit.fields);
         worker.shared.registry.redirects.add(1);
-        let served = Served { status: redirect.status, upstream: None, reason: None };
-        account.finish(served, Instant::now());
-        let guards = Guards { _permit: Some(permit), _active: active };
-        let (parts, body) = answer.into_parts();
-        return Ok(Response::from_parts(parts, ProxyBody::full(body).with_guards(guards)));
+        return Ok(answer_with(answer, account, permit, active));
+    }
+    if let seawall_config::RouteAction::Queue { topic } = permit.route().action {
+        let request = queue::Queued { parts: &parts, target, request_id, topic };
+        return Ok(queue::enqueue(&worker, request, body, account, permit, active).await);
     }
     let mut ticket = permit.cache.take();
     let upstream = permit.upstream;
@@ -193,7 +194,7 @@ pub async fn handle(
             start,
             deadline: permit.deadline,
             priority: permit.priority,
-            route: permit.route_index(),
+            route: Some(permit.route_index()),
             client_deadline: None,
             head_len: 0,
             degrade: route.degrade.as_ref(),
@@ -321,6 +322,21 @@ fn serve_stored(
 }
 
 /// Seawall's own answer, accounted.
+/// Seawall's own complete answer (a redirect, a queued job's 202).
+fn answer_with(
+    answer: Response<bytes::Bytes>,
+    mut account: Account,
+    permit: Permit,
+    active: ActiveGuard,
+) -> Response<ProxyBody> {
+    let served = Served { status: answer.status().as_u16(), upstream: None, reason: None };
+    account.bytes_sent = answer.body().len() as u64;
+    account.finish(served, Instant::now());
+    let guards = Guards { _permit: Some(permit), _active: active };
+    let (parts, body) = answer.into_parts();
+    Response::from_parts(parts, ProxyBody::full(body).with_guards(guards))
+}
+
 fn refuse(
     mut refusal: Refusal,
     mut account: Account,

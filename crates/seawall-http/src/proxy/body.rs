@@ -318,6 +318,26 @@ impl UpstreamResponse {
         fault
     }
 
+    /// Reads the body to its end, decoded and dropped (a tap still sees it), giving up past
+    /// `most` bytes; returns whether the end was reached (the connection is then clean).
+    pub async fn drain(&mut self, timer: &mut LazyTimer, most: u64) -> bool {
+        let mut read_so_far = 0u64;
+        std::future::poll_fn(|cx| loop {
+            match self.decoded_ready(&mut |d| read_so_far += d.len() as u64) {
+                Ok(true) => return Poll::Ready(true),
+                Ok(false) if read_so_far > most => return Poll::Ready(false),
+                Ok(false) => {}
+                Err(_) => return Poll::Ready(false),
+            }
+            match self.poll_fill(cx, timer) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(_)) => return Poll::Ready(false),
+                Poll::Pending => return Poll::Pending,
+            }
+        })
+        .await
+    }
+
     /// Reads more of the body into the buffer (what was handed out is dropped first), waiting at
     /// most `read_timeout`. Call only when [`raw_ready`](Self::raw_ready) or
     /// [`decoded_ready`](Self::decoded_ready) has handed out everything.

@@ -27,6 +27,7 @@
 pub mod body;
 mod refresh;
 mod resilience;
+mod stored;
 
 use std::future::Future;
 use std::io::IoSlice;
@@ -42,6 +43,7 @@ pub use body::{BodyFault, BodyTap, UpstreamResponse};
 pub use refresh::Refresh;
 use resilience::deadline_passed;
 pub use resilience::forward;
+pub use stored::StoredBody;
 
 use crate::access_log::Timing;
 use crate::chunked::{chunk_line, CHUNK_END, LAST_CHUNK};
@@ -187,8 +189,9 @@ pub struct Forward<'a> {
     pub deadline: Option<Instant>,
     /// The request's priority (for the bulkhead's queue).
     pub priority: Priority,
-    /// The route's index in the snapshot (for its metrics).
-    pub route: usize,
+    /// The route's index in the snapshot (for its metrics and `timeout`); `None` for a request
+    /// no route made (a queued job's delivery).
+    pub route: Option<usize>,
     /// The client's own deadline (set by [`forward`] from `deadline` as the engine gave it): when
     /// it is what runs out, the upstream is not blamed.
     pub client_deadline: Option<Instant>,
@@ -442,8 +445,9 @@ async fn attempt<D: Downstream>(
     };
     // The route's `timeout` overrides the upstream's; the request's total time left still wins
     // when it is shorter.
-    let route = &f.snapshot.config.routes[f.route];
-    let answer_timeout = route.timeout.unwrap_or(config.timeout);
+    let route = f.route.map(|r| &f.snapshot.config.routes[r]);
+    let route_timeout = route.and_then(|r| r.timeout);
+    let answer_timeout = route_timeout.unwrap_or(config.timeout);
     let deadline = f.deadline.map_or(sent_at + answer_timeout, |t| t.min(sent_at + answer_timeout));
     let mut received = false;
     loop {
@@ -464,7 +468,7 @@ async fn attempt<D: Downstream>(
                     continue;
                 }
                 Ok(Parsed::Head(head)) => {
-                    if let Some(actions) = &route.response_headers {
+                    if let Some(actions) = route.and_then(|r| r.response_headers.as_ref()) {
                         crate::edge::drop_fields(&mut conn.fields, &conn.buf, actions);
                     }
                     let server = &f.snapshot.config.server;
@@ -516,7 +520,7 @@ async fn attempt<D: Downstream>(
                 }
                 let what = if f.deadline.is_some_and(|t| t < sent_at + answer_timeout) {
                     "did not answer within the request's total_timeout".to_string()
-                } else if route.timeout.is_some() {
+                } else if route_timeout.is_some() {
                     format!("did not answer within the route's timeout ({answer_timeout:?})")
                 } else {
                     format!("did not answer within {:?}", config.timeout)

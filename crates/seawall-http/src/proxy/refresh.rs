@@ -5,19 +5,17 @@
 //! end, which stores it. Requests arriving meanwhile are answered stale too (they find the fetch).
 
 use std::rc::Rc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::Method;
 use seawall_core::priority::Priority;
 use tokio::time::Instant;
 
-use super::{BodyError, Downstream, Forward, Forwarded, Gone};
+use super::{Forward, Forwarded, StoredBody};
 use crate::cache::Ticket;
 use crate::headers::{classify, ConnectionOptions, HeaderLookup};
 use crate::request::{write_upstream_head, BodyFraming, FieldRef, UpstreamHead};
 use crate::request_id::RequestId;
-use crate::response::ResponseView;
 use crate::timer::LazyTimer;
 use crate::worker::{Pinned, Worker};
 
@@ -111,13 +109,13 @@ impl Refresh {
                 deadline: group.config.total_timeout.map(|t| start + t),
                 // Nobody waits for it: the first to go when the upstream is busy.
                 priority: Priority::P2,
-                route: self.route,
+                route: Some(self.route),
                 client_deadline: None,
                 head_len: 0,
                 degrade: None,
                 cache: Some(&mut self.ticket),
             },
-            &mut NoClient,
+            &mut StoredBody::new(&[]),
             &mut timer,
         )
         .await;
@@ -125,55 +123,9 @@ impl Refresh {
             // Reading the body to its end stores it (the tap the cache put on it) — up to what
             // may be stored: past that, nobody wants the rest.
             let most = route.cache.as_ref().map_or(0, |c| c.max_object_size);
-            let mut read_so_far = 0u64;
-            let read = std::future::poll_fn(|cx| loop {
-                match response.decoded_ready(&mut |d| read_so_far += d.len() as u64) {
-                    Ok(true) => return Poll::Ready(true),
-                    Ok(false) if read_so_far > most => return Poll::Ready(false),
-                    Ok(false) => {}
-                    Err(_) => return Poll::Ready(false),
-                }
-                match response.poll_fill(cx, &mut timer) {
-                    Poll::Ready(Ok(())) => {}
-                    Poll::Ready(Err(_)) => return Poll::Ready(false),
-                    Poll::Pending => return Poll::Pending,
-                }
-            })
-            .await;
-            if read {
+            if response.drain(&mut timer, most).await {
                 (*response).finish(seawall_core::clock::now_ms());
             }
         }
-    }
-}
-
-/// The client side of a fetch nobody asked for: no body, never gone.
-struct NoClient;
-
-impl Downstream for NoClient {
-    fn ready(&mut self) -> Result<(&[u8], bool), BodyError> {
-        Ok((&[], true))
-    }
-
-    fn consume(&mut self, _n: usize) {}
-
-    fn is_complete(&self) -> bool {
-        true
-    }
-
-    fn rewind(&mut self) -> bool {
-        true
-    }
-
-    async fn fill(&mut self, _timer: &mut LazyTimer) -> Result<(), BodyError> {
-        Ok(())
-    }
-
-    fn poll_gone(&mut self, _cx: &mut Context<'_>) -> Poll<Gone> {
-        Poll::Pending
-    }
-
-    async fn interim(&mut self, _view: &ResponseView<'_>) -> Result<(), BodyError> {
-        Ok(())
     }
 }

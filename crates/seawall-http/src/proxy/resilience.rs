@@ -68,8 +68,8 @@ pub async fn forward<D: Downstream>(
             forwarded = attempt;
         }
     }
-    if let Some(ticket) = f.cache.as_deref_mut() {
-        if let Some(served) = through_cache(ticket, &mut forwarded, f.snapshot, f.route) {
+    if let (Some(ticket), Some(route)) = (f.cache.as_deref_mut(), f.route) {
+        if let Some(served) = through_cache(ticket, &mut forwarded, f.snapshot, route) {
             // A 304 (a revalidation) leaves its connection clean for the pool; a failed answer
             // is dropped, its outcome recorded as it goes.
             if let Forwarded::Response(response) = forwarded {
@@ -100,7 +100,9 @@ async fn wait_for_fetch(f: &mut Forward<'_>) -> Option<crate::cache::Served> {
     let _ = tokio::time::timeout_at(until, done.changed()).await;
     let crisis = f.snapshot.overload.in_crisis();
     let served = ticket.after_wait(crate::cache::now_secs(), crisis)?;
-    f.snapshot.route_metrics[f.route].cache(crate::cache::CacheEvent::Hit);
+    if let Some(route) = f.route {
+        f.snapshot.route_metrics[route].cache(crate::cache::CacheEvent::Hit);
+    }
     Some(served)
 }
 
@@ -401,7 +403,9 @@ async fn wait_for_slot<D: Downstream>(
         Some(Ok(slot)) => Ok(slot),
         Some(Err(refusal)) if refusal.reason == Reason::Overloaded => {
             let snapshot = f.snapshot;
-            snapshot.route_metrics[f.route].shed(f.priority, ShedCause::Queue);
+            if let Some(route) = f.route {
+                snapshot.route_metrics[route].shed(f.priority, ShedCause::Queue);
+            }
             let after = snapshot.config.overload.retry_after;
             Err(Forwarded::Refused(crate::overload::with_jitter(refusal, after), None))
         }

@@ -51,6 +51,8 @@ pub enum StartError {
     Tls(String),
     #[error("cannot open the access log {path}: {source}")]
     AccessLog { path: std::path::PathBuf, source: std::io::Error },
+    #[error("cannot open the queue: {0}")]
+    Queue(seawall_queue::StoreError),
 }
 
 /// Binds `workers` listeners to the same address with `SO_REUSEPORT` so the kernel spreads
@@ -162,6 +164,14 @@ fn run_worker(start: WorkerStart) {
         });
         tokio::task::spawn_local(receive_handed(Rc::clone(&host), inbox, shared.phase.subscribe()));
         tokio::task::spawn_local(housekeeping(Rc::clone(&worker), shared.phase.subscribe()));
+        let workers = shared.running.workers.max(1);
+        let phase = shared.phase.subscribe();
+        tokio::task::spawn_local(crate::queue::deliveries(
+            Rc::clone(&worker),
+            index,
+            workers,
+            phase,
+        ));
         let lot_host = Rc::clone(&host);
         tokio::task::spawn_local(async move {
             let resume = |conn: Parked| {
