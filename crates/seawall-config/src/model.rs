@@ -38,6 +38,8 @@ pub struct Queue {
     pub backend: QueueBackend,
     /// Where `GET {jobs_path}ID` answers a job's status (ends with `/`).
     pub jobs_path: String,
+    /// The rate limiter `GET {jobs_path}ID` passes (index into [`Config::rate_limits`]).
+    pub jobs_rate_limit: Option<usize>,
     /// Bounds over every topic: jobs waiting (not yet delivered or dead) and their bytes.
     pub max_jobs: u64,
     pub max_bytes: u64,

@@ -46,6 +46,7 @@ pub struct RawQueue {
     pub redis: Option<Text>,
     pub redis_prefix: Option<Text>,
     pub jobs_path: Option<Text>,
+    pub jobs_rate_limit: Option<Text>,
     pub max_jobs: Option<Spanned<i64>>,
     pub max_bytes: Option<Spanned<RawSize>>,
     pub max_body: Option<Spanned<RawSize>>,

@@ -40,6 +40,12 @@ pub enum Admission {
     /// Answer from the cache: a fresh answer, or a stale one standing in for a request that
     /// would be shed.
     Cached(CachedAnswer),
+    /// `GET {queue.jobs_path}ID`: the job's status (`None`: not an id), with Seawall's field
+    /// lines (the rate-limit state, the request's id).
+    Jobs {
+        id: Option<seawall_queue::JobId>,
+        fields: Vec<u8>,
+    },
 }
 
 /// A stored answer to serve, with Seawall's own field lines (the rate-limit state), and the
@@ -70,6 +76,13 @@ pub struct Permit {
     pub fields_before_cache: usize,
     /// The request's id (`server.request_id`), also in `fields`.
     pub request_id: Option<RequestId>,
+    /// The queue topic the request is stored in instead of going upstream: the route's `queue`
+    /// action, or `on_failure = "queue"` when the upstream has no server up or the request would
+    /// be shed.
+    pub queue: Option<usize>,
+    /// `on_failure = "queue"` on a write: the topic that takes the request if the upstream
+    /// cannot (breaker open, no server, connect failure, gate full).
+    pub queue_on_failure: Option<usize>,
 }
 
 impl Permit {
@@ -92,6 +105,8 @@ impl Permit {
             cache: None,
             fields_before_cache,
             request_id: None,
+            queue: None,
+            queue_on_failure: None,
         }
     }
 
@@ -133,6 +148,9 @@ pub fn body_limit(snapshot: &Pinned, route: &Route) -> u64 {
 /// limit ▸ overload shedding by priority; then the upstream group is chosen (a read goes to the
 /// route's `read_upstream` while it has a server up).
 pub fn admit(snapshot: &Rc<Pinned>, request: &RequestView<'_>, account: &mut Account) -> Admission {
+    if let Some(jobs) = jobs_endpoint(snapshot, request, account) {
+        return jobs;
+    }
     let Some(index) = router::find(&snapshot.config.routes, request) else {
         return Admission::Refuse(Refusal::new(Reason::NoRoute, "no route matches this request"));
     };
@@ -164,9 +182,21 @@ pub fn admit(snapshot: &Rc<Pinned>, request: &RequestView<'_>, account: &mut Acc
     let method = request.method;
     let reads = *method == Method::GET || *method == Method::HEAD;
     let writes = route.writes || !(reads || *method == Method::OPTIONS || *method == Method::TRACE);
+    // Where the request is stored instead of refused (`on_failure = "queue"`, writes only).
+    let queue_on_failure = route.queue_on_failure.filter(|_| writes);
+    // A queue route's requests are stored whatever the load: that is their point.
+    let mut queue_to = match route.action {
+        seawall_config::RouteAction::Queue { topic } => Some(topic),
+        _ => None,
+    };
     if let Some(upstream) = upstream.filter(|_| writes) {
-        if let Some(refusal) = read_only(snapshot, upstream, now_ms) {
-            return Admission::Refuse(refusal);
+        match read_only(snapshot, upstream, now_ms) {
+            Some((refusal, ReadOnly::Upstream)) if queue_on_failure.is_some() => {
+                drop(refusal);
+                queue_to = queue_on_failure;
+            }
+            Some((refusal, _)) => return Admission::Refuse(refusal),
+            None => {}
         }
     }
     let limit = body_limit(snapshot, route);
@@ -242,22 +272,32 @@ pub fn admit(snapshot: &Rc<Pinned>, request: &RequestView<'_>, account: &mut Acc
         let served = t.serve(&stored, CacheStatus::Stale);
         Some(CachedAnswer { served, fields: fields.clone(), refresh: None })
     };
-    if let Some(cause) = overload.shed(priority) {
-        if let Some(answer) = stale_for_shed(&ticket) {
-            return Admission::Cached(answer);
+    if let Some(cause) = overload.shed(priority).filter(|_| queue_to.is_none()) {
+        if queue_on_failure.is_some() {
+            // Stored for later rather than refused.
+            snapshot.route_metrics[index].shed(priority, cause);
+            queue_to = queue_on_failure;
+        } else {
+            if let Some(answer) = stale_for_shed(&ticket) {
+                return Admission::Cached(answer);
+            }
+            snapshot.route_metrics[index].shed(priority, cause);
+            let after = snapshot.config.overload.retry_after;
+            let refusal = crate::overload::refusal(cause, priority, after);
+            return Admission::Refuse(refusal.degraded(route.degrade.as_ref()));
         }
-        snapshot.route_metrics[index].shed(priority, cause);
-        let after = snapshot.config.overload.retry_after;
-        let refusal = crate::overload::refusal(cause, priority, after);
-        return Admission::Refuse(refusal.degraded(route.degrade.as_ref()));
     }
     let upstream = upstream.map(|u| read_group(snapshot, route, reads, now_ms).unwrap_or(u));
-    let gated = upstream.and_then(|u| {
+    let gated = upstream.filter(|_| queue_to.is_none()).and_then(|u| {
         let group = &snapshot.upstreams[u];
         let gate = group.gate.as_ref()?;
         crate::overload::sheds(gate.level(), priority).then_some((group, gate))
     });
-    if let Some((group, gate)) = gated {
+    if let (Some(_), Some(topic)) = (&gated, queue_on_failure) {
+        // Stored for later rather than refused.
+        snapshot.route_metrics[index].shed(priority, ShedCause::Wait);
+        queue_to = Some(topic);
+    } else if let Some((group, gate)) = gated {
         if let Some(answer) = stale_for_shed(&ticket) {
             return Admission::Cached(answer);
         }
@@ -277,6 +317,8 @@ pub fn admit(snapshot: &Rc<Pinned>, request: &RequestView<'_>, account: &mut Acc
     let mut permit = Permit::new(Rc::clone(snapshot), index, upstream, priority, fields);
     permit.cache = ticket;
     permit.request_id = account.request_id;
+    permit.queue = queue_to;
+    permit.queue_on_failure = queue_on_failure;
     if let Some(status) = cache_status {
         permit.fields.extend_from_slice(status.field_line());
     }
@@ -292,11 +334,20 @@ fn read_group(snapshot: &Pinned, route: &Route, reads: bool, now_ms: u64) -> Opt
     route.read_upstream.filter(|&r| reads && snapshot.upstreams[r].has_available(now_ms))
 }
 
+/// Why writes are refused.
+enum ReadOnly {
+    /// The operator's switch.
+    Switch,
+    /// The upstream has no server up.
+    Upstream,
+}
+
 /// Why a write is refused: the gateway is in read-only mode, or the upstream it would go to has
 /// no server left (and no fallback) — then reads keep flowing while writes wait.
-fn read_only(snapshot: &Pinned, upstream: usize, now_ms: u64) -> Option<Refusal> {
+fn read_only(snapshot: &Pinned, upstream: usize, now_ms: u64) -> Option<(Refusal, ReadOnly)> {
     if snapshot.switches.read_only() {
-        return Some(Refusal::new(Reason::ReadOnly, "the service is in read-only mode"));
+        let refusal = Refusal::new(Reason::ReadOnly, "the service is in read-only mode");
+        return Some((refusal, ReadOnly::Switch));
     }
     let group = &snapshot.upstreams[upstream];
     if group.config.fallback.is_empty() && !group.has_available(now_ms) {
@@ -304,9 +355,37 @@ fn read_only(snapshot: &Pinned, upstream: usize, now_ms: u64) -> Option<Refusal>
             "upstream {:?} has no server up: writes are refused, reads keep flowing",
             group.config.name
         );
-        return Some(Refusal::new(Reason::ReadOnly, detail));
+        return Some((Refusal::new(Reason::ReadOnly, detail), ReadOnly::Upstream));
     }
     None
+}
+
+/// `GET {queue.jobs_path}ID` (and `HEAD`), answered before the routes: through
+/// `queue.jobs_rate_limit` when one is set.
+fn jobs_endpoint(
+    snapshot: &Pinned,
+    request: &RequestView<'_>,
+    account: &Account,
+) -> Option<Admission> {
+    let queue = snapshot.config.queue.as_ref()?;
+    if *request.method != Method::GET && *request.method != Method::HEAD {
+        return None;
+    }
+    let id = crate::queue::jobs_target(queue, request.path)?;
+    let mut fields = match queue.jobs_rate_limit {
+        None => Vec::new(),
+        Some(limit) => {
+            let now_ns = seawall_core::clock::ns_at(account.start.into_std());
+            match snapshot.limiters[limit].check(request, Priority::P1, now_ns) {
+                Ok(passed) => passed.fields,
+                Err(refusal) => return Some(Admission::Refuse(refusal)),
+            }
+        }
+    };
+    if let Some(id) = &account.request_id {
+        id.push_line(&snapshot.config.server.request_id_header, &mut fields);
+    }
+    Some(Admission::Jobs { id, fields })
 }
 
 /// The books of one request, closed once: by [`Account::finish`], or by the drop of a request

@@ -88,7 +88,8 @@ impl Embedded {
         let keyspace = fjall::Config::new(dir.join("store")).open().map_err(|e| {
             StoreError::Io(format!("cannot open the queue in {}: {e}", dir.display()))
         })?;
-        let jobs = keyspace.open_partition("jobs", PartitionCreateOptions::default()).map_err(io)?;
+        let jobs =
+            keyspace.open_partition("jobs", PartitionCreateOptions::default()).map_err(io)?;
         let db = Arc::new(Store { keyspace, jobs });
         let mut index = Index::default();
         let mut finished = Vec::new();
@@ -433,7 +434,11 @@ fn write_loop(db: &Store, rx: &mpsc::Receiver<Batch>, commit_delay: Duration) {
 
 fn commit(db: &Store, writes: Vec<Write>, durable: bool) -> Result<(), StoreError> {
     if writes.is_empty() {
-        return if durable { db.keyspace.persist(PersistMode::SyncAll).map_err(io) } else { Ok(()) };
+        return if durable {
+            db.keyspace.persist(PersistMode::SyncAll).map_err(io)
+        } else {
+            Ok(())
+        };
     }
     let mut batch = db.keyspace.batch().durability(durable.then_some(PersistMode::SyncAll));
     for w in writes {

@@ -77,7 +77,7 @@ pub(super) fn route_queue<'a>(cx: &mut Ctx<'_>, i: usize, r: &'a RawRoute) -> Ro
             RouteQueue::None
         }
         (q, true, true) => {
-            let topic = q.as_ref().and_then(|q| topic_of(q)).unwrap_or(route_name);
+            let topic = q.as_ref().and_then(topic_of).unwrap_or(route_name);
             RouteQueue::OnFailure { topic }
         }
         (_, false, true) => {
@@ -93,7 +93,12 @@ pub(super) fn route_queue<'a>(cx: &mut Ctx<'_>, i: usize, r: &'a RawRoute) -> Ro
 }
 
 /// The queue, when `[queue]` is written or a route queues; `upstreams` are the groups' names.
-pub(super) fn queue(cx: &mut Ctx<'_>, raw: &RawConfig, upstreams: &[String]) -> Option<Queue> {
+pub(super) fn queue(
+    cx: &mut Ctx<'_>,
+    raw: &RawConfig,
+    upstreams: &[String],
+    rate_limits: &[crate::model::RateLimit],
+) -> Option<Queue> {
     let mut named: Vec<Named<'_>> = Vec::new();
     let table = raw.queue.as_ref().map(|q| q.get_ref());
     for (name, t) in table.map(|q| &q.topics).into_iter().flatten() {
@@ -176,6 +181,14 @@ pub(super) fn queue(cx: &mut Ctx<'_>, raw: &RawConfig, upstreams: &[String]) -> 
             "/jobs/".to_string()
         }
     };
+    let jobs_rate_limit = q.jobs_rate_limit.as_ref().and_then(|l| {
+        let found = rate_limits.iter().position(|x| x.name == *l.get_ref());
+        if found.is_none() {
+            let message = format!("no rate limit named {:?} under [rate_limits]", l.get_ref());
+            cx.error(l.span(), "queue.jobs_rate_limit", message);
+        }
+        found
+    });
     let max_jobs =
         cx.count(q.max_jobs.as_ref(), "queue.max_jobs", defaults::QUEUE_MAX_JOBS, 1, i64::MAX);
     let max_bytes = cx.size(q.max_bytes.as_ref(), "queue.max_bytes", defaults::QUEUE_MAX_BYTES);
@@ -229,6 +242,7 @@ pub(super) fn queue(cx: &mut Ctx<'_>, raw: &RawConfig, upstreams: &[String]) -> 
     Some(Queue {
         backend,
         jobs_path,
+        jobs_rate_limit,
         max_jobs,
         max_bytes,
         max_body,

@@ -17,6 +17,7 @@
 
 mod cache;
 mod overload;
+mod queue;
 mod servers;
 mod switches;
 
@@ -77,9 +78,16 @@ async fn route(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Bytes> 
         "/healthz" => (Method::GET, text(StatusCode::OK, "text/plain", "ok\n".into())),
         "/readyz" => (Method::GET, readiness(shared)),
         "/metrics" => {
-            (Method::GET, text(StatusCode::OK, "text/plain; version=0.0.4", metrics(shared)))
+            let mut out = metrics(shared);
+            if let Some(q) = &shared.queue {
+                queue::metrics(&mut out, q).await;
+            }
+            (Method::GET, text(StatusCode::OK, "text/plain; version=0.0.4", out))
         }
-        "/api/v1/state" => (Method::GET, text(StatusCode::OK, "application/json", state(shared))),
+        "/api/v1/state" => {
+            let queue = queue::state(shared).await;
+            (Method::GET, text(StatusCode::OK, "application/json", state(shared, queue)))
+        }
         "/api/v1/reload" => {
             if method != Method::POST {
                 return method_not_allowed(Method::POST);
@@ -107,7 +115,19 @@ async fn route(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Bytes> 
             }
             return switches::mode(shared, req).await;
         }
-        _ => return switch(shared, req).await,
+        _ => {
+            if let Some(asked) = queue::action(method, path) {
+                let action = match asked {
+                    Ok(action) => action,
+                    Err(allowed) => return method_not_allowed(allowed),
+                };
+                if let Some(refusal) = authorize(shared, &req) {
+                    return refusal;
+                }
+                return queue::serve(shared, action, req.uri().query()).await;
+            }
+            return switch(shared, req).await;
+        }
     };
     if method != allowed && !(allowed == Method::GET && method == Method::HEAD) {
         return method_not_allowed(allowed);
@@ -449,7 +469,7 @@ fn route_topic<'a>(
     config.queue.as_ref().map(|q| q.topics[topic].name.as_str())
 }
 
-fn state(shared: &Shared) -> String {
+fn state(shared: &Shared, queue: serde_json::Value) -> String {
     let snapshot = shared.snapshot.load();
     let now = seawall_core::clock::now_ms();
     let config = &snapshot.config;
@@ -543,6 +563,7 @@ fn state(shared: &Shared) -> String {
         "connections_open": shared.registry.connections_open.get(),
         "routes": routes,
         "upstreams": upstreams,
+        "queue": queue,
     })
     .to_string()
 }

@@ -51,6 +51,8 @@ impl<S: Transport> Session<S> {
         self.head.write_upstream(buf, out, self.client, host_is_server, added);
         let method = self.head.method.clone();
         let draining = self.worker.drain.fired();
+        // `on_failure = "queue"`: what a job keeps of the head, should the upstream fail.
+        let job = permit.queue_on_failure.and_then(|_| self.job_head(permit));
         let mut body = ClientBody::new(
             &mut self.stream,
             &mut self.buf,
@@ -85,6 +87,17 @@ impl<S: Transport> Session<S> {
             &mut self.timer,
         )
         .await;
+        if let (Some(topic), Some(job)) = (crate::queue::takes_over(&forwarded, permit), job) {
+            // The body is still whole (nothing reached an upstream): it goes to the queue.
+            if body.rewind() {
+                let limit = Self::job_body_limit(permit);
+                let read = body.read_to_end(&mut self.timer, limit).await;
+                let (pos, body_complete) = body.finish();
+                let consumed = pos.min(self.buf.len());
+                bytes::Buf::advance(&mut self.buf, consumed);
+                return self.store_job(permit, topic, job, read, body_complete).await;
+            }
+        }
         let (pos, body_complete) = body.finish();
         let consumed = pos.min(self.buf.len());
         bytes::Buf::advance(&mut self.buf, consumed);

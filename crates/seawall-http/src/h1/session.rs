@@ -271,28 +271,31 @@ impl<S: Transport> Session<S> {
                 return after;
             }
             Admission::Refuse(refusal) => {
-                let (after, written) = self.refuse(&refusal).await;
-                let served = if written {
-                    Served::answered(&refusal, None)
-                } else {
-                    Served::refused(Reason::ClientClosed, None)
-                };
+                let (served, after) = self.refuse_and_count(&refusal).await;
+                account.bytes_sent = std::mem::take(&mut self.sent);
+                account.finish(served, Instant::now());
+                return after;
+            }
+            Admission::Jobs { id, fields } => {
+                let (served, after) = self.job_status(id, &fields).await;
                 account.bytes_sent = std::mem::take(&mut self.sent);
                 account.finish(served, Instant::now());
                 return after;
             }
         };
         let upstream = permit.upstream;
-        let (served, after) = match &permit.route().action {
-            RouteAction::Redirect(redirect) => {
-                let redirect = std::sync::Arc::clone(redirect);
-                self.redirect(&redirect, &permit).await
-            }
-            RouteAction::Queue { topic } => {
+        let (served, after) = match (&permit.route().action, permit.queue) {
+            // A queue route, or a write its upstream cannot take now (`on_failure = "queue"`).
+            (_, Some(topic)) => self.enqueue(&permit, topic).await,
+            (RouteAction::Queue { topic }, None) => {
                 let topic = *topic;
                 self.enqueue(&permit, topic).await
             }
-            RouteAction::Proxy { .. } => {
+            (RouteAction::Redirect(redirect), None) => {
+                let redirect = std::sync::Arc::clone(redirect);
+                self.redirect(&redirect, &permit).await
+            }
+            (RouteAction::Proxy { .. }, None) => {
                 // What the upstream call needs of the view, taken while the head is at hand.
                 let facts = Facts {
                     key: snapshot.upstreams[upstream].request_key(&view),
@@ -311,6 +314,39 @@ impl<S: Transport> Session<S> {
         account.finish(served, end);
         drop(permit);
         after
+    }
+
+    /// [`Session::refuse`], and how the request is counted.
+    pub(super) async fn refuse_and_count(&mut self, refusal: &Refusal) -> (Served, After) {
+        let (after, written) = self.refuse(refusal).await;
+        let served = if written {
+            Served::answered(refusal, None)
+        } else {
+            Served::refused(Reason::ClientClosed, None)
+        };
+        (served, after)
+    }
+
+    /// Writes Seawall's own complete answer to the current request (a redirect, a job's
+    /// status); the connection stays open when the whole request, body included, was read.
+    pub(super) async fn answer_whole(
+        &mut self,
+        response: &http::Response<bytes::Bytes>,
+    ) -> (Served, After) {
+        let whole = self.whole_request_len();
+        let here = whole.is_some_and(|n| n <= self.buf.len() as u64);
+        let close = self.head.close || !here || self.worker.drain.fired();
+        let how = self.answer_kind(close);
+        crate::problem::write_http1(&mut self.out, response, how);
+        if self.write_client_once().await.is_err() {
+            return (Served::refused(Reason::ClientClosed, None), After::Close);
+        }
+        let served = Served { status: response.status().as_u16(), upstream: None, reason: None };
+        if close {
+            return (served, if here { After::Close } else { After::Linger });
+        }
+        self.consume_request();
+        (served, After::KeepOpen)
     }
 
     /// Answers with Seawall's problem document for `refusal`; returns what becomes of the

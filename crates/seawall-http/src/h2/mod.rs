@@ -30,7 +30,7 @@ use crate::client::Client;
 use crate::headers::{classify, has_token, valid_host, ConnectionOptions};
 use crate::policy::{self, body_limit, Account, Admission, Permit, Served};
 use crate::problem::{Reason, Refusal};
-use crate::proxy::{self, BodyError, Forward, Forwarded};
+use crate::proxy::{self, BodyError, Downstream as _, Forward, Forwarded};
 use crate::request::{write_upstream_head, BodyFraming, FieldRef, RequestView, UpstreamHead};
 use crate::response;
 use crate::timer::LazyTimer;
@@ -113,6 +113,9 @@ pub async fn handle(
     let mut permit = match policy::admit(&snapshot, &view, &mut account) {
         Admission::Admit(permit) => permit,
         Admission::Refuse(refusal) => return Ok(refuse(refusal, account, None, active)),
+        Admission::Jobs { id, fields } => {
+            return Ok(queue::job_status(&worker, id, &fields, account, active).await);
+        }
         Admission::Cached(answer) => {
             let response = serve_stored(&answer.served, &answer.fields, head_only, account, active);
             if let Some(refresh) = answer.refresh {
@@ -124,11 +127,17 @@ pub async fn handle(
     if let seawall_config::RouteAction::Redirect(redirect) = &permit.route().action {
         let answer = crate::edge::redirect(redirect, permit.route(), path, target, &permit.fields);
         worker.shared.registry.redirects.add(1);
-        return Ok(answer_with(answer, account, permit, active));
+        return Ok(answer_with(answer, account, Some(permit), active));
     }
-    if let seawall_config::RouteAction::Queue { topic } = permit.route().action {
+    let queue_to = match permit.route().action {
+        seawall_config::RouteAction::Queue { topic } => Some(topic),
+        _ => permit.queue,
+    };
+    if let Some(topic) = queue_to {
         let request = queue::Queued { parts: &parts, target, request_id, topic };
-        return Ok(queue::enqueue(&worker, request, body, account, permit, active).await);
+        let limit = queue::body_limit(&permit);
+        let down = StreamBody::new(body, limit, snapshot.config.server.body_timeout, 0);
+        return Ok(queue::enqueue(&worker, request, down, account, permit, active).await);
     }
     let mut ticket = permit.cache.take();
     let upstream = permit.upstream;
@@ -204,6 +213,13 @@ pub async fn handle(
         &mut timer,
     )
     .await;
+    if let Some(topic) = crate::queue::takes_over(&forwarded, &permit) {
+        // The body is still whole (nothing reached an upstream): it goes to the queue.
+        if down.rewind() {
+            let request = queue::Queued { parts: &parts, target, request_id, topic };
+            return Ok(queue::enqueue(&worker, request, down, account, permit, active).await);
+        }
+    }
     let response = match forwarded {
         Forwarded::Response(response) => response,
         Forwarded::Refused(refusal, at) => return Ok(refuse(refusal, account, at, active)),
@@ -326,13 +342,13 @@ fn serve_stored(
 fn answer_with(
     answer: Response<bytes::Bytes>,
     mut account: Account,
-    permit: Permit,
+    permit: Option<Permit>,
     active: ActiveGuard,
 ) -> Response<ProxyBody> {
     let served = Served { status: answer.status().as_u16(), upstream: None, reason: None };
     account.bytes_sent = answer.body().len() as u64;
     account.finish(served, Instant::now());
-    let guards = Guards { _permit: Some(permit), _active: active };
+    let guards = Guards { _permit: permit, _active: active };
     let (parts, body) = answer.into_parts();
     Response::from_parts(parts, ProxyBody::full(body).with_guards(guards))
 }

@@ -1,16 +1,17 @@
-//! The `queue` action on hyper's side (h2c, HTTP/2 over TLS, and the HTTP/1.x requests hyper
-//! serves): the body is read whole (up to `queue.max_body`), the job stored, and the request
-//! answered `202` once it is durable — or `queue_full`; the answers are built by
-//! [`crate::queue`], the same for both engines.
+//! The queue on hyper's side (h2c, HTTP/2 over TLS, and the HTTP/1.x requests hyper serves): a
+//! `queue` route's request, or a write its upstream cannot take (`on_failure = "queue"`), is
+//! read whole (up to `queue.max_body`), stored, and answered `202` once it is durable — or
+//! `queue_full`; and `GET {jobs_path}ID`. The answers are built by [`crate::queue`], the same for
+//! both engines.
 
 use std::rc::Rc;
 
 use http::Response;
-use hyper::body::Incoming;
+use seawall_queue::JobId;
 
 use super::body::StreamBody;
 use super::{answer_with, refuse, ActiveGuard, ProxyBody};
-use crate::policy::{body_limit, Account, Permit};
+use crate::policy::{self, Account, Permit};
 use crate::problem::Refusal;
 use crate::proxy::{BodyError, Downstream as _};
 use crate::request_id::RequestId;
@@ -26,11 +27,18 @@ pub(super) struct Queued<'a> {
     pub topic: usize,
 }
 
-/// Stores the request as a job and answers it.
+/// The largest body a job of this request may keep.
+pub(super) fn body_limit(permit: &Permit) -> u64 {
+    let snapshot = permit.snapshot();
+    let most = snapshot.config.queue.as_ref().map_or(0, |q| q.max_body);
+    policy::body_limit(snapshot, permit.route()).min(most)
+}
+
+/// Stores the request, with the body `down` holds, as a job and answers it.
 pub(super) async fn enqueue(
     worker: &Rc<Worker>,
     request: Queued<'_>,
-    body: Incoming,
+    mut down: StreamBody,
     account: Account,
     permit: Permit,
     active: ActiveGuard,
@@ -52,10 +60,9 @@ pub(super) async fn enqueue(
         id_field,
         Vec::new(),
     );
-    let limit = body_limit(&snapshot, permit.route()).min(config.max_body);
-    let mut body = StreamBody::new(body, limit, server.body_timeout, 0);
+    let limit = body_limit(&permit);
     let mut timer = LazyTimer::new(tokio::time::Instant::now() + server.body_timeout);
-    match body.read_to_end(&mut timer, limit).await {
+    match down.read_to_end(&mut timer, limit).await {
         Ok(bytes) => job.body = bytes,
         Err(error) => {
             if error == BodyError::Timeout {
@@ -67,8 +74,26 @@ pub(super) async fn enqueue(
     let name = &config.topics[request.topic].name;
     match queue.enqueue(name, job).await {
         Ok(id) => {
-            answer_with(crate::queue::accepted(id, config, &permit.fields), account, permit, active)
+            let answer = crate::queue::accepted(id, config, &permit.fields);
+            answer_with(answer, account, Some(permit), active)
         }
         Err(error) => refuse(crate::queue::refusal(&error, config), account, None, active),
+    }
+}
+
+/// Answers `GET {jobs_path}ID`.
+pub(super) async fn job_status(
+    worker: &Rc<Worker>,
+    id: Option<JobId>,
+    fields: &[u8],
+    account: Account,
+    active: ActiveGuard,
+) -> Response<ProxyBody> {
+    let Some(queue) = worker.shared.queue.clone() else {
+        return refuse(crate::queue::unavailable(), account, None, active);
+    };
+    match crate::queue::job_status(&queue, id, fields).await {
+        Ok(answer) => answer_with(answer, account, None, active),
+        Err(refusal) => refuse(refusal, account, None, active),
     }
 }

@@ -73,6 +73,25 @@ pub fn refusal(error: &EnqueueError, config: &seawall_config::Queue) -> Refusal 
     refusal
 }
 
+/// The topic that takes a request its upstream could not (`on_failure = "queue"`): the breaker
+/// was open, no server was up or could be reached, or the gate had no room for it.
+pub fn takes_over(
+    forwarded: &crate::proxy::Forwarded,
+    permit: &crate::policy::Permit,
+) -> Option<usize> {
+    let crate::proxy::Forwarded::Refused(refusal, _) = forwarded else { return None };
+    let unreachable = matches!(
+        refusal.reason,
+        Reason::CircuitOpen
+            | Reason::UpstreamUnavailable
+            | Reason::UpstreamConnectFailed
+            | Reason::UpstreamTlsFailed
+            | Reason::BulkheadFull
+            | Reason::Overloaded
+    );
+    permit.queue_on_failure.filter(|_| unreachable)
+}
+
 /// The refusal when the gateway started without a queue (a reload added one).
 pub fn unavailable() -> Refusal {
     let detail = "the queue is not running: [queue] was added after start, which takes a restart";
@@ -166,7 +185,7 @@ pub async fn deliveries(
             });
         }
         ticks += 1;
-        if index == 0 && ticks % 10 == 0 {
+        if index == 0 && ticks.is_multiple_of(10) {
             let keep = config.keep_finished.as_millis() as u64;
             let before = seawall_queue::job::now_ms().saturating_sub(keep);
             if let Err(e) = queue.backend.expire(before).await {

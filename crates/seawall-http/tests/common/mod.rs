@@ -2,12 +2,15 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 mod capacity;
+mod destination;
 mod engines;
 mod gated;
 mod redis;
 mod tls;
 #[allow(unused_imports)]
 pub use capacity::*;
+#[allow(unused_imports)]
+pub use destination::*;
 #[allow(unused_imports)]
 pub use engines::*;
 #[allow(unused_imports)]
