@@ -24,12 +24,10 @@ enum Store {
     Redis,
 }
 
-const REDIS_BACKEND_READY: bool = false;
-
 /// The backends a test runs on: Redis only when it is there (or required).
 fn stores() -> Vec<Store> {
     let mut stores = vec![Store::Embedded];
-    if REDIS_BACKEND_READY && redis_at("127.0.0.1:6379") {
+    if redis_at("127.0.0.1:6379") {
         stores.push(Store::Redis);
     }
     stores
