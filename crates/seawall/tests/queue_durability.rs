@@ -1,0 +1,206 @@
+//! Nothing acknowledged is lost: the `seawall` binary takes jobs from many clients at once and is
+//! killed with SIGKILL at random moments, 20 times, then started again; every job it answered 202
+//! must reach the destination at least once (jobs cut mid-delivery are delivered again).
+//! `SEAWALL_KILL_ROUNDS` runs more rounds (bench/queue.sh runs 200).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Producers writing at once.
+const PRODUCERS: usize = 16;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A destination that records the `Idempotency-Key` of every call and answers 200.
+fn destination(keys: Arc<Mutex<HashSet<String>>>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let keys = Arc::clone(&keys);
+            std::thread::spawn(move || serve_destination(stream, &keys));
+        }
+    });
+    addr
+}
+
+fn serve_destination(stream: TcpStream, keys: &Mutex<HashSet<String>>) {
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut writer = stream;
+    loop {
+        let Some((head, _body)) = read_message(&mut reader) else { return };
+        if let Some(key) = field(&head, "idempotency-key") {
+            keys.lock().unwrap().insert(key);
+        }
+        if writer.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n").is_err() {
+            return;
+        }
+    }
+}
+
+/// One HTTP/1.1 message with a `Content-Length` body: its head and body.
+fn read_message(reader: &mut BufReader<TcpStream>) -> Option<(String, Vec<u8>)> {
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).ok()? == 0 {
+            return None;
+        }
+        if line == "\r\n" {
+            break;
+        }
+        head.push_str(&line);
+    }
+    let length: usize = field(&head, "content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).ok()?;
+    Some((head, body))
+}
+
+fn field(head: &str, name: &str) -> Option<String> {
+    head.lines().find_map(|l| {
+        let (n, v) = l.split_once(':')?;
+        n.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+    })
+}
+
+/// A producer: posts jobs on a keep-alive connection, reconnecting while the gateway is down;
+/// every 202 it reads is an acknowledged job id.
+fn produce(gateway: SocketAddr, acked: &Mutex<Vec<String>>, stop: &AtomicBool, sent: &AtomicU64) {
+    while !stop.load(SeqCst) {
+        let Ok(stream) = TcpStream::connect_timeout(&gateway, Duration::from_millis(200)) else {
+            std::thread::sleep(Duration::from_millis(5));
+            continue;
+        };
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let mut writer = stream;
+        while !stop.load(SeqCst) {
+            let n = sent.fetch_add(1, SeqCst);
+            let body = format!("{{\"n\":{n}}}");
+            let request = format!(
+                "POST /emails HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            if writer.write_all(request.as_bytes()).is_err() {
+                break;
+            }
+            let Some((head, body)) = read_message(&mut reader) else { break };
+            if head.starts_with("HTTP/1.1 202") {
+                let text = String::from_utf8_lossy(&body);
+                let id = text.split("\"job\":\"").nth(1).and_then(|r| r.split('"').next()).unwrap();
+                acked.lock().unwrap().push(id.to_string());
+            }
+        }
+    }
+}
+
+struct Gateway(Child);
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start(config: &std::path::Path, listen: SocketAddr) -> Gateway {
+    let child = Command::new(env!("CARGO_BIN_EXE_seawall"))
+        .args(["run", "--config"])
+        .arg(config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let gateway = Gateway(child);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect_timeout(&listen, Duration::from_millis(100)).is_err() {
+        assert!(Instant::now() < deadline, "the gateway did not start listening");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    gateway
+}
+
+#[test]
+fn every_acknowledged_job_is_delivered_across_kill_9() {
+    let rounds: usize =
+        std::env::var("SEAWALL_KILL_ROUNDS").ok().and_then(|n| n.parse().ok()).unwrap_or(20);
+    let keys = Arc::new(Mutex::new(HashSet::new()));
+    let dest = destination(Arc::clone(&keys));
+    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let dir = std::env::temp_dir().join(format!("seawall-kill9-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("seawall.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"{listen}\"\nadmin = \"127.0.0.1:0\"\nworkers = 2\n\
+             [overload]\ncpu = \"off\"\n\
+             [queue]\ndata_dir = \"data\"\n\
+             [upstreams.mailer]\nservers = [\"{dest}\"]\n\
+             [[routes]]\nname = \"emails\"\npath_prefix = \"/emails\"\nqueue = {{ topic = \"emails\", deliver_to = \"mailer\" }}\n"
+        ),
+    )
+    .unwrap();
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let producers: Vec<_> = (0..PRODUCERS)
+        .map(|_| {
+            let (acked, stop, sent) = (Arc::clone(&acked), Arc::clone(&stop), Arc::clone(&sent));
+            std::thread::spawn(move || produce(listen, &acked, &stop, &sent))
+        })
+        .collect();
+    // Random moments: a different load time each round, from the clock's low bits.
+    let mut seed =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+            as u64
+            | 1;
+    for _ in 0..rounds {
+        let gateway = start(&config, listen);
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        std::thread::sleep(Duration::from_millis(20 + seed % 250));
+        drop(gateway); // SIGKILL, then reaped.
+    }
+    let _last = start(&config, listen);
+    stop.store(true, SeqCst);
+    for p in producers {
+        p.join().unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert!(
+        acked.len() >= rounds * 10,
+        "too few jobs acknowledged to mean anything: {}",
+        acked.len()
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let missing: Vec<&String> = {
+            let delivered = keys.lock().unwrap();
+            acked.iter().filter(|id| !delivered.contains(*id)).collect()
+        };
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {} acknowledged jobs never delivered after {rounds} kills, e.g. {:?}",
+            missing.len(),
+            acked.len(),
+            &missing[..missing.len().min(5)]
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
