@@ -34,7 +34,7 @@ pub struct RawConfig {
     pub cache: RawCache,
     #[serde(default)]
     pub dns: RawDns,
-    pub queue: Option<Spanned<RawQueue>>,
+    pub queue: Option<RawQueue>,
 }
 
 /// `[queue]`
@@ -56,7 +56,7 @@ pub struct RawQueue {
     pub retry_after: Option<Text>,
     pub commit_delay: Option<Text>,
     #[serde(default)]
-    pub topics: BTreeMap<String, Spanned<RawTopic>>,
+    pub topics: BTreeMap<String, RawTopic>,
 }
 
 /// `[queue.topics.NAME]`: one topic's bounds and how it is delivered.

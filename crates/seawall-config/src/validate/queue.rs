@@ -10,6 +10,7 @@ use toml::Spanned;
 use super::{defaults, is_protocol_field, protections, upstream_index, valid_header_name, Ctx};
 use crate::model::{Queue, QueueBackend, Topic};
 use crate::raw::{RawConfig, RawQueue, RawRoute, RawTopic, Text};
+use crate::recover::key_span;
 
 /// The fields a job keeps when `headers` is not written: what describes the body and the
 /// client's wishes, not its credentials (add `authorization` knowingly: it is stored on disk).
@@ -25,9 +26,12 @@ pub const DEFAULT_HEADERS: [&str; 6] = [
 /// A topic as the routes and tables name it, before it is checked.
 struct Named<'a> {
     name: String,
-    table: Option<&'a Spanned<RawTopic>>,
+    table: Option<&'a RawTopic>,
     /// The destination, and the key that named it (for a conflict's message).
     deliver_to: Option<(Text, String)>,
+    /// Where the topic was first named, and its key.
+    span: std::ops::Range<usize>,
+    named_at: String,
 }
 
 /// What a route says about queueing.
@@ -100,10 +104,10 @@ pub(super) fn queue(
     rate_limits: &[crate::model::RateLimit],
 ) -> Option<Queue> {
     let mut named: Vec<Named<'_>> = Vec::new();
-    let table = raw.queue.as_ref().map(|q| q.get_ref());
+    let table = raw.queue.as_ref();
     for (name, t) in table.map(|q| &q.topics).into_iter().flatten() {
         if !valid_topic(name) {
-            let span = t.span();
+            let span = key_span(cx.source, &["queue", "topics", name]).unwrap_or(0..0);
             cx.error(
                 span,
                 &format!("queue.topics.{name}"),
@@ -111,8 +115,15 @@ pub(super) fn queue(
             );
         }
         let deliver_to =
-            t.get_ref().deliver_to.clone().map(|d| (d, format!("queue.topics.{name}.deliver_to")));
-        named.push(Named { name: name.clone(), table: Some(t), deliver_to });
+            t.deliver_to.clone().map(|d| (d, format!("queue.topics.{name}.deliver_to")));
+        let named_at = format!("queue.topics.{name}");
+        named.push(Named {
+            name: name.clone(),
+            table: Some(t),
+            deliver_to,
+            span: key_span(cx.source, &["queue", "topics", name]).unwrap_or(0..0),
+            named_at,
+        });
     }
     for (i, r) in raw.routes.iter().enumerate() {
         let r = r.get_ref();
@@ -141,7 +152,14 @@ pub(super) fn queue(
             );
         }
         match named.iter_mut().find(|n| n.name == topic) {
-            None => named.push(Named { name: topic, table: None, deliver_to }),
+            None => {
+                let span = r
+                    .queue
+                    .as_ref()
+                    .map_or_else(|| r.on_failure.as_ref().map_or(0..0, |v| v.span()), |q| q.span());
+                let named_at = format!("routes[{i}].queue");
+                named.push(Named { name: topic, table: None, deliver_to, span, named_at });
+            }
             Some(known) => match (&known.deliver_to, deliver_to) {
                 (None, d) => known.deliver_to = d,
                 (Some((have, where_)), Some((want, key))) if have.get_ref() != want.get_ref() => {
@@ -340,14 +358,13 @@ fn topic(
 ) -> Option<Topic> {
     let key = |k: &str| format!("queue.topics.{}.{k}", n.name);
     let default = RawTopic::default();
-    let t = n.table.map_or(&default, |t| t.get_ref());
+    let t = n.table.unwrap_or(&default);
     let deliver_to = match &n.deliver_to {
         Some((text, key)) => upstream_index(cx, text, key, upstreams)?,
         None => {
-            let span = n.table.map_or(0..0, |t| t.span());
             let message =
                 format!("topic {:?} needs deliver_to: the upstream its jobs go to", n.name);
-            cx.error(span, &key("deliver_to"), message);
+            cx.error(n.span.clone(), &format!("{}.deliver_to", n.named_at), message);
             return None;
         }
     };
