@@ -14,6 +14,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::mpsc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -40,8 +41,28 @@ struct Batch {
     done: oneshot::Sender<Result<(), StoreError>>,
 }
 
+/// What the writer did: commits (synced or not), the writes they held, and the time spent.
+#[derive(Debug, Default)]
+pub struct CommitStats {
+    pub commits: AtomicU64,
+    pub synced: AtomicU64,
+    pub writes: AtomicU64,
+    pub micros: AtomicU64,
+}
+
+impl CommitStats {
+    fn record(&self, writes: u64, synced: bool, took: Duration) {
+        self.commits.fetch_add(1, Relaxed);
+        self.synced.fetch_add(u64::from(synced), Relaxed);
+        self.writes.fetch_add(writes, Relaxed);
+        self.micros.fetch_add(took.as_micros() as u64, Relaxed);
+    }
+}
+
 /// The embedded store.
 pub struct Embedded {
+    /// The writer's commits.
+    pub stats: Arc<CommitStats>,
     db: Arc<Store>,
     /// Held while the store is open: one process per folder.
     _lock: std::fs::File,
@@ -123,11 +144,13 @@ impl Embedded {
         }
         let (tx, rx) = mpsc::channel();
         let writer_db = Arc::clone(&db);
+        let stats = Arc::new(CommitStats::default());
+        let writer_stats = Arc::clone(&stats);
         std::thread::Builder::new()
             .name("seawall-queue-writer".into())
-            .spawn(move || write_loop(&writer_db, &rx, commit_delay))
+            .spawn(move || write_loop(&writer_db, &rx, commit_delay, &writer_stats))
             .map_err(|e| StoreError::Io(format!("cannot start the queue's writer: {e}")))?;
-        Ok(Embedded { db, _lock: lock, writer: Mutex::new(tx), index: Mutex::new(index) })
+        Ok(Embedded { stats, db, _lock: lock, writer: Mutex::new(tx), index: Mutex::new(index) })
     }
 
     fn index(&self) -> std::sync::MutexGuard<'_, Index> {
@@ -377,7 +400,7 @@ fn io(e: impl std::fmt::Display) -> StoreError {
 
 /// The writer thread: takes every batch waiting, commits them together (durably when any asks
 /// for it), then answers each. Ends when the store is dropped.
-fn write_loop(db: &Store, rx: &mpsc::Receiver<Batch>, commit_delay: Duration) {
+fn write_loop(db: &Store, rx: &mpsc::Receiver<Batch>, commit_delay: Duration, stats: &CommitStats) {
     // Commits without a sync are made durable by the next durable one; one comes at least this
     // often so that they do not pile up.
     const SYNC_EVERY: Duration = Duration::from_millis(500);
@@ -416,7 +439,9 @@ fn write_loop(db: &Store, rx: &mpsc::Receiver<Batch>, commit_delay: Duration) {
             || unsynced_since.is_some_and(|s| s.elapsed() >= SYNC_EVERY);
         let all: Vec<Write> =
             group.iter_mut().flat_map(|b| std::mem::take(&mut b.writes)).collect();
+        let started = std::time::Instant::now();
         let result = commit(db, all, durable);
+        stats.record(writes as u64, durable, started.elapsed());
         if result.is_ok() {
             unsynced_since = if durable {
                 None
@@ -435,12 +460,12 @@ fn write_loop(db: &Store, rx: &mpsc::Receiver<Batch>, commit_delay: Duration) {
 fn commit(db: &Store, writes: Vec<Write>, durable: bool) -> Result<(), StoreError> {
     if writes.is_empty() {
         return if durable {
-            db.keyspace.persist(PersistMode::SyncAll).map_err(io)
+            db.keyspace.persist(PersistMode::SyncData).map_err(io)
         } else {
             Ok(())
         };
     }
-    let mut batch = db.keyspace.batch().durability(durable.then_some(PersistMode::SyncAll));
+    let mut batch = db.keyspace.batch().durability(durable.then_some(PersistMode::SyncData));
     for w in writes {
         match w {
             Write::Put { id, bytes } => batch.insert(&db.jobs, id.0, bytes),
