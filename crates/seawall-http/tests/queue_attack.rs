@@ -332,3 +332,100 @@ async fn admin_queue_endpoints_refuse_unknown_topics_and_bad_ids() {
     assert_eq!(jobs.status, StatusCode::NOT_FOUND, "{}", jobs.body);
     gw.shutdown().await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Reloads and configuration
+// ---------------------------------------------------------------------------------------------
+
+fn queue_config(dest: &Destination, dir: &str, topic: &str) -> seawall_config::Config {
+    config(&format!(
+        "[queue]\n{dir}\n[queue.topics.emails]\nbackoff = \"20ms\"\nmax_backoff = \"50ms\"\nmax_attempts = 3\n{topic}\n\
+         [upstreams.mailer]\nservers = [\"{}\"]\n\
+         [[routes]]\nname = \"emails\"\npath_prefix = \"/emails\"\nqueue = {{ topic = \"emails\", deliver_to = \"mailer\" }}\n",
+        dest.addr
+    ))
+}
+
+/// A reload that removes `[queue]` says "its jobs stay stored, undelivered, until it comes
+/// back" (state.rs). But `Queue::reconfigure` is not called, so the queue keeps its old
+/// configuration: the delivery loops go on, and the courier — which reads the *snapshot's*
+/// queue, now `None` — answers every attempt "topic has no destination" (a `Retry`). After
+/// `max_attempts` of them every pending job is a dead letter, never having been sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_queue_on_a_reload_keeps_the_jobs_instead_of_killing_them() {
+    let dest = Destination::start().await;
+    let dir = data_dir();
+    let gw = start(queue_config(&dest, &dir, "paused = true\n")).await;
+    let id = job_id(&ask(Engine::Http1, gw.listen_addr(), post(Engine::Http1, "/emails", "1")).await);
+    // The operator takes the queue out for a while: the route goes with it.
+    let without = config(&format!(
+        "[upstreams.mailer]\nservers = [\"{}\"]\n[[routes]]\nname = \"rest\"\nupstream = \"mailer\"\n",
+        dest.addr
+    ));
+    gw.shared().apply(without);
+    // The topic (still known to the admin API) is resumed.
+    let resumed = admin_call(&gw, "POST", "/api/v1/queue/emails/resume").await;
+    assert_eq!(resumed.status, StatusCode::OK, "{}", resumed.body);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let dead = admin(&gw, "/api/v1/queue/emails/dead").await;
+    let dead = dead.json();
+    assert!(
+        dead["dead"].as_array().unwrap().is_empty(),
+        "job {id} was killed while [queue] was out of the configuration (never sent: {} calls): {dead}",
+        dest.calls().len()
+    );
+    gw.shutdown().await;
+}
+
+/// A reload that writes `paused = true` for an existing topic changes nothing:
+/// `Queue::reconfigure` only reads `paused` for topics it has not seen (`or_insert_with`).
+/// The operator's "stop delivering" in the file is silently ignored until a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_pauses_a_topic_pauses_it() {
+    let dest = Destination::start().await;
+    let dir = data_dir();
+    let gw = start(queue_config(&dest, &dir, "")).await;
+    gw.shared().apply(queue_config(&dest, &dir, "paused = true\n"));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let state = admin(&gw, "/api/v1/state").await.json();
+    let _ = ask(Engine::Http1, gw.listen_addr(), post(Engine::Http1, "/emails", "1")).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        dest.calls().is_empty(),
+        "delivered although the reloaded configuration pauses the topic: {}",
+        state["queue"]["topics"]["emails"]
+    );
+    gw.shutdown().await;
+}
+
+/// The jobs endpoint is answered before the routes, at `/jobs/` unless configured. Adding any
+/// queue to a gateway whose application has its own `GET /jobs/...` silently takes those
+/// requests from it (404 `job_not_found`); the configuration neither refuses nor warns about a
+/// route that `jobs_path` shadows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_jobs_endpoint_does_not_silently_shadow_an_applications_own_jobs_path() {
+    let origin = Origin::start().await;
+    let dest = Destination::start().await;
+    let src = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\nworkers = 2\n[overload]\ncpu = \"off\"\n\
+         [queue]\n{}\n[queue.topics.emails]\n\
+         [upstreams.mailer]\nservers = [\"{}\"]\n[upstreams.app]\nservers = [\"{}\"]\n\
+         [[routes]]\nname = \"emails\"\npath_prefix = \"/emails\"\nqueue = {{ topic = \"emails\", deliver_to = \"mailer\" }}\n\
+         [[routes]]\nname = \"app\"\nupstream = \"app\"\n",
+        data_dir(),
+        dest.addr,
+        origin.addr
+    );
+    let parsed = seawall_config::parse(&src, "test.toml");
+    let Ok(cfg) = parsed else { return };
+    let gw = start(cfg).await;
+    let answer = get(gw.listen_addr(), "/jobs/42").await;
+    assert_ne!(
+        answer.header("x-seawall-reason"),
+        "job_not_found",
+        "the application's GET /jobs/42 is answered by the queue: {} {}",
+        answer.status,
+        answer.body
+    );
+    gw.shutdown().await;
+}
