@@ -429,3 +429,60 @@ async fn the_jobs_endpoint_does_not_silently_shadow_an_applications_own_jobs_pat
     );
     gw.shutdown().await;
 }
+
+/// A field the client names in `Connection` is hop-by-hop (RFC 9110 §7.6.1): the live proxy
+/// drops it, but `job_request` keeps every field `queue.headers` allows without looking at
+/// `Connection`, and the courier replays it to the destination.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_field_the_client_names_in_connection_is_not_replayed_to_the_destination() {
+    let dest = Destination::start().await;
+    let gw = gateway(&dest, "headers = [\"content-type\", \"x-hop\"]\n", "").await;
+    let answer = raw(
+        gw.listen_addr(),
+        b"POST /emails HTTP/1.1\r\nHost: t\r\nConnection: close, x-hop\r\nX-Hop: secret-for-the-next-hop\r\nContent-Length: 2\r\n\r\nok",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
+    eventually(Duration::from_secs(10), "the delivery", || async { !dest.calls().is_empty() })
+        .await;
+    let call = &dest.calls()[0];
+    assert!(
+        call.headers.get("x-hop").is_none(),
+        "a hop-by-hop field reached the destination: {:?}",
+        call.headers
+    );
+    gw.shutdown().await;
+}
+
+/// The operator forces the destination's breaker open (to protect it). Each delivery attempt is
+/// refused by Seawall itself (`circuit_open`) — nothing is sent — yet counts as an attempt: after
+/// `max_attempts` such non-attempts the job is a dead letter. The same holds for Seawall's own
+/// shedding of deliveries (gate / overload at P2): a busy gateway kills its queued jobs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seawalls_own_refusals_do_not_use_up_a_jobs_attempts() {
+    let dest = Destination::start().await;
+    let gw = start(config(&format!(
+        "[queue]\n{}\n[queue.topics.emails]\nbackoff = \"20ms\"\nmax_backoff = \"50ms\"\nmax_attempts = 3\npaused = true\n\
+         [upstreams.mailer]\nservers = [\"{}\"]\nbreaker = {{ min_requests = 1000 }}\n\
+         [[routes]]\nname = \"emails\"\npath_prefix = \"/emails\"\nqueue = {{ topic = \"emails\", deliver_to = \"mailer\" }}\n",
+        data_dir(),
+        dest.addr
+    )))
+    .await;
+    let id = job_id(&ask(Engine::Http1, gw.listen_addr(), post(Engine::Http1, "/emails", "1")).await);
+    let req = Request::post("/api/v1/upstreams/mailer/breaker").header("host", "admin");
+    let forced =
+        send(gw.admin_addr(), req.body(Full::new(Bytes::from("{\"state\":\"open\"}"))).unwrap())
+            .await;
+    assert_eq!(forced.status, StatusCode::OK, "{}", forced.body);
+    let resumed = admin_call(&gw, "POST", "/api/v1/queue/emails/resume").await;
+    assert_eq!(resumed.status, StatusCode::OK);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let s = job(&gw, &id).await;
+    assert_ne!(
+        s["status"], "dead",
+        "killed by the gateway's own breaker without one call to the destination ({} calls): {s}",
+        dest.calls().len()
+    );
+    gw.shutdown().await;
+}
