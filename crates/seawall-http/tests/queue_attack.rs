@@ -486,3 +486,24 @@ async fn seawalls_own_refusals_do_not_use_up_a_jobs_attempts() {
     );
     gw.shutdown().await;
 }
+
+/// `on_failure = "queue"` with `queue = { topic = "x", deliver_to = "archive" }` on a proxy
+/// route: `route_queue` takes only the topic, and the topic is delivered to the route's
+/// upstream. The written `deliver_to` is silently ignored — no error, no warning.
+#[test]
+fn an_on_failure_routes_deliver_to_is_honoured_or_refused() {
+    let src = "[server]\nlisten = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n\
+               [upstreams.live]\nservers = [\"127.0.0.1:1\"]\n\
+               [upstreams.archive]\nservers = [\"127.0.0.1:2\"]\n\
+               [[routes]]\nname = \"w\"\npath_prefix = \"/w\"\nupstream = \"live\"\non_failure = \"queue\"\n\
+               queue = { topic = \"x\", deliver_to = \"archive\" }\n";
+    let Ok(cfg) = seawall_config::parse(src, "test.toml") else { return };
+    let q = cfg.queue.as_ref().unwrap();
+    let t = &q.topics[q.topic("x").unwrap()];
+    let to = &cfg.upstreams[t.deliver_to].name;
+    assert_eq!(
+        to, "archive",
+        "deliver_to = \"archive\" was accepted and ignored (warnings: {:?})",
+        cfg.warnings
+    );
+}
