@@ -141,7 +141,8 @@ async fn on_failure_queue_delivers_to_the_path_the_route_rewrites_to() {
     }
     let dest = Destination::start_at(addr).await;
     // What the route sends live, for comparison.
-    let live = ask(Engine::Http1, gw.listen_addr(), post(Engine::Http1, "/pay/charge", "live")).await;
+    let live =
+        ask(Engine::Http1, gw.listen_addr(), post(Engine::Http1, "/pay/charge", "live")).await;
     assert_eq!(live.status, StatusCode::OK, "{}", live.body);
     for id in &ids {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -189,7 +190,8 @@ async fn a_retry_after_of_u64_max_neither_panics_nor_strands_the_job() {
     let dest = Destination::start().await;
     dest.script(&[(503, Some("18446744073709551615"))]);
     let gw = gateway(&dest, "", "").await;
-    let id = job_id(&ask(Engine::Http1, gw.listen_addr(), post(Engine::Http1, "/emails", "1")).await);
+    let id =
+        job_id(&ask(Engine::Http1, gw.listen_addr(), post(Engine::Http1, "/emails", "1")).await);
     let s = until_status(&gw, &id, "delivered", Duration::from_secs(10)).await;
     assert_eq!(s["attempts"], 2, "{s}");
     gw.shutdown().await;
@@ -204,7 +206,8 @@ async fn a_destination_cannot_hold_a_topic_for_years_and_resume_lifts_a_hold() {
     let dest = Destination::start().await;
     dest.script(&[(429, Some("100000000"))]);
     let gw = gateway(&dest, "", "").await;
-    let id = job_id(&ask(Engine::Http1, gw.listen_addr(), post(Engine::Http1, "/emails", "1")).await);
+    let id =
+        job_id(&ask(Engine::Http1, gw.listen_addr(), post(Engine::Http1, "/emails", "1")).await);
     let failed = until_status(&gw, &id, "failed", Duration::from_secs(10)).await;
     let state = admin(&gw, "/api/v1/state").await.json();
     let held = state["queue"]["topics"]["emails"]["held_for_ms"].as_u64().unwrap();
@@ -266,7 +269,8 @@ async fn pipelined_requests_around_a_202_stay_in_step() {
     let dest = Destination::start().await;
     let gw = gateway(&dest, "headers = [\"content-type\", \"x-keep\"]\n", "paused = true\n").await;
     let mut stream = TcpStream::connect(gw.listen_addr()).await.unwrap();
-    let first = b"POST /emails/a HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nX-Keep: 1\r\n\r\n\
+    let first =
+        b"POST /emails/a HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nX-Keep: 1\r\n\r\n\
                   5\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n\
                   POST /emails/b HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\nabc";
     stream.write_all(first).await.unwrap();
@@ -293,7 +297,8 @@ async fn pipelined_requests_around_a_202_stay_in_step() {
     stream.write_all(second.as_bytes()).await.unwrap();
     let rest = read_to_close(&mut stream).await;
     // A body has no line end of its own: the next status line follows it directly.
-    let statuses: Vec<&str> = rest.match_indices("HTTP/1.1 ").map(|(i, _)| &rest[i..i + 12]).collect();
+    let statuses: Vec<&str> =
+        rest.match_indices("HTTP/1.1 ").map(|(i, _)| &rest[i..i + 12]).collect();
     assert_eq!(statuses.len(), 3, "{rest}");
     assert!(statuses[0].starts_with("HTTP/1.1 200"), "{rest}");
     assert!(statuses[1].starts_with("HTTP/1.1 200"), "{rest}");
@@ -356,7 +361,8 @@ async fn removing_queue_on_a_reload_keeps_the_jobs_instead_of_killing_them() {
     let dest = Destination::start().await;
     let dir = data_dir();
     let gw = start(queue_config(&dest, &dir, "paused = true\n")).await;
-    let id = job_id(&ask(Engine::Http1, gw.listen_addr(), post(Engine::Http1, "/emails", "1")).await);
+    let id =
+        job_id(&ask(Engine::Http1, gw.listen_addr(), post(Engine::Http1, "/emails", "1")).await);
     // The operator takes the queue out for a while: the route goes with it.
     let without = config(&format!(
         "[upstreams.mailer]\nservers = [\"{}\"]\n[[routes]]\nname = \"rest\"\nupstream = \"mailer\"\n",
@@ -469,7 +475,8 @@ async fn seawalls_own_refusals_do_not_use_up_a_jobs_attempts() {
         dest.addr
     )))
     .await;
-    let id = job_id(&ask(Engine::Http1, gw.listen_addr(), post(Engine::Http1, "/emails", "1")).await);
+    let id =
+        job_id(&ask(Engine::Http1, gw.listen_addr(), post(Engine::Http1, "/emails", "1")).await);
     let req = Request::post("/api/v1/upstreams/mailer/breaker").header("host", "admin");
     let forced =
         send(gw.admin_addr(), req.body(Full::new(Bytes::from("{\"state\":\"open\"}"))).unwrap())
@@ -480,7 +487,8 @@ async fn seawalls_own_refusals_do_not_use_up_a_jobs_attempts() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let s = job(&gw, &id).await;
     assert_ne!(
-        s["status"], "dead",
+        s["status"],
+        "dead",
         "killed by the gateway's own breaker without one call to the destination ({} calls): {s}",
         dest.calls().len()
     );
@@ -506,4 +514,46 @@ fn an_on_failure_routes_deliver_to_is_honoured_or_refused() {
         "deliver_to = \"archive\" was accepted and ignored (warnings: {:?})",
         cfg.warnings
     );
+}
+
+/// Held: a client that vanishes mid-body (HTTP/1.1) or resets its stream mid-body (h2) stores
+/// nothing and leaves the bounds as they were; `Expect: 100-continue` within `max_body` is
+/// invited, stored and answered 202 on the same connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_mid_body_stores_nothing_and_takes_no_room() {
+    let dest = Destination::start().await;
+    let gw = gateway(&dest, "", "max_jobs = 1\npaused = true\n").await;
+    // HTTP/1.1: half a body, then gone.
+    let mut s = TcpStream::connect(gw.listen_addr()).await.unwrap();
+    s.write_all(b"POST /emails HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\nabcd")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    drop(s);
+    // h2: a streamed body, reset before its end.
+    let mut client = Client::connect(Engine::H2c, gw.listen_addr()).await;
+    let (tx, body) = channel_body();
+    let req = Engine::H2c.request("POST", "/emails").body(body).unwrap();
+    let sending = tokio::spawn(async move {
+        let _ = tx.send(Bytes::from_static(b"part")).await;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    });
+    let _ = tokio::time::timeout(Duration::from_millis(100), client.send(req)).await;
+    sending.abort();
+    client.close();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Expect: 100-continue within max_body.
+    let mut s = TcpStream::connect(gw.listen_addr()).await.unwrap();
+    s.write_all(b"POST /emails HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf)).await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 100 Continue"));
+    s.write_all(b"hello").await.unwrap();
+    let answer = read_to_close(&mut s).await;
+    assert!(answer.starts_with("HTTP/1.1 202"), "the one slot is free: {answer}");
+    let state = admin(&gw, "/api/v1/state").await.json();
+    assert_eq!(state["queue"]["topics"]["emails"]["depth"], 1, "{state}");
+    gw.shutdown().await;
 }

@@ -110,8 +110,8 @@ async fn an_enqueue_cancelled_during_its_commit_does_not_fill_the_topic_for_ever
 /// configuration does not require `lease` to exceed the upstream's timeouts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_does_not_hand_out_again_a_lease_this_instance_is_still_working_on() {
-    let url = std::env::var("SEAWALL_REDIS_URL")
-        .unwrap_or_else(|_| "redis://127.0.0.1:6379/".into());
+    let url =
+        std::env::var("SEAWALL_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/".into());
     let prefix = format!("seawall-attack:{}:", unique());
     let Ok(Ok(r)) = tokio::time::timeout(
         Duration::from_secs(5),
