@@ -40,10 +40,10 @@ pub enum Admission {
     /// Answer from the cache: a fresh answer, or a stale one standing in for a request that
     /// would be shed.
     Cached(CachedAnswer),
-    /// `GET {queue.jobs_path}ID`: the job's status (`None`: not an id), with Seawall's field
+    /// `GET {queue.jobs_path}ID`: the job's status, with Seawall's field
     /// lines (the rate-limit state, the request's id).
     Jobs {
-        id: Option<seawall_queue::JobId>,
+        id: seawall_queue::JobId,
         fields: Vec<u8>,
     },
 }
@@ -199,7 +199,11 @@ pub fn admit(snapshot: &Rc<Pinned>, request: &RequestView<'_>, account: &mut Acc
             None => {}
         }
     }
-    let limit = body_limit(snapshot, route);
+    let mut limit = body_limit(snapshot, route);
+    if let (Some(_), Some(queue)) = (queue_to, &snapshot.config.queue) {
+        // A job keeps at most `queue.max_body`: refused before the body is invited.
+        limit = limit.min(queue.max_body);
+    }
     if request.declared_length().is_some_and(|n| n > limit) {
         let detail = format!("the request body exceeds {limit} bytes");
         return Admission::Refuse(Refusal::new(Reason::BodyTooLarge, detail));

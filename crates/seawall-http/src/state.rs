@@ -194,7 +194,13 @@ impl Shared {
                 }
                 queue.reconfigure(new);
             }
-            (Some(_), None) => tracing::warn!("[queue] was removed: its jobs stay stored, undelivered, until it comes back (or a restart)"),
+            (Some(queue), None) => {
+                // No topic: deliveries stop, the jobs stay stored.
+                let mut kept = (*queue.config()).clone();
+                kept.topics.clear();
+                queue.reconfigure(&kept);
+                tracing::warn!("[queue] was removed: its jobs stay stored, undelivered, until it comes back");
+            }
             (None, Some(_)) => tracing::warn!("[queue] was added: the queue starts only after a restart; its routes answer 503 until then"),
             (None, None) => {}
         }

@@ -61,8 +61,11 @@ async fn gateway(
     topic: &str,
     rest: &str,
 ) -> Gateway {
+    // Quick retries unless the test sets its own.
+    let backoff =
+        if topic.contains("backoff") { "" } else { "backoff = \"20ms\"\nmax_backoff = \"50ms\"\n" };
     let body = format!(
-        "[queue]\n{}{queue}\n[queue.topics.emails]\nbackoff = \"20ms\"\nmax_backoff = \"50ms\"\n{topic}\n\
+        "[queue]\n{}{queue}\n[queue.topics.emails]\n{backoff}{topic}\n\
          [upstreams.mailer]\nservers = [\"{}\"]\n\
          [[routes]]\nname = \"emails\"\npath_prefix = \"/emails\"\nqueue = {{ topic = \"emails\", deliver_to = \"mailer\" }}\n{rest}",
         backend(store),
@@ -154,7 +157,8 @@ async fn a_destination_answering_429_with_retry_after_is_not_called_again_sooner
     for store in stores() {
         let dest = Destination::start().await;
         dest.script(&[(429, Some("2"))]);
-        let gw = gateway(store, &dest, "", "", "").await;
+        let topic = "backoff = \"20ms\"\nmax_backoff = \"10s\"\n";
+        let gw = gateway(store, &dest, "", topic, "").await;
         let first = job_id(
             &ask(Engine::Http1, gw.listen_addr(), post(Engine::Http1, "/emails", "1")).await,
         );
@@ -346,7 +350,7 @@ async fn on_failure_queue_stores_the_writes_an_upstream_cannot_take() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_jobs_endpoint_answers_404_for_unknown_or_malformed_ids_and_is_rate_limited() {
+async fn the_jobs_endpoint_answers_404_for_unknown_ids_leaves_other_paths_and_is_rate_limited() {
     let dest = Destination::start().await;
     let rest = "[rate_limits.jobs]\nkey = \"ip\"\nrate = \"3/min\"\n";
     let gw = gateway(Store::Embedded, &dest, "jobs_rate_limit = \"jobs\"\n", "", rest).await;
@@ -357,8 +361,12 @@ async fn the_jobs_endpoint_answers_404_for_unknown_or_malformed_ids_and_is_rate_
         assert_eq!(unknown.status, StatusCode::NOT_FOUND, "{engine:?}");
         assert_eq!(unknown.header("x-seawall-reason"), "job_not_found");
     }
+    // Not an id: the jobs endpoint leaves it to the routes (an application's own /jobs/42).
     let malformed = get(gw.listen_addr(), "/jobs/../../etc/passwd").await;
     assert_eq!(malformed.status, StatusCode::NOT_FOUND);
+    assert_eq!(malformed.header("x-seawall-reason"), "no_route");
+    let third = get(gw.listen_addr(), "/jobs/0123456789ABCDEF0123456789abcdef").await;
+    assert_eq!(third.header("x-seawall-reason"), "job_not_found", "ids in either case");
     let limited = get(gw.listen_addr(), "/jobs/0123456789abcdef0123456789abcdef").await;
     assert_eq!(limited.status, StatusCode::TOO_MANY_REQUESTS, "{}", limited.body);
     assert!(!limited.header("retry-after").is_empty());

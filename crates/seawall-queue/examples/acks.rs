@@ -37,7 +37,9 @@ fn main() {
         keep_finished: Duration::from_secs(3600),
         lease: Duration::from_secs(30),
         retry_after: Duration::from_secs(5),
-        commit_delay: Duration::from_micros(std::env::var("COMMIT_DELAY_US").ok().and_then(|v| v.parse().ok()).unwrap_or(0)),
+        commit_delay: Duration::from_micros(
+            std::env::var("COMMIT_DELAY_US").ok().and_then(|v| v.parse().ok()).unwrap_or(0),
+        ),
         topics: vec![Topic {
             name: "bench".into(),
             deliver_to: 0,

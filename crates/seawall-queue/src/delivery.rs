@@ -28,6 +28,10 @@ pub enum Attempt {
     Retry { error: String, retry_after: Option<Duration> },
     /// Refused for good (another 4xx): the job is dead at once.
     Refused { error: String },
+    /// Not sent: Seawall itself held it back (the destination's breaker is open, it has no server
+    /// up, its gate is full, or the topic has no destination now). The job waits `wait` without
+    /// an attempt counted, and so does the topic.
+    NotSent { error: String, wait: Duration },
 }
 
 /// Sends a job to its topic's destination: the gateway's side of delivery.
@@ -155,6 +159,19 @@ async fn attempt<C: Courier>(
     let outcome = courier.deliver(&topic, leased.id, &leased.record.request).await;
     let now = now_ms();
     let record = &mut leased.record;
+    if let Attempt::NotSent { error, wait } = outcome {
+        let until = now.saturating_add(wait.as_millis() as u64);
+        state.hold_until_ms.fetch_max(until, Relaxed);
+        state.not_sent.fetch_add(1, Relaxed);
+        record.last_error = error;
+        record.next_attempt_ms = until;
+        record.state = if record.attempts == 0 { State::Queued } else { State::Failed };
+        if let Err(e) = queue.backend.settle(leased).await {
+            state.settle_errors.fetch_add(1, Relaxed);
+            tracing::warn!(topic = %topic.name, error = %e, "queue: a held-back job could not be put back; it will be tried again");
+        }
+        return;
+    }
     record.attempts += 1;
     match outcome {
         Attempt::Delivered => {
@@ -172,17 +189,18 @@ async fn attempt<C: Courier>(
                 state.dead.fetch_add(1, Relaxed);
             } else {
                 let backoff = backoff_ms(&topic, record.attempts, random);
-                let asked = retry_after.map_or(0, |d| d.as_millis() as u64);
+                // Honoured up to `max_backoff`: a destination cannot park a topic for years.
+                let asked = retry_after.map_or(0, |d| d.min(topic.max_backoff).as_millis() as u64);
                 if asked > 0 {
                     // The destination said when: nothing goes to it before then.
-                    state.hold_until_ms.fetch_max(now + asked, Relaxed);
+                    state.hold_until_ms.fetch_max(now.saturating_add(asked), Relaxed);
                 }
                 record.state = State::Failed;
-                record.next_attempt_ms = now + backoff.max(asked);
+                record.next_attempt_ms = now.saturating_add(backoff.max(asked));
                 state.retried.fetch_add(1, Relaxed);
             }
         }
-        Attempt::Refused { error } => {
+        Attempt::Refused { error } | Attempt::NotSent { error, .. } => {
             record.last_error = error;
             record.state = State::Dead;
             record.finished_ms = now;

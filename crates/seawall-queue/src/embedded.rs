@@ -13,8 +13,8 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::mpsc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -38,8 +38,15 @@ enum Write {
 struct Batch {
     writes: Vec<Write>,
     durable: bool,
+    /// What the index learns once the commit is done (whether it succeeded): run by the writer,
+    /// so that it happens even when the caller stopped waiting (an HTTP/2 client that reset its
+    /// stream mid-commit must not leave a stored job out of the index).
+    then: Option<Then>,
     done: oneshot::Sender<Result<(), StoreError>>,
 }
+
+/// An index update that follows a commit.
+type Then = Box<dyn FnOnce(&mut Index, bool) + Send>;
 
 /// What the writer did: commits (synced or not), the writes they held, and the time spent.
 #[derive(Debug, Default)]
@@ -67,7 +74,7 @@ pub struct Embedded {
     /// Held while the store is open: one process per folder.
     _lock: std::fs::File,
     writer: Mutex<mpsc::Sender<Batch>>,
-    index: Mutex<Index>,
+    index: Arc<Mutex<Index>>,
 }
 
 /// The keyspace and its one partition, `jobs`: job id → [`Record`].
@@ -84,7 +91,7 @@ impl Store {
 }
 
 #[derive(Default)]
-struct Index {
+pub(crate) struct Index {
     topics: HashMap<String, TopicIndex>,
     /// Delivered jobs by when they were delivered: their status is forgotten after
     /// `keep_finished`.
@@ -144,26 +151,33 @@ impl Embedded {
         }
         let (tx, rx) = mpsc::channel();
         let writer_db = Arc::clone(&db);
+        let index = Arc::new(Mutex::new(index));
+        let writer_index = Arc::clone(&index);
         let stats = Arc::new(CommitStats::default());
         let writer_stats = Arc::clone(&stats);
         std::thread::Builder::new()
             .name("seawall-queue-writer".into())
-            .spawn(move || write_loop(&writer_db, &rx, commit_delay, &writer_stats))
+            .spawn(move || write_loop(&writer_db, &writer_index, &rx, commit_delay, &writer_stats))
             .map_err(|e| StoreError::Io(format!("cannot start the queue's writer: {e}")))?;
-        Ok(Embedded { stats, db, _lock: lock, writer: Mutex::new(tx), index: Mutex::new(index) })
+        Ok(Embedded { stats, db, _lock: lock, writer: Mutex::new(tx), index })
     }
 
     fn index(&self) -> std::sync::MutexGuard<'_, Index> {
         self.index.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    async fn commit(&self, writes: Vec<Write>, durable: bool) -> Result<(), StoreError> {
+    async fn commit(
+        &self,
+        writes: Vec<Write>,
+        durable: bool,
+        then: Option<Then>,
+    ) -> Result<(), StoreError> {
         let (done, wait) = oneshot::channel();
         let sent = self
             .writer
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .send(Batch { writes, durable, done });
+            .send(Batch { writes, durable, then, done });
         if sent.is_err() {
             return Err(StoreError::Io("the queue's writer has stopped".into()));
         }
@@ -199,15 +213,17 @@ impl Embedded {
         let size = record.request.size();
         self.reserve(&record.topic, size, bounds).map_err(EnqueueError::Full)?;
         let bytes = record.encode();
-        let result = self.commit(vec![Write::Put { id, bytes }], true).await;
-        let mut index = self.index();
-        let t = index.topics.entry(record.topic.clone()).or_default();
-        // The reservation becomes the job (or is given back).
-        t.pending -= 1;
-        t.pending_bytes -= size;
-        if result.is_ok() {
-            t.insert(id, State::Queued, 0, record.created_ms, size, 0);
-        }
+        let (topic, created) = (record.topic.clone(), record.created_ms);
+        let then: Then = Box::new(move |index, ok| {
+            let t = index.topics.entry(topic).or_default();
+            // The reservation becomes the job (or is given back).
+            t.pending = t.pending.saturating_sub(1);
+            t.pending_bytes = t.pending_bytes.saturating_sub(size);
+            if ok {
+                t.insert(id, State::Queued, 0, created, size, 0);
+            }
+        });
+        let result = self.commit(vec![Write::Put { id, bytes }], true, Some(then)).await;
         result.map_err(EnqueueError::Store)
     }
 
@@ -253,17 +269,21 @@ impl Embedded {
             record.request = crate::job::Request::default();
         }
         let durable = record.state == State::Dead;
-        let result = self.commit(vec![Write::Put { id, bytes: record.encode() }], durable).await;
-        let mut index = self.index();
-        let t = index.topics.entry(record.topic.clone()).or_default();
-        match record.state {
-            State::Delivered => {
-                t.settle(id, created, None);
-                index.finished.push_back((record.finished_ms, id));
+        let bytes = record.encode();
+        let then: Then = Box::new(move |index, ok| {
+            let t = index.topics.entry(record.topic.clone()).or_default();
+            match record.state {
+                // Not recorded: the job is due again (it may be delivered twice: at least once).
+                _ if !ok => t.release(id, 0),
+                State::Delivered => {
+                    t.settle(id, created, None);
+                    index.finished.push_back((record.finished_ms, id));
+                }
+                State::Dead => t.settle(id, created, Some(record.finished_ms)),
+                _ => t.release(id, record.next_attempt_ms),
             }
-            State::Dead => t.settle(id, created, Some(record.finished_ms)),
-            _ => t.release(id, record.next_attempt_ms),
-        }
+        });
+        let result = self.commit(vec![Write::Put { id, bytes }], durable, Some(then)).await;
         result
     }
 
@@ -350,16 +370,23 @@ impl Embedded {
                 writes.push(Write::Put { id, bytes: record.encode() });
             }
         }
-        self.commit(writes, true).await?;
-        let mut index = self.index();
-        let t = index.topics.entry(topic.to_string()).or_default();
-        let mut n = 0;
-        for (at, id) in dead {
-            let again = created.get(&id).map(|&c| (now, c));
-            if (!requeue || again.is_some()) && t.undead(at, id, again) {
-                n += 1;
+        let topic = topic.to_string();
+        let count = Arc::new(AtomicU64::new(0));
+        let n_out = Arc::clone(&count);
+        let then: Then = Box::new(move |index, ok| {
+            if !ok {
+                return;
             }
-        }
+            let t = index.topics.entry(topic).or_default();
+            for (at, id) in dead {
+                let again = created.get(&id).map(|&c| (now, c));
+                if (!requeue || again.is_some()) && t.undead(at, id, again) {
+                    n_out.fetch_add(1, Relaxed);
+                }
+            }
+        });
+        self.commit(writes, true, Some(then)).await?;
+        let n = count.load(Relaxed);
         Ok(n)
     }
 
@@ -379,7 +406,8 @@ impl Embedded {
         };
         let n = ids.len() as u64;
         if n > 0 {
-            self.commit(ids.into_iter().map(|id| Write::Remove { id }).collect(), false).await?;
+            let writes = ids.into_iter().map(|id| Write::Remove { id }).collect();
+            self.commit(writes, false, None).await?;
         }
         Ok(n)
     }
@@ -400,7 +428,13 @@ fn io(e: impl std::fmt::Display) -> StoreError {
 
 /// The writer thread: takes every batch waiting, commits them together (durably when any asks
 /// for it), then answers each. Ends when the store is dropped.
-fn write_loop(db: &Store, rx: &mpsc::Receiver<Batch>, commit_delay: Duration, stats: &CommitStats) {
+fn write_loop(
+    db: &Store,
+    index: &Mutex<Index>,
+    rx: &mpsc::Receiver<Batch>,
+    commit_delay: Duration,
+    stats: &CommitStats,
+) {
     // Commits without a sync are made durable by the next durable one; one comes at least this
     // often so that they do not pile up.
     const SYNC_EVERY: Duration = Duration::from_millis(500);
@@ -450,6 +484,14 @@ fn write_loop(db: &Store, rx: &mpsc::Receiver<Batch>, commit_delay: Duration, st
             };
         } else {
             tracing::error!(error = %result.as_ref().err().map(ToString::to_string).unwrap_or_default(), "queue: a commit failed");
+        }
+        {
+            let mut index = index.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            for b in &mut group {
+                if let Some(then) = b.then.take() {
+                    then(&mut index, result.is_ok());
+                }
+            }
         }
         for b in group {
             let _ = b.done.send(result.clone());

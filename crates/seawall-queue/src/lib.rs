@@ -234,6 +234,8 @@ pub struct TopicState {
     pub refused_error: AtomicU64,
     /// Attempts that ended in a store error when settling (the job is tried again).
     pub settle_errors: AtomicU64,
+    /// Jobs Seawall held back without sending (breaker open, no server up, gate full).
+    pub not_sent: AtomicU64,
     /// From enqueue to delivery.
     pub latency: Histogram,
 }
@@ -292,14 +294,20 @@ impl Queue {
     /// Takes a new configuration (a reload): new topics get their state; the others keep theirs.
     /// The backend is not changed by a reload.
     pub fn reconfigure(&self, config: &seawall_config::Queue) {
-        *lock(&self.config) = Arc::new(config.clone());
+        let previous = std::mem::replace(&mut *lock(&self.config), Arc::new(config.clone()));
         let mut topics = lock(&self.topics);
         for t in &config.topics {
-            topics.entry(t.name.clone()).or_insert_with(|| {
+            let state = topics.entry(t.name.clone()).or_insert_with(|| {
                 let state = TopicState { name: t.name.clone(), ..TopicState::default() };
                 state.paused.store(t.paused, Relaxed);
                 Arc::new(state)
             });
+            // `paused` changed in the file: the file wins; otherwise a pause or resume made
+            // through the admin API stands.
+            let before = previous.topic(&t.name).map(|i| previous.topics[i].paused);
+            if before.is_some_and(|b| b != t.paused) {
+                state.paused.store(t.paused, Relaxed);
+            }
         }
         for state in topics.values() {
             state.wake.notify_one();
@@ -376,6 +384,10 @@ impl Queue {
     pub fn pause(&self, topic: &str, paused: bool) -> bool {
         let Some(state) = self.topic(topic) else { return false };
         state.paused.store(paused, Relaxed);
+        if !paused {
+            // Resuming is the operator's word: a destination's hold ends too.
+            state.hold_until_ms.store(0, Relaxed);
+        }
         state.wake.notify_one();
         true
     }

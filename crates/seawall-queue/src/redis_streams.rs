@@ -68,6 +68,9 @@ pub struct RedisStreams {
     groups: Mutex<HashSet<String>>,
     /// Stream entries that could not be read (dropped).
     damaged: AtomicU64,
+    /// Stream entries this instance is delivering now: an attempt slower than the lease must
+    /// not be handed out again here (XAUTOCLAIM also takes back this consumer's own entries).
+    in_flight: Mutex<HashSet<String>>,
 }
 
 /// The scripts, hashed once (they are sent by hash, and in full only when Redis lacks them).
@@ -227,6 +230,7 @@ impl RedisStreams {
             keep_ms: keep_finished.as_millis().min(100 * 365 * 86_400_000) as u64,
             groups: Mutex::default(),
             damaged: AtomicU64::new(0),
+            in_flight: Mutex::default(),
         })
     }
 
@@ -385,13 +389,24 @@ impl RedisStreams {
         }
         let mut leased = Vec::with_capacity(entries.len());
         let mut bad = Vec::new();
-        for entry in entries {
-            let job = entry.id.as_deref().and_then(JobId::parse);
-            match (job, entry.job.as_deref().map(Record::decode)) {
-                (Some(id), Some(Ok(record))) => {
-                    leased.push(Leased { id, record, token: Some(entry.entry) })
+        {
+            let mut in_flight =
+                self.in_flight.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            for entry in entries {
+                if !in_flight.insert(entry.entry.clone()) {
+                    // Ours, still being delivered: the claim renewed its lease, nothing more.
+                    continue;
                 }
-                _ => bad.push(entry.entry),
+                let job = entry.id.as_deref().and_then(JobId::parse);
+                match (job, entry.job.as_deref().map(Record::decode)) {
+                    (Some(id), Some(Ok(record))) => {
+                        leased.push(Leased { id, record, token: Some(entry.entry) })
+                    }
+                    _ => bad.push(entry.entry),
+                }
+            }
+            for entry in &bad {
+                in_flight.remove(entry);
             }
         }
         let mut pipe = redis::pipe();
@@ -426,6 +441,7 @@ impl RedisStreams {
         let Some(entry) = token else {
             return Err(StoreError::Io(format!("job {id} was not leased from Redis")));
         };
+        self.in_flight.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&entry);
         let topic = record.topic.clone();
         let size = record.request.size();
         let (mode, payload) = match record.state {

@@ -81,6 +81,17 @@ pub(super) fn route_queue<'a>(cx: &mut Ctx<'_>, i: usize, r: &'a RawRoute) -> Ro
             RouteQueue::None
         }
         (q, true, true) => {
+            let to = q.as_ref().and_then(|q| q.get_ref().deliver_to.as_ref());
+            if let (Some(to), Some(up)) = (to, &r.upstream) {
+                if to.get_ref() != up.get_ref() {
+                    let message = format!(
+                        "a route with on_failure = \"queue\" delivers to its own upstream ({:?}); \
+                         leave deliver_to out",
+                        up.get_ref()
+                    );
+                    cx.error(to.span(), &key("queue.deliver_to"), message);
+                }
+            }
             let topic = q.as_ref().and_then(topic_of).unwrap_or(route_name);
             RouteQueue::OnFailure { topic }
         }

@@ -24,15 +24,15 @@ impl<S: Transport> Session<S> {
         let id_field =
             self.request_id.as_ref().map(|id| (server.request_id_header.as_str(), id.as_bytes()));
         let fields = self.head.fields(&self.buf);
-        let target = self.head.target(&self.buf);
-        Some(crate::queue::job_request(
-            &self.head.method,
-            target,
-            &fields,
-            config,
-            id_field,
-            Vec::new(),
-        ))
+        let head = crate::queue::JobHead {
+            method: &self.head.method,
+            path: self.head.path(&self.buf),
+            target: self.head.target(&self.buf),
+            headers: &fields,
+            route: permit.route(),
+            request_id: id_field,
+        };
+        Some(crate::queue::job_request(head, config))
     }
 
     /// The largest body a job of this request may keep.
@@ -113,7 +113,7 @@ impl<S: Transport> Session<S> {
     }
 
     /// Answers `GET {jobs_path}ID`.
-    pub(super) async fn job_status(&mut self, id: Option<JobId>, fields: &[u8]) -> (Served, After) {
+    pub(super) async fn job_status(&mut self, id: JobId, fields: &[u8]) -> (Served, After) {
         let Some(queue) = self.worker.shared.queue.clone() else {
             return self.refuse_and_count(&crate::queue::unavailable()).await;
         };

@@ -52,14 +52,15 @@ pub(super) async fn enqueue(
     let id_field =
         request.request_id.as_ref().map(|id| (server.request_id_header.as_str(), id.as_bytes()));
     let parts = request.parts;
-    let mut job = crate::queue::job_request(
-        &parts.method,
-        request.target,
-        &parts.headers,
-        config,
-        id_field,
-        Vec::new(),
-    );
+    let head = crate::queue::JobHead {
+        method: &parts.method,
+        path: parts.uri.path().as_bytes(),
+        target: request.target,
+        headers: &parts.headers,
+        route: permit.route(),
+        request_id: id_field,
+    };
+    let mut job = crate::queue::job_request(head, config);
     let limit = body_limit(&permit);
     let mut timer = LazyTimer::new(tokio::time::Instant::now() + server.body_timeout);
     match down.read_to_end(&mut timer, limit).await {
@@ -84,7 +85,7 @@ pub(super) async fn enqueue(
 /// Answers `GET {jobs_path}ID`.
 pub(super) async fn job_status(
     worker: &Rc<Worker>,
-    id: Option<JobId>,
+    id: JobId,
     fields: &[u8],
     account: Account,
     active: ActiveGuard,

@@ -15,6 +15,7 @@ use seawall_queue::{JobId, Request};
 use tokio::time::Instant;
 
 use crate::headers::{classify, ConnectionOptions};
+use crate::problem::Reason;
 use crate::proxy::{self, Forward, Forwarded, StoredBody};
 use crate::request::{write_upstream_head, BodyFraming, FieldRef, UpstreamHead};
 use crate::request_id::RequestId;
@@ -40,7 +41,7 @@ impl Courier for WorkerCourier {
             (deliver_to < snapshot.upstreams.len()).then_some(deliver_to)
         }) else {
             let error = format!("topic {:?} has no destination in the configuration", topic.name);
-            return Attempt::Retry { error, retry_after: None };
+            return Attempt::NotSent { error, wait: Duration::from_secs(1) };
         };
         let Ok(method) = Method::from_bytes(request.method.as_bytes()) else {
             return Attempt::Refused { error: format!("{:?} is not a method", request.method) };
@@ -127,10 +128,15 @@ impl Courier for WorkerCourier {
                 }
                 outcome(status, retry_after)
             }
-            Forwarded::Refused(refusal, _) => Attempt::Retry {
-                error: format!("{}: {}", refusal.reason.as_str(), refusal.detail),
-                retry_after: None,
-            },
+            Forwarded::Refused(refusal, _) => {
+                let error = format!("{}: {}", refusal.reason.as_str(), refusal.detail);
+                if held_back(refusal.reason) {
+                    let wait = Duration::from_secs(refusal.retry_after.unwrap_or(1).max(1).into());
+                    Attempt::NotSent { error, wait }
+                } else {
+                    Attempt::Retry { error, retry_after: None }
+                }
+            }
             Forwarded::Client(error, _) => Attempt::Retry {
                 error: format!("the stored body: {}", error.detail()),
                 retry_after: None,
@@ -139,6 +145,18 @@ impl Courier for WorkerCourier {
             Forwarded::Cached(_) => Attempt::Delivered,
         }
     }
+}
+
+/// Whether Seawall held the job back itself, without reaching for the destination: the job
+/// waits, no attempt counted.
+fn held_back(reason: Reason) -> bool {
+    matches!(
+        reason,
+        Reason::CircuitOpen
+            | Reason::UpstreamUnavailable
+            | Reason::BulkheadFull
+            | Reason::Overloaded
+    )
 }
 
 /// What an answer with `status` makes of the job.

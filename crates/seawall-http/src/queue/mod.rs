@@ -12,32 +12,55 @@ use seawall_queue::{EnqueueError, JobId, Queue, Request};
 use crate::headers::HeaderLookup;
 use crate::problem::{Reason, Refusal};
 
-/// The request a job keeps: method and target as sent, the fields `queue.headers` allows, the
-/// request's id (so the delivery carries it), and the body.
-pub fn job_request(
-    method: &http::Method,
-    target: &[u8],
-    headers: &dyn HeaderLookup,
-    config: &seawall_config::Queue,
-    request_id: Option<(&str, &[u8])>,
-    body: Vec<u8>,
-) -> Request {
+/// The request a job of `route` keeps, as the route would send it upstream: the target after
+/// the route's rewrite, the fields `queue.headers` allows (not those the client's `Connection`
+/// names) changed by the route's `request_headers`, the request's id (so the delivery carries
+/// it), and the body.
+pub struct JobHead<'a> {
+    pub method: &'a http::Method,
+    pub path: &'a [u8],
+    pub target: &'a [u8],
+    pub headers: &'a dyn HeaderLookup,
+    pub route: &'a seawall_config::Route,
+    pub request_id: Option<(&'a str, &'a [u8])>,
+}
+
+/// The job's request (its body still empty).
+pub fn job_request(head: JobHead<'_>, config: &seawall_config::Queue) -> Request {
+    let mut named = Vec::new();
+    head.headers.for_each_value("connection", &mut |value| {
+        named.push(value.to_vec());
+        false
+    });
+    let mut connection = crate::headers::ConnectionOptions::default();
+    for value in &named {
+        connection.add(value);
+    }
+    let edits = head.route.request_headers.as_deref();
     let mut kept = Vec::new();
-    headers.for_each_field(&mut |name, value| {
-        let allowed = config.headers.iter().any(|h| h.as_bytes().eq_ignore_ascii_case(name));
+    head.headers.for_each_field(&mut |name, value| {
+        let allowed = config.headers.iter().any(|h| h.as_bytes().eq_ignore_ascii_case(name))
+            && !connection.names(name)
+            && !edits.is_some_and(|e| e.drops(name));
         if allowed {
             kept.push((String::from_utf8_lossy(name).to_ascii_lowercase(), value.to_vec()));
         }
     });
-    if let Some((name, id)) = request_id {
+    if let Some(edits) = edits {
+        for (name, value) in edits.set.iter().chain(&edits.add) {
+            kept.push((name.clone(), value.as_bytes().to_vec()));
+        }
+    }
+    if let Some((name, id)) = head.request_id {
         kept.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
         kept.push((name.to_string(), id.to_vec()));
     }
+    let target = crate::edge::target(head.route, head.path, head.target);
     Request {
-        method: method.as_str().to_string(),
-        target: String::from_utf8_lossy(target).into_owned(),
+        method: head.method.as_str().to_string(),
+        target: String::from_utf8_lossy(&target).into_owned(),
         headers: kept,
-        body,
+        body: Vec::new(),
     }
 }
 
@@ -100,24 +123,24 @@ pub fn unavailable() -> Refusal {
     refusal
 }
 
-/// The id a `GET {jobs_path}ID` asks for: `Some(None)` for a path under `jobs_path` that is not
-/// an id; `None` for a path that is not the jobs endpoint.
-pub fn jobs_target(config: &seawall_config::Queue, path: &[u8]) -> Option<Option<JobId>> {
+/// The job a `GET {jobs_path}ID` asks for: only a well-formed id (32 hex digits) is the jobs
+/// endpoint's; any other path goes to the routes, so an application's own `/jobs/42` still
+/// reaches it.
+pub fn jobs_target(config: &seawall_config::Queue, path: &[u8]) -> Option<JobId> {
     let rest = path.strip_prefix(config.jobs_path.as_bytes())?;
-    Some(std::str::from_utf8(rest).ok().and_then(JobId::parse))
+    JobId::parse(std::str::from_utf8(rest).ok()?)
 }
 
 /// The answer to `GET {jobs_path}ID`: the job's status as JSON, or 404 `job_not_found`.
 pub async fn job_status(
     queue: &Queue,
-    id: Option<JobId>,
+    id: JobId,
     added: &[u8],
 ) -> Result<Response<Bytes>, Refusal> {
     let not_found = || {
         let detail = "no job has this id (or its status is no longer kept)";
         Refusal::new(Reason::JobNotFound, detail)
     };
-    let Some(id) = id else { return Err(not_found()) };
     let status = match queue.status(id).await {
         Ok(Some(status)) => status,
         Ok(None) => return Err(not_found()),
