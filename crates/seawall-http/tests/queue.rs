@@ -84,40 +84,6 @@ fn post(engine: Engine, path: &str, body: &'static str) -> Request<TestBody> {
         .unwrap()
 }
 
-/// The job id of a 202.
-fn job_id(answer: &Answer) -> String {
-    assert_eq!(answer.status, StatusCode::ACCEPTED, "{}", answer.body);
-    let json = answer.json();
-    assert_eq!(json["status"], "queued");
-    let id = json["job"].as_str().unwrap().to_string();
-    assert_eq!(id.len(), 32);
-    assert_eq!(answer.header("location"), format!("/jobs/{id}"));
-    id
-}
-
-async fn job(gw: &Gateway, id: &str) -> serde_json::Value {
-    let answer = get(gw.listen_addr(), &format!("/jobs/{id}")).await;
-    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
-    answer.json()
-}
-
-async fn until_status(gw: &Gateway, id: &str, status: &str) -> serde_json::Value {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let seen = job(gw, id).await;
-        if seen["status"] == status {
-            return seen;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "job {id} never {status}: {seen}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-async fn admin_call(gw: &Gateway, method: &str, path: &str) -> Answer {
-    let req = Request::builder().method(method).uri(path).header("host", "admin");
-    send(gw.admin_addr(), req.body(Full::new(Bytes::new())).unwrap()).await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_queued_request_is_answered_202_once_stored_and_delivered_with_its_idempotency_key() {
     for store in stores() {
@@ -417,5 +383,59 @@ async fn topics_show_in_state_and_metrics() {
     assert_eq!(paused.json()["paused"], true);
     let unknown = admin_call(&gw, "POST", "/api/v1/queue/nope/pause").await;
     assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_shed_by_overload_control_is_queued_on_an_on_failure_route() {
+    let origin = Origin::start().await;
+    // No test process fits in 2 MiB: overload level 2 at once, P1 shed.
+    let body = format!(
+        "[overload]\ncpu = \"off\"\nmemory_budget = \"2MiB\"\n\
+         [queue]\n{}\n[queue.topics.orders]\npaused = true\n\
+         [upstreams.app]\nservers = [\"{}\"]\n\
+         [[routes]]\nname = \"orders\"\npath_prefix = \"/orders\"\nupstream = \"app\"\non_failure = \"queue\"\n",
+        data_dir_line(),
+        origin.addr
+    );
+    let gw = start(config(&body)).await;
+    eventually(Duration::from_secs(10), "overload level 2", || async {
+        metric(&gw, "seawall_overload_level").await == 2.0
+    })
+    .await;
+    for engine in ENGINES {
+        let stored = ask(engine, gw.listen_addr(), post(engine, "/orders", "{\"sku\":1}")).await;
+        job_id(&stored);
+        // A read on the same route is shed as before: nobody wants its answer later.
+        let shed = ask(engine, gw.listen_addr(), engine.get("/orders/1")).await;
+        assert_eq!(shed.header("x-seawall-reason"), "overloaded", "{engine:?}");
+    }
+    assert_eq!(origin.hits(), 0);
+    let state = admin(&gw, "/api/v1/state").await.json();
+    assert_eq!(state["queue"]["topics"]["orders"]["depth"], 2, "{state}");
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_cannot_write_answers_queue_full_never_202() {
+    let Some(mut redis) = OwnRedis::start() else { return };
+    let dest = Destination::start().await;
+    let body = format!(
+        "[queue]\nbackend = \"redis\"\nredis = \"redis://{}\"\n\
+         [upstreams.mailer]\nservers = [\"{}\"]\n\
+         [[routes]]\nname = \"emails\"\npath_prefix = \"/emails\"\nqueue = {{ topic = \"emails\", deliver_to = \"mailer\" }}\n",
+        redis.addr, dest.addr
+    );
+    let gw = start(config(&body)).await;
+    job_id(&ask(Engine::Http1, gw.listen_addr(), post(Engine::Http1, "/emails", "before")).await);
+    redis.stop();
+    for engine in ENGINES {
+        let refused = ask(engine, gw.listen_addr(), post(engine, "/emails", "during")).await;
+        assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE, "{engine:?}: {}", refused.body);
+        assert_eq!(refused.header("x-seawall-reason"), "queue_full");
+        assert!(refused.body.contains("could not be stored"), "{}", refused.body);
+        assert!(!refused.header("retry-after").is_empty());
+    }
+    assert_eq!(metric(&gw, "seawall_queue_refused_error_total{topic=\"emails\"}").await, 2.0);
     gw.shutdown().await;
 }

@@ -15,23 +15,13 @@ use seawall_http::Gateway;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-fn data_dir() -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
-    let dir = std::env::temp_dir().join(format!(
-        "seawall-queue-attack-{}-{}",
-        std::process::id(),
-        nanos.as_nanos()
-    ));
-    format!("data_dir = {:?}\n", dir.display().to_string())
-}
-
 /// Topic `emails` (embedded store) delivered to `dest`, routed at `/emails`.
 async fn gateway(dest: &Destination, queue: &str, topic: &str) -> Gateway {
     let body = format!(
         "[queue]\n{}{queue}\n[queue.topics.emails]\nbackoff = \"20ms\"\nmax_backoff = \"50ms\"\n{topic}\n\
          [upstreams.mailer]\nservers = [\"{}\"]\n\
          [[routes]]\nname = \"emails\"\npath_prefix = \"/emails\"\nqueue = {{ topic = \"emails\", deliver_to = \"mailer\" }}\n",
-        data_dir(),
+        data_dir_line(),
         dest.addr
     );
     start(config(&body)).await
@@ -43,34 +33,6 @@ fn post(engine: Engine, path: &str, body: &'static str) -> Request<TestBody> {
         .header("content-type", "application/json")
         .body(full(body))
         .unwrap()
-}
-
-fn job_id(answer: &Answer) -> String {
-    assert_eq!(answer.status, StatusCode::ACCEPTED, "{}", answer.body);
-    answer.json()["job"].as_str().unwrap().to_string()
-}
-
-async fn job(gw: &Gateway, id: &str) -> serde_json::Value {
-    let answer = get(gw.listen_addr(), &format!("/jobs/{id}")).await;
-    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
-    answer.json()
-}
-
-async fn until_status(gw: &Gateway, id: &str, status: &str, within: Duration) -> serde_json::Value {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        let seen = job(gw, id).await;
-        if seen["status"] == status {
-            return seen;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "job {id} never {status}: {seen}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-async fn admin_call(gw: &Gateway, method: &str, path: &str) -> Answer {
-    let req = Request::builder().method(method).uri(path).header("host", "admin");
-    send(gw.admin_addr(), req.body(Full::new(Bytes::new())).unwrap()).await
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -130,7 +92,7 @@ async fn on_failure_queue_delivers_to_the_path_the_route_rewrites_to() {
          [[routes]]\nname = \"payments\"\npath_prefix = \"/pay\"\nprefix_match = \"segment\"\nstrip_prefix = true\n\
          upstream = \"payments\"\non_failure = \"queue\"\n\
          request_headers = {{ set = {{ x-tenant = \"acme\" }} }}\n",
-        data_dir()
+        data_dir_line()
     );
     let gw = start(config(&body)).await;
     let mut ids = Vec::new();
@@ -192,7 +154,7 @@ async fn a_retry_after_of_u64_max_neither_panics_nor_strands_the_job() {
     let gw = gateway(&dest, "", "").await;
     let id =
         job_id(&ask(Engine::Http1, gw.listen_addr(), post(Engine::Http1, "/emails", "1")).await);
-    let s = until_status(&gw, &id, "delivered", Duration::from_secs(10)).await;
+    let s = until_status_within(&gw, &id, "delivered", Duration::from_secs(10)).await;
     assert_eq!(s["attempts"], 2, "{s}");
     gw.shutdown().await;
 }
@@ -208,7 +170,7 @@ async fn a_destination_cannot_hold_a_topic_for_years_and_resume_lifts_a_hold() {
     let gw = gateway(&dest, "", "").await;
     let id =
         job_id(&ask(Engine::Http1, gw.listen_addr(), post(Engine::Http1, "/emails", "1")).await);
-    let failed = until_status(&gw, &id, "failed", Duration::from_secs(10)).await;
+    let failed = until_status_within(&gw, &id, "failed", Duration::from_secs(10)).await;
     let state = admin(&gw, "/api/v1/state").await.json();
     let held = state["queue"]["topics"]["emails"]["held_for_ms"].as_u64().unwrap();
     let paused = admin_call(&gw, "POST", "/api/v1/queue/emails/pause").await;
@@ -359,7 +321,7 @@ fn queue_config(dest: &Destination, dir: &str, topic: &str) -> seawall_config::C
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn removing_queue_on_a_reload_keeps_the_jobs_instead_of_killing_them() {
     let dest = Destination::start().await;
-    let dir = data_dir();
+    let dir = data_dir_line();
     let gw = start(queue_config(&dest, &dir, "paused = true\n")).await;
     let id =
         job_id(&ask(Engine::Http1, gw.listen_addr(), post(Engine::Http1, "/emails", "1")).await);
@@ -389,7 +351,7 @@ async fn removing_queue_on_a_reload_keeps_the_jobs_instead_of_killing_them() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_that_pauses_a_topic_pauses_it() {
     let dest = Destination::start().await;
-    let dir = data_dir();
+    let dir = data_dir_line();
     let gw = start(queue_config(&dest, &dir, "")).await;
     gw.shared().apply(queue_config(&dest, &dir, "paused = true\n"));
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -418,7 +380,7 @@ async fn the_jobs_endpoint_does_not_silently_shadow_an_applications_own_jobs_pat
          [upstreams.mailer]\nservers = [\"{}\"]\n[upstreams.app]\nservers = [\"{}\"]\n\
          [[routes]]\nname = \"emails\"\npath_prefix = \"/emails\"\nqueue = {{ topic = \"emails\", deliver_to = \"mailer\" }}\n\
          [[routes]]\nname = \"app\"\nupstream = \"app\"\n",
-        data_dir(),
+        data_dir_line(),
         dest.addr,
         origin.addr
     );
@@ -471,7 +433,7 @@ async fn seawalls_own_refusals_do_not_use_up_a_jobs_attempts() {
         "[queue]\n{}\n[queue.topics.emails]\nbackoff = \"20ms\"\nmax_backoff = \"50ms\"\nmax_attempts = 3\npaused = true\n\
          [upstreams.mailer]\nservers = [\"{}\"]\nbreaker = {{ min_requests = 1000 }}\n\
          [[routes]]\nname = \"emails\"\npath_prefix = \"/emails\"\nqueue = {{ topic = \"emails\", deliver_to = \"mailer\" }}\n",
-        data_dir(),
+        data_dir_line(),
         dest.addr
     )))
     .await;

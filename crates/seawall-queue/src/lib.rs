@@ -8,7 +8,7 @@
 //! ```
 //!
 //! - [`Queue`] is the front both the gateway and the admin API use; [`Backend`] is where jobs
-//!   live: [`embedded::Embedded`] (redb under `data_dir`, the default) or
+//!   live: [`embedded::Embedded`] (fjall under `data_dir`, the default) or
 //!   [`redis_streams::RedisStreams`] (a fleet).
 //! - [`delivery`] runs a topic's deliveries through a [`delivery::Courier`] the gateway provides
 //!   (its balancing, pools, health, breaker and retry budget).

@@ -210,9 +210,14 @@ impl RedisStreams {
     ) -> Result<RedisStreams, StoreError> {
         let client = redis::Client::open(url)
             .map_err(|e| StoreError::Io(format!("redis: the url {url:?} is not valid: {e}")))?;
+        // Redis down must fail an enqueue fast (503 queue_full), not hold the client: one quick
+        // reconnection attempt per command, short timeouts.
         let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(5)))
-            .set_response_timeout(Some(Duration::from_secs(10)));
+            .set_connection_timeout(Some(Duration::from_secs(1)))
+            .set_response_timeout(Some(Duration::from_secs(2)))
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(10))
+            .set_max_delay(Duration::from_millis(100));
         let con = ConnectionManager::new_with_config(client, config)
             .await
             .map_err(|e| StoreError::Io(format!("redis: cannot connect to {url}: {e}")))?;

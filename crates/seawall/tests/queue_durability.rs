@@ -131,12 +131,41 @@ fn start(config: &std::path::Path, listen: SocketAddr) -> Gateway {
 
 #[test]
 fn every_acknowledged_job_is_delivered_across_kill_9() {
+    kill_9_rounds("embedded", "data_dir = \"data\"\n");
+}
+
+#[test]
+fn every_acknowledged_job_is_delivered_across_kill_9_with_redis_streams() {
+    let up = TcpStream::connect_timeout(&"127.0.0.1:6379".parse().unwrap(), Duration::from_secs(1))
+        .is_ok();
+    if !up {
+        let required = std::env::var("SEAWALL_REQUIRE_SERVICES").is_ok_and(|v| v == "1");
+        assert!(!required, "Redis is not running on 127.0.0.1:6379 (SEAWALL_REQUIRE_SERVICES=1)");
+        eprintln!("skipped: Redis is not running on 127.0.0.1:6379");
+        return;
+    }
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let prefix = format!("seawall-kill9:{}:{nanos}:", std::process::id());
+    // A killed instance's leases are taken over after `lease`.
+    let backend = format!(
+        "backend = \"redis\"\nredis = \"redis://127.0.0.1:6379\"\nredis_prefix = \"{prefix}\"\nlease = \"500ms\"\n"
+    );
+    kill_9_rounds("redis", &backend);
+    let _ = Command::new("sh")
+        .arg("-c")
+        .arg(format!("redis-cli --scan --pattern '{prefix}*' | xargs -r redis-cli DEL > /dev/null"))
+        .status();
+}
+
+/// Runs the kill rounds against a queue whose `[queue]` keys are `backend`.
+fn kill_9_rounds(name: &str, backend: &str) {
     let rounds: usize =
         std::env::var("SEAWALL_KILL_ROUNDS").ok().and_then(|n| n.parse().ok()).unwrap_or(20);
     let keys = Arc::new(Mutex::new(HashSet::new()));
     let dest = destination(Arc::clone(&keys));
     let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let dir = std::env::temp_dir().join(format!("seawall-kill9-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("seawall-kill9-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let config = dir.join("seawall.toml");
@@ -145,7 +174,7 @@ fn every_acknowledged_job_is_delivered_across_kill_9() {
         format!(
             "[server]\nlisten = \"{listen}\"\nadmin = \"127.0.0.1:0\"\nworkers = 2\n\
              [overload]\ncpu = \"off\"\n\
-             [queue]\ndata_dir = \"data\"\n\
+             [queue]\n{backend}\
              [upstreams.mailer]\nservers = [\"{dest}\"]\n\
              [[routes]]\nname = \"emails\"\npath_prefix = \"/emails\"\nqueue = {{ topic = \"emails\", deliver_to = \"mailer\" }}\n"
         ),

@@ -5,6 +5,7 @@ mod capacity;
 mod destination;
 mod engines;
 mod gated;
+mod jobs;
 mod redis;
 mod tls;
 #[allow(unused_imports)]
@@ -15,6 +16,8 @@ pub use destination::*;
 pub use engines::*;
 #[allow(unused_imports)]
 pub use gated::*;
+#[allow(unused_imports)]
+pub use jobs::*;
 #[allow(unused_imports)]
 pub use redis::*;
 #[allow(unused_imports)]
