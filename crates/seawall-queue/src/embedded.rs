@@ -139,10 +139,13 @@ impl Embedded {
             // A job that was being delivered when the process stopped is due again.
             let due = if record.state == State::Failed { record.next_attempt_ms } else { 0 };
             let size = record.request.size();
-            topic.insert(id, record.state, due, record.created_ms, size, record.finished_ms);
+            topic.load(id, record.state, due, record.created_ms, size, record.finished_ms);
         }
         finished.sort_unstable();
         index.finished = finished.into();
+        for t in index.topics.values_mut() {
+            t.loaded();
+        }
         if index.damaged > 0 {
             tracing::warn!(
                 damaged = index.damaged,
@@ -216,11 +219,12 @@ impl Embedded {
         let (topic, created) = (record.topic.clone(), record.created_ms);
         let then: Then = Box::new(move |index, ok| {
             let t = index.topics.entry(topic).or_default();
-            // The reservation becomes the job (or is given back).
-            t.pending = t.pending.saturating_sub(1);
-            t.pending_bytes = t.pending_bytes.saturating_sub(size);
+            // The reservation becomes the job, or is given back.
             if ok {
-                t.insert(id, State::Queued, 0, created, size, 0);
+                t.push_new(id, created);
+            } else {
+                t.pending = t.pending.saturating_sub(1);
+                t.pending_bytes = t.pending_bytes.saturating_sub(size);
             }
         });
         let result = self.commit(vec![Write::Put { id, bytes }], true, Some(then)).await;
@@ -246,7 +250,7 @@ impl Embedded {
                     let mut index = self.index();
                     index.damaged += 1;
                     if let Some(t) = index.topics.get_mut(topic) {
-                        t.settle(id, 0, None);
+                        t.settle(id, 0, 0, None);
                     }
                 }
             }
@@ -263,7 +267,7 @@ impl Embedded {
     /// next attempt, or dead).
     pub async fn settle(&self, leased: Leased) -> Result<(), StoreError> {
         let Leased { id, mut record, .. } = leased;
-        let created = record.created_ms;
+        let (created, size) = (record.created_ms, record.request.size());
         if record.state == State::Delivered {
             // Only the status is kept.
             record.request = crate::job::Request::default();
@@ -276,23 +280,21 @@ impl Embedded {
                 // Not recorded: the job is due again (it may be delivered twice: at least once).
                 _ if !ok => t.release(id, 0),
                 State::Delivered => {
-                    t.settle(id, created, None);
+                    t.settle(id, created, size, None);
                     index.finished.push_back((record.finished_ms, id));
                 }
-                State::Dead => t.settle(id, created, Some(record.finished_ms)),
+                State::Dead => t.settle(id, created, size, Some(record.finished_ms)),
                 _ => t.release(id, record.next_attempt_ms),
             }
         });
-        let result = self.commit(vec![Write::Put { id, bytes }], durable, Some(then)).await;
-        result
+        self.commit(vec![Write::Put { id, bytes }], durable, Some(then)).await
     }
 
     /// What is known of job `id`; `delivering` says whether the caller holds it now.
     pub fn status(&self, id: JobId) -> Result<Option<Status>, StoreError> {
         let Some(record) = self.db.get(id)? else { return Ok(None) };
         let mut status = Status::of(id, &record);
-        let leased =
-            self.index().topics.get(&record.topic).is_some_and(|t| t.leased.contains_key(&id));
+        let leased = self.index().topics.get(&record.topic).is_some_and(|t| t.leased.contains(&id));
         if leased {
             status.state = State::Delivering;
             status.next_attempt_ms = None;
@@ -323,7 +325,7 @@ impl Embedded {
         let ids: Vec<JobId> = {
             let index = self.index();
             let Some(t) = index.topics.get(topic) else { return Ok(Vec::new()) };
-            t.dead.iter().take(limit).map(|&(_, id)| id).collect()
+            t.dead.keys().take(limit).map(|&(_, id)| id).collect()
         };
         let mut out = Vec::new();
         for id in ids {
@@ -345,7 +347,7 @@ impl Embedded {
         let dead: Vec<(u64, JobId)> = {
             let index = self.index();
             let Some(t) = index.topics.get(topic) else { return Ok(0) };
-            t.dead.iter().filter(|(_, id)| only.is_none_or(|o| o == *id)).copied().collect()
+            t.dead.keys().filter(|(_, id)| only.is_none_or(|o| o == *id)).copied().collect()
         };
         if dead.is_empty() {
             return Ok(0);

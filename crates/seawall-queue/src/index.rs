@@ -1,28 +1,33 @@
-//! The embedded store's view of its jobs in memory: per topic, the jobs due (by time), those
-//! being delivered, the dead letters, and the counts and bytes the bounds are checked against.
-//! Rebuilt from the store at start; the store holds the truth, this only orders it.
+//! The embedded store's view of its jobs in memory: per topic, the jobs due now (in arrival
+//! order), those waiting for a retry (by time), those being delivered, the dead letters, and the
+//! counts and bytes the bounds are checked against. Rebuilt from the store at start; the store
+//! holds the truth, this only orders it.
+//!
+//! New jobs go to the back of a FIFO, which costs nothing however many wait; only retries, which
+//! wait for a time, are kept ordered (a B-tree), and only jobs out of the FIFO (retries, jobs
+//! being delivered) are in the creation-time tree that finds the oldest.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 
 use crate::job::{JobId, State};
 
 /// One topic's jobs.
 #[derive(Debug, Default)]
 pub struct TopicIndex {
-    /// Jobs waiting, by the time they are due.
-    pub ready: BTreeSet<(u64, JobId)>,
-    /// Jobs being delivered, with their size.
-    pub leased: HashMap<JobId, u64>,
-    /// Pending jobs (ready and leased) by creation time: the first is the oldest.
-    pub created: BTreeSet<(u64, JobId)>,
-    /// Dead letters by the time they died.
-    pub dead: BTreeSet<(u64, JobId)>,
+    /// Jobs due now, oldest first: (created, id).
+    fresh: VecDeque<(u64, JobId)>,
+    /// Retries, by the time they are due: (due, id).
+    delayed: BTreeSet<(u64, JobId)>,
+    /// Creation times of the pending jobs that are not in `fresh`.
+    created: BTreeSet<(u64, JobId)>,
+    /// Jobs being delivered.
+    pub leased: HashSet<JobId>,
+    /// Dead letters by the time they died, with their size.
+    pub dead: BTreeMap<(u64, JobId), u64>,
     /// Pending jobs and their bytes (with the reservations of enqueues not committed yet).
     pub pending: u64,
     pub pending_bytes: u64,
     pub dead_bytes: u64,
-    /// Sizes of every job held (pending or dead), to release what a settled job held.
-    pub sizes: HashMap<JobId, u64>,
 }
 
 impl TopicIndex {
@@ -31,8 +36,13 @@ impl TopicIndex {
         (self.pending + self.dead.len() as u64, self.pending_bytes + self.dead_bytes)
     }
 
-    /// A job found in the store at start, or just committed.
-    pub fn insert(
+    /// A job just stored (its room was reserved: `pending` counts it already).
+    pub fn push_new(&mut self, id: JobId, created_ms: u64) {
+        self.fresh.push_back((created_ms, id));
+    }
+
+    /// A job found in the store at start; [`TopicIndex::loaded`] once all are in.
+    pub fn load(
         &mut self,
         id: JobId,
         state: State,
@@ -41,86 +51,96 @@ impl TopicIndex {
         size: u64,
         finished_ms: u64,
     ) {
-        self.sizes.insert(id, size);
         match state {
-            State::Queued | State::Delivering | State::Failed => {
-                self.ready.insert((due_ms, id));
+            // A job that was being delivered when the process stopped is due again.
+            State::Queued | State::Delivering => self.fresh.push_back((created_ms, id)),
+            State::Failed => {
+                self.delayed.insert((due_ms, id));
                 self.created.insert((created_ms, id));
-                self.pending += 1;
-                self.pending_bytes += size;
             }
             State::Dead => {
-                self.dead.insert((finished_ms, id));
+                self.dead.insert((finished_ms, id), size);
                 self.dead_bytes += size;
+                return;
             }
-            State::Delivered => {}
+            State::Delivered => return,
         }
+        self.pending += 1;
+        self.pending_bytes += size;
     }
 
-    /// Takes the first job due at `now_ms`.
+    /// Puts the jobs found at start in arrival order.
+    pub fn loaded(&mut self) {
+        self.fresh.make_contiguous().sort_unstable();
+    }
+
+    /// Takes the next job due at `now_ms`: a retry that is due, else the oldest new job.
     pub fn take_due(&mut self, now_ms: u64) -> Option<JobId> {
-        let &(due, id) = self.ready.first()?;
-        if due > now_ms {
-            return None;
-        }
-        self.ready.remove(&(due, id));
-        self.leased.insert(id, self.sizes.get(&id).copied().unwrap_or(0));
+        let id = match self.delayed.first() {
+            Some(&(due, id)) if due <= now_ms => {
+                self.delayed.remove(&(due, id));
+                id
+            }
+            _ => {
+                let (created, id) = self.fresh.pop_front()?;
+                self.created.insert((created, id));
+                id
+            }
+        };
+        self.leased.insert(id);
         Some(id)
     }
 
-    /// When the next job is due.
+    /// When the next job is due (0: one is due now).
     pub fn next_due(&self) -> Option<u64> {
-        self.ready.first().map(|&(due, _)| due)
+        if self.fresh.is_empty() {
+            self.delayed.first().map(|&(due, _)| due)
+        } else {
+            Some(0)
+        }
     }
 
     /// A leased job goes back to wait until `due_ms`.
     pub fn release(&mut self, id: JobId, due_ms: u64) {
-        if self.leased.remove(&id).is_some() {
-            self.ready.insert((due_ms, id));
+        if self.leased.remove(&id) {
+            self.delayed.insert((due_ms, id));
         }
     }
 
-    /// A leased job is done with (delivered, or dead when `died_at` is given).
-    pub fn settle(&mut self, id: JobId, created_ms: u64, died_at: Option<u64>) {
-        let size = self.leased.remove(&id).unwrap_or(0);
+    /// A leased job of `size` bytes is done with: delivered, or dead when `died_at` is given.
+    pub fn settle(&mut self, id: JobId, created_ms: u64, size: u64, died_at: Option<u64>) {
+        self.leased.remove(&id);
         self.created.remove(&(created_ms, id));
         self.pending = self.pending.saturating_sub(1);
         self.pending_bytes = self.pending_bytes.saturating_sub(size);
-        match died_at {
-            Some(at) => {
-                self.dead.insert((at, id));
-                self.dead_bytes += size;
-            }
-            None => {
-                self.sizes.remove(&id);
-            }
+        if let Some(at) = died_at {
+            self.dead.insert((at, id), size);
+            self.dead_bytes += size;
         }
     }
 
-    /// A dead letter leaves the dead (purged, or requeued when `requeue` is given: due now).
+    /// A dead letter leaves the dead: purged, or requeued (due at `now`) when `requeue` gives
+    /// (now, created). False when it is not a dead letter of this topic.
     pub fn undead(&mut self, died_at: u64, id: JobId, requeue: Option<(u64, u64)>) -> bool {
-        if !self.dead.remove(&(died_at, id)) {
-            return false;
-        }
-        let size = self.sizes.get(&id).copied().unwrap_or(0);
+        let Some(size) = self.dead.remove(&(died_at, id)) else { return false };
         self.dead_bytes = self.dead_bytes.saturating_sub(size);
-        match requeue {
-            Some((now_ms, created_ms)) => {
-                self.ready.insert((now_ms, id));
-                self.created.insert((created_ms, id));
-                self.pending += 1;
-                self.pending_bytes += size;
-            }
-            None => {
-                self.sizes.remove(&id);
-            }
+        if let Some((now_ms, created_ms)) = requeue {
+            self.delayed.insert((now_ms, id));
+            self.created.insert((created_ms, id));
+            self.pending += 1;
+            self.pending_bytes += size;
         }
         true
     }
 
     /// The creation time of the oldest pending job.
     pub fn oldest_created(&self) -> Option<u64> {
-        self.created.first().map(|&(at, _)| at)
+        let fresh = self.fresh.front().map(|&(at, _)| at);
+        let others = self.created.first().map(|&(at, _)| at);
+        match (fresh, others) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 }
 
@@ -133,25 +153,34 @@ mod tests {
     }
 
     #[test]
-    fn jobs_come_out_when_due_and_in_due_order() {
+    fn new_jobs_come_out_in_arrival_order_and_retries_when_due() {
         let mut t = TopicIndex::default();
-        t.insert(id(1), State::Queued, 50, 1, 10, 0);
-        t.insert(id(2), State::Failed, 20, 2, 10, 0);
-        assert_eq!(t.take_due(10), None);
-        assert_eq!(t.next_due(), Some(20));
+        t.load(id(1), State::Queued, 0, 5, 10, 0);
+        t.load(id(2), State::Failed, 50, 1, 10, 0);
+        t.load(id(3), State::Queued, 0, 2, 10, 0);
+        t.loaded();
+        assert_eq!(t.oldest_created(), Some(1));
+        assert_eq!(t.next_due(), Some(0));
+        assert_eq!(t.take_due(10), Some(id(3)), "the older new job first");
+        assert_eq!(t.take_due(10), Some(id(1)));
+        assert_eq!(t.take_due(10), None, "the retry is not due yet");
+        assert_eq!(t.next_due(), Some(50));
         assert_eq!(t.take_due(60), Some(id(2)));
-        assert_eq!(t.take_due(60), Some(id(1)));
-        assert_eq!(t.take_due(60), None);
+        assert_eq!(t.held(), (3, 30));
+        t.release(id(3), 100);
+        t.settle(id(1), 5, 10, None);
         assert_eq!(t.held(), (2, 20));
-        t.release(id(2), 100);
-        t.settle(id(1), 1, None);
-        assert_eq!(t.held(), (1, 10));
+        assert_eq!(t.oldest_created(), Some(1));
+        t.settle(id(2), 1, 10, Some(500));
         assert_eq!(t.oldest_created(), Some(2));
-        assert_eq!(t.take_due(100), Some(id(2)));
-        t.settle(id(2), 2, Some(500));
-        assert_eq!((t.pending, t.dead.len()), (0, 1));
-        assert_eq!(t.held(), (1, 10));
-        assert!(t.undead(500, id(2), Some((600, 2))));
+        assert_eq!((t.pending, t.dead.len()), (1, 1));
+        assert_eq!(t.held(), (2, 20), "dead letters count against the bounds");
+        assert!(t.undead(500, id(2), Some((600, 1))));
+        assert!(!t.undead(500, id(2), None), "no longer dead");
+        t.push_new(id(4), 700);
+        assert_eq!(t.take_due(600), Some(id(3)), "retries that are due go before new jobs");
         assert_eq!(t.take_due(600), Some(id(2)));
+        assert_eq!(t.take_due(600), Some(id(4)));
+        assert_eq!(t.take_due(600), None);
     }
 }

@@ -9,11 +9,26 @@ use std::fmt;
 pub struct JobId(pub [u8; 16]);
 
 impl JobId {
-    /// A new unguessable id.
+    /// A new unguessable id. The operating system's random bytes are taken 4 KiB at a time (one
+    /// system call for 256 ids), per thread.
     pub fn random() -> Result<JobId, getrandom::Error> {
-        let mut bytes = [0u8; 16];
-        getrandom::fill(&mut bytes)?;
-        Ok(JobId(bytes))
+        thread_local! {
+            static POOL: std::cell::RefCell<(Vec<u8>, usize)> = const { std::cell::RefCell::new((Vec::new(), 0)) };
+        }
+        POOL.with(|pool| {
+            let (bytes, used) = &mut *pool.borrow_mut();
+            if *used + 16 > bytes.len() {
+                bytes.resize(4096, 0);
+                getrandom::fill(bytes)?;
+                *used = 0;
+            }
+            let mut id = [0u8; 16];
+            id.copy_from_slice(&bytes[*used..*used + 16]);
+            // Used bytes are not kept around.
+            bytes[*used..*used + 16].fill(0);
+            *used += 16;
+            Ok(JobId(id))
+        })
     }
 
     /// Parses the 32 hex digits of an id (either case).
