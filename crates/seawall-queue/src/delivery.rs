@@ -73,33 +73,33 @@ pub async fn run<C: Courier + 'static>(
         } else {
             match rate_wait(topic.rate.map(Gcra::new), tat, now) {
                 Some(wait) => Some(wait),
-                None => match queue.backend.lease(&name, now, 1).await {
-                    Ok(mut jobs) if !jobs.is_empty() => {
-                        if let Some(gcra) = topic.rate.map(Gcra::new) {
-                            if let Verdict::Allow { tat: next, .. } = gcra.check(tat, ns(now)) {
-                                tat = next;
+                None => match queue
+                    .backend
+                    .lease(&name, now, lease_size(&topic, in_flight.get()))
+                    .await
+                {
+                    Ok(jobs) if !jobs.is_empty() => {
+                        for leased in jobs {
+                            if let Some(gcra) = topic.rate.map(Gcra::new) {
+                                if let Verdict::Allow { tat: next, .. } = gcra.check(tat, ns(now)) {
+                                    tat = next;
+                                }
                             }
-                        }
-                        let leased = jobs.remove(0);
-                        in_flight.set(in_flight.get() + 1);
-                        let backoff = rng.next_u64();
-                        let attempt = attempt(
-                            Arc::clone(&queue),
-                            Arc::clone(&state),
-                            topic,
-                            leased,
-                            Rc::clone(&courier),
-                            backoff,
-                        );
-                        let (in_flight, settled) = (Rc::clone(&in_flight), Rc::clone(&settled));
-                        tokio::task::spawn_local(async move {
-                            attempt.await;
-                            in_flight.set(in_flight.get() - 1);
-                            settled.notify_one();
-                        });
-                        for job in jobs {
-                            // Only one was asked for; give back any extra.
-                            let _ = queue.backend.settle(job).await;
+                            in_flight.set(in_flight.get() + 1);
+                            let attempt = attempt(
+                                Arc::clone(&queue),
+                                Arc::clone(&state),
+                                topic.clone(),
+                                leased,
+                                Rc::clone(&courier),
+                                rng.next_u64(),
+                            );
+                            let (in_flight, settled) = (Rc::clone(&in_flight), Rc::clone(&settled));
+                            tokio::task::spawn_local(async move {
+                                attempt.await;
+                                in_flight.set(in_flight.get() - 1);
+                                settled.notify_one();
+                            });
                         }
                         None
                     }
@@ -125,6 +125,16 @@ pub async fn run<C: Courier + 'static>(
                 () = settled.notified() => {}
             }
         }
+    }
+}
+
+/// How many jobs to take at once: one when a rate spaces them, else as many as there is room for
+/// (at most 32: one round trip to Redis for several jobs).
+fn lease_size(topic: &Topic, in_flight: u32) -> usize {
+    if topic.rate.is_some() {
+        1
+    } else {
+        topic.concurrency.saturating_sub(in_flight).clamp(1, 32) as usize
     }
 }
 
