@@ -67,6 +67,7 @@ fn main() {
             let (queue, acks, latency_us, stop) =
                 (Arc::clone(&queue), Arc::clone(&acks), Arc::clone(&latency_us), Arc::clone(&stop));
             tasks.push(tokio::spawn(async move {
+                let mut seen = Vec::new();
                 while !stop.load(Relaxed) {
                     let request = Request {
                         method: "POST".into(),
@@ -76,9 +77,12 @@ fn main() {
                     };
                     let started = Instant::now();
                     queue.enqueue("bench", request).await.expect("stored");
-                    latency_us.fetch_add(started.elapsed().as_micros() as u64, Relaxed);
+                    let took = started.elapsed().as_micros() as u64;
+                    latency_us.fetch_add(took, Relaxed);
                     acks.fetch_add(1, Relaxed);
+                    seen.push(took);
                 }
+                seen
             }));
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -86,9 +90,13 @@ fn main() {
         tokio::time::sleep(Duration::from_secs(seconds)).await;
         let (a1, l1, elapsed) = (acks.load(Relaxed), latency_us.load(Relaxed), t0.elapsed());
         stop.store(true, Relaxed);
+        let mut all = Vec::new();
         for t in tasks {
-            let _ = t.await;
+            all.extend(t.await.unwrap_or_default());
         }
+        all.sort_unstable();
+        let at = |q: f64| all.get(((all.len() as f64 * q) as usize).min(all.len().saturating_sub(1))).copied().unwrap_or(0);
+        let tail = format!("\tp99_ack_us={}\tmax_ack_us={}", at(0.99), all.last().copied().unwrap_or(0));
         let n = (a1 - a0).max(1);
         let batches = match &queue.backend {
             seawall_queue::Backend::Embedded(store) => {
@@ -102,7 +110,7 @@ fn main() {
             seawall_queue::Backend::Redis(_) => String::new(),
         };
         println!(
-            "RESULT\t{kind}\tacks_per_s={:.0}\tmean_ack_us={:.0}\tproducers={producers}{batches}",
+            "RESULT\t{kind}\tacks_per_s={:.0}\tmean_ack_us={:.0}\tproducers={producers}{batches}{tail}",
             n as f64 / elapsed.as_secs_f64(),
             (l1 - l0) as f64 / n as f64
         );
