@@ -181,6 +181,11 @@ fn mistakes_name_their_key_and_place() {
         "queue.topics.a.concurrency",
     );
     one_error(
+        "[queue]\nmax_body = \"2MiB\"\n[queue.topics.a]\ndeliver_to = \"mailer\"\nmax_bytes = \"1MiB\"\n",
+        "t.toml:9:",
+        "must be at least queue.max_body",
+    );
+    one_error(
         "[[routes]]\nqueue = { topic = \"a\", deliver_to = \"mailer\" }\ncache = { ttl = \"1s\" }\n",
         "t.toml:7:",
         "cache applies to routes with an upstream, not to a queue",

@@ -183,7 +183,13 @@ pub fn admit(snapshot: &Rc<Pinned>, request: &RequestView<'_>, account: &mut Acc
     let reads = *method == Method::GET || *method == Method::HEAD;
     let writes = route.writes || !(reads || *method == Method::OPTIONS || *method == Method::TRACE);
     // Where the request is stored instead of refused (`on_failure = "queue"`, writes only).
-    let queue_on_failure = route.queue_on_failure.filter(|_| writes);
+    // A body the queue could not keep is not queued: the request meets the refusal it would
+    // have met without the queue (503 with Retry-After, not 413).
+    let fits =
+        |q: &seawall_config::Queue| request.declared_length().is_none_or(|n| n <= q.max_body);
+    let queue_on_failure = route
+        .queue_on_failure
+        .filter(|_| writes && snapshot.config.queue.as_ref().is_some_and(fits));
     // A queue route's requests are stored whatever the load: that is their point.
     let mut queue_to = match route.action {
         seawall_config::RouteAction::Queue { topic } => Some(topic),

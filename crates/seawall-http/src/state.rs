@@ -189,8 +189,14 @@ impl Shared {
         self.names.follow(&config);
         match (&self.queue, &config.queue) {
             (Some(queue), Some(new)) => {
-                if queue.config().backend != new.backend {
+                let old = queue.config();
+                if old.backend != new.backend {
                     tracing::warn!("queue.backend, queue.data_dir and queue.redis take effect only after a restart");
+                }
+                if (old.lease, old.keep_finished, old.commit_delay)
+                    != (new.lease, new.keep_finished, new.commit_delay)
+                {
+                    tracing::warn!("queue.lease, queue.keep_finished and queue.commit_delay take effect only after a restart");
                 }
                 queue.reconfigure(new);
             }

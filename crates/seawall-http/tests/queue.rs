@@ -299,6 +299,8 @@ async fn on_failure_queue_stores_the_writes_an_upstream_cannot_take() {
     }
     let calls = dest.calls();
     assert!(calls.iter().all(|c| c.target == "/pay/charge" && c.body == "{\"cents\":100}"));
+    // The route preserves the host (the default): so does its queued delivery.
+    assert!(calls.iter().all(|c| c.headers["host"] == "test.local"), "{calls:?}");
     // With the provider up, writes go straight through.
     let direct =
         ask(Engine::Http1, gw.listen_addr(), post(Engine::Http1, "/pay/charge", "now")).await;

@@ -170,7 +170,7 @@ async fn attempt<C: Courier>(
     let now = now_ms();
     let record = &mut leased.record;
     if let Attempt::NotSent { error, wait } = outcome {
-        let until = now.saturating_add(wait.as_millis() as u64);
+        let until = now.saturating_add(wait.min(topic.max_backoff).as_millis() as u64);
         state.hold_until_ms.fetch_max(until, Relaxed);
         state.not_sent.fetch_add(1, Relaxed);
         record.last_error = error;

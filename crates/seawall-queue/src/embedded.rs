@@ -245,12 +245,19 @@ impl Embedded {
         for id in ids {
             match self.db.get(id) {
                 Ok(Some(record)) => leased.push(Leased { id, record, token: None }),
-                _ => {
-                    // Gone or unreadable: nothing to deliver.
+                Ok(None) => {
+                    // Gone or unreadable: nothing to deliver (its size is not known: counted).
                     let mut index = self.index();
                     index.damaged += 1;
                     if let Some(t) = index.topics.get_mut(topic) {
-                        t.settle(id, 0, 0, None);
+                        t.settle(id, 0, None);
+                    }
+                }
+                Err(e) => {
+                    // The store could not be read now: the job waits a second and is tried again.
+                    tracing::warn!(topic, error = %e, "queue: a job could not be read for delivery");
+                    if let Some(t) = self.index().topics.get_mut(topic) {
+                        t.release(id, now_ms.saturating_add(1000));
                     }
                 }
             }
@@ -267,7 +274,7 @@ impl Embedded {
     /// next attempt, or dead).
     pub async fn settle(&self, leased: Leased) -> Result<(), StoreError> {
         let Leased { id, mut record, .. } = leased;
-        let (created, size) = (record.created_ms, record.request.size());
+        let size = record.request.size();
         if record.state == State::Delivered {
             // Only the status is kept.
             record.request = crate::job::Request::default();
@@ -280,10 +287,10 @@ impl Embedded {
                 // Not recorded: the job is due again (it may be delivered twice: at least once).
                 _ if !ok => t.release(id, 0),
                 State::Delivered => {
-                    t.settle(id, created, size, None);
+                    t.settle(id, size, None);
                     index.finished.push_back((record.finished_ms, id));
                 }
-                State::Dead => t.settle(id, created, size, Some(record.finished_ms)),
+                State::Dead => t.settle(id, size, Some(record.finished_ms)),
                 _ => t.release(id, record.next_attempt_ms),
             }
         });
@@ -294,7 +301,8 @@ impl Embedded {
     pub fn status(&self, id: JobId) -> Result<Option<Status>, StoreError> {
         let Some(record) = self.db.get(id)? else { return Ok(None) };
         let mut status = Status::of(id, &record);
-        let leased = self.index().topics.get(&record.topic).is_some_and(|t| t.leased.contains(&id));
+        let leased =
+            self.index().topics.get(&record.topic).is_some_and(|t| t.leased.contains_key(&id));
         if leased {
             status.state = State::Delivering;
             status.next_attempt_ms = None;

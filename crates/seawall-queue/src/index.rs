@@ -7,7 +7,7 @@
 //! wait for a time, are kept ordered (a B-tree), and only jobs out of the FIFO (retries, jobs
 //! being delivered) are in the creation-time tree that finds the oldest.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use crate::job::{JobId, State};
 
@@ -16,12 +16,12 @@ use crate::job::{JobId, State};
 pub struct TopicIndex {
     /// Jobs due now, oldest first: (created, id).
     fresh: VecDeque<(u64, JobId)>,
-    /// Retries, by the time they are due: (due, id).
-    delayed: BTreeSet<(u64, JobId)>,
+    /// Retries, by the time they are due: (due, id) → created.
+    delayed: BTreeMap<(u64, JobId), u64>,
     /// Creation times of the pending jobs that are not in `fresh`.
     created: BTreeSet<(u64, JobId)>,
-    /// Jobs being delivered.
-    pub leased: HashSet<JobId>,
+    /// Jobs being delivered, with their creation time.
+    pub leased: HashMap<JobId, u64>,
     /// Dead letters by the time they died, with their size.
     pub dead: BTreeMap<(u64, JobId), u64>,
     /// Pending jobs and their bytes (with the reservations of enqueues not committed yet).
@@ -55,7 +55,7 @@ impl TopicIndex {
             // A job that was being delivered when the process stopped is due again.
             State::Queued | State::Delivering => self.fresh.push_back((created_ms, id)),
             State::Failed => {
-                self.delayed.insert((due_ms, id));
+                self.delayed.insert((due_ms, id), created_ms);
                 self.created.insert((created_ms, id));
             }
             State::Dead => {
@@ -76,25 +76,25 @@ impl TopicIndex {
 
     /// Takes the next job due at `now_ms`: a retry that is due, else the oldest new job.
     pub fn take_due(&mut self, now_ms: u64) -> Option<JobId> {
-        let id = match self.delayed.first() {
-            Some(&(due, id)) if due <= now_ms => {
+        let (id, created) = match self.delayed.first_key_value() {
+            Some((&(due, id), &created)) if due <= now_ms => {
                 self.delayed.remove(&(due, id));
-                id
+                (id, created)
             }
             _ => {
                 let (created, id) = self.fresh.pop_front()?;
                 self.created.insert((created, id));
-                id
+                (id, created)
             }
         };
-        self.leased.insert(id);
+        self.leased.insert(id, created);
         Some(id)
     }
 
     /// When the next job is due (0: one is due now).
     pub fn next_due(&self) -> Option<u64> {
         if self.fresh.is_empty() {
-            self.delayed.first().map(|&(due, _)| due)
+            self.delayed.first_key_value().map(|(&(due, _), _)| due)
         } else {
             Some(0)
         }
@@ -102,15 +102,16 @@ impl TopicIndex {
 
     /// A leased job goes back to wait until `due_ms`.
     pub fn release(&mut self, id: JobId, due_ms: u64) {
-        if self.leased.remove(&id) {
-            self.delayed.insert((due_ms, id));
+        if let Some(created) = self.leased.remove(&id) {
+            self.delayed.insert((due_ms, id), created);
         }
     }
 
     /// A leased job of `size` bytes is done with: delivered, or dead when `died_at` is given.
-    pub fn settle(&mut self, id: JobId, created_ms: u64, size: u64, died_at: Option<u64>) {
-        self.leased.remove(&id);
-        self.created.remove(&(created_ms, id));
+    pub fn settle(&mut self, id: JobId, size: u64, died_at: Option<u64>) {
+        if let Some(created) = self.leased.remove(&id) {
+            self.created.remove(&(created, id));
+        }
         self.pending = self.pending.saturating_sub(1);
         self.pending_bytes = self.pending_bytes.saturating_sub(size);
         if let Some(at) = died_at {
@@ -125,7 +126,7 @@ impl TopicIndex {
         let Some(size) = self.dead.remove(&(died_at, id)) else { return false };
         self.dead_bytes = self.dead_bytes.saturating_sub(size);
         if let Some((now_ms, created_ms)) = requeue {
-            self.delayed.insert((now_ms, id));
+            self.delayed.insert((now_ms, id), created_ms);
             self.created.insert((created_ms, id));
             self.pending += 1;
             self.pending_bytes += size;
@@ -168,10 +169,10 @@ mod tests {
         assert_eq!(t.take_due(60), Some(id(2)));
         assert_eq!(t.held(), (3, 30));
         t.release(id(3), 100);
-        t.settle(id(1), 5, 10, None);
+        t.settle(id(1), 10, None);
         assert_eq!(t.held(), (2, 20));
         assert_eq!(t.oldest_created(), Some(1));
-        t.settle(id(2), 1, 10, Some(500));
+        t.settle(id(2), 10, Some(500));
         assert_eq!(t.oldest_created(), Some(2));
         assert_eq!((t.pending, t.dead.len()), (1, 1));
         assert_eq!(t.held(), (2, 20), "dead letters count against the bounds");

@@ -18,8 +18,10 @@ impl JobId {
         POOL.with(|pool| {
             let (bytes, used) = &mut *pool.borrow_mut();
             if *used + 16 > bytes.len() {
-                bytes.resize(4096, 0);
-                getrandom::fill(bytes)?;
+                // Filled aside: a failed call leaves the pool empty, never zeros to hand out.
+                let mut fresh = vec![0u8; 4096];
+                getrandom::fill(&mut fresh)?;
+                *bytes = fresh;
                 *used = 0;
             }
             let mut id = [0u8; 16];

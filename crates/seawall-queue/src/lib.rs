@@ -305,7 +305,7 @@ impl Queue {
             // `paused` changed in the file: the file wins; otherwise a pause or resume made
             // through the admin API stands.
             let before = previous.topic(&t.name).map(|i| previous.topics[i].paused);
-            if before.is_some_and(|b| b != t.paused) {
+            if before != Some(t.paused) {
                 state.paused.store(t.paused, Relaxed);
             }
         }
@@ -424,6 +424,7 @@ impl Queue {
                 "retried": state.retried.load(Relaxed),
                 "dead_total": state.dead.load(Relaxed),
                 "refused_full": state.refused_full.load(Relaxed),
+                "held_back": state.not_sent.load(Relaxed),
             });
             match depth {
                 Ok(d) => {

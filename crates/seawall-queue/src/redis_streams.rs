@@ -398,7 +398,8 @@ impl RedisStreams {
             let mut in_flight =
                 self.in_flight.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             for entry in entries {
-                if !in_flight.insert(entry.entry.clone()) {
+                // Entry ids are per stream: the stream's key makes them unique.
+                if !in_flight.insert(format!("{stream} {}", entry.entry)) {
                     // Ours, still being delivered: the claim renewed its lease, nothing more.
                     continue;
                 }
@@ -411,7 +412,7 @@ impl RedisStreams {
                 }
             }
             for entry in &bad {
-                in_flight.remove(entry);
+                in_flight.remove(&format!("{stream} {entry}"));
             }
         }
         let mut pipe = redis::pipe();
@@ -425,7 +426,11 @@ impl RedisStreams {
             pipe.cmd("XDEL").arg(&stream).arg(&bad).ignore();
         }
         if !leased.is_empty() || !bad.is_empty() {
-            pipe.query_async::<()>(&mut con).await.map_err(|e| failed("mark jobs leased", &e))?;
+            // The lease is the entry in the group's pending list; the status is only what
+            // GET /jobs/ID shows: a failure here must not drop the jobs just taken.
+            if let Err(e) = pipe.query_async::<()>(&mut con).await {
+                tracing::warn!(topic, error = %e, "queue: jobs taken for delivery could not be marked delivering");
+            }
         }
         Ok(leased)
     }
@@ -446,8 +451,9 @@ impl RedisStreams {
         let Some(entry) = token else {
             return Err(StoreError::Io(format!("job {id} was not leased from Redis")));
         };
-        self.in_flight.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&entry);
         let topic = record.topic.clone();
+        let in_flight = format!("{} {entry}", self.key(&topic, "stream"));
+        self.in_flight.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&in_flight);
         let size = record.request.size();
         let (mode, payload) = match record.state {
             State::Delivered => {

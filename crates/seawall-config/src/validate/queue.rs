@@ -264,7 +264,7 @@ pub(super) fn queue(
     named.sort_by(|a, b| a.name.cmp(&b.name));
     let mut topics = Vec::new();
     for n in &named {
-        if let Some(t) = topic(cx, n, upstreams, (max_jobs, max_bytes)) {
+        if let Some(t) = topic(cx, n, upstreams, (max_jobs, max_bytes, max_body)) {
             topics.push(t);
         }
     }
@@ -365,7 +365,7 @@ fn topic(
     cx: &mut Ctx<'_>,
     n: &Named<'_>,
     upstreams: &[String],
-    (jobs, bytes): (u64, u64),
+    (jobs, bytes, max_body): (u64, u64, u64),
 ) -> Option<Topic> {
     let key = |k: &str| format!("queue.topics.{}.{k}", n.name);
     let default = RawTopic::default();
@@ -381,6 +381,10 @@ fn topic(
     };
     let max_jobs = cx.count(t.max_jobs.as_ref(), &key("max_jobs"), jobs, 1, i64::MAX);
     let max_bytes = cx.size(t.max_bytes.as_ref(), &key("max_bytes"), bytes);
+    if let Some(written) = t.max_bytes.as_ref().filter(|_| max_bytes < max_body) {
+        let message = "must be at least queue.max_body (a job that size could never be stored)";
+        cx.error(written.span(), &key("max_bytes"), message);
+    }
     let concurrency = cx.count(
         t.concurrency.as_ref(),
         &key("concurrency"),

@@ -160,7 +160,7 @@ pub async fn metrics(out: &mut String, queue: &Queue) {
             }
         }
     }
-    let counters: [Counter; 7] = [
+    let counters: [Counter; 8] = [
         ("queue_enqueued_total", "Jobs stored (each answered 202).", |t| t.enqueued.load(Relaxed)),
         ("queue_delivered_total", "Jobs the destination took (2xx).", |t| {
             t.delivered.load(Relaxed)
@@ -176,6 +176,11 @@ pub async fn metrics(out: &mut String, queue: &Queue) {
             "queue_refused_error_total",
             "Enqueues refused because the store failed (503 queue_full).",
             |t| t.refused_error.load(Relaxed),
+        ),
+        (
+            "queue_held_back_total",
+            "Attempts Seawall held back without sending (breaker open, no server up, gate full).",
+            |t| t.not_sent.load(Relaxed),
         ),
         (
             "queue_settle_errors_total",

@@ -29,6 +29,7 @@ impl<S: Transport> Session<S> {
             path: self.head.path(&self.buf),
             target: self.head.target(&self.buf),
             headers: &fields,
+            host: self.head.host(&self.buf),
             route: permit.route(),
             request_id: id_field,
         };

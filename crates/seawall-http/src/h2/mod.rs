@@ -134,7 +134,7 @@ pub async fn handle(
         _ => permit.queue,
     };
     if let Some(topic) = queue_to {
-        let request = queue::Queued { parts: &parts, target, request_id, topic };
+        let request = queue::Queued { parts: &parts, target, host, request_id, topic };
         let limit = queue::body_limit(&permit);
         let down = StreamBody::new(body, limit, snapshot.config.server.body_timeout, 0);
         return Ok(queue::enqueue(&worker, request, down, account, permit, active).await);
@@ -216,7 +216,7 @@ pub async fn handle(
     if let Some(topic) = crate::queue::takes_over(&forwarded, &permit) {
         // The body is still whole (nothing reached an upstream): it goes to the queue.
         if down.rewind() {
-            let request = queue::Queued { parts: &parts, target, request_id, topic };
+            let request = queue::Queued { parts: &parts, target, host, request_id, topic };
             return Ok(queue::enqueue(&worker, request, down, account, permit, active).await);
         }
     }

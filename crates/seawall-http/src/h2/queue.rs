@@ -22,6 +22,8 @@ use crate::worker::Worker;
 pub(super) struct Queued<'a> {
     pub parts: &'a http::request::Parts,
     pub target: &'a [u8],
+    /// The request's host (`:authority` or `Host`).
+    pub host: Option<&'a [u8]>,
     pub request_id: Option<RequestId>,
     /// The topic's index in the configuration's queue.
     pub topic: usize,
@@ -57,6 +59,7 @@ pub(super) async fn enqueue(
         path: parts.uri.path().as_bytes(),
         target: request.target,
         headers: &parts.headers,
+        host: request.host,
         route: permit.route(),
         request_id: id_field,
     };

@@ -47,10 +47,12 @@ impl Courier for WorkerCourier {
             return Attempt::Refused { error: format!("{:?} is not a method", request.method) };
         };
         let key_value = id.to_string();
+        // The client's host, kept by a route that preserves it; else the server's name.
+        let host = request.headers.iter().find(|(n, _)| n == "host").map(|(_, v)| v.as_slice());
         let mut fields: Vec<(&[u8], &[u8])> = request
             .headers
             .iter()
-            .filter(|(name, _)| !name.eq_ignore_ascii_case("idempotency-key"))
+            .filter(|(name, _)| !name.eq_ignore_ascii_case("idempotency-key") && name != "host")
             .map(|(name, value)| (name.as_bytes(), value.as_slice()))
             .collect();
         fields.push((b"idempotency-key", key_value.as_bytes()));
@@ -72,8 +74,8 @@ impl Courier for WorkerCourier {
             &UpstreamHead {
                 method: &method,
                 target: request.target.as_bytes(),
-                host: None,
-                forwarded_host: None,
+                host,
+                forwarded_host: host,
                 upgrade: false,
                 te_trailers: false,
                 framing,
@@ -105,7 +107,7 @@ impl Courier for WorkerCourier {
                 upgrade: false,
                 framing,
                 head: &mut head,
-                host_is_server: true,
+                host_is_server: host.is_none(),
                 start,
                 deadline: group.config.total_timeout.map(|t| start + t),
                 priority: Priority::P2,

@@ -15,12 +15,14 @@ use crate::problem::{Reason, Refusal};
 /// The request a job of `route` keeps, as the route would send it upstream: the target after
 /// the route's rewrite, the fields `queue.headers` allows (not those the client's `Connection`
 /// names) changed by the route's `request_headers`, the request's id (so the delivery carries
-/// it), and the body.
+/// it), the client's host when the route preserves it, and the body.
 pub struct JobHead<'a> {
     pub method: &'a http::Method,
     pub path: &'a [u8],
     pub target: &'a [u8],
     pub headers: &'a dyn HeaderLookup,
+    /// The request's host (its `Host`, or the `:authority`), kept when the route preserves it.
+    pub host: Option<&'a [u8]>,
     pub route: &'a seawall_config::Route,
     pub request_id: Option<(&'a str, &'a [u8])>,
 }
@@ -54,6 +56,10 @@ pub fn job_request(head: JobHead<'_>, config: &seawall_config::Queue) -> Request
     if let Some((name, id)) = head.request_id {
         kept.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
         kept.push((name.to_string(), id.to_vec()));
+    }
+    // `preserve_host`: the delivery is sent with the client's host, as the live request was.
+    if let Some(host) = head.host.filter(|_| head.route.preserve_host) {
+        kept.push(("host".to_string(), host.to_vec()));
     }
     let target = crate::edge::target(head.route, head.path, head.target);
     Request {
