@@ -365,13 +365,20 @@ impl RedisStreams {
             Value::Array(mut parts) if parts.len() >= 2 => entries(parts.swap_remove(1)),
             _ => Vec::new(),
         };
-        if entries.len() < max {
+        // Our own attempts slower than the lease come back in the claim: they do not take the
+        // room of new jobs.
+        let ours = {
+            let in_flight =
+                self.in_flight.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            entries.iter().filter(|e| in_flight.contains(&format!("{stream} {}", e.entry))).count()
+        };
+        if entries.len() - ours < max {
             let read: Value = redis::cmd("XREADGROUP")
                 .arg("GROUP")
                 .arg(GROUP)
                 .arg(&self.consumer)
                 .arg("COUNT")
-                .arg(max - entries.len())
+                .arg(max - (entries.len() - ours))
                 .arg("STREAMS")
                 .arg(&stream)
                 .arg(">")
