@@ -36,15 +36,7 @@ fn stores() -> Vec<Store> {
 /// The `[queue]` keys that choose `store`, in a place no other test uses.
 fn backend(store: Store) -> String {
     match store {
-        Store::Embedded => {
-            let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
-            let dir = std::env::temp_dir().join(format!(
-                "seawall-queue-test-{}-{}",
-                std::process::id(),
-                nanos.as_nanos()
-            ));
-            format!("data_dir = {:?}\n", dir.display().to_string())
-        }
+        Store::Embedded => data_dir_line(),
         Store::Redis => format!(
             "backend = \"redis\"\nredis = \"redis://127.0.0.1:6379\"\nredis_prefix = \"{}\"\n",
             fresh_prefix()
