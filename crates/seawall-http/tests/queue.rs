@@ -103,6 +103,8 @@ async fn a_queued_request_is_answered_202_once_stored_and_delivered_with_its_ide
             assert_eq!(call.key(), id, "Idempotency-Key is the job id");
             assert_eq!(call.headers["content-type"], "application/json");
             assert_eq!(call.headers["x-request-id"], "order-42", "the request's id goes along");
+            // A queue route's destination is addressed by its own name, not the client's host.
+            assert_eq!(call.headers["host"], dest.addr.to_string(), "{store:?} {engine:?}");
             // Not in queue.headers: credentials are not stored unless asked for.
             assert!(call.headers.get("authorization").is_none(), "{store:?} {engine:?}");
             gw.shutdown().await;

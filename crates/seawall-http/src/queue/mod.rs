@@ -57,8 +57,10 @@ pub fn job_request(head: JobHead<'_>, config: &seawall_config::Queue) -> Request
         kept.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
         kept.push((name.to_string(), id.to_vec()));
     }
-    // `preserve_host`: the delivery is sent with the client's host, as the live request was.
-    if let Some(host) = head.host.filter(|_| head.route.preserve_host) {
+    // `on_failure = "queue"` with `preserve_host`: the delivery is sent with the client's host,
+    // as the live request would have been. A queue route's destination gets its own name.
+    let proxied = matches!(head.route.action, seawall_config::RouteAction::Proxy { .. });
+    if let Some(host) = head.host.filter(|_| proxied && head.route.preserve_host) {
         kept.push(("host".to_string(), host.to_vec()));
     }
     let target = crate::edge::target(head.route, head.path, head.target);
