@@ -435,3 +435,73 @@ async fn a_store_that_cannot_write_answers_queue_full_never_202() {
     assert_eq!(metric(&gw, "seawall_queue_refused_error_total{topic=\"emails\"}").await, 2.0);
     gw.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_stalling_mid_body_gets_408_and_stores_nothing_on_both_engines() {
+    let dest = Destination::start().await;
+    let body = format!(
+        "[queue]\n{}\n[upstreams.mailer]\nservers = [\"{}\"]\n\
+         [[routes]]\nname = \"emails\"\npath_prefix = \"/emails\"\nqueue = {{ topic = \"emails\", deliver_to = \"mailer\" }}\n",
+        data_dir_line(),
+        dest.addr
+    );
+    let gw = start(config_with_server("body_timeout = \"300ms\"", &body)).await;
+    // HTTP/1.1: 4 of 10 bytes, then silence (the connection stays open).
+    let mut stalled = tokio::net::TcpStream::connect(gw.listen_addr()).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(
+        &mut stalled,
+        b"POST /emails HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\nabcd",
+    )
+    .await
+    .unwrap();
+    let answer = bounded(5.0, "the 408", read_to_close(&mut stalled)).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("body_timeout"), "{answer}");
+    // h2c: part of a streamed body, then silence (the stream stays open).
+    let (tx, streamed) = channel_body();
+    tx.send(Bytes::from_static(b"part")).await.unwrap();
+    let req = Engine::H2c.request("POST", "/emails").body(streamed).unwrap();
+    let answer = ask(Engine::H2c, gw.listen_addr(), req).await;
+    assert_eq!(answer.status, StatusCode::REQUEST_TIMEOUT, "{}", answer.body);
+    drop(tx);
+    let state = admin(&gw, "/api/v1/state").await.json();
+    assert_eq!(state["queue"]["topics"]["emails"]["enqueued"], 0, "{state}");
+    assert!(dest.calls().is_empty());
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destination_that_half_closes_or_vanishes_without_answering_is_retried_then_dead() {
+    // Reads each request, then either half-closes (no answer) or drops the connection.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = std::sync::Arc::clone(&served);
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let n = seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let mut buf = [0u8; 4096];
+            let _ = tokio::io::AsyncReadExt::read(&mut s, &mut buf).await;
+            if n % 2 == 0 {
+                let _ = tokio::io::AsyncWriteExt::shutdown(&mut s).await;
+                let _ = tokio::io::AsyncReadExt::read(&mut s, &mut buf).await;
+            }
+        }
+    });
+    let body = format!(
+        "[queue]\n{}\n[queue.topics.emails]\nmax_attempts = 3\nbackoff = \"20ms\"\nmax_backoff = \"50ms\"\n\
+         [upstreams.mailer]\nservers = [\"{addr}\"]\npassive = {{ consecutive_failures = 0 }}\n\
+         [[routes]]\nname = \"emails\"\npath_prefix = \"/emails\"\nqueue = {{ topic = \"emails\", deliver_to = \"mailer\" }}\n",
+        data_dir_line()
+    );
+    let gw = start(config(&body)).await;
+    for engine in ENGINES {
+        let id = job_id(&ask(engine, gw.listen_addr(), post(engine, "/emails", "x")).await);
+        let dead = until_status(&gw, &id, "dead").await;
+        assert_eq!(dead["attempts"], 3, "{engine:?}: {dead}");
+        let error = dead["last_error"].as_str().unwrap();
+        assert!(error.starts_with("upstream_error"), "{engine:?}: {error}");
+    }
+    assert!(served.load(std::sync::atomic::Ordering::SeqCst) >= 6);
+    gw.shutdown().await;
+}
