@@ -482,7 +482,7 @@ async fn a_destination_that_half_closes_or_vanishes_without_answering_is_retried
             let n = seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let mut buf = [0u8; 4096];
             let _ = tokio::io::AsyncReadExt::read(&mut s, &mut buf).await;
-            if n % 2 == 0 {
+            if n.is_multiple_of(2) {
                 let _ = tokio::io::AsyncWriteExt::shutdown(&mut s).await;
                 let _ = tokio::io::AsyncReadExt::read(&mut s, &mut buf).await;
             }
