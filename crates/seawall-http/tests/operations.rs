@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -100,16 +100,19 @@ async fn the_read_endpoints_need_the_token_when_asked_and_the_probes_never_do() 
     gw.shutdown().await;
 }
 
-/// Sends requests through `engine` until `stop`, on new connections; returns every status.
+/// Sends requests through `engine` until `stop`, on new connections, counting the answers in
+/// `sent`; returns every status.
 fn traffic(
     engine: Engine,
     addr: std::net::SocketAddr,
     stop: Arc<AtomicBool>,
+    sent: Arc<AtomicUsize>,
 ) -> tokio::task::JoinHandle<Vec<StatusCode>> {
     tokio::spawn(async move {
         let mut statuses = Vec::new();
         while !stop.load(SeqCst) {
             statuses.push(ask(engine, addr, engine.get("/load")).await.status);
+            sent.fetch_add(1, SeqCst);
         }
         statuses
     })
@@ -134,7 +137,12 @@ async fn a_drained_server_gets_no_new_request_and_nothing_fails() {
         Gateway::start(seawall_config::load(&path).unwrap(), Some(path.clone())).await.unwrap();
     let (addr, at) = (gw.listen_addr(), gw.admin_addr());
     let stop = Arc::new(AtomicBool::new(false));
-    let load: Vec<_> = ENGINES.iter().map(|&e| traffic(e, addr, Arc::clone(&stop))).collect();
+    let sent: Vec<_> = ENGINES.iter().map(|_| Arc::new(AtomicUsize::new(0))).collect();
+    let load: Vec<_> = ENGINES
+        .iter()
+        .zip(&sent)
+        .map(|(&e, sent)| traffic(e, addr, Arc::clone(&stop), Arc::clone(sent)))
+        .collect();
     eventually(Duration::from_secs(5), "both servers busy", || async {
         a.hits() > 5 && b.hits() > 5
     })
@@ -156,8 +164,12 @@ async fn a_drained_server_gets_no_new_request_and_nothing_fails() {
     // arrive; nothing new reaches it.
     let before = a.hits();
     eventually(Duration::from_secs(5), "b takes the traffic", || async { b.hits() > 40 }).await;
-    let b_now = b.hits();
-    eventually(Duration::from_secs(5), "more traffic", || async { b.hits() > b_now + 20 }).await;
+    // Both engines go on sending while a is drained.
+    let sent_now: Vec<usize> = sent.iter().map(|n| n.load(SeqCst)).collect();
+    eventually(Duration::from_secs(5), "more traffic from both engines", || async {
+        sent.iter().zip(&sent_now).all(|(n, then)| n.load(SeqCst) > then + 20)
+    })
+    .await;
     assert!(a.hits() <= before + 3, "a got new requests while drained: {} > {before}", a.hits());
     assert_eq!(server_state(&gw, 0).await["draining"], true);
     let name = format!("seawall_upstream_draining{{upstream=\"app\",server=\"{}\"}}", a.addr);
@@ -178,7 +190,7 @@ async fn a_drained_server_gets_no_new_request_and_nothing_fails() {
     stop.store(true, SeqCst);
     for task in load {
         let statuses = task.await.unwrap();
-        assert!(statuses.len() > 20);
+        assert!(statuses.len() > 20, "{} requests", statuses.len());
         assert!(statuses.iter().all(|s| *s == StatusCode::OK), "{statuses:?}");
     }
     for answer in slow.await.unwrap() {
