@@ -26,6 +26,9 @@ pub struct Config {
     pub dns: Dns,
     /// The durable queue, when `[queue]` is written or a route queues requests.
     pub queue: Option<Queue>,
+    /// Egress groups (`[egress.NAME]`) in name order; routes refer to them by index. Each
+    /// provider is also an upstream group of its own (named `egress/GROUP/PROVIDER`).
+    pub egress: Vec<Egress>,
     /// What is valid but probably not meant (a timeout chain that cannot hold, a key this
     /// version accepts but does not enforce yet); `seawall check` prints them, the gateway logs
     /// them.
@@ -59,6 +62,86 @@ pub struct Queue {
     pub commit_delay: Duration,
     /// Topics in name order; routes refer to them by index.
     pub topics: Vec<Topic>,
+}
+
+/// `[egress.NAME]`: one third-party API reached through ordered providers, each within its
+/// quota, with its API keys added by Seawall.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Egress {
+    pub name: String,
+    /// In order of preference: a call goes to the first with quota left (spill-over), and to the
+    /// next when one fails (fallback).
+    pub providers: Vec<Provider>,
+    /// The longest a call waits for quota (in priority order) before 429 `egress_quota`.
+    pub max_wait: Duration,
+    /// A key answered 429 without a usable `Retry-After` is parked this long.
+    pub park_for: Duration,
+    /// Further attempts after a failed one (5xx, no connection), across providers, within the
+    /// retry budget; a key's 429 or 401/403 moves to another key without counting.
+    pub retries: u32,
+    /// The first retry's backoff bound, doubled each attempt (full jitter).
+    pub backoff: Duration,
+    /// The answers' cache (`cache_ttl`, `cache_key_headers`), given to every egress route of
+    /// the group that has no `cache` of its own.
+    pub cache: Option<std::sync::Arc<RouteCache>>,
+}
+
+/// One provider of an egress group.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Provider {
+    pub name: String,
+    /// The upstream group made for it (index into [`Config::upstreams`]): its server, TLS,
+    /// timeouts, pool and breaker.
+    pub upstream: usize,
+    /// The base URL as written (no credentials in it), for the state API.
+    pub url: String,
+    /// `Host` sent: the URL's authority (its port only when not the scheme's default).
+    pub authority: String,
+    /// The URL's path without its trailing `/` (empty for the root); the route's remaining path
+    /// is appended to it.
+    pub base_path: String,
+    /// Each key's (or, without keys, the provider's) limit: never more than `count` calls in
+    /// any `period`, and at most `burst` at once (paced at `period / count` beyond).
+    pub rate: Option<Quota>,
+    /// Calls per key per UTC day.
+    pub daily_quota: Option<u64>,
+    /// The API keys, in file order (none: calls go without one).
+    pub keys: Vec<ApiKey>,
+    /// Where a key goes in each call.
+    pub key_in: KeyPlacement,
+}
+
+/// One API key: its value, read from the environment when the file is read.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiKey {
+    /// The environment variable it came from (shown in metrics and the state API).
+    pub env: String,
+    /// The secret itself: only ever written into calls to the provider.
+    pub value: String,
+}
+
+impl std::fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiKey").field("env", &self.env).field("value", &"<redacted>").finish()
+    }
+}
+
+/// Where a provider wants its API key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyPlacement {
+    /// A request header (lower-case name).
+    Header(String),
+    /// A query parameter (the name as written).
+    Query(String),
+    /// The provider takes no key.
+    None,
+}
+
+impl Config {
+    /// The egress group named `name`.
+    pub fn egress_group(&self, name: &str) -> Option<usize> {
+        self.egress.iter().position(|e| e.name == name)
+    }
 }
 
 /// Where the queue's jobs are stored.
@@ -165,6 +248,9 @@ pub struct Server {
     pub tls: Option<ServerTls>,
     /// A second, plain listener whose every request is redirected to `https://` (needs `tls`).
     pub http_redirect: Option<SocketAddr>,
+    /// The plain listener that serves the egress routes, and only them (set whenever an egress
+    /// group exists; a loopback or private address).
+    pub egress_listen: Option<SocketAddr>,
 }
 
 /// `server.tls`: the certificates served, chosen by the name the client asks for (SNI).
@@ -658,6 +744,9 @@ pub enum RouteAction {
     Redirect(std::sync::Arc<Redirect>),
     /// The request is stored in the queue's topic at this index and answered 202.
     Queue { topic: usize },
+    /// A call to a third-party API through the egress group at this index of
+    /// [`Config::egress`] (served only on `server.egress_listen`).
+    Egress { group: usize },
 }
 
 impl RouteAction {
@@ -665,7 +754,9 @@ impl RouteAction {
     pub fn upstream(&self) -> Option<usize> {
         match self {
             RouteAction::Proxy { upstream } => Some(*upstream),
-            RouteAction::Redirect(_) | RouteAction::Queue { .. } => None,
+            RouteAction::Redirect(_) | RouteAction::Queue { .. } | RouteAction::Egress { .. } => {
+                None
+            }
         }
     }
 }

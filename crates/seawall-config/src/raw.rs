@@ -35,6 +35,44 @@ pub struct RawConfig {
     #[serde(default)]
     pub dns: RawDns,
     pub queue: Option<RawQueue>,
+    #[serde(default)]
+    pub egress: BTreeMap<String, RawEgress>,
+}
+
+/// `[egress.NAME]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub struct RawEgress {
+    pub providers: Option<Vec<RawProvider>>,
+    pub max_wait: Option<Text>,
+    pub park_for: Option<Text>,
+    pub retries: Option<Spanned<i64>>,
+    pub backoff: Option<Text>,
+    pub cache_ttl: Option<Text>,
+    pub cache_key_headers: Option<Vec<Text>>,
+}
+
+/// One of `providers = [{ ... }]` in an egress group.
+#[derive(Debug, Default, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a table like { name = \"primary\", url = \"https://api.example.com\" }"
+)]
+pub struct RawProvider {
+    pub name: Option<Text>,
+    pub url: Option<Text>,
+    pub rate: Option<Text>,
+    pub burst: Option<Spanned<i64>>,
+    pub daily_quota: Option<Spanned<i64>>,
+    pub keys_env: Option<Vec<Text>>,
+    pub key_header: Option<Text>,
+    pub key_query: Option<Text>,
+    pub timeout: Option<Text>,
+    pub connect_timeout: Option<Text>,
+    pub ca_file: Option<Text>,
+    pub server_name: Option<Text>,
+    pub breaker: Option<RawBreaker>,
+    pub max_connections: Option<Spanned<i64>>,
 }
 
 /// `[queue]`
@@ -175,6 +213,7 @@ pub struct RawServer {
     pub prefix_match: Option<Text>,
     pub tls: Option<RawServerTls>,
     pub http_redirect: Option<Text>,
+    pub egress_listen: Option<Text>,
 }
 
 /// `tls = { ... }` in `[server]`.
@@ -386,6 +425,7 @@ pub struct RawRoute {
     pub timeout: Option<Text>,
     pub queue: Option<Spanned<RawRouteQueue>>,
     pub on_failure: Option<Text>,
+    pub egress: Option<Text>,
 }
 
 /// `strip_prefix = true` (the route's own prefix) or `strip_prefix = "/v1"`.
@@ -442,7 +482,7 @@ pub struct RawHeaderMatch {
 }
 
 /// `breaker = { ... }` on an upstream.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, expecting = "a table")]
 pub struct RawBreaker {
     pub failure_rate: Option<Spanned<f64>>,

@@ -11,6 +11,7 @@ pub mod breaker;
 pub mod budget;
 pub mod bulkhead;
 pub mod cache;
+pub mod calls;
 pub mod civil;
 pub mod clock;
 pub mod deadline;

@@ -28,19 +28,21 @@ pub struct Client {
     pub keep_forwarded_for: bool,
     /// The request came over TLS (`X-Forwarded-Proto: https`).
     pub https: bool,
+    /// The request came to `server.egress_listen`: only egress routes serve it.
+    pub egress: bool,
 }
 
 impl Client {
     /// A client that connected directly, with nothing believed beyond its address.
     pub fn direct(peer: SocketAddr) -> Client {
-        Client { addr: peer, peer, keep_forwarded_for: false, https: false }
+        Client { addr: peer, peer, keep_forwarded_for: false, https: false, egress: false }
     }
 
     /// The client of a request from `peer` with fields `headers`, under `config`.
     pub fn of(peer: SocketAddr, headers: &dyn HeaderLookup, config: &ClientAddress) -> Client {
         if config.trusted_proxies.is_empty() || !config.trusts(peer.ip()) {
             let keep_forwarded_for = config.forwarded_for == ForwardedFor::Append;
-            return Client { addr: peer, peer, keep_forwarded_for, https: false };
+            return Client { addr: peer, peer, keep_forwarded_for, https: false, egress: false };
         }
         let mut walk = Walk::default();
         headers.for_each_value("x-forwarded-for", &mut |value| {
@@ -49,12 +51,18 @@ impl Client {
             }
             false
         });
-        Client { addr: walk.client().unwrap_or(peer), peer, keep_forwarded_for: true, https: false }
+        let addr = walk.client().unwrap_or(peer);
+        Client { addr, peer, keep_forwarded_for: true, https: false, egress: false }
     }
 
     /// The same client, on a connection that is (`https`) or is not encrypted.
     pub fn over(self, https: bool) -> Client {
         Client { https, ..self }
+    }
+
+    /// The same client, noted as having come to the egress listener (or not).
+    pub fn on_egress(self, egress: bool) -> Client {
+        Client { egress, ..self }
     }
 }
 

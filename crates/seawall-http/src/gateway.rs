@@ -27,6 +27,7 @@ pub struct Gateway {
     controller: tokio::task::JoinHandle<()>,
     certificates: tokio::task::JoinHandle<()>,
     redirect_addr: Option<SocketAddr>,
+    egress_addr: Option<SocketAddr>,
     /// Resolves upstream host names again at their TTL ([`crate::resolve`]).
     resolver: tokio::task::JoinHandle<()>,
 }
@@ -44,6 +45,16 @@ impl Gateway {
         let listen_addr = listeners[0]
             .local_addr()
             .map_err(|source| StartError::Listen { addr: config.server.listen, source })?;
+        let (egress_listeners, egress_addr) = match config.server.egress_listen {
+            Some(addr) => {
+                let listeners = server::bind_reuseport(addr, workers)?;
+                let bound = listeners[0]
+                    .local_addr()
+                    .map_err(|source| StartError::Listen { addr, source })?;
+                (listeners.into_iter().map(Some).collect(), Some(bound))
+            }
+            None => ((0..workers).map(|_| None).collect::<Vec<_>>(), None),
+        };
         let admin_listener = tokio::net::TcpListener::bind(config.server.admin)
             .await
             .map_err(|source| StartError::Listen { addr: config.server.admin, source })?;
@@ -52,6 +63,7 @@ impl Gateway {
             .map_err(|source| StartError::Listen { addr: config.server.admin, source })?;
         let running = Running {
             listen: config.server.listen,
+            egress_listen: config.server.egress_listen,
             admin: config.server.admin,
             workers: config.server.workers,
             max_connections: config.server.max_connections,
@@ -92,9 +104,10 @@ impl Gateway {
         let shared = Arc::new(shared);
         let (spread, inboxes) = Spread::new(Arc::clone(&shared.registry), workers);
         let mut threads = Vec::with_capacity(workers);
-        for (index, (listener, inbox)) in listeners.into_iter().zip(inboxes).enumerate() {
+        let sockets = listeners.into_iter().zip(egress_listeners);
+        for (index, ((listener, egress_listener), inbox)) in sockets.zip(inboxes).enumerate() {
             let (shared, spread) = (Arc::clone(&shared), Arc::clone(&spread));
-            let start = WorkerStart { index, listener, shared, spread, inbox };
+            let start = WorkerStart { index, listener, egress_listener, shared, spread, inbox };
             threads.push(server::spawn_worker(start)?);
         }
         let admin_task = tokio::spawn(crate::admin::serve(admin_listener, Arc::clone(&shared)));
@@ -110,7 +123,7 @@ impl Gateway {
         let controller = tokio::spawn(crate::controller::run(Arc::clone(&shared)));
         let certificates = tokio::spawn(follow_certificate_files(Arc::clone(&shared)));
         let resolver = tokio::spawn(crate::resolve::run(Arc::clone(&shared), next_resolve));
-        tracing::info!(%listen_addr, %admin_addr, workers, "seawall is listening");
+        tracing::info!(%listen_addr, %admin_addr, ?egress_addr, workers, "seawall is listening");
         Ok(Gateway {
             shared,
             threads,
@@ -121,6 +134,7 @@ impl Gateway {
             controller,
             certificates,
             redirect_addr,
+            egress_addr,
             resolver,
         })
     }
@@ -128,6 +142,11 @@ impl Gateway {
     /// The address the gateway accepts clients on (useful when the config said port 0).
     pub fn listen_addr(&self) -> SocketAddr {
         self.listen_addr
+    }
+
+    /// The listener of the egress routes (`server.egress_listen`), if any.
+    pub fn egress_addr(&self) -> Option<SocketAddr> {
+        self.egress_addr
     }
 
     /// The plain listener that redirects to `https://` (`server.http_redirect`), if any.

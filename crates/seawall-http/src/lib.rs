@@ -25,6 +25,7 @@ pub mod client;
 pub mod control;
 pub mod controller;
 pub mod edge;
+pub mod egress;
 pub mod faultlog;
 pub mod fields;
 pub mod gateway;

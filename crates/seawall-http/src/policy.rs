@@ -168,10 +168,15 @@ pub fn admit(snapshot: &Rc<Pinned>, request: &RequestView<'_>, account: &mut Acc
         let refusal = Refusal::new(Reason::FeatureDisabled, detail);
         return Admission::Refuse(refusal.degraded(route.degrade.as_ref()));
     }
-    if route.rewrite.is_some() && crate::edge::has_dot_segment(request.path) {
+    let egress = match route.action {
+        seawall_config::RouteAction::Egress { group } => Some(group),
+        _ => None,
+    };
+    let maps_path = route.rewrite.is_some() || egress.is_some();
+    if maps_path && crate::edge::has_dot_segment(request.path) {
         account.worker.shared.registry.rewrite_refusals.add(1);
         let detail = format!(
-            "route {:?} rewrites the path, and this one has a dot segment ('.' or '..')",
+            "route {:?} maps the path onto another, and this one has a dot segment ('.' or '..')",
             route.name
         );
         return Admission::Refuse(Refusal::new(Reason::BadRequest, detail));
@@ -323,7 +328,9 @@ pub fn admit(snapshot: &Rc<Pinned>, request: &RequestView<'_>, account: &mut Acc
         return Admission::Refuse(refusal.degraded(route.degrade.as_ref()));
     }
     overload.admitted.add(1);
-    let upstream = upstream.unwrap_or_default();
+    // An egress call starts at its group's first provider (the call chooses).
+    let first_provider = egress.and_then(|g| snapshot.config.egress[g].providers.first());
+    let upstream = upstream.or(first_provider.map(|p| p.upstream)).unwrap_or_default();
     let mut permit = Permit::new(Rc::clone(snapshot), index, upstream, priority, fields);
     permit.cache = ticket;
     permit.request_id = account.request_id;

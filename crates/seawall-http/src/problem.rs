@@ -72,6 +72,12 @@ pub enum Reason {
     QueueFull,
     /// `GET /jobs/ID` for an id the queue does not know (404).
     JobNotFound,
+    /// An egress call found no provider with quota left within `max_wait` (429, with the time
+    /// until quota comes back as `Retry-After`).
+    EgressQuota,
+    /// Every API key of the egress group's providers was refused by them (401/403): nothing can
+    /// be sent until an operator fixes the keys (503).
+    EgressNoKey,
 }
 
 impl Reason {
@@ -102,6 +108,8 @@ impl Reason {
             Reason::NotCached => "not_cached",
             Reason::QueueFull => "queue_full",
             Reason::JobNotFound => "job_not_found",
+            Reason::EgressQuota => "egress_quota",
+            Reason::EgressNoKey => "egress_no_key",
         }
     }
 
@@ -111,7 +119,7 @@ impl Reason {
             Reason::BadRequest => StatusCode::BAD_REQUEST,
             Reason::HeaderTimeout | Reason::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Reason::NoRoute | Reason::JobNotFound => StatusCode::NOT_FOUND,
-            Reason::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            Reason::RateLimited | Reason::EgressQuota => StatusCode::TOO_MANY_REQUESTS,
             Reason::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Reason::ExpectationFailed => StatusCode::EXPECTATION_FAILED,
             Reason::HeaderTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -126,6 +134,7 @@ impl Reason {
             | Reason::Overloaded
             | Reason::FeatureDisabled
             | Reason::QueueFull
+            | Reason::EgressNoKey
             | Reason::ReadOnly => StatusCode::SERVICE_UNAVAILABLE,
             Reason::UpstreamTimeout | Reason::DeadlineExceeded | Reason::NotCached => {
                 StatusCode::GATEWAY_TIMEOUT
@@ -161,6 +170,8 @@ impl Reason {
                 | Reason::BulkheadFull
                 | Reason::Overloaded
                 | Reason::UpstreamTimeout
+                | Reason::EgressQuota
+                | Reason::EgressNoKey
         )
     }
 

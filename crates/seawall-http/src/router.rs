@@ -1,7 +1,8 @@
 //! Routing: the first route, in file order, whose host, path, method and header conditions all
-//! hold. No match is answered 404 `no_route` by the policy layer.
+//! hold — among the egress routes for a request that came to `server.egress_listen`, among the
+//! others otherwise. No match is answered 404 `no_route` by the policy layer.
 
-use seawall_config::{HostMatch, PathMatch, PrefixMatch, Route};
+use seawall_config::{HostMatch, PathMatch, PrefixMatch, Route, RouteAction};
 
 use crate::request::RequestView;
 
@@ -32,7 +33,9 @@ pub fn find(routes: &[Route], request: &RequestView<'_>) -> Option<usize> {
                 (None, Some(_)) => true,
                 (Some(want), Some(got)) => got == want.as_bytes(),
             });
-        host_ok && path_ok && method_ok && header_ok
+        // Egress routes serve the egress listener, and only they do.
+        let side_ok = matches!(r.action, RouteAction::Egress { .. }) == request.client.egress;
+        side_ok && host_ok && path_ok && method_ok && header_ok
     })
 }
 

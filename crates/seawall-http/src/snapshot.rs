@@ -34,6 +34,8 @@ pub struct Snapshot {
     /// The response cache: the same object from snapshot to snapshot (resized to
     /// `cache.memory`).
     pub cache: Arc<Cache>,
+    /// Indexed like `config.egress`: each group's quota state, carried over by name.
+    pub egress: Vec<Arc<crate::egress::EgressGroup>>,
 }
 
 impl Snapshot {
@@ -69,8 +71,17 @@ impl Snapshot {
                 Cache::new(config.cache.memory, largest)
             }
         };
+        let egress = config
+            .egress
+            .iter()
+            .map(|e| {
+                let old = previous.and_then(|p| p.egress.iter().find(|o| o.config.name == e.name));
+                Arc::new(crate::egress::EgressGroup::new(e.clone(), old.map(Arc::as_ref)))
+            })
+            .collect();
         Snapshot {
             cache,
+            egress,
             upstreams,
             limiters,
             switches: previous.map_or_else(Arc::default, |p| Arc::clone(&p.switches)),

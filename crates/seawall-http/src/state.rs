@@ -30,6 +30,8 @@ pub enum Phase {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Running {
     pub listen: SocketAddr,
+    /// `server.egress_listen` (bound at start, like `listen`).
+    pub egress_listen: Option<SocketAddr>,
     pub admin: SocketAddr,
     pub workers: usize,
     pub max_connections: usize,
@@ -180,11 +182,12 @@ impl Shared {
         let new = &config.server;
         let running = self.running;
         if running.listen != new.listen
+            || running.egress_listen != new.egress_listen
             || running.admin != new.admin
             || running.workers != new.workers
             || running.max_connections != new.max_connections
         {
-            tracing::warn!("server.listen, server.admin, server.workers and server.max_connections take effect only after a restart");
+            tracing::warn!("server.listen, server.egress_listen, server.admin, server.workers and server.max_connections take effect only after a restart");
         }
         self.names.follow(&config);
         match (&self.queue, &config.queue) {

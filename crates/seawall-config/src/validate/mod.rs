@@ -91,12 +91,23 @@ pub mod defaults {
     pub const QUEUE_MAX_ATTEMPTS: u64 = 10;
     pub const QUEUE_BACKOFF: &str = "1s";
     pub const QUEUE_MAX_BACKOFF: &str = "5m";
+    pub const EGRESS_LISTEN: &str = "127.0.0.1:8081";
+    pub const EGRESS_MAX_WAIT: &str = "2s";
+    pub const EGRESS_PARK_FOR: &str = "60s";
+    pub const EGRESS_RETRIES: u64 = 2;
+    pub const EGRESS_BACKOFF: &str = "100ms";
+    pub const EGRESS_TIMEOUT: &str = "10s";
+    pub const EGRESS_CONNECT_TIMEOUT: &str = "2s";
+    pub const EGRESS_POOL_IDLE: &str = "30s";
+    /// A rate's calls are remembered one by one (a sliding window): at most this many.
+    pub const EGRESS_MAX_RATE_COUNT: u32 = 100_000;
 }
 
 mod cache;
 mod client;
 mod dns;
 mod edge;
+mod egress;
 mod overload;
 mod protections;
 mod queue;
@@ -196,7 +207,7 @@ impl Ctx<'_> {
 /// Validates the raw model.
 pub fn validate(raw: RawConfig, source: &str, file: &str) -> Result<Config, ConfigErrors> {
     let mut cx = Ctx { file, source, errors: Vec::new(), warnings: Vec::new() };
-    let server = server(&mut cx, &raw.server);
+    let mut server = server(&mut cx, &raw.server);
     let dns = dns::dns(&mut cx, &raw.dns);
     let log = log(&mut cx, &raw.log);
     let mut upstreams = Vec::new();
@@ -204,6 +215,13 @@ pub fn validate(raw: RawConfig, source: &str, file: &str) -> Result<Config, Conf
     for (name, up) in &raw.upstreams {
         upstreams.push(upstream(&mut cx, name, up, &upstream_names, &dns));
     }
+    let (egress, provider_upstreams) =
+        egress::egress(&mut cx, &raw, upstreams.len(), &upstream_names);
+    upstreams.extend(provider_upstreams);
+    let wants_egress = !egress.is_empty();
+    server.egress_listen =
+        egress::egress_listen(&mut cx, raw.server.egress_listen.as_ref(), &server, wants_egress);
+
     let rate_limits: Vec<RateLimit> = raw
         .rate_limits
         .iter()
@@ -217,6 +235,7 @@ pub fn validate(raw: RawConfig, source: &str, file: &str) -> Result<Config, Conf
         rate_limits: &rate_limits,
         server: &server,
         topics: &topics,
+        egress: &egress,
     };
     let mut routes: Vec<Route> = Vec::new();
     for (i, r) in raw.routes.iter().enumerate() {
@@ -246,6 +265,7 @@ pub fn validate(raw: RawConfig, source: &str, file: &str) -> Result<Config, Conf
             cache,
             dns,
             queue,
+            egress,
             warnings,
         })
     } else {
@@ -369,6 +389,8 @@ fn server(cx: &mut Ctx<'_>, raw: &RawServer) -> Server {
             PrefixMatch::String,
         ),
         http_redirect: tls::http_redirect(cx, raw.http_redirect.as_ref(), listen, tls.is_some()),
+        // Set once the egress groups are known.
+        egress_listen: None,
         tls,
     }
 }
@@ -449,6 +471,8 @@ struct Names<'a> {
     server: &'a Server,
     /// The queue's topics, in name order.
     topics: &'a [String],
+    /// The egress groups, in name order.
+    egress: &'a [Egress],
 }
 
 /// The index of the upstream `v` names, or an error listing those that exist.
@@ -820,6 +844,7 @@ fn route(cx: &mut Ctx<'_>, i: usize, raw: &Spanned<RawRoute>, names: &Names<'_>)
         _ => None,
     };
     let action = match (&r.upstream, &r.redirect, &queueing) {
+        _ if r.egress.is_some() => egress::route_action(cx, r, &key, names.egress)?,
         (_, Some(redirect), queue::RouteQueue::Action { .. }) => {
             cx.error(redirect.span(), &key("redirect"), "set queue or redirect, not both");
             return None;
@@ -875,8 +900,12 @@ fn route(cx: &mut Ctx<'_>, i: usize, raw: &Spanned<RawRoute>, names: &Names<'_>)
         .degrade
         .as_ref()
         .map(|d| std::sync::Arc::new(protections::degrade(cx, d, &key("degrade"))));
-    let cache =
-        r.cache.as_ref().map(|c| std::sync::Arc::new(cache::route_cache(cx, c, &key("cache"))));
+    let cache = match (&r.cache, &action) {
+        (Some(c), _) => Some(std::sync::Arc::new(cache::route_cache(cx, c, &key("cache")))),
+        // An egress route keeps its group's answers unless it says otherwise.
+        (None, RouteAction::Egress { group }) => names.egress[*group].cache.clone(),
+        (None, _) => None,
+    };
     let prefix = edge::prefix_match(
         cx,
         r.prefix_match.as_ref(),

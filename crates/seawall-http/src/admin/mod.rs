@@ -79,6 +79,7 @@ async fn route(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Bytes> 
         "/readyz" => (Method::GET, readiness(shared)),
         "/metrics" => {
             let mut out = metrics(shared);
+            crate::egress::metrics(&mut out, &shared.snapshot.load().egress);
             if let Some(q) = &shared.queue {
                 queue::metrics(&mut out, q).await;
             }
@@ -480,6 +481,7 @@ fn state(shared: &Shared, queue: serde_json::Value) -> String {
             let (action, upstream) = match &r.action {
                 RouteAction::Proxy { upstream } => ("proxy", Some(config.upstreams[*upstream].name.as_str())),
                 RouteAction::Redirect(_) => ("redirect", None),
+                RouteAction::Egress { group } => ("egress", Some(config.egress[*group].name.as_str())),
                 RouteAction::Queue { topic } => {
                     let topics = config.queue.as_ref().map(|q| &q.topics[*topic]);
                     ("queue", topics.map(|t| config.upstreams[t.deliver_to].name.as_str()))
@@ -564,6 +566,7 @@ fn state(shared: &Shared, queue: serde_json::Value) -> String {
         "routes": routes,
         "upstreams": upstreams,
         "queue": queue,
+        "egress": snapshot.egress.iter().map(|g| g.state_json()).collect::<Vec<_>>(),
     })
     .to_string()
 }

@@ -53,6 +53,8 @@ pub(super) struct Session<S> {
     pub(super) peer: SocketAddr,
     /// The current request's client (see [`Client::of`]).
     pub(super) client: Client,
+    /// The connection came to the egress listener.
+    egress: bool,
     /// What the client sent and this engine has not consumed yet.
     pub(super) buf: BytesMut,
     pub(super) head: RequestHead,
@@ -107,13 +109,19 @@ pub(super) enum After {
 }
 
 /// Serves requests on `stream` until it parks or closes. The client has already sent bytes.
-pub async fn serve<S: Transport>(worker: Rc<Worker>, stream: S, peer: SocketAddr) -> End<S> {
+pub async fn serve<S: Transport>(
+    worker: Rc<Worker>,
+    stream: S,
+    peer: SocketAddr,
+    egress: bool,
+) -> End<S> {
     let clock = Instant::now();
     let mut session = Session {
         worker,
         stream,
         peer,
         client: Client::direct(peer),
+        egress,
         buf: BytesMut::with_capacity(READ_BUFFER),
         head: RequestHead::default(),
         out: Vec::with_capacity(1024),
@@ -250,7 +258,9 @@ impl<S: Transport> Session<S> {
         let buf = &self.buf[..];
         let fields = self.head.fields(buf);
         let https = self.stream.is_tls();
-        self.client = Client::of(self.peer, &fields, &snapshot.config.server.clients).over(https);
+        self.client = Client::of(self.peer, &fields, &snapshot.config.server.clients)
+            .over(https)
+            .on_egress(self.egress);
         let view = self.head.view(buf, &fields, self.client);
         let head_len = self.head.len as u64;
         let mut account = Account::open(&worker, &snapshot, self.client.addr, start, || {
@@ -295,7 +305,7 @@ impl<S: Transport> Session<S> {
                 let redirect = std::sync::Arc::clone(redirect);
                 self.redirect(&redirect, &permit).await
             }
-            (RouteAction::Proxy { .. }, None) => {
+            (RouteAction::Proxy { .. } | RouteAction::Egress { .. }, None) => {
                 // What the upstream call needs of the view, taken while the head is at hand.
                 let facts = Facts {
                     key: snapshot.upstreams[upstream].request_key(&view),

@@ -71,13 +71,21 @@ pub struct Guards {
 }
 
 /// Handles one request from an HTTP/2 connection.
+/// The connection a stream came on: its peer, over TLS or not, to the egress listener or not.
+#[derive(Debug, Clone, Copy)]
+pub struct Hop {
+    pub peer: SocketAddr,
+    pub https: bool,
+    pub egress: bool,
+}
+
 pub async fn handle(
     worker: Rc<Worker>,
     active: Arc<Active>,
-    peer: SocketAddr,
-    https: bool,
+    hop: Hop,
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
+    let Hop { peer, https, egress } = hop;
     let start = Instant::now();
     let active = ActiveGuard::new(&active);
     let snapshot = worker.snapshot();
@@ -89,7 +97,9 @@ pub async fn handle(
         .or_else(|| parts.headers.get(header::HOST).map(http::HeaderValue::as_bytes));
     let target = parts.uri.path_and_query().map_or(&b"/"[..], |pq| pq.as_str().as_bytes());
     let path = parts.uri.path().as_bytes();
-    let client = Client::of(peer, &parts.headers, &snapshot.config.server.clients).over(https);
+    let client = Client::of(peer, &parts.headers, &snapshot.config.server.clients)
+        .over(https)
+        .on_egress(egress);
     let mut account = Account::open(&worker, &snapshot, client.addr, start, || {
         RequestLine::of_parts(&parts, snapshot.config.log.access_log_query)
     });

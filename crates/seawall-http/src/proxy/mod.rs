@@ -43,6 +43,7 @@ pub use body::{BodyFault, BodyTap, UpstreamResponse};
 pub use refresh::Refresh;
 use resilience::deadline_passed;
 pub use resilience::forward;
+pub(crate) use resilience::forward_group;
 pub use stored::StoredBody;
 
 use crate::access_log::Timing;

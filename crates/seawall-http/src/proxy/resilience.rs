@@ -53,8 +53,16 @@ pub async fn forward<D: Downstream>(
             return Forwarded::Cached(served);
         }
     }
-    let mut forwarded = forward_group(&mut f, down, timer).await;
-    for &next in &snapshot.upstreams[f.upstream].config.fallback {
+    let egress = f.route.and_then(|r| match snapshot.config.routes[r].action {
+        seawall_config::RouteAction::Egress { group } => Some(group),
+        _ => None,
+    });
+    let mut forwarded = match egress {
+        Some(group) => crate::egress::call(&mut f, group, down, timer).await,
+        None => forward_group(&mut f, down, timer).await,
+    };
+    let fallbacks = if egress.is_some() { &[][..] } else { fallbacks };
+    for &next in fallbacks {
         if !falls_back(&f, &forwarded) || !down.rewind() {
             break;
         }
@@ -202,7 +210,7 @@ fn falls_back(f: &Forward<'_>, forwarded: &Forwarded) -> bool {
 }
 
 /// The request through one upstream group, with its retries (see [`forward`]).
-async fn forward_group<D: Downstream>(
+pub(crate) async fn forward_group<D: Downstream>(
     f: &mut Forward<'_>,
     down: &mut D,
     timer: &mut LazyTimer,

@@ -33,6 +33,8 @@ pub struct Parked {
     pub peer: SocketAddr,
     /// The connection's place under `server.max_connections`.
     pub permit: OwnedSemaphorePermit,
+    /// It came to the egress listener.
+    pub egress: bool,
 }
 
 struct Slot {

@@ -115,10 +115,21 @@ struct Host {
     permits: Arc<Semaphore>,
 }
 
+/// How a connection comes to [`serve_connection`].
+#[derive(Debug, Clone, Copy)]
+struct Resumed {
+    /// From the parking lot: it was HTTP/1 and has bytes waiting.
+    resumed: bool,
+    /// Accepted on the egress listener.
+    egress: bool,
+}
+
 /// What a worker thread starts with.
 pub(crate) struct WorkerStart {
     pub index: usize,
     pub listener: std::net::TcpListener,
+    /// This worker's socket of `server.egress_listen`, when there is one.
+    pub egress_listener: Option<std::net::TcpListener>,
     pub shared: Arc<Shared>,
     pub spread: Arc<Spread>,
     /// Connections other workers hand to this one.
@@ -134,7 +145,7 @@ pub(crate) fn spawn_worker(start: WorkerStart) -> Result<std::thread::JoinHandle
 }
 
 fn run_worker(start: WorkerStart) {
-    let WorkerStart { index, listener, shared, spread, inbox } = start;
+    let WorkerStart { index, listener, egress_listener, shared, spread, inbox } = start;
     set_worker_shard(index);
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -175,13 +186,14 @@ fn run_worker(start: WorkerStart) {
         let lot_host = Rc::clone(&host);
         tokio::task::spawn_local(async move {
             let resume = |conn: Parked| {
-                let Parked { stream, peer, permit } = conn;
+                let Parked { stream, peer, permit, egress } = conn;
+                let resumed = Resumed { resumed: true, egress };
                 tokio::task::spawn_local(serve_connection(
                     Rc::clone(&lot_host),
                     stream,
                     peer,
                     permit,
-                    true,
+                    resumed,
                 ));
             };
             let close = |conn: Parked, expired: bool| {
@@ -194,17 +206,33 @@ fn run_worker(start: WorkerStart) {
             lot::run(Rc::clone(&lot_host.lot), &lot_host.worker.drain, resume, close).await;
         });
         let mut phase = shared.phase.subscribe();
-        accept_loop(&host, &listener, &mut phase).await;
+        if let Some(egress) = egress_listener {
+            match tokio::net::TcpListener::from_std(egress) {
+                Ok(egress) => {
+                    let (host, mut phase) = (Rc::clone(&host), shared.phase.subscribe());
+                    tokio::task::spawn_local(async move {
+                        accept_loop(&host, &egress, &mut phase, true).await;
+                    });
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, worker = index, "cannot register egress listener");
+                }
+            }
+        }
+        accept_loop(&host, &listener, &mut phase, false).await;
         drop(listener);
         reaches(&mut phase, Phase::Stopped).await;
     });
     // Dropping the LocalSet here cancels whatever the drain did not finish.
 }
 
+/// Accepts connections on `listener` while the gateway runs; those of the egress listener
+/// (`egress`) are served by the worker that accepted them, the others spread over the workers.
 async fn accept_loop(
     host: &Rc<Host>,
     listener: &tokio::net::TcpListener,
     phase: &mut watch::Receiver<Phase>,
+    egress: bool,
 ) {
     // A worker waits for a permit before it accepts; beyond its share, new connections wait in
     // the kernel's backlog.
@@ -219,7 +247,11 @@ async fn accept_loop(
         };
         match accepted {
             Ok((stream, peer)) => {
-                let to = host.spread.assign(host.index);
+                let to = if egress {
+                    host.spread.keep(host.index)
+                } else {
+                    host.spread.assign(host.index)
+                };
                 let stream =
                     if to == host.index { Some(stream) } else { hand_over(host, to, stream, peer) };
                 if let Some(stream) = stream {
@@ -228,7 +260,7 @@ async fn accept_loop(
                         ClientConn::Plain(stream),
                         peer,
                         permit,
-                        false,
+                        Resumed { resumed: false, egress },
                     ));
                 }
             }
@@ -292,7 +324,7 @@ async fn receive_handed(
                     ClientConn::Plain(stream),
                     handed.peer,
                     permit,
-                    false,
+                    Resumed { resumed: false, egress: false },
                 ));
             }
             Err(e) => {
@@ -363,14 +395,16 @@ async fn first_bytes(stream: &mut ClientConn, timeout: Duration, drain: &LocalSi
 /// buffers, its socket goes to the worker's parking lot and this task ends — and the lot starts
 /// a new task (`resumed`) when the client sends again. On a TLS listener the handshake runs once
 /// the client's first bytes are there (a connection that never speaks costs no TLS state), and
-/// ALPN chooses the engine.
+/// ALPN chooses the engine. A connection to the egress listener is plain HTTP, without the PROXY
+/// protocol.
 async fn serve_connection(
     host: Rc<Host>,
     mut stream: ClientConn,
     mut peer: SocketAddr,
     mut permit: OwnedSemaphorePermit,
-    mut resumed: bool,
+    how: Resumed,
 ) {
+    let Resumed { mut resumed, egress } = how;
     let worker = &host.worker;
     let registry = &worker.shared.registry;
     if !resumed {
@@ -379,7 +413,7 @@ async fn serve_connection(
         let _ = stream.tcp().set_nodelay(true);
     }
     let mut open = OpenConnection { worker, parked: false };
-    if let (false, ClientConn::Plain(tcp)) = (resumed, &mut stream) {
+    if let (false, false, ClientConn::Plain(tcp)) = (resumed, egress, &mut stream) {
         // The PROXY protocol's address stands for the peer from here on (a parked connection
         // keeps it, and resumes without a header). It comes before any TLS handshake.
         match proxied_peer(worker, tcp).await {
@@ -398,7 +432,7 @@ async fn serve_connection(
                 let snapshot = worker.snapshot();
                 (snapshot.config.server.header_timeout, snapshot.config.server.http2)
             };
-            let tls = worker.shared.tls.as_ref();
+            let tls = worker.shared.tls.as_ref().filter(|_| !egress);
             match wait_for_data(stream.tcp(), wait, &worker.drain, allow_h2 && tls.is_none()).await
             {
                 Wait::Data { http2 } => match (tls, stream) {
@@ -443,11 +477,12 @@ async fn serve_connection(
             }
         };
         if http2 {
-            h2_session(worker, stream, peer).await;
+            h2_session(worker, stream, peer, egress).await;
             break;
         }
         // Sessions are boxed: this task's own state stays small.
-        let Some(socket) = (match Box::pin(h1::serve(Rc::clone(worker), stream, peer)).await {
+        let Some(socket) = (match Box::pin(h1::serve(Rc::clone(worker), stream, peer, egress)).await
+        {
             h1::End::Parked(parked) => Some(parked),
             h1::End::Closed => None,
         }) else {
@@ -458,7 +493,7 @@ async fn serve_connection(
         }
         let keepalive =
             worker.snapshot().config.server.keepalive_timeout.saturating_sub(h1::PARK_AFTER);
-        match host.lot.park(Parked { stream: socket, peer, permit }, keepalive) {
+        match host.lot.park(Parked { stream: socket, peer, permit, egress }, keepalive) {
             None => {
                 // The lot holds it now, and closes its books when it closes it.
                 open.parked = true;
@@ -520,6 +555,7 @@ fn h2_session(
     worker: &Rc<Worker>,
     stream: ClientConn,
     peer: SocketAddr,
+    egress: bool,
 ) -> Pin<Box<dyn Future<Output = ()>>> {
     let worker = Rc::clone(worker);
     Box::pin(async move {
@@ -536,7 +572,8 @@ fn h2_session(
         );
         let service_worker = Rc::clone(&worker);
         let service = hyper::service::service_fn(move |req| {
-            h2::handle(Rc::clone(&service_worker), Arc::clone(&active), peer, https, req)
+            let hop = h2::Hop { peer, https, egress };
+            h2::handle(Rc::clone(&service_worker), Arc::clone(&active), hop, req)
         });
         let conn = hyper::server::conn::http2::Builder::new(LocalExec)
             .max_header_list_size(u32::try_from(server.max_header_size).unwrap_or(u32::MAX))

@@ -57,6 +57,13 @@ impl Spread {
         target
     }
 
+    /// Counts a connection worker `me` accepted and serves itself whatever the others serve
+    /// (one to the egress listener).
+    pub fn keep(&self, me: usize) -> usize {
+        self.registry.connections_open.add_to(me, 1);
+        me
+    }
+
     /// Sends a connection that worker `from` accepted to worker `to` (as [`Spread::assign`]
     /// chose). When `to` no longer takes connections (it is draining), the connection is
     /// counted back on `from` and returned.

@@ -6,6 +6,7 @@ mod destination;
 mod engines;
 mod gated;
 mod jobs;
+mod provider;
 mod redis;
 mod tls;
 #[allow(unused_imports)]
@@ -18,6 +19,8 @@ pub use engines::*;
 pub use gated::*;
 #[allow(unused_imports)]
 pub use jobs::*;
+#[allow(unused_imports)]
+pub use provider::*;
 #[allow(unused_imports)]
 pub use redis::*;
 #[allow(unused_imports)]

@@ -111,9 +111,9 @@ pub async fn tls_client(engine: Engine, addr: SocketAddr, ca: &TestCa, name: &st
     Client::over(engine, stream).await
 }
 
-/// An HTTPS origin serving `leaf`, answering every request with 200 and the path it got; with
-/// `clients`, it requires a client certificate signed by that CA.
-pub async fn https_origin(leaf: &Leaf, clients: Option<&TestCa>) -> SocketAddr {
+/// A TLS acceptor serving `leaf`; with `clients`, it requires a client certificate signed by
+/// that CA.
+pub fn tls_acceptor(leaf: &Leaf, clients: Option<&TestCa>) -> tokio_rustls::TlsAcceptor {
     let chain = rustls::pki_types::pem::PemObject::pem_file_iter(&leaf.cert)
         .unwrap()
         .collect::<Result<Vec<CertificateDer<'static>>, _>>()
@@ -142,7 +142,13 @@ pub async fn https_origin(leaf: &Leaf, clients: Option<&TestCa>) -> SocketAddr {
         }
     };
     let config = builder.with_single_cert(chain, key).unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
+}
+
+/// An HTTPS origin serving `leaf`, answering every request with 200 and the path it got; with
+/// `clients`, it requires a client certificate signed by that CA.
+pub async fn https_origin(leaf: &Leaf, clients: Option<&TestCa>) -> SocketAddr {
+    let acceptor = tls_acceptor(leaf, clients);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
