@@ -343,12 +343,14 @@ fn an_unknown_key_after_any_line_of_the_example_is_its_only_error() {
     // The key path of the table each line is in: `server`, `upstreams.app`, `routes[0]`.
     let mut table = String::new();
     let mut tables = Vec::new();
-    let mut routes = 0;
+    let mut arrays: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
     for line in &lines {
         tables.push(table.clone());
-        if line.starts_with("[[routes]]") {
-            table = format!("routes[{routes}]");
-            routes += 1;
+        if let Some(header) = line.strip_prefix("[[") {
+            let name = header.split(']').next().unwrap().to_string();
+            let n = arrays.entry(name.clone()).or_default();
+            table = format!("{name}[{n}]");
+            *n += 1;
         } else if let Some(header) = line.strip_prefix('[') {
             table = header.split(']').next().unwrap().to_string();
         }

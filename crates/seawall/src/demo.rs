@@ -64,6 +64,15 @@ pub fn print_urls(listen: SocketAddr, admin: SocketAddr, origins: &[SocketAddr])
     );
 }
 
+/// Prints what to try on the egress listener.
+pub fn print_egress(egress: SocketAddr) {
+    println!(
+        "Egress (the application's calls to a third-party API, here a demo origin at 10 calls a \
+         minute):\n  curl -i 'http://{egress}/maps/slow?ms=20'   (again: from the cache; other \
+         paths past the quota: 429 egress_quota)"
+    );
+}
+
 async fn serve(listener: tokio::net::TcpListener, port: u16, capacity: Option<Arc<Capacity>>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else { continue };

@@ -177,6 +177,9 @@ fn run(config: Config, path: Option<PathBuf>, with_demo: bool) -> ExitCode {
         let gateway = Gateway::start(config, path).await?;
         if let Some(origins) = &origin {
             demo::print_urls(gateway.listen_addr(), gateway.admin_addr(), origins);
+            if let Some(egress) = gateway.egress_addr() {
+                demo::print_egress(egress);
+            }
         }
         Ok(gateway.run_until_signal().await?)
     });

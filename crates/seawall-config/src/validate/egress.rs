@@ -150,12 +150,12 @@ fn provider(
         }
     };
     let server_entry = format!("{}:{}", parsed.host, parsed.port);
-    let address = match parsed.host.trim_matches(['[', ']']).parse::<IpAddr>() {
-        Ok(ip) => Some(SocketAddr::new(ip, parsed.port)),
-        Err(_) => cx.address(&server_entry, url.span(), &field("url")),
-    };
-    let address = address?;
-    let literal = parsed.host.trim_matches(['[', ']']).parse::<IpAddr>().is_ok();
+    // A host name is resolved by the gateway (at start, then at its TTL), never here: a
+    // provider's name need not resolve where the file is checked. Until it is, the server is
+    // down and calls go to the next provider.
+    let literal = parsed.host.trim_matches(['[', ']']).parse::<IpAddr>().ok();
+    let address = SocketAddr::new(literal.unwrap_or(IpAddr::from([0, 0, 0, 0])), parsed.port);
+    let literal = literal.is_some();
     let burst = p.burst.as_ref().map(|b| cx.count(Some(b), &field("burst"), 1, 1, 100_000) as u32);
     let rate = p.rate.as_ref().map(|r| {
         let quota = protections::quota(cx, r.get_ref(), r.span(), &field("rate"), burst);
@@ -386,23 +386,33 @@ pub(super) fn egress_listen(
     server: &Server,
     needed: bool,
 ) -> Option<SocketAddr> {
-    let Some(value) = raw else {
-        return needed.then(|| defaults::EGRESS_LISTEN.parse().ok()).flatten();
+    let (addr, span) = match raw {
+        None if !needed => return None,
+        None => {
+            let default = defaults::EGRESS_LISTEN.parse().ok()?;
+            (default, key_span(cx.source, &["egress"]).unwrap_or(0..0))
+        }
+        Some(value) => {
+            (cx.address(value.get_ref(), value.span(), "server.egress_listen")?, value.span())
+        }
     };
-    let addr = cx.address(value.get_ref(), value.span(), "server.egress_listen")?;
     if !is_internal(addr.ip()) {
         let message = format!(
             "{} is not a loopback or private address: the egress routes spend the application's \
              quota and keys, and must not be reachable from outside (use 127.0.0.1:PORT)",
             addr.ip()
         );
-        cx.error(value.span(), "server.egress_listen", message);
+        cx.error(span, "server.egress_listen", message);
         return None;
     }
     let taken = [Some(server.listen), Some(server.admin), server.http_redirect];
     if addr.port() != 0 && taken.contains(&Some(addr)) {
-        let message = "must differ from server.listen, server.admin and server.http_redirect";
-        cx.error(value.span(), "server.egress_listen", message);
+        let written =
+            if raw.is_some() { "" } else { " (its default, 127.0.0.1:8081: set another)" };
+        let message = format!(
+            "must differ from server.listen, server.admin and server.http_redirect{written}"
+        );
+        cx.error(span, "server.egress_listen", message);
         return None;
     }
     Some(addr)

@@ -289,7 +289,7 @@ impl EgressGroup {
                 serde_json::json!({
                     "name": p.name,
                     "url": config.url,
-                    "rate": config.rate.map(|q| format!("{}/{}ms", q.count, q.period_ns / 1_000_000)),
+                    "rate": config.rate.map(|q| format!("{}/{:?}", q.count, Duration::from_nanos(q.period_ns))),
                     "daily_quota": config.daily_quota,
                     "spilled": p.spilled,
                     "fell_back": p.fell_back,
