@@ -109,6 +109,8 @@ pub struct Provider {
     pub keys: Vec<ApiKey>,
     /// Where a key goes in each call.
     pub key_in: KeyPlacement,
+    /// Written before the key in its header (`"Bearer "`); empty by default.
+    pub key_prefix: String,
 }
 
 /// One API key: its value, read from the environment when the file is read.

@@ -67,6 +67,7 @@ pub struct RawProvider {
     pub keys_env: Option<Vec<Text>>,
     pub key_header: Option<Text>,
     pub key_query: Option<Text>,
+    pub key_prefix: Option<Text>,
     pub timeout: Option<Text>,
     pub connect_timeout: Option<Text>,
     pub ca_file: Option<Text>,
@@ -214,6 +215,7 @@ pub struct RawServer {
     pub tls: Option<RawServerTls>,
     pub http_redirect: Option<Text>,
     pub egress_listen: Option<Text>,
+    pub egress_private: Option<bool>,
 }
 
 /// `tls = { ... }` in `[server]`.

@@ -103,16 +103,27 @@ fn the_egress_listener_defaults_to_loopback_and_is_never_public() {
     let c = parsed(body);
     assert_eq!(c.server.egress_listen, Some("127.0.0.1:8081".parse().unwrap()));
     assert_eq!(parsed("").server.egress_listen, None, "no egress group, no listener");
-    for private in ["10.0.0.5:8081", "[::1]:8081", "192.168.1.2:8081"] {
-        let c = parsed(&format!("[server]\negress_listen = \"{private}\"\n{body}"));
+    let c = parsed(&format!("[server]\negress_listen = \"[::1]:8081\"\n{body}"));
+    assert_eq!(c.server.egress_listen, Some("[::1]:8081".parse().unwrap()));
+    // A private address only when asked for: every host of that network could call.
+    for private in ["10.0.0.5:8081", "192.168.1.2:8081", "[fd00::1]:8081"] {
+        let src = format!("[server]\negress_listen = \"{private}\"\n{body}");
+        one_error(&src, "t.toml:2:17: server.egress_listen", "set server.egress_private = true");
+        let c = parsed(&format!(
+            "[server]\negress_listen = \"{private}\"\negress_private = true\n{body}"
+        ));
         assert_eq!(c.server.egress_listen, Some(private.parse().unwrap()));
     }
     for public in ["0.0.0.0:8081", "[::]:8081", "8.8.8.8:8081", "[::ffff:8.8.8.8]:8081"] {
-        let src = format!("[server]\negress_listen = \"{public}\"\n{body}");
-        one_error(&src, "t.toml:2:17: server.egress_listen", "not a loopback or private address");
+        let src = format!("[server]\negress_listen = \"{public}\"\negress_private = true\n{body}");
+        one_error(&src, "t.toml:2:17: server.egress_listen", "is not a loopback address");
     }
+    // Another listener on the same port and an overlapping address would share its connections.
     let same = format!("[server]\nlisten = \"127.0.0.1:8081\"\n{body}");
     one_error(&same, "t.toml:", "must differ from server.listen");
+    let overlapping =
+        format!("[server]\nlisten = \"0.0.0.0:7000\"\negress_listen = \"127.0.0.1:7000\"\n{body}");
+    one_error(&overlapping, "t.toml:3:17: server.egress_listen", "must differ from server.listen");
 }
 
 #[test]

@@ -245,6 +245,13 @@ pub fn storable(
     if resp.set_cookie && !route.share_cookies {
         return Err(NotStored::SetCookie);
     }
+    // RFC 9111 §3.5: a shared cache stores an answer to an authorized request only when the
+    // response says it may — and, overriding the origin's freshness, still only when it says so
+    // (or the route shares authorized answers): one user's answer is not everyone's.
+    let explicitly_shared = d.public || d.s_maxage.is_some() || d.must_revalidate;
+    if authorization && !route.share_authorized && !explicitly_shared {
+        return Err(NotStored::Authorization);
+    }
     if route.override_origin {
         return Ok(Lifetime {
             fresh: route.ttl,
@@ -256,12 +263,6 @@ pub fn storable(
     }
     if d.private {
         return Err(NotStored::Private);
-    }
-    // RFC 9111 §3.5: a shared cache stores an answer to an authorized request only when the
-    // response says it may.
-    let explicitly_shared = d.public || d.s_maxage.is_some() || d.must_revalidate;
-    if authorization && !route.share_authorized && !explicitly_shared {
-        return Err(NotStored::Authorization);
     }
     let lifetime = match (d.s_maxage, d.max_age, resp.expires) {
         (Some(s), _, _) => s,

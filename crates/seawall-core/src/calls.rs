@@ -2,7 +2,10 @@
 //! in *any* `period` (the calls are remembered one by one — a sliding log — which is safe
 //! whether the provider counts in fixed windows, sliding windows or a token bucket), at most
 //! `burst` of them back to back (paced at `period / count` beyond, GCRA-style), and at most a
-//! daily cap per UTC day. Not synchronised: the owner keeps it behind its own lock.
+//! daily cap per UTC day. A call counts from the moment its answer came ([`CallQuota::settle`]),
+//! and as "now" for as long as it is in flight: however long it took to reach the provider, the
+//! provider saw it before Seawall stops counting it. Not synchronised: the owner keeps it behind
+//! its own lock.
 
 use std::collections::VecDeque;
 
@@ -37,8 +40,10 @@ pub struct CallQuota {
 struct Rate {
     count: usize,
     period_ms: u64,
-    /// When each of the last (up to) `count` calls went, oldest first.
+    /// When each of the last (up to) `count` settled calls was answered, oldest first.
     times: VecDeque<u64>,
+    /// Calls taken and not settled yet (in flight).
+    pending: usize,
     /// Pacing beyond the burst: the time between calls and how far ahead the theoretical
     /// arrival time may run; `None` when the burst is the whole count (no pacing).
     pace: Option<(u64, u64)>,
@@ -62,7 +67,8 @@ impl CallQuota {
             let burst = (q.burst.max(1) as usize).min(count);
             let interval = (period_ms / count as u64).max(1);
             let pace = (burst < count).then(|| (interval, interval * (burst as u64 - 1)));
-            Rate { count, period_ms, times: VecDeque::with_capacity(count.min(1024)), pace, tat: 0 }
+            let times = VecDeque::with_capacity(count.min(1024));
+            Rate { count, period_ms, times, pending: 0, pace, tat: 0 }
         });
         let daily = daily.map(|cap| Daily { cap, day: 0, used: 0 });
         CallQuota { rate, daily }
@@ -74,8 +80,15 @@ impl CallQuota {
         let mut at = now_ms;
         if let Some(rate) = &mut self.rate {
             rate.forget(now_ms);
-            if rate.times.len() >= rate.count {
-                at = at.max(rate.times[0] + rate.period_ms);
+            let total = rate.times.len() + rate.pending;
+            if total >= rate.count {
+                // This many calls must age out first, oldest answers first; a call in flight
+                // ages out only a period after its answer.
+                let must_go = total - rate.count + 1;
+                at = at.max(match rate.times.get(must_go - 1) {
+                    Some(&answered) => answered + rate.period_ms,
+                    None => now_ms + rate.period_ms,
+                });
             }
             if let Some((_, tolerance)) = rate.pace {
                 at = at.max(rate.tat.saturating_sub(tolerance));
@@ -92,13 +105,11 @@ impl CallQuota {
         at
     }
 
-    /// Records a call made at `now_ms` (after [`next_at`](Self::next_at) said it may go).
+    /// Records a call leaving at `now_ms` (after [`next_at`](Self::next_at) said it may go):
+    /// in flight until [`settle`](Self::settle) or [`give_back`](Self::give_back).
     pub fn take(&mut self, now_ms: u64, day: Day) {
         if let Some(rate) = &mut self.rate {
-            rate.times.push_back(now_ms);
-            if rate.times.len() > rate.count {
-                rate.times.pop_front();
-            }
+            rate.pending += 1;
             if let Some((interval, _)) = rate.pace {
                 rate.tat = rate.tat.max(now_ms) + interval;
             }
@@ -111,13 +122,24 @@ impl CallQuota {
         }
     }
 
-    /// Forgets the call recorded at `at_ms`: it was never sent (the provider's breaker was
-    /// open, no connection could be made).
+    /// A call taken at some time was answered (or may have reached the provider) at `now_ms`:
+    /// it counts from now.
+    pub fn settle(&mut self, now_ms: u64) {
+        if let Some(rate) = &mut self.rate {
+            rate.pending = rate.pending.saturating_sub(1);
+            let at = rate.times.partition_point(|&t| t <= now_ms);
+            rate.times.insert(at, now_ms);
+            while rate.times.len() > rate.count {
+                rate.times.pop_front();
+            }
+        }
+    }
+
+    /// Forgets a call taken at `at_ms` that was never sent (the provider's breaker was open, no
+    /// connection could be made).
     pub fn give_back(&mut self, at_ms: u64) {
         if let Some(rate) = &mut self.rate {
-            if let Some(i) = rate.times.iter().rposition(|&t| t == at_ms) {
-                rate.times.remove(i);
-            }
+            rate.pending = rate.pending.saturating_sub(1);
             if let Some((interval, _)) = rate.pace {
                 rate.tat = rate.tat.saturating_sub(interval).max(at_ms);
             }
@@ -131,7 +153,7 @@ impl CallQuota {
     pub fn left(&mut self, now_ms: u64, day: Day) -> Option<u64> {
         let by_rate = self.rate.as_mut().map(|rate| {
             rate.forget(now_ms);
-            (rate.count - rate.times.len()) as u64
+            rate.count.saturating_sub(rate.times.len() + rate.pending) as u64
         });
         let by_day = self.daily.as_ref().map(|d| {
             if d.day == day.number {
@@ -146,11 +168,11 @@ impl CallQuota {
         }
     }
 
-    /// Calls made in the current period.
+    /// Calls made in the current period, those in flight included.
     pub fn used(&mut self, now_ms: u64) -> u64 {
         self.rate.as_mut().map_or(0, |rate| {
             rate.forget(now_ms);
-            rate.times.len() as u64
+            (rate.times.len() + rate.pending) as u64
         })
     }
 
@@ -159,12 +181,15 @@ impl CallQuota {
         self.daily.as_ref().map_or(0, |d| if d.day == day.number { d.used } else { 0 })
     }
 
-    /// Carries `old`'s history over to this quota (a reload that kept the key): the calls made
-    /// count against the new limits.
-    pub fn carry_over(&mut self, old: &CallQuota) {
+    /// Carries `old`'s history over to this quota (a reload that changed the key's limits): the
+    /// calls made count against the new limits, those still in flight as answered at `now_ms`
+    /// (they settle on `old`).
+    pub fn carry_over(&mut self, old: &CallQuota, now_ms: u64) {
         if let (Some(new), Some(old)) = (&mut self.rate, &old.rate) {
-            let skip = old.times.len().saturating_sub(new.count);
-            new.times.extend(old.times.iter().skip(skip));
+            let in_flight = std::iter::repeat_n(now_ms, old.pending);
+            let all: Vec<u64> = old.times.iter().copied().chain(in_flight).collect();
+            let skip = all.len().saturating_sub(new.count);
+            new.times.extend(all.into_iter().skip(skip));
             new.tat = old.tat;
         }
         if let (Some(new), Some(old)) = (&mut self.daily, &old.daily) {
@@ -200,15 +225,23 @@ mod tests {
             .any(|(i, &t)| calls[i..].iter().take_while(|&&u| u < t + period).count() > count)
     }
 
+    /// Takes a call at `now` when allowed; it is answered `latency` later.
+    fn call(q: &mut CallQuota, now: u64) -> bool {
+        let go = q.next_at(now, DAY) <= now;
+        if go {
+            q.take(now, DAY);
+        }
+        go
+    }
+
     #[test]
     fn never_more_than_count_in_any_period() {
         let mut q = CallQuota::new(Some(quota(100, 60_000, 100)), None);
         let mut calls = Vec::new();
         let mut now = 1;
         while now < 300_000 {
-            let at = q.next_at(now, DAY);
-            if at <= now {
-                q.take(now, DAY);
+            if call(&mut q, now) {
+                q.settle(now);
                 calls.push(now);
             }
             now += 7;
@@ -216,6 +249,19 @@ mod tests {
         assert!(!exceeds(&calls, 100, 60_000));
         // ...and the quota is used: 100 a minute over five minutes.
         assert!(calls.len() >= 500, "{}", calls.len());
+    }
+
+    #[test]
+    fn a_call_counts_from_its_answer() {
+        // One a second; the first call takes 300 ms to be answered (a slow connect): the
+        // provider may have seen it at 299 ms, so the next waits until 1,300 ms.
+        let mut q = CallQuota::new(Some(quota(1, 1_000, 1)), None);
+        assert!(call(&mut q, 0));
+        assert_eq!(q.next_at(100, DAY), 1_100, "in flight: counted as now");
+        q.settle(300);
+        assert_eq!(q.next_at(400, DAY), 1_300);
+        assert_eq!(q.used(400), 1);
+        assert_eq!(q.left(1_300, DAY), Some(1));
     }
 
     #[test]
@@ -234,9 +280,9 @@ mod tests {
     fn a_call_given_back_frees_its_place() {
         let mut q = CallQuota::new(Some(quota(1, 1_000, 1)), None);
         q.take(5, DAY);
-        assert_eq!(q.next_at(6, DAY), 1_005);
+        assert_eq!(q.next_at(6, DAY), 1_006);
         q.give_back(5);
-        assert!(q.next_at(6, DAY) <= 6);
+        assert_eq!(q.next_at(6, DAY), 6);
         assert_eq!(q.left(6, DAY), Some(1));
     }
 
@@ -248,19 +294,23 @@ mod tests {
         assert_eq!(q.next_at(2, DAY), 2 + DAY.ms_left);
         assert_eq!(q.left(2, DAY), Some(0));
         let tomorrow = Day { number: 11, ms_left: DAY_MS };
-        assert!(q.next_at(3, tomorrow) <= 3);
+        assert_eq!(q.next_at(3, tomorrow), 3);
         assert_eq!(q.used_today(tomorrow), 0);
         assert_eq!(Day::of(DAY_MS + 5), Day { number: 1, ms_left: DAY_MS - 5 });
     }
 
     #[test]
-    fn history_survives_a_reload() {
+    fn history_survives_a_change_of_limits() {
         let mut old = CallQuota::new(Some(quota(5, 1_000, 5)), None);
         for t in 0..5 {
             old.take(t, DAY);
         }
+        for t in 0..4 {
+            old.settle(t);
+        }
+        // Four answered at 0..3, one still in flight (counted as answered at the change).
         let mut new = CallQuota::new(Some(quota(3, 1_000, 3)), None);
-        new.carry_over(&old);
+        new.carry_over(&old, 10);
         assert_eq!(new.left(10, DAY), Some(0));
         assert_eq!(new.next_at(10, DAY), 1_002);
     }

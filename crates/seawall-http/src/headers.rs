@@ -62,6 +62,12 @@ pub enum Name {
     Other,
 }
 
+/// A `Retry-After` given in seconds (RFC 9110 §10.2.3 delay-seconds); `None` for an HTTP date
+/// or anything else.
+pub fn delta_seconds(value: &[u8]) -> Option<u64> {
+    std::str::from_utf8(value).ok()?.trim().parse().ok()
+}
+
 /// Whether `name` equals `lower` (lower-case letters and `-`) ignoring case, eight bytes at a
 /// time. Setting bit 0x20 lower-cases letters; a header name is a token (the parsers check), and
 /// no other token byte becomes a letter or `-` that way, so the comparison is exact.

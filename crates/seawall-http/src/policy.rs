@@ -148,7 +148,9 @@ pub fn body_limit(snapshot: &Pinned, route: &Route) -> u64 {
 /// limit ▸ overload shedding by priority; then the upstream group is chosen (a read goes to the
 /// route's `read_upstream` while it has a server up).
 pub fn admit(snapshot: &Rc<Pinned>, request: &RequestView<'_>, account: &mut Account) -> Admission {
-    if let Some(jobs) = jobs_endpoint(snapshot, request, account) {
+    // The jobs endpoint is the public side's (the egress listener serves egress routes only).
+    if let Some(jobs) = jobs_endpoint(snapshot, request, account).filter(|_| !request.client.egress)
+    {
         return jobs;
     }
     let Some(index) = router::find(&snapshot.config.routes, request) else {
@@ -172,6 +174,9 @@ pub fn admit(snapshot: &Rc<Pinned>, request: &RequestView<'_>, account: &mut Acc
         seawall_config::RouteAction::Egress { group } => Some(group),
         _ => None,
     };
+    // An egress call starts at its group's first provider (the call chooses).
+    let first_provider =
+        egress.and_then(|g| snapshot.config.egress[g].providers.first()).map(|p| p.upstream);
     let maps_path = route.rewrite.is_some() || egress.is_some();
     if maps_path && crate::edge::has_dot_segment(request.path) {
         account.worker.shared.registry.rewrite_refusals.add(1);
@@ -253,9 +258,11 @@ pub fn admit(snapshot: &Rc<Pinned>, request: &RequestView<'_>, account: &mut Acc
                 let refresh = ticket.map(|ticket| crate::proxy::Refresh {
                     ticket,
                     route: index,
-                    // Only a proxy route has a cache.
+                    // A proxy route (its read group, else its upstream), or an egress route
+                    // (its first provider: the refresh goes through the group).
                     upstream: read_group(snapshot, route, reads, now_ms)
                         .or(upstream)
+                        .or(first_provider)
                         .unwrap_or_default(),
                     client: request.client,
                     host: request.host.map(<[u8]>::to_vec),
@@ -328,9 +335,7 @@ pub fn admit(snapshot: &Rc<Pinned>, request: &RequestView<'_>, account: &mut Acc
         return Admission::Refuse(refusal.degraded(route.degrade.as_ref()));
     }
     overload.admitted.add(1);
-    // An egress call starts at its group's first provider (the call chooses).
-    let first_provider = egress.and_then(|g| snapshot.config.egress[g].providers.first());
-    let upstream = upstream.or(first_provider.map(|p| p.upstream)).unwrap_or_default();
+    let upstream = upstream.or(first_provider).unwrap_or_default();
     let mut permit = Permit::new(Rc::clone(snapshot), index, upstream, priority, fields);
     permit.cache = ticket;
     permit.request_id = account.request_id;

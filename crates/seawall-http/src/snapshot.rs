@@ -76,7 +76,12 @@ impl Snapshot {
             .iter()
             .map(|e| {
                 let old = previous.and_then(|p| p.egress.iter().find(|o| o.config.name == e.name));
-                Arc::new(crate::egress::EgressGroup::new(e.clone(), old.map(Arc::as_ref)))
+                match old {
+                    // Unchanged (a reload of other parts, a DNS change): the same group, its
+                    // line included.
+                    Some(old) if old.config == *e => Arc::clone(old),
+                    _ => Arc::new(crate::egress::EgressGroup::new(e.clone(), old.map(Arc::as_ref))),
+                }
             })
             .collect();
         Snapshot {

@@ -203,7 +203,7 @@ async fn a_key_answered_429_rests_and_the_call_moves_to_another_key() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_key_answered_401_is_disabled_and_reported() {
+async fn a_key_answered_401_while_another_is_accepted_is_disabled_and_reported() {
     keys_in_env();
     let ca = TestCa::new("egress-401");
     let leaf = ca.leaf("provider", &["localhost"]);
@@ -233,14 +233,28 @@ async fn a_key_answered_401_is_disabled_and_reported() {
         "seawall_egress_key_disabled{{group=\"solo\",provider=\"only\",key=\"{fp}\",key_env=\"SEAWALL_TEST_SOLO_KEY_1\"}} 1"
     );
     assert!(metrics.contains(&disabled), "{metrics}");
-    // The last key revoked too: a clear 503, and nothing more is sent.
+    // The last key refused too: nothing shows the key rather than the request is at fault, so
+    // the caller gets the provider's 401 (once per call) and the key stays in use.
     solo.refuse(key(4));
     for engine in ENGINES {
         let answer = ask(engine, at, engine.get("/solo/thing")).await;
-        assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE, "{}", answer.body);
-        assert_eq!(answer.header("x-seawall-reason"), "egress_no_key");
+        assert_eq!(answer.status, StatusCode::UNAUTHORIZED, "{}", answer.body);
     }
-    assert_eq!(solo.by_key().get(key(4)), Some(&7), "{:?}", solo.by_key());
+    assert_eq!(solo.by_key().get(key(4)), Some(&8), "{:?}", solo.by_key());
+    let state = admin(&gw, "/api/v1/state").await.json();
+    let keys = &state["egress"][0]["providers"][0]["keys"];
+    assert_eq!(
+        (keys[1]["disabled_by"].clone(), keys[1]["refused"].clone()),
+        (serde_json::Value::Null, 2.into())
+    );
+    // The operator fixed the first key: enabled again, it serves.
+    solo.unrefuse(key(3));
+    let enable = admin_post(&gw, "/api/v1/egress/solo/enable").await;
+    assert_eq!(enable.status, StatusCode::OK, "{}", enable.body);
+    assert_eq!(enable.json()["enabled"], 1);
+    let answer = get(at, "/solo/thing").await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    assert_eq!(solo.by_key().get(key(3)), Some(&2));
     gw.shutdown().await;
 }
 

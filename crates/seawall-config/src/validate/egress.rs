@@ -57,7 +57,14 @@ pub(super) fn egress(
         }
         let max_wait = match &group.max_wait {
             None => super::parse_duration(defaults::EGRESS_MAX_WAIT).unwrap_or_default(),
-            Some(_) => cx.duration_or_zero(group.max_wait.as_ref(), &key("max_wait")),
+            Some(v) => {
+                let wait = cx.duration_or_zero(Some(v), &key("max_wait"));
+                if wait > Duration::from_secs(600) {
+                    let message = "at most 10m: a caller does not wait longer for a third party";
+                    cx.error(v.span(), &key("max_wait"), message);
+                }
+                wait
+            }
         };
         let park_for =
             cx.duration(group.park_for.as_ref(), &key("park_for"), defaults::EGRESS_PARK_FOR);
@@ -65,9 +72,16 @@ pub(super) fn egress(
             cx.count(group.retries.as_ref(), &key("retries"), defaults::EGRESS_RETRIES, 0, 10);
         let backoff =
             cx.duration(group.backoff.as_ref(), &key("backoff"), defaults::EGRESS_BACKOFF);
+        // A caller asking for an answer another is fetching waits for that fetch: as long as it
+        // may take (its wait for quota, then the slowest provider).
+        let slowest =
+            upstreams[upstreams.len() - providers.len()..].iter().map(|u| u.timeout).max();
+        let coalesce = (max_wait + slowest.unwrap_or_default())
+            .max(super::parse_duration(defaults::CACHE_COALESCE_WAIT).unwrap_or_default());
         let cache = group.cache_ttl.as_ref().map(|ttl| {
             let ttl = cx.duration(Some(ttl), &key("cache_ttl"), defaults::CACHE_TTL);
-            Arc::new(answers_cache(cx, ttl, group.cache_key_headers.as_deref(), &key))
+            let headers = group.cache_key_headers.as_deref();
+            Arc::new(answers_cache(cx, (ttl, coalesce), headers, &key))
         });
         if let (None, Some(headers)) = (&group.cache_ttl, &group.cache_key_headers) {
             let span = headers.first().map_or(group_span.clone(), |h| h.span());
@@ -90,7 +104,7 @@ pub(super) fn egress(
 /// answers are what the quota buys), served stale as long again when every provider fails.
 fn answers_cache(
     cx: &mut Ctx<'_>,
-    ttl: Duration,
+    (ttl, coalesce_wait): (Duration, Duration),
     headers: Option<&[Text]>,
     key: &dyn Fn(&str) -> String,
 ) -> RouteCache {
@@ -114,7 +128,7 @@ fn answers_cache(
         override_origin: true,
         share_authorized: false,
         share_cookies: false,
-        coalesce_wait: super::parse_duration(defaults::CACHE_COALESCE_WAIT).unwrap_or_default(),
+        coalesce_wait,
     }
 }
 
@@ -224,6 +238,21 @@ fn provider(
         }
         _ => {}
     }
+    let key_prefix = match (&p.key_prefix, &key_in) {
+        (None, _) => String::new(),
+        (Some(v), KeyPlacement::Header(_)) => {
+            let text = v.get_ref();
+            if !text.bytes().all(|b| b == b' ' || b.is_ascii_graphic()) {
+                let message = "a key prefix is visible ASCII and spaces, like \"Bearer \"";
+                cx.error(v.span(), &field("key_prefix"), message);
+            }
+            text.clone()
+        }
+        (Some(v), _) => {
+            cx.error(v.span(), &field("key_prefix"), "applies with key_header only");
+            String::new()
+        }
+    };
     let upstream_key = |f: &str| format!("{key}.{f}");
     let tls = parsed.https.then(|| {
         let raw_tls = RawUpstreamTls {
@@ -290,6 +319,7 @@ fn provider(
         daily_quota,
         keys,
         key_in,
+        key_prefix,
     };
     Some((provider, upstream))
 }
@@ -346,6 +376,7 @@ pub(super) fn route_action(
         ("strip_prefix", r.strip_prefix.as_ref().map(|v| v.span())),
         ("prefix_rewrite", r.prefix_rewrite.as_ref().map(|v| v.span())),
         ("on_failure", r.on_failure.as_ref().map(|v| v.span())),
+        ("preserve_host", r.preserve_host.and(r.egress.as_ref()).map(|v| v.span())),
     ];
     for (field, span) in others {
         if let Some(span) = span {
@@ -355,6 +386,9 @@ pub(super) fn route_action(
                     .to_string(),
                 "on_failure" => "on_failure does not apply to egress routes (a call over quota \
                     waits up to max_wait, then gets 429 egress_quota)"
+                    .to_string(),
+                "preserve_host" => "an egress call's Host is its provider's: preserve_host does \
+                    not apply"
                     .to_string(),
                 _ => format!("set egress or {field}, not both"),
             };
@@ -378,14 +412,18 @@ pub(super) fn route_action(
 }
 
 /// `server.egress_listen`: where the egress routes are served, when there is an egress group.
-/// A public address would let anyone spend the application's quota: only loopback and private
-/// addresses are accepted.
+/// A public address would let anyone spend the application's quota: a loopback address, or
+/// with `server.egress_private = true` a private one (every host of that network can then call).
+/// It must not share a port with another listener on an overlapping address (the sockets are
+/// bound with `SO_REUSEPORT`: the kernel would mix their connections).
 pub(super) fn egress_listen(
     cx: &mut Ctx<'_>,
-    raw: Option<&Text>,
+    raw_server: &RawServer,
     server: &Server,
     needed: bool,
 ) -> Option<SocketAddr> {
+    let raw = raw_server.egress_listen.as_ref();
+    let private_ok = raw_server.egress_private.unwrap_or(false);
     let (addr, span) = match raw {
         None if !needed => return None,
         None => {
@@ -396,17 +434,25 @@ pub(super) fn egress_listen(
             (cx.address(value.get_ref(), value.span(), "server.egress_listen")?, value.span())
         }
     };
-    if !is_internal(addr.ip()) {
-        let message = format!(
-            "{} is not a loopback or private address: the egress routes spend the application's \
-             quota and keys, and must not be reachable from outside (use 127.0.0.1:PORT)",
-            addr.ip()
-        );
-        cx.error(span, "server.egress_listen", message);
+    let ip = addr.ip().to_canonical();
+    let allowed = ip.is_loopback() || (private_ok && is_internal(ip));
+    if !allowed {
+        let why = if is_internal(ip) {
+            "is a private address: every host of that network could spend the application's \
+             quota and keys (set server.egress_private = true if that is meant)"
+        } else {
+            "is not a loopback address: the egress routes spend the application's quota and \
+             keys, and must not be reachable from outside (use 127.0.0.1:PORT)"
+        };
+        cx.error(span, "server.egress_listen", format!("{} {why}", addr.ip()));
         return None;
     }
     let taken = [Some(server.listen), Some(server.admin), server.http_redirect];
-    if addr.port() != 0 && taken.contains(&Some(addr)) {
+    let overlaps = |other: &SocketAddr| {
+        let (a, b) = (other.ip().to_canonical(), ip);
+        other.port() == addr.port() && (a == b || a.is_unspecified() || b.is_unspecified())
+    };
+    if addr.port() != 0 && taken.iter().flatten().any(overlaps) {
         let written =
             if raw.is_some() { "" } else { " (its default, 127.0.0.1:8081: set another)" };
         let message = format!(

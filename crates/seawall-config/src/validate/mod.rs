@@ -219,8 +219,7 @@ pub fn validate(raw: RawConfig, source: &str, file: &str) -> Result<Config, Conf
         egress::egress(&mut cx, &raw, upstreams.len(), &upstream_names);
     upstreams.extend(provider_upstreams);
     let wants_egress = !egress.is_empty();
-    server.egress_listen =
-        egress::egress_listen(&mut cx, raw.server.egress_listen.as_ref(), &server, wants_egress);
+    server.egress_listen = egress::egress_listen(&mut cx, &raw.server, &server, wants_egress);
 
     let rate_limits: Vec<RateLimit> = raw
         .rate_limits

@@ -137,7 +137,8 @@ async fn route(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Bytes> 
 }
 
 /// `POST /api/v1/upstreams/{name}/breaker`, `POST /api/v1/routes/{name}/disable|enable`,
-/// `POST /api/v1/upstreams/{name}/servers/{server}/drain|undrain`.
+/// `POST /api/v1/upstreams/{name}/servers/{server}/drain|undrain`,
+/// `POST /api/v1/egress/{group}/enable`.
 async fn switch(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Bytes> {
     let path = req.uri().path().to_string();
     if let Some((upstream, server, drain)) = servers::target(&path) {
@@ -149,6 +150,17 @@ async fn switch(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Bytes>
         }
         let (upstream, server) = (percent_decoded(upstream), percent_decoded(server));
         return servers::drain(shared, &upstream, &server, drain);
+    }
+    if let Some(group) =
+        path.strip_prefix("/api/v1/egress/").and_then(|r| r.strip_suffix("/enable"))
+    {
+        if req.method() != Method::POST {
+            return method_not_allowed(Method::POST);
+        }
+        if let Some(refusal) = authorize(shared, &req) {
+            return refusal;
+        }
+        return switches::enable_keys(shared, &percent_decoded(group));
     }
     let target = if let Some(rest) = path.strip_prefix("/api/v1/upstreams/") {
         rest.strip_suffix("/breaker").map(|name| (name, None))
@@ -176,27 +188,7 @@ async fn switch(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Bytes>
 
 /// A path segment with its `%XX` escapes decoded (upstream names may hold any character).
 fn percent_decoded(segment: &str) -> String {
-    let bytes = segment.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        match (
-            bytes[i],
-            bytes.get(i + 1).copied().and_then(hex),
-            bytes.get(i + 2).copied().and_then(hex),
-        ) {
-            (b'%', Some(hi), Some(lo)) => {
-                out.push((hi * 16 + lo) as u8);
-                i += 3;
-            }
-            (b, _, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    String::from_utf8_lossy(&crate::edge::percent_decode(segment.as_bytes())).into_owned()
 }
 
 fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Bytes> {
@@ -481,7 +473,7 @@ fn state(shared: &Shared, queue: serde_json::Value) -> String {
             let (action, upstream) = match &r.action {
                 RouteAction::Proxy { upstream } => ("proxy", Some(config.upstreams[*upstream].name.as_str())),
                 RouteAction::Redirect(_) => ("redirect", None),
-                RouteAction::Egress { group } => ("egress", Some(config.egress[*group].name.as_str())),
+                RouteAction::Egress { .. } => ("egress", None),
                 RouteAction::Queue { topic } => {
                     let topics = config.queue.as_ref().map(|q| &q.topics[*topic]);
                     ("queue", topics.map(|t| config.upstreams[t.deliver_to].name.as_str()))
@@ -499,6 +491,10 @@ fn state(shared: &Shared, queue: serde_json::Value) -> String {
                 "priority": r.priority.as_str(),
                 "upstream": upstream,
                 "topic": route_topic(config, r),
+                "egress": match &r.action {
+                    RouteAction::Egress { group } => Some(config.egress[*group].name.as_str()),
+                    _ => None,
+                },
             })
         })
         .collect();

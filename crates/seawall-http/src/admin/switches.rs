@@ -4,6 +4,8 @@
 //!   upstream's circuit breaker forced open or closed, or given back to its rules;
 //! - `POST /api/v1/routes/{name}/disable` and `/enable`: a route turned off (503
 //!   `feature_disabled`, or its degraded answer) and on;
+//! - `POST /api/v1/egress/{group}/enable`: the group's API keys its providers refused (401/403)
+//!   used again;
 //! - `PUT /api/v1/mode` with `{"read_only": true | false}`: writes refused, reads flowing; and/or
 //!   `{"crisis": "on" | "off" | "auto"}`: crisis mode forced on or off, or back to following the
 //!   overload level (on from level 1).
@@ -52,6 +54,23 @@ pub async fn breaker(shared: &Shared, upstream: &str, req: Request<Incoming>) ->
     let answer =
         json!({"upstream": upstream, "forced": view.forced.as_str(), "state": view.mode.as_str()});
     text(StatusCode::OK, "application/json", answer.to_string())
+}
+
+/// `POST /api/v1/egress/{group}/enable`: every key of the group its provider refused is used
+/// again (the operator fixed them).
+pub fn enable_keys(shared: &Shared, group: &str) -> Response<Bytes> {
+    let snapshot = shared.snapshot.load();
+    let Some(egress) = snapshot.egress.iter().find(|g| g.config.name == group) else {
+        let detail = format!("no egress group named {group:?}");
+        return problem_with(StatusCode::NOT_FOUND, "not_found", &detail, None);
+    };
+    let enabled = egress.enable_keys();
+    tracing::info!(group, enabled, "egress keys enabled again by the operator");
+    text(
+        StatusCode::OK,
+        "application/json",
+        json!({"egress": group, "enabled": enabled}).to_string(),
+    )
 }
 
 /// `POST /api/v1/routes/{name}/disable` or `/enable`.

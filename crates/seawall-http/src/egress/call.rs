@@ -4,24 +4,23 @@
 //! to another, a 401/403 disables the key, a failure moves to the next provider and, when every
 //! provider failed, tries again after a backoff within `retries` and the retry budget.
 
-use std::task::Poll;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::{acquire, Acquired, EgressGroup};
+use super::{acquire, Acquired, Avoid, EgressGroup};
 use crate::problem::{Reason, Refusal};
-use crate::proxy::{forward_group, BodyError, Downstream, Forward, Forwarded, Gone};
+use crate::proxy::{
+    forward_group, unless_client_leaves, BodyError, Downstream, Forward, Forwarded,
+};
 use crate::timer::LazyTimer;
 use seawall_config::{KeyPlacement, PathMatch, Provider};
 
 /// A call moves to another key (after a 429) at most this many times.
 const MAX_KEY_MOVES: u32 = 16;
 
-/// Fields of the caller's head that never reach a provider: its own `Host`, and the addresses of
-/// the application's network.
-const DROPPED: [&[u8]; 5] =
-    [b"host", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded"];
+/// The shortest rest of a key answered 429 (a `Retry-After: 0` must not bring it straight back).
+const MIN_PARK: Duration = Duration::from_secs(1);
 
 /// Sends the request through egress group `index` (see the module docs); the answer, or why
 /// there is none.
@@ -34,11 +33,14 @@ pub(crate) async fn call<D: Downstream>(
     let snapshot = std::rc::Rc::clone(f.snapshot);
     let group = &snapshot.egress[index];
     let config = &group.config;
+    let server = &snapshot.config.server;
     let prefix_len = f.route.map_or(0, |r| match &snapshot.config.routes[r].matcher.path {
         PathMatch::Prefix(p) | PathMatch::Exact(p) => p.len(),
     });
-    let Some(caller) = CallerHead::parse(&f.head[..f.head_len], prefix_len) else {
-        let detail = "the request's target cannot be mapped onto the provider's URL";
+    let own = [server.request_id_header.as_bytes(), server.deadline_header.as_bytes()];
+    let Some(caller) = CallerHead::parse(&f.head[..f.head_len], prefix_len, &own) else {
+        let detail = "the request's target cannot be mapped onto the provider's URL (a dot \
+                      segment after the route's prefix would climb out of it)";
         return Forwarded::Refused(Refusal::new(Reason::BadRequest, detail), None);
     };
     let start = Instant::now();
@@ -50,12 +52,18 @@ pub(crate) async fn call<D: Downstream>(
         let now_ms = seawall_core::clock::ms_at(start.into_std());
         snapshot.upstreams[first.upstream].state.budget.record_request(now_ms);
     }
-    let mut avoid: Vec<usize> = Vec::new();
+    let mut avoid = Avoid::default();
     let mut last: Option<Forwarded> = None;
-    let (mut rounds, mut moves, mut refused_keys) = (0u32, 0u32, 0u32);
+    let (mut rounds, mut moves) = (0u32, 0u32);
+    // A key refused (401/403) for this request: disabled once another key is accepted for it.
+    let mut suspect: Option<(super::keys::Suspect, Refused)> = None;
     loop {
-        let acquired = watching(acquire(group, f.priority, wait_until, &avoid), down, f.idempotent);
-        let grant = match acquired.await {
+        let waited = unless_client_leaves(
+            acquire(group, f.priority, wait_until, &avoid),
+            down,
+            f.idempotent,
+        );
+        let grant = match waited.await {
             None => return Forwarded::Client(BodyError::Gone, None),
             Some(Acquired::Grant(grant)) => grant,
             Some(Acquired::Quota { retry_after }) => {
@@ -72,37 +80,35 @@ pub(crate) async fn call<D: Downstream>(
                 group.count_refusal(Reason::EgressNoKey);
                 let detail = format!(
                     "every API key of egress group {:?} was refused by its provider (401/403); \
-                     see /api/v1/state",
-                    config.name
+                     see /api/v1/state, then POST /api/v1/egress/{}/enable",
+                    config.name, config.name
                 );
                 return Forwarded::Refused(Refusal::new(Reason::EgressNoKey, detail), None);
             }
             Some(Acquired::AllAvoided) => {
-                // Every provider failed this call: once more from the first, after a backoff.
+                // Every provider failed this call: once more from the first, after a backoff
+                // (not after a refused key: the answer stands).
                 let Some(failed) = last.take() else { return unavailable(group) };
-                if rounds >= config.retries || !down.rewind() || !retry_allowed(f, group, rounds) {
+                if suspect.is_some() {
+                    return failed;
+                }
+                let wait = backoff(f, config, rounds + 1);
+                let late = f.deadline.is_some_and(|d| Instant::now() + wait >= d);
+                if rounds >= config.retries || late || !down.rewind() {
+                    return failed;
+                }
+                if !retry_allowed(f, group) {
                     return failed;
                 }
                 drop(failed);
                 rounds += 1;
-                let cap = config.backoff * 8;
-                let wait = {
-                    let mut rng = f.worker.rng.borrow_mut();
-                    let (base, cap) = (ms(config.backoff), ms(cap));
-                    Duration::from_millis(seawall_core::backoff::full_jitter(
-                        base, cap, rounds, &mut rng,
-                    ))
-                };
-                if f.deadline.is_some_and(|d| Instant::now() + wait >= d) {
-                    return unavailable(group);
-                }
                 Box::pin(tokio::time::sleep(wait)).await;
-                avoid.clear();
+                avoid.providers.clear();
                 continue;
             }
         };
         let provider = &config.providers[grant.provider];
-        if !avoid.is_empty() {
+        if !avoid.providers.is_empty() {
             group.fell_back(grant.provider);
         }
         let key = provider.keys.get(grant.key);
@@ -112,16 +118,29 @@ pub(crate) async fn call<D: Downstream>(
         f.host_is_server = false;
         let forwarded = forward_group(f, down, timer).await;
         match outcome(&forwarded) {
-            Outcome::Done => return forwarded,
+            Outcome::Done => {
+                grant.sent();
+                if let Some((suspect, refused)) = suspect.take() {
+                    suspect.confirm();
+                    log_disabled(group, &refused, provider);
+                }
+                return forwarded;
+            }
             Outcome::NotSent => {
+                let p = grant.provider;
                 group.give_back(grant);
-                group.failed(grant.provider);
-                avoid.push(grant.provider);
+                group.failed(p);
+                avoid.providers.push(p);
+                if !down.rewind() {
+                    return forwarded;
+                }
                 last = Some(forwarded);
             }
             Outcome::Failed => {
-                group.failed(grant.provider);
-                avoid.push(grant.provider);
+                let p = grant.provider;
+                grant.sent();
+                group.failed(p);
+                avoid.providers.push(p);
                 // It may have acted: only a method idempotent by definition goes again.
                 if !f.method.is_idempotent() || !down.rewind() {
                     return forwarded;
@@ -129,9 +148,11 @@ pub(crate) async fn call<D: Downstream>(
                 last = Some(forwarded);
             }
             Outcome::Throttled(asked) => {
-                let park = asked.unwrap_or(config.park_for).min(Duration::from_secs(86_400));
+                let park =
+                    asked.unwrap_or(config.park_for).clamp(MIN_PARK, Duration::from_secs(86_400));
                 let now_ms = seawall_core::clock::now_ms();
-                group.park(grant, now_ms.saturating_add(ms(park)));
+                grant.park(now_ms.saturating_add(seawall_core::clock::duration_ms(park)));
+                grant.sent();
                 drop(forwarded);
                 moves += 1;
                 if moves > MAX_KEY_MOVES || !down.rewind() {
@@ -140,61 +161,85 @@ pub(crate) async fn call<D: Downstream>(
                 }
             }
             Outcome::KeyRefused(status) => {
-                // One call disables at most one key: a second refusal says more about the
-                // request than about the keys.
-                if refused_keys > 0 {
-                    return forwarded;
-                }
-                let Some((env, fingerprint)) = group.disable(grant, status) else {
+                let names = group.key_names(&grant);
+                let suspected = grant.refused(status);
+                let refused_key = (grant.provider, grant.key);
+                grant.sent();
+                // A second refusal for the same request says more about the request than about
+                // the keys: it goes to the caller, and nothing is disabled.
+                let Some((env, fingerprint)) = names.filter(|_| suspect.is_none()) else {
                     return forwarded;
                 };
-                tracing::warn!(
-                    group = %config.name,
-                    provider = %provider.name,
-                    key_env = %env,
-                    key = %fingerprint,
-                    status,
-                    "egress key refused by the provider: disabled until a reload brings a new value"
-                );
-                refused_keys += 1;
                 if !down.rewind() {
                     return forwarded;
                 }
-                drop(forwarded);
+                let refused = Refused { provider: provider.name.clone(), env, fingerprint, status };
+                suspect = Some((suspected, refused));
+                avoid.keys.push(refused_key);
+                // The answer if no other key can be tried.
+                last = Some(forwarded);
             }
         }
     }
+}
+
+/// A key refused for this request, named for the log.
+struct Refused {
+    provider: String,
+    env: String,
+    fingerprint: String,
+    status: u16,
+}
+
+/// Logs a key disabled by its provider: its variable and fingerprint, never its value.
+fn log_disabled(group: &EgressGroup, refused: &Refused, accepted_by: &Provider) {
+    tracing::warn!(
+        group = %group.config.name,
+        provider = %refused.provider,
+        key_env = %refused.env,
+        key = %refused.fingerprint,
+        status = refused.status,
+        accepted_by = %accepted_by.name,
+        "egress key refused by its provider while another was accepted for the same request: \
+         disabled (POST /api/v1/egress/GROUP/enable brings it back)"
+    );
 }
 
 /// What an attempt's result means for the call.
 enum Outcome {
     /// The caller gets it.
     Done,
-    /// Nothing reached the provider (breaker open, no connection, TLS refused, gate full): its
-    /// quota is given back, the next provider is tried.
+    /// Nothing reached the provider (breaker open, no connection, TLS refused, gate full, the
+    /// deadline passed first): its quota is given back, the next provider is tried.
     NotSent,
     /// The provider failed after it may have had the request (5xx, timeout, broken answer).
     Failed,
     /// 429, with the `Retry-After` asked for (seconds).
     Throttled(Option<Duration>),
-    /// 401 or 403: the key was refused.
+    /// 401 or 403: the key (or the request) was refused.
     KeyRefused(u16),
 }
 
 fn outcome(forwarded: &Forwarded) -> Outcome {
     match forwarded {
-        Forwarded::Refused(refusal, _) => match refusal.reason {
+        Forwarded::Refused(refusal, at) => match refusal.reason {
             Reason::CircuitOpen
             | Reason::UpstreamUnavailable
             | Reason::UpstreamConnectFailed
             | Reason::UpstreamTlsFailed
             | Reason::BulkheadFull
             | Reason::Overloaded => Outcome::NotSent,
+            Reason::DeadlineExceeded if at.is_none() => Outcome::NotSent,
             Reason::UpstreamError | Reason::UpstreamTimeout => Outcome::Failed,
             _ => Outcome::Done,
         },
         Forwarded::Response(response) => match response.head.status {
-            429 => Outcome::Throttled(retry_after(response.view().first("retry-after"))),
+            429 => {
+                let asked = response.view().first("retry-after");
+                Outcome::Throttled(
+                    asked.and_then(crate::headers::delta_seconds).map(Duration::from_secs),
+                )
+            }
             status @ (401 | 403) => Outcome::KeyRefused(status),
             status if status >= 500 => Outcome::Failed,
             _ => Outcome::Done,
@@ -203,25 +248,25 @@ fn outcome(forwarded: &Forwarded) -> Outcome {
     }
 }
 
-/// `Retry-After` in seconds (an HTTP date, or nothing usable: `None`, and `park_for` applies).
-fn retry_after(value: Option<&[u8]>) -> Option<Duration> {
-    let text = std::str::from_utf8(value?).ok()?.trim();
-    text.parse::<u64>().ok().map(Duration::from_secs)
+/// The wait before round `round` over the providers: full jitter under `backoff × 2^round`.
+fn backoff(f: &Forward<'_>, config: &seawall_config::Egress, round: u32) -> Duration {
+    let mut rng = f.worker.rng.borrow_mut();
+    let base = seawall_core::clock::duration_ms(config.backoff);
+    let cap = seawall_core::clock::duration_ms(config.backoff * 8);
+    Duration::from_millis(seawall_core::backoff::full_jitter(base, cap, round, &mut rng))
 }
 
 /// Whether the retry budget of the first provider's group allows one more round.
-fn retry_allowed(f: &Forward<'_>, group: &EgressGroup, rounds: u32) -> bool {
+fn retry_allowed(f: &Forward<'_>, group: &EgressGroup) -> bool {
     let Some(first) = group.config.providers.first() else { return false };
     let upstream = &f.snapshot.upstreams[first.upstream];
     let retry = &upstream.config.retry;
     let now_ms = seawall_core::clock::now_ms();
     let allowed =
         upstream.state.budget.try_retry(now_ms, retry.budget, retry.min_retries_per_second);
-    if !allowed {
-        upstream.state.retries.over_budget.add(1);
-    } else if rounds < u32::MAX {
-        upstream.state.retries.status.add(1);
-    }
+    let counter =
+        if allowed { &upstream.state.retries.status } else { &upstream.state.retries.over_budget };
+    counter.add(1);
     allowed
 }
 
@@ -238,37 +283,16 @@ fn quota_refusal(group: &EgressGroup, retry_after: Duration) -> Refusal {
     refusal
 }
 
-/// 503 when every provider was avoided without an answer to show (not expected: each avoided
-/// provider left its failure).
+/// 503 when every provider was avoided and no failure was kept (a group without providers).
 fn unavailable(group: &EgressGroup) -> Forwarded {
     let detail = format!("no provider of egress group {:?} could take the call", group.config.name);
     Forwarded::Refused(Refusal::new(Reason::UpstreamUnavailable, detail), None)
 }
 
-fn ms(d: Duration) -> u64 {
-    seawall_core::clock::duration_ms(d)
-}
-
-/// Runs `wait` unless the client leaves first (`None`): a reset always counts, a half-close
-/// only for an idempotent request (the other may still read its answer).
-async fn watching<F, D>(wait: F, down: &mut D, idempotent: bool) -> Option<F::Output>
-where
-    F: std::future::Future,
-    D: Downstream,
-{
-    let mut wait = std::pin::pin!(wait);
-    std::future::poll_fn(|cx| {
-        if let Poll::Ready(out) = wait.as_mut().poll(cx) {
-            return Poll::Ready(Some(out));
-        }
-        match down.poll_gone(cx) {
-            Poll::Ready(Gone::Reset) => Poll::Ready(None),
-            Poll::Ready(Gone::Closed) if idempotent => Poll::Ready(None),
-            _ => Poll::Pending,
-        }
-    })
-    .await
-}
+/// Fields of the caller's head that never reach a provider: its own `Host`, and what describes
+/// the application's network (its addresses, Seawall's `Via`).
+const DROPPED: [&[u8]; 6] =
+    [b"host", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded", b"via"];
 
 /// The caller's head, taken apart once: what the provider's head is written from.
 struct CallerHead {
@@ -281,8 +305,9 @@ struct CallerHead {
 
 impl CallerHead {
     /// `head` is `METHOD target HTTP/1.1\r\n` and field lines; `prefix_len` is the length of
-    /// the route's path (prefix) the target starts with.
-    fn parse(head: &[u8], prefix_len: usize) -> Option<CallerHead> {
+    /// the route's path (prefix) the target starts with; `own` names Seawall's own fields (the
+    /// request id, the deadline), which stay inside the application's network.
+    fn parse(head: &[u8], prefix_len: usize, own: &[&[u8]]) -> Option<CallerHead> {
         let line_end = head.windows(2).position(|w| w == b"\r\n")?;
         let line = &head[..line_end];
         let first_space = line.iter().position(|&b| b == b' ')?;
@@ -291,12 +316,23 @@ impl CallerHead {
         if !target.starts_with(b"/") || target.len() < prefix_len {
             return None;
         }
+        // What follows the prefix becomes path segments under the base path: none may climb
+        // out of it (`/maps../x` under the prefix `/maps` is `/v1/../x`).
+        let rest = &target[prefix_len..];
+        let rest_path = &rest[..rest.iter().position(|&b| b == b'?').unwrap_or(rest.len())];
+        let mut joined = Vec::with_capacity(rest_path.len() + 1);
+        joined.push(b'/');
+        joined.extend_from_slice(rest_path);
+        if crate::edge::has_dot_segment(&joined) {
+            return None;
+        }
         let mut fields = Vec::with_capacity(head.len() - line_end);
         let mut at = line_end + 2;
         while let Some(len) = head[at..].windows(2).position(|w| w == b"\r\n") {
             let field = &head[at..at + len + 2];
             let name = field.split(|&b| b == b':').next().unwrap_or_default();
-            if !DROPPED.iter().any(|d| crate::headers::eq_lower(name, d)) {
+            let dropped = DROPPED.iter().chain(own).any(|d| crate::headers::eq_lower(name, d));
+            if !dropped {
                 fields.extend_from_slice(field);
             }
             at += len + 2;
@@ -337,7 +373,8 @@ impl CallerHead {
         let mut sep = b'?';
         for param in query.into_iter().flat_map(|q| q.split(|&b| b == b'&')) {
             let name = param.split(|&b| b == b'=').next().unwrap_or_default();
-            if param.is_empty() || key_param.is_some_and(|(k, _)| name == k) {
+            let theirs = key_param.is_some_and(|(k, _)| same_param(name, k));
+            if param.is_empty() || theirs {
                 continue;
             }
             out.push(sep);
@@ -359,16 +396,34 @@ impl CallerHead {
         while let Some(len) = self.fields[at..].windows(2).position(|w| w == b"\r\n") {
             let field = &self.fields[at..at + len + 2];
             let name = field.split(|&b| b == b':').next().unwrap_or_default();
-            if !header.is_some_and(|h| crate::headers::eq_lower(name, h)) {
+            if !header.is_some_and(|h| same_field(name, h)) {
                 out.extend_from_slice(field);
             }
             at += len + 2;
         }
         crate::headers::push_field(out, b"host", provider.authority.as_bytes());
         if let (Some(name), Some(value)) = (header, key) {
-            crate::headers::push_field(out, name, value.as_bytes());
+            let mut line = provider.key_prefix.clone().into_bytes();
+            line.extend_from_slice(value.as_bytes());
+            crate::headers::push_field(out, name, &line);
         }
     }
+}
+
+/// Whether the field `name` is `lower` — `_` standing for `-` too: many servers (CGI, WSGI,
+/// Rack) read `x_api_key` as `x-api-key`.
+fn same_field(name: &[u8], lower: &[u8]) -> bool {
+    name.len() == lower.len()
+        && name.iter().zip(lower).all(|(&a, &b)| {
+            let a = if a == b'_' { b'-' } else { a.to_ascii_lowercase() };
+            a == b
+        })
+}
+
+/// Whether the query parameter `name` (as the caller wrote it, perhaps percent-encoded) is
+/// `key` (ASCII letters compared without case: a provider may not tell them apart either).
+fn same_param(name: &[u8], key: &[u8]) -> bool {
+    crate::edge::percent_decode(name).eq_ignore_ascii_case(key)
 }
 
 /// Percent-encodes all but RFC 3986's unreserved characters.
@@ -398,11 +453,12 @@ mod tests {
             daily_quota: None,
             keys: Vec::new(),
             key_in,
+            key_prefix: String::new(),
         }
     }
 
     fn written(head: &str, prefix: usize, p: &Provider, key: Option<&str>) -> String {
-        let caller = CallerHead::parse(head.as_bytes(), prefix).unwrap();
+        let caller = CallerHead::parse(head.as_bytes(), prefix, &[b"x-request-id"]).unwrap();
         let mut out = Vec::new();
         caller.write(&mut out, p, key);
         String::from_utf8(out).unwrap()
@@ -410,7 +466,7 @@ mod tests {
 
     #[test]
     fn the_rest_of_the_path_goes_after_the_base_url() {
-        let head = "GET /maps/geocode?q=paris HTTP/1.1\r\naccept: */*\r\nhost: 127.0.0.1:8081\r\nx-forwarded-for: 10.0.0.1\r\n";
+        let head = "GET /maps/geocode?q=paris HTTP/1.1\r\naccept: */*\r\nhost: 127.0.0.1:8081\r\nx-forwarded-for: 10.0.0.1\r\nvia: 1.1 seawall\r\nx-request-id: abc\r\n";
         let p = provider("/v1", KeyPlacement::Header("x-api-key".into()));
         assert_eq!(
             written(head, "/maps/".len(), &p, Some("s3cret")),
@@ -426,7 +482,7 @@ mod tests {
     #[test]
     fn the_key_replaces_the_callers_own() {
         let p = provider("/v1", KeyPlacement::Query("key".into()));
-        let head = "GET /maps/a?key=mine&q=1 HTTP/1.1\r\n";
+        let head = "GET /maps/a?key=mine&q=1&%6Bey=x&KEY=y HTTP/1.1\r\n";
         assert!(written(head, 6, &p, Some("a b&c")).starts_with("GET /v1/a?q=1&key=a%20b%26c "));
         let h = provider("/v1", KeyPlacement::Header("x-api-key".into()));
         let head = "GET /maps/a HTTP/1.1\r\nX-Api-Key: mine\r\n";

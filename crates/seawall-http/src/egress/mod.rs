@@ -17,78 +17,68 @@
 //! digits of the value's SHA-256).
 
 mod call;
+mod keys;
+mod line;
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use seawall_config::{ApiKey, Egress};
 use seawall_core::calls::{CallQuota, Day};
 use seawall_core::priority::Priority;
+use tokio::sync::Notify;
 
 pub(crate) use call::call;
+pub(crate) use keys::Grant;
+use keys::{KeyLive, KeyState, ProviderCounters};
 
 /// One egress group's providers, keys and waiting calls.
 pub struct EgressGroup {
     pub config: Egress,
     state: Mutex<GroupState>,
-    /// Woken when a waiting call leaves the line or quota is given back.
-    wake: tokio::sync::Notify,
+    counters: Arc<GroupCounters>,
 }
 
 struct GroupState {
     providers: Vec<ProviderState>,
-    /// Calls waiting for quota: by priority, then arrival.
-    line: BTreeSet<(Priority, u64)>,
+    /// Calls waiting for quota, by priority then arrival, each with its wake-up.
+    line: BTreeMap<(Priority, u64), Arc<Notify>>,
     arrivals: u64,
-    counters: GroupCounters,
+    /// Calls waiting for quota outside the line (they avoid a provider that failed them).
+    aside: usize,
 }
 
-/// What happened to a group's calls, for the metrics.
-#[derive(Debug, Default, Clone, Copy)]
+/// What happened to a group's calls, for the metrics (kept across reloads).
+#[derive(Debug, Default)]
 struct GroupCounters {
-    /// Calls that waited in line for quota.
-    waited: u64,
+    /// Calls that waited for quota.
+    waited: AtomicU64,
     /// Calls refused 429 `egress_quota`.
-    refused_quota: u64,
+    refused_quota: AtomicU64,
     /// Calls refused 503 `egress_no_key`.
-    refused_no_key: u64,
+    refused_no_key: AtomicU64,
 }
 
 struct ProviderState {
     name: String,
     keys: Vec<KeyState>,
-    /// Calls that went to this provider because an earlier one had no quota left.
-    spilled: u64,
-    /// Calls that went to this provider because an earlier one failed.
-    fell_back: u64,
-    /// Attempts that failed here (no connection, 5xx, timeout).
-    failures: u64,
+    counters: Arc<ProviderCounters>,
 }
 
-/// One API key (or, for a provider without keys, the provider itself).
-struct KeyState {
-    /// The environment variable it came from; empty for a provider without keys.
-    env: String,
-    fingerprint: String,
-    quota: CallQuota,
-    /// Until when (monotonic ms) it is not used: the provider answered 429.
-    parked_until: u64,
-    /// The status that disabled it (401/403).
-    disabled: Option<u16>,
-    calls: u64,
-    throttled: u64,
+/// What one call does not use again: providers that failed it, keys refused for it.
+#[derive(Debug, Default)]
+pub(crate) struct Avoid {
+    pub providers: Vec<usize>,
+    pub keys: Vec<(usize, usize)>,
 }
 
-/// A call's place: provider and key, and when its quota was taken (to give it back).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Grant {
-    pub provider: usize,
-    pub key: usize,
-    pub at_ms: u64,
-    /// The provider is not the first: an earlier one had no quota.
-    pub spilled: bool,
+impl Avoid {
+    pub fn is_empty(&self) -> bool {
+        self.providers.is_empty() && self.keys.is_empty()
+    }
 }
 
 /// What [`EgressGroup::choose`] found.
@@ -98,50 +88,66 @@ enum Choice {
     Wait(u64),
     /// Every key of every provider not avoided is disabled.
     NoKey,
-    /// Every provider is avoided (each failed this call).
+    /// Every provider or key left is avoided (each failed this call).
     AllAvoided,
 }
 
 impl EgressGroup {
-    /// The group for `config`, keeping the history of `old`'s providers and keys that remain.
+    /// The group for `config`, sharing with `old` the state of every provider and key it keeps:
+    /// a key with the same variable, value and limits is the same key (calls on either snapshot
+    /// count against one quota, a disabled key stays disabled); one whose limits changed starts
+    /// from its history.
     pub fn new(config: Egress, old: Option<&EgressGroup>) -> EgressGroup {
-        let mut old_state = old.map(|o| o.lock());
+        let now = seawall_core::clock::now_ms();
+        let old_state = old.map(EgressGroup::lock);
         let providers = config
             .providers
             .iter()
             .map(|p| {
-                let old_provider = old_state
-                    .as_mut()
-                    .and_then(|s| s.providers.iter_mut().find(|o| o.name == p.name));
-                let keys: Vec<KeyState> = if p.keys.is_empty() {
-                    vec![KeyState::new(None, p)]
-                } else {
-                    p.keys.iter().map(|k| KeyState::new(Some(k), p)).collect()
-                };
-                let mut provider = ProviderState {
-                    name: p.name.clone(),
-                    keys,
-                    spilled: 0,
-                    fell_back: 0,
-                    failures: 0,
-                };
-                if let Some(old) = old_provider {
-                    provider.carry_over(old);
-                }
-                provider
+                let old_provider =
+                    old_state.as_ref().and_then(|s| s.providers.iter().find(|o| o.name == p.name));
+                let same_limits = old
+                    .and_then(|o| o.config.providers.iter().find(|o| o.name == p.name))
+                    .is_some_and(|o| o.rate == p.rate && o.daily_quota == p.daily_quota);
+                let keys: Vec<Option<&ApiKey>> =
+                    if p.keys.is_empty() { vec![None] } else { p.keys.iter().map(Some).collect() };
+                let keys = keys
+                    .into_iter()
+                    .map(|k| {
+                        let env = k.map(|k| k.env.clone()).unwrap_or_default();
+                        let fingerprint = k.map(|k| fingerprint(&k.value)).unwrap_or_default();
+                        let kept = old_provider.and_then(|o| {
+                            o.keys.iter().find(|o| o.env == env && o.fingerprint == fingerprint)
+                        });
+                        let live = match kept {
+                            Some(kept) if same_limits => Arc::clone(&kept.live),
+                            _ => {
+                                let mut quota =
+                                    CallQuota::new(p.rate.map(with_margin), p.daily_quota);
+                                if let Some(kept) = kept {
+                                    quota.carry_over(&kept.lock().quota, now);
+                                }
+                                Arc::new(Mutex::new(KeyLive::new(quota)))
+                            }
+                        };
+                        KeyState { env, fingerprint, live }
+                    })
+                    .collect();
+                let counters = old_provider.map_or_else(Arc::default, |o| Arc::clone(&o.counters));
+                ProviderState { name: p.name.clone(), keys, counters }
             })
             .collect();
-        let counters = old_state.as_ref().map_or_else(GroupCounters::default, |s| s.counters);
+        let counters = old.map_or_else(Arc::default, |o| Arc::clone(&o.counters));
         drop(old_state);
         EgressGroup {
             config,
             state: Mutex::new(GroupState {
                 providers,
-                line: BTreeSet::new(),
+                line: BTreeMap::new(),
                 arrivals: 0,
-                counters,
+                aside: 0,
             }),
-            wake: tokio::sync::Notify::new(),
+            counters,
         }
     }
 
@@ -151,138 +157,144 @@ impl EgressGroup {
     }
 
     /// The first provider (in order, skipping `avoid`) with a key that may be used now, and its
-    /// least-used such key — its quota taken.
-    fn choose(state: &mut GroupState, now_ms: u64, day: Day, avoid: &[usize]) -> Choice {
+    /// least-used such key (fewest calls this period, then fewest in all) — its quota taken.
+    fn choose(&self, state: &mut GroupState, now_ms: u64, day: Day, avoid: &Avoid) -> Choice {
         let mut earliest: Option<u64> = None;
         let mut any_key = false;
-        let mut any_provider = false;
-        for (p, provider) in state.providers.iter_mut().enumerate() {
-            if avoid.contains(&p) {
+        let mut any_avoided = false;
+        for (p, provider) in state.providers.iter().enumerate() {
+            if avoid.providers.contains(&p) {
+                any_avoided = true;
                 continue;
             }
-            any_provider = true;
-            let mut best: Option<(usize, u64)> = None;
-            for (k, key) in provider.keys.iter_mut().enumerate() {
-                if key.disabled.is_some() {
+            let mut best: Option<(usize, (u64, u64))> = None;
+            for (k, key) in provider.keys.iter().enumerate() {
+                let mut live = key.lock();
+                if live.disabled.is_some() {
+                    continue;
+                }
+                if avoid.keys.contains(&(p, k)) {
+                    any_avoided = true;
                     continue;
                 }
                 any_key = true;
-                let at = key.quota.next_at(now_ms, day).max(key.parked_until);
+                let at = live.next_at(now_ms, day);
                 if at > now_ms {
                     earliest = Some(earliest.map_or(at, |e| e.min(at)));
                     continue;
                 }
-                let used = key.quota.used(now_ms);
-                if best.is_none_or(|(_, u)| used < u) {
-                    best = Some((k, used));
+                let use_ = (live.quota.used(now_ms), live.calls);
+                if best.is_none_or(|(_, u)| use_ < u) {
+                    best = Some((k, use_));
                 }
             }
             if let Some((k, _)) = best {
-                let key = &mut provider.keys[k];
-                key.quota.take(now_ms, day);
-                key.calls += 1;
-                let spilled = p > 0 && (0..p).any(|e| !avoid.contains(&e));
-                if spilled {
-                    provider.spilled += 1;
-                }
-                return Choice::Go(Grant { provider: p, key: k, at_ms: now_ms, spilled });
+                let key = &provider.keys[k];
+                key.lock().quota.take(now_ms, day);
+                let spilled = (0..p).any(|e| !avoid.providers.contains(&e));
+                let live = Arc::clone(&key.live);
+                let counters = Arc::clone(&provider.counters);
+                return Choice::Go(Grant::new((p, k), live, counters, now_ms, spilled));
             }
         }
         match earliest {
             Some(at) => Choice::Wait(at),
-            None if !any_provider => Choice::AllAvoided,
+            None if !any_key && any_avoided => Choice::AllAvoided,
             None if !any_key => Choice::NoKey,
-            // Unreachable in practice: a usable key either goes or has a time.
+            // A usable key either goes or has a time: look again in a moment.
             None => Choice::Wait(now_ms + 1),
         }
     }
 
-    /// Gives back the quota of a call that was never sent.
+    /// When quota comes back at the earliest (monotonic ms), for a call that leaves the line
+    /// without it.
+    fn earliest(&self, now_ms: u64) -> u64 {
+        let day = today();
+        let state = self.lock();
+        let keys = state.providers.iter().flat_map(|p| p.keys.iter());
+        let at = keys.filter_map(|k| {
+            let mut live = k.lock();
+            live.disabled.is_none().then(|| live.next_at(now_ms, day))
+        });
+        at.min().unwrap_or(now_ms)
+    }
+
+    /// Gives back the quota of a call that was never sent; the head of the line looks again.
     pub(crate) fn give_back(&self, grant: Grant) {
-        let mut state = self.lock();
-        if let Some(key) =
-            state.providers.get_mut(grant.provider).and_then(|p| p.keys.get_mut(grant.key))
-        {
-            key.quota.give_back(grant.at_ms);
-            key.calls = key.calls.saturating_sub(1);
-        }
-        drop(state);
-        self.wake.notify_waiters();
-    }
-
-    /// The provider answered 429 with this key: it rests until `until_ms`.
-    pub(crate) fn park(&self, grant: Grant, until_ms: u64) {
-        let mut state = self.lock();
-        if let Some(key) =
-            state.providers.get_mut(grant.provider).and_then(|p| p.keys.get_mut(grant.key))
-        {
-            key.parked_until = key.parked_until.max(until_ms);
-            key.throttled += 1;
+        grant.give_back();
+        if let Some((_, head)) = self.lock().line.first_key_value() {
+            head.notify_one();
         }
     }
 
-    /// The provider refused the key itself (401/403): it is not used again until a reload
-    /// brings a new value (or a restart). Returns its name and fingerprint for the log.
-    pub(crate) fn disable(&self, grant: Grant, status: u16) -> Option<(String, String)> {
-        let mut state = self.lock();
-        let key = state.providers.get_mut(grant.provider)?.keys.get_mut(grant.key)?;
-        if key.env.is_empty() {
-            // A provider without keys: nothing to disable, the answer goes to the caller.
-            return None;
-        }
-        key.disabled = Some(status);
-        Some((key.env.clone(), key.fingerprint.clone()))
-    }
-
-    /// Counts an attempt that failed at a provider, and a call sent on after an earlier one.
+    /// Counts an attempt that failed at a provider.
     pub(crate) fn failed(&self, provider: usize) {
-        if let Some(p) = self.lock().providers.get_mut(provider) {
-            p.failures += 1;
+        if let Some(p) = self.lock().providers.get(provider) {
+            p.counters.failures.fetch_add(1, Relaxed);
         }
     }
 
+    /// Counts a call sent to a provider after an earlier one failed it.
     pub(crate) fn fell_back(&self, provider: usize) {
-        if let Some(p) = self.lock().providers.get_mut(provider) {
-            p.fell_back += 1;
+        if let Some(p) = self.lock().providers.get(provider) {
+            p.counters.fell_back.fetch_add(1, Relaxed);
         }
     }
 
     /// Counts a call Seawall refused itself.
     pub(crate) fn count_refusal(&self, reason: crate::problem::Reason) {
-        let mut state = self.lock();
-        match reason {
-            crate::problem::Reason::EgressQuota => state.counters.refused_quota += 1,
-            crate::problem::Reason::EgressNoKey => state.counters.refused_no_key += 1,
-            _ => {}
-        }
+        let counter = match reason {
+            crate::problem::Reason::EgressQuota => &self.counters.refused_quota,
+            crate::problem::Reason::EgressNoKey => &self.counters.refused_no_key,
+            _ => return,
+        };
+        counter.fetch_add(1, Relaxed);
+    }
+
+    fn count_waited(&self) {
+        self.counters.waited.fetch_add(1, Relaxed);
+    }
+
+    /// Gives every disabled key another chance (the operator fixed them); how many there were.
+    pub fn enable_keys(&self) -> usize {
+        let state = self.lock();
+        let keys = state.providers.iter().flat_map(|p| p.keys.iter());
+        keys.filter(|k| k.lock().disabled.take().is_some()).count()
+    }
+
+    /// The key's variable and fingerprint, for a log line.
+    pub(crate) fn key_names(&self, grant: &Grant) -> Option<(String, String)> {
+        let state = self.lock();
+        let key = state.providers.get(grant.provider)?.keys.get(grant.key)?;
+        (!key.env.is_empty()).then(|| (key.env.clone(), key.fingerprint.clone()))
     }
 
     /// The group's state for `/api/v1/state`.
     pub fn state_json(&self) -> serde_json::Value {
         let now = seawall_core::clock::now_ms();
         let day = today();
-        let mut state = self.lock();
-        let waiting = state.line.len();
-        let counters = state.counters;
+        let state = self.lock();
         let providers: Vec<serde_json::Value> = state
             .providers
-            .iter_mut()
+            .iter()
             .zip(&self.config.providers)
             .map(|(p, config)| {
                 let keys: Vec<serde_json::Value> = p
                     .keys
-                    .iter_mut()
+                    .iter()
                     .map(|k| {
+                        let mut live = k.lock();
                         serde_json::json!({
                             "env": (!k.env.is_empty()).then_some(&k.env),
                             "fingerprint": (!k.env.is_empty()).then_some(&k.fingerprint),
-                            "used": k.quota.used(now),
-                            "used_today": k.quota.used_today(day),
-                            "quota_left": k.quota.left(now, day),
-                            "parked_ms": k.parked_until.saturating_sub(now),
-                            "disabled_by": k.disabled,
-                            "calls": k.calls,
-                            "throttled": k.throttled,
+                            "used": live.quota.used(now),
+                            "used_today": live.quota.used_today(day),
+                            "quota_left": live.quota.left(now, day),
+                            "parked_ms": live.parked_until.saturating_sub(now),
+                            "disabled_by": live.disabled,
+                            "calls": live.calls,
+                            "throttled": live.throttled,
+                            "refused": live.refused,
                         })
                     })
                     .collect();
@@ -291,9 +303,9 @@ impl EgressGroup {
                     "url": config.url,
                     "rate": config.rate.map(|q| format!("{}/{:?}", q.count, Duration::from_nanos(q.period_ns))),
                     "daily_quota": config.daily_quota,
-                    "spilled": p.spilled,
-                    "fell_back": p.fell_back,
-                    "failures": p.failures,
+                    "spilled": p.counters.spilled.load(Relaxed),
+                    "fell_back": p.counters.fell_back.load(Relaxed),
+                    "failures": p.counters.failures.load(Relaxed),
                     "keys": keys,
                 })
             })
@@ -301,10 +313,10 @@ impl EgressGroup {
         serde_json::json!({
             "name": self.config.name,
             "max_wait_ms": self.config.max_wait.as_millis() as u64,
-            "waiting": waiting,
-            "waited": counters.waited,
-            "refused_quota": counters.refused_quota,
-            "refused_no_key": counters.refused_no_key,
+            "waiting": state.line.len() + state.aside,
+            "waited": self.counters.waited.load(Relaxed),
+            "refused_quota": self.counters.refused_quota.load(Relaxed),
+            "refused_no_key": self.counters.refused_no_key.load(Relaxed),
             "providers": providers,
         })
     }
@@ -315,78 +327,80 @@ impl EgressGroup {
         let now = seawall_core::clock::now_ms();
         let day = today();
         let group = crate::metrics::escape(&self.config.name);
-        let mut state = self.lock();
+        let state = self.lock();
         let g = format!("group=\"{group}\"");
-        let _ = writeln!(m.waiting, "seawall_egress_waiting{{{g}}} {}", state.line.len());
-        let _ = writeln!(m.waited, "seawall_egress_waited_total{{{g}}} {}", state.counters.waited);
-        let refused = [
-            ("egress_quota", state.counters.refused_quota),
-            ("egress_no_key", state.counters.refused_no_key),
-        ];
+        let c = &self.counters;
+        let waiting = state.line.len() + state.aside;
+        let _ = writeln!(m.waiting, "seawall_egress_waiting{{{g}}} {waiting}");
+        let _ = writeln!(m.waited, "seawall_egress_waited_total{{{g}}} {}", c.waited.load(Relaxed));
+        let refused = [("egress_quota", &c.refused_quota), ("egress_no_key", &c.refused_no_key)];
         for (reason, n) in refused {
+            let n = n.load(Relaxed);
             let _ =
                 writeln!(m.refused, "seawall_egress_refused_total{{{g},reason=\"{reason}\"}} {n}");
         }
-        for p in &mut state.providers {
+        for p in &state.providers {
             let gp = format!("{g},provider=\"{}\"", crate::metrics::escape(&p.name));
-            let _ = writeln!(m.spilled, "seawall_egress_spilled_total{{{gp}}} {}", p.spilled);
-            let _ = writeln!(m.fell_back, "seawall_egress_fallbacks_total{{{gp}}} {}", p.fell_back);
-            let _ = writeln!(m.failures, "seawall_egress_failures_total{{{gp}}} {}", p.failures);
-            for k in &mut p.keys {
-                let gpk = if k.env.is_empty() {
-                    format!("{gp},key=\"\"")
-                } else {
-                    format!(
-                        "{gp},key=\"{}\",key_env=\"{}\"",
-                        k.fingerprint,
-                        crate::metrics::escape(&k.env)
-                    )
-                };
-                let _ = writeln!(m.calls, "seawall_egress_calls_total{{{gpk}}} {}", k.calls);
+            let pc = &p.counters;
+            let _ = writeln!(
+                m.spilled,
+                "seawall_egress_spilled_total{{{gp}}} {}",
+                pc.spilled.load(Relaxed)
+            );
+            let _ = writeln!(
+                m.fell_back,
+                "seawall_egress_fallbacks_total{{{gp}}} {}",
+                pc.fell_back.load(Relaxed)
+            );
+            let _ = writeln!(
+                m.failures,
+                "seawall_egress_failures_total{{{gp}}} {}",
+                pc.failures.load(Relaxed)
+            );
+            for k in &p.keys {
+                let gpk = format!(
+                    "{gp},key=\"{}\",key_env=\"{}\"",
+                    k.fingerprint,
+                    crate::metrics::escape(&k.env)
+                );
+                let mut live = k.lock();
+                let _ = writeln!(m.calls, "seawall_egress_calls_total{{{gpk}}} {}", live.calls);
                 let _ = writeln!(
                     m.throttled,
                     "seawall_egress_throttled_total{{{gpk}}} {}",
-                    k.throttled
+                    live.throttled
                 );
-                if let Some(left) = k.quota.left(now, day) {
+                let _ = writeln!(
+                    m.refused_keys,
+                    "seawall_egress_key_refused_total{{{gpk}}} {}",
+                    live.refused
+                );
+                if let Some(left) = live.quota.left(now, day) {
                     let _ = writeln!(m.quota_left, "seawall_egress_quota_left{{{gpk}}} {left}");
                 }
-                let parked = u8::from(k.parked_until > now);
+                let parked = u8::from(live.parked_until > now);
                 let _ = writeln!(m.parked, "seawall_egress_key_parked{{{gpk}}} {parked}");
-                let disabled = u8::from(k.disabled.is_some());
+                let disabled = u8::from(live.disabled.is_some());
                 let _ = writeln!(m.disabled, "seawall_egress_key_disabled{{{gpk}}} {disabled}");
             }
         }
     }
 }
 
-impl ProviderState {
-    /// Keeps the history of the keys that remain (same variable, same value).
-    fn carry_over(&mut self, old: &ProviderState) {
-        (self.spilled, self.fell_back, self.failures) = (old.spilled, old.fell_back, old.failures);
-        for key in &mut self.keys {
-            let same =
-                old.keys.iter().find(|o| o.env == key.env && o.fingerprint == key.fingerprint);
-            if let Some(o) = same {
-                key.quota.carry_over(&o.quota);
-                key.parked_until = o.parked_until;
-                key.disabled = o.disabled;
-                (key.calls, key.throttled) = (o.calls, o.throttled);
-            }
-        }
-    }
-}
-
-impl KeyState {
-    fn new(key: Option<&ApiKey>, provider: &seawall_config::Provider) -> KeyState {
-        KeyState {
-            env: key.map(|k| k.env.clone()).unwrap_or_default(),
-            fingerprint: key.map(|k| fingerprint(&k.value)).unwrap_or_default(),
-            quota: CallQuota::new(provider.rate.map(with_margin), provider.daily_quota),
-            parked_until: 0,
-            disabled: None,
-            calls: 0,
-            throttled: 0,
+/// Marks the fields of a provider's answer that never reach the caller: those that would pass for
+/// Seawall's own (`x-seawall-*`), and any that holds one of the group's keys (a redirect's
+/// `Location` echoing the query, say).
+pub(crate) fn scrub_answer(fields: &mut [crate::fields::Field], buf: &[u8], group: &Egress) {
+    let keys = group.providers.iter().flat_map(|p| p.keys.iter().map(|k| k.value.as_bytes()));
+    let keys: Vec<&[u8]> = keys.collect();
+    for field in fields.iter_mut() {
+        let name = crate::fields::slice(buf, field.name);
+        let value = crate::fields::slice(buf, field.value);
+        let own = name.len() >= 10 && name[..10].eq_ignore_ascii_case(b"x-seawall-");
+        let holds_key =
+            keys.iter().any(|k| !k.is_empty() && value.windows(k.len()).any(|w| w == *k));
+        if own || holds_key {
+            field.named = true;
         }
     }
 }
@@ -425,6 +439,7 @@ struct MetricLines {
     failures: String,
     calls: String,
     throttled: String,
+    refused_keys: String,
     quota_left: String,
     parked: String,
     disabled: String,
@@ -441,51 +456,17 @@ pub fn metrics(out: &mut String, groups: &[Arc<EgressGroup>]) {
     }
     let families = [
         ("egress_waiting", "gauge", "Calls waiting for quota now.", &m.waiting),
-        ("egress_waited_total", "counter", "Calls that waited for quota.", &m.waited),
-        (
-            "egress_refused_total",
-            "counter",
-            "Calls Seawall refused (429 egress_quota, 503 egress_no_key).",
-            &m.refused,
-        ),
-        (
-            "egress_spilled_total",
-            "counter",
-            "Calls sent to this provider because an earlier one had no quota left.",
-            &m.spilled,
-        ),
-        (
-            "egress_fallbacks_total",
-            "counter",
-            "Calls sent to this provider after an earlier one failed.",
-            &m.fell_back,
-        ),
-        (
-            "egress_failures_total",
-            "counter",
-            "Attempts that failed at this provider (no connection, TLS, 5xx, timeout).",
-            &m.failures,
-        ),
+        ("egress_waited_total", "counter", "Calls that waited for quota (granted or not).", &m.waited),
+        ("egress_refused_total", "counter", "Calls Seawall refused (429 egress_quota, 503 egress_no_key).", &m.refused),
+        ("egress_spilled_total", "counter", "Calls sent to this provider because earlier ones had no quota left.", &m.spilled),
+        ("egress_fallbacks_total", "counter", "Calls sent to this provider after an earlier one failed them.", &m.fell_back),
+        ("egress_failures_total", "counter", "Attempts that failed at this provider: breaker open, gate full, no connection, TLS, timeout, 5xx.", &m.failures),
         ("egress_calls_total", "counter", "Calls sent with this key.", &m.calls),
-        (
-            "egress_throttled_total",
-            "counter",
-            "Answers 429 to this key (the key was parked).",
-            &m.throttled,
-        ),
-        (
-            "egress_quota_left",
-            "gauge",
-            "Calls this key may still make in the current period (and today).",
-            &m.quota_left,
-        ),
+        ("egress_throttled_total", "counter", "Answers 429 to this key (the key rested).", &m.throttled),
+        ("egress_key_refused_total", "counter", "Answers 401/403 to this key.", &m.refused_keys),
+        ("egress_quota_left", "gauge", "Calls this key may still make in the current period (and today).", &m.quota_left),
         ("egress_key_parked", "gauge", "1 while the key rests after a 429.", &m.parked),
-        (
-            "egress_key_disabled",
-            "gauge",
-            "1 once the provider refused the key (401/403).",
-            &m.disabled,
-        ),
+        ("egress_key_disabled", "gauge", "1 once the provider refused the key (401/403) and accepted another for the same request.", &m.disabled),
     ];
     for (name, kind, help, lines) in families {
         let _ = writeln!(out, "# HELP seawall_{name} {help}\n# TYPE seawall_{name} {kind}");
@@ -493,116 +474,7 @@ pub fn metrics(out: &mut String, groups: &[Arc<EgressGroup>]) {
     }
 }
 
-/// Waits in `group`'s line (by `priority`) for quota until `deadline`; the chosen grant, or why
-/// there is none. Leaving the line (a grant, a timeout, a client that left: the future is
-/// dropped) wakes the others.
-pub(crate) async fn acquire(
-    group: &EgressGroup,
-    priority: Priority,
-    deadline: tokio::time::Instant,
-    avoid: &[usize],
-) -> Acquired {
-    let mut place: Option<Place<'_>> = None;
-    let mut waited = false;
-    loop {
-        let notified = group.wake.notified();
-        let mut notified = std::pin::pin!(notified);
-        notified.as_mut().enable();
-        let now = tokio::time::Instant::now();
-        let now_ms = seawall_core::clock::ms_at(now.into_std());
-        let next = {
-            let mut state = group.lock();
-            let first = state.line.first().copied();
-            let mine = place.as_ref().map(|p| p.key);
-            let ahead = match (first, mine) {
-                (None, _) => true,
-                (Some(first), Some(mine)) => first == mine,
-                // A newcomer goes first only when it outranks everyone in line.
-                (Some(first), None) => priority < first.0,
-            };
-            let next = if ahead {
-                match EgressGroup::choose(&mut state, now_ms, today(), avoid) {
-                    Choice::Go(grant) => {
-                        drop(state);
-                        drop(place);
-                        if waited {
-                            group.lock().counters.waited += 1;
-                        }
-                        return Acquired::Grant(grant);
-                    }
-                    Choice::Wait(at) => Some(at),
-                    Choice::NoKey => {
-                        drop(state);
-                        return Acquired::NoKey;
-                    }
-                    Choice::AllAvoided => {
-                        drop(state);
-                        return Acquired::AllAvoided;
-                    }
-                }
-            } else {
-                None
-            };
-            if place.is_none() {
-                state.arrivals += 1;
-                let key = (priority, state.arrivals);
-                state.line.insert(key);
-                place = Some(Place { group, key });
-            }
-            next
-        };
-        let next_instant = next.map(|at| now + Duration::from_millis(at.saturating_sub(now_ms)));
-        if next_instant.is_some_and(|at| at > deadline) || now >= deadline {
-            let until = next_instant.unwrap_or_else(|| earliest(group, now, now_ms));
-            return Acquired::Quota { retry_after: until.saturating_duration_since(now) };
-        }
-        waited = true;
-        let wake_at = next_instant.map_or(deadline, |at| at.min(deadline));
-        tokio::select! {
-            () = notified => {}
-            () = tokio::time::sleep_until(wake_at) => {}
-        }
-    }
-}
-
-/// When quota comes back at the earliest, for a call that leaves the line without it.
-fn earliest(group: &EgressGroup, now: tokio::time::Instant, now_ms: u64) -> tokio::time::Instant {
-    let day = today();
-    let mut state = group.lock();
-    let at = state
-        .providers
-        .iter_mut()
-        .flat_map(|p| p.keys.iter_mut())
-        .filter(|k| k.disabled.is_none())
-        .map(|k| k.quota.next_at(now_ms, day).max(k.parked_until))
-        .min()
-        .unwrap_or(now_ms);
-    now + Duration::from_millis(at.saturating_sub(now_ms))
-}
-
-/// What waiting for quota came to.
-pub(crate) enum Acquired {
-    Grant(Grant),
-    /// None before the deadline; quota comes back after this long.
-    Quota {
-        retry_after: Duration,
-    },
-    NoKey,
-    AllAvoided,
-}
-
-/// A call's place in its group's line; leaving it wakes the others.
-struct Place<'a> {
-    group: &'a EgressGroup,
-    key: (Priority, u64),
-}
-
-impl Drop for Place<'_> {
-    fn drop(&mut self) {
-        self.group.lock().line.remove(&self.key);
-        self.group.wake.notify_waiters();
-    }
-}
+pub(crate) use line::{acquire, Acquired};
 
 #[cfg(test)]
 mod tests {

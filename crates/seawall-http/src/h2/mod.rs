@@ -70,8 +70,8 @@ pub struct Guards {
     _active: ActiveGuard,
 }
 
-/// Handles one request from an HTTP/2 connection.
-/// The connection a stream came on: its peer, over TLS or not, to the egress listener or not.
+/// The connection a stream came on: its peer, over TLS or not, to the egress listener or not
+/// (what [`handle`] needs besides the request).
 #[derive(Debug, Clone, Copy)]
 pub struct Hop {
     pub peer: SocketAddr,
@@ -79,6 +79,7 @@ pub struct Hop {
     pub egress: bool,
 }
 
+/// Handles one request from an HTTP/2 connection.
 pub async fn handle(
     worker: Rc<Worker>,
     active: Arc<Active>,
@@ -193,7 +194,8 @@ pub async fn handle(
     let server = &snapshot.config.server;
     // A body that may be sent again (a retry, a fallback) is kept up to the retry's cap.
     let retry = &group.config.retry;
-    let again = retry.attempts > 1 || !group.config.fallback.is_empty();
+    let egress = matches!(route.action, seawall_config::RouteAction::Egress { .. });
+    let again = retry.attempts > 1 || !group.config.fallback.is_empty() || egress;
     let replay_cap = if again { retry.max_body } else { 0 };
     let mut down =
         StreamBody::new(body, body_limit(&snapshot, route), server.body_timeout, replay_cap);

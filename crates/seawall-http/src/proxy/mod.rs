@@ -43,7 +43,7 @@ pub use body::{BodyFault, BodyTap, UpstreamResponse};
 pub use refresh::Refresh;
 use resilience::deadline_passed;
 pub use resilience::forward;
-pub(crate) use resilience::forward_group;
+pub(crate) use resilience::{forward_group, unless_client_leaves};
 pub use stored::StoredBody;
 
 use crate::access_log::Timing;
@@ -220,6 +220,13 @@ pub enum Forwarded {
     Cached(crate::cache::Served),
 }
 
+/// Whether `f` is an egress call (its route's action).
+fn is_egress(f: &Forward<'_>) -> bool {
+    f.route.is_some_and(|r| {
+        matches!(f.snapshot.config.routes[r].action, seawall_config::RouteAction::Egress { .. })
+    })
+}
+
 /// One try on one connection.
 enum Attempt {
     Answered(Box<UpstreamResponse>),
@@ -298,7 +305,8 @@ pub(super) async fn forward_to_server<D: Downstream>(
         if f.host_is_server {
             crate::headers::push_field(f.head, b"host", server.authority.as_bytes());
         }
-        if let Some(deadline) = f.deadline {
+        // A third party is not told Seawall's deadline (an egress call's head never has one).
+        if let Some(deadline) = f.deadline.filter(|_| !is_egress(f)) {
             let left = deadline.saturating_duration_since(Instant::now()).as_millis();
             let name = f.snapshot.config.server.deadline_header.as_bytes();
             crate::headers::push_field(f.head, name, left.to_string().as_bytes());
@@ -471,6 +479,12 @@ async fn attempt<D: Downstream>(
                 Ok(Parsed::Head(head)) => {
                     if let Some(actions) = route.and_then(|r| r.response_headers.as_ref()) {
                         crate::edge::drop_fields(&mut conn.fields, &conn.buf, actions);
+                    }
+                    if let Some(seawall_config::RouteAction::Egress { group }) =
+                        route.map(|r| &r.action)
+                    {
+                        let egress = &f.snapshot.config.egress[*group];
+                        crate::egress::scrub_answer(&mut conn.fields, &conn.buf, egress);
                     }
                     let server = &f.snapshot.config.server;
                     if server.request_id {

@@ -58,7 +58,8 @@ pub async fn forward<D: Downstream>(
         _ => None,
     });
     let mut forwarded = match egress {
-        Some(group) => crate::egress::call(&mut f, group, down, timer).await,
+        // Boxed: an egress call's state would otherwise grow every request's future.
+        Some(group) => Box::pin(crate::egress::call(&mut f, group, down, timer)).await,
         None => forward_group(&mut f, down, timer).await,
     };
     let fallbacks = if egress.is_some() { &[][..] } else { fallbacks };
@@ -315,12 +316,10 @@ fn retryable(
             let asked = match response.view().first("retry-after") {
                 None => None,
                 // Seconds; anything else (an HTTP date) counts as longer than allowed.
-                Some(value) => {
-                    match std::str::from_utf8(value).ok().and_then(|v| v.trim().parse().ok()) {
-                        Some(seconds) => Some(Duration::from_secs(seconds)),
-                        None => return None,
-                    }
-                }
+                Some(value) => match crate::headers::delta_seconds(value) {
+                    Some(seconds) => Some(Duration::from_secs(seconds)),
+                    None => return None,
+                },
             };
             // Asked to wait longer than allowed: the answer goes to the client as it is.
             if asked.is_some_and(|a| a > retry.max_retry_after) {
@@ -386,6 +385,31 @@ async fn through_breaker<D: Downstream>(
     forwarded
 }
 
+/// Runs `wait` unless the client leaves first (`None`): a reset always counts, a half-close only
+/// for an idempotent request (another may still read its answer).
+pub(crate) async fn unless_client_leaves<F, D>(
+    wait: F,
+    down: &mut D,
+    idempotent: bool,
+) -> Option<F::Output>
+where
+    F: Future,
+    D: Downstream,
+{
+    let mut wait = std::pin::pin!(wait);
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(out) = wait.as_mut().poll(cx) {
+            return Poll::Ready(Some(out));
+        }
+        match down.poll_gone(cx) {
+            Poll::Ready(Gone::Reset) => Poll::Ready(None),
+            Poll::Ready(Gone::Closed) if idempotent => Poll::Ready(None),
+            _ => Poll::Pending,
+        }
+    })
+    .await
+}
+
 /// Waits for a slot of the group's gate; a request whose client leaves meanwhile gives its place
 /// up. A request shed by the gate is counted for its route and told when to come back.
 async fn wait_for_slot<D: Downstream>(
@@ -394,19 +418,8 @@ async fn wait_for_slot<D: Downstream>(
     down: &mut D,
 ) -> Result<Slot, Forwarded> {
     // Boxed: the wait is rare, and its state would otherwise grow every request's future.
-    let mut acquire = Box::pin(gate.acquire(f.priority, f.deadline));
-    let idempotent = f.idempotent;
-    let waited = std::future::poll_fn(|cx| {
-        if let Poll::Ready(r) = acquire.as_mut().poll(cx) {
-            return Poll::Ready(Some(r));
-        }
-        match down.poll_gone(cx) {
-            Poll::Ready(Gone::Reset) => Poll::Ready(None),
-            Poll::Ready(Gone::Closed) if idempotent => Poll::Ready(None),
-            _ => Poll::Pending,
-        }
-    })
-    .await;
+    let acquire = Box::pin(gate.acquire(f.priority, f.deadline));
+    let waited = unless_client_leaves(acquire, down, f.idempotent).await;
     match waited {
         Some(Ok(slot)) => Ok(slot),
         Some(Err(refusal)) if refusal.reason == Reason::Overloaded => {

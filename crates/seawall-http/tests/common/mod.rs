@@ -336,6 +336,12 @@ pub async fn admin(gw: &Gateway, path: &str) -> Answer {
     get(gw.admin_addr(), path).await
 }
 
+/// `POST` to the admin API, without a body (the tests' gateways have no admin token).
+pub async fn admin_post(gw: &Gateway, path: &str) -> Answer {
+    let req = request(path).method("POST").body(Full::new(Bytes::new())).unwrap();
+    send(gw.admin_addr(), req).await
+}
+
 /// Polls `check` every 10 ms until it holds, failing after `within`.
 pub async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
 where

@@ -169,6 +169,11 @@ impl Provider {
         self.rules.lock().unwrap().refused.insert(key.to_string());
     }
 
+    /// Accepts `key` again.
+    pub fn unrefuse(&self, key: &str) {
+        self.rules.lock().unwrap().refused.remove(key);
+    }
+
     /// Answers 429 to `key` from now on, whatever its use.
     pub fn throttle(&self, key: &str) {
         self.rules.lock().unwrap().throttled.insert(key.to_string());
