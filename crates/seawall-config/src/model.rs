@@ -159,8 +159,12 @@ pub enum QueueBackend {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Topic {
     pub name: String,
-    /// The upstream group jobs are delivered to (index into [`Config::upstreams`]).
+    /// The upstream group jobs are delivered to (index into [`Config::upstreams`]); for a topic
+    /// of an egress route, its group's first provider.
     pub deliver_to: usize,
+    /// Jobs of an egress route's `on_failure = "queue"` are delivered through that route (its
+    /// group's quota, keys and providers): its name.
+    pub via_route: Option<String>,
     /// The topic's own bounds (within the queue's).
     pub max_jobs: u64,
     pub max_bytes: u64,

@@ -191,11 +191,18 @@ fn an_egress_route_takes_no_other_action_and_no_rewrite() {
     };
     one_error(&route("upstream = \"u\""), "t.toml:", "set egress or upstream, not both");
     one_error(&route("strip_prefix = true"), "t.toml:", "it takes no rewrite");
+    one_error(&route("preserve_host = true"), "t.toml:", "preserve_host does not apply");
     one_error(
-        &route("on_failure = \"queue\""),
+        &route("on_failure = \"queue\"\nqueue = { deliver_to = \"u\" }"),
         "t.toml:",
-        "on_failure does not apply to egress routes",
+        "go through its own group; leave deliver_to out",
     );
+    // A write over quota (or with no key) is queued, and delivered through the route's group.
+    let c = parsed(&route("name = \"m\"\non_failure = \"queue\""));
+    let topic = &c.queue.as_ref().unwrap().topics[0];
+    assert_eq!((topic.name.as_str(), topic.via_route.as_deref()), ("m", Some("m")));
+    assert_eq!(c.upstreams[topic.deliver_to].name, "egress/m/p");
+    assert_eq!(c.routes[0].queue_on_failure, Some(0));
     let unknown = format!("{group}[[routes]]\negress = \"nope\"\n");
     one_error(
         &unknown,

@@ -425,3 +425,42 @@ async fn egress_routes_are_served_only_on_the_egress_listener() {
     assert!(primary.calls().is_empty() && backup.calls().is_empty());
     gw.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_over_quota_is_queued_and_delivered_within_the_quota() {
+    keys_in_env();
+    let ca = TestCa::new("egress-queue");
+    let leaf = ca.leaf("provider", &["localhost"]);
+    let sms = Provider::start("sms", &leaf, 1, Duration::from_secs(2)).await;
+    let body = format!(
+        "[queue]\n{}\
+         [egress.sms]\nmax_wait = \"100ms\"\nproviders = [{{ name = \"p\", url = \"{}\", rate = \"1/2s\", keys_env = [\"SEAWALL_TEST_GEO_KEY\"], key_header = \"x-api-key\", ca_file = {:?} }}]\n\
+         [[routes]]\nname = \"sms\"\npath_prefix = \"/sms/\"\negress = \"sms\"\non_failure = \"queue\"\n",
+        data_dir_line(),
+        sms.url("/v2"),
+        ca.ca_file()
+    );
+    let gw = start(config_with_server("egress_listen = \"127.0.0.1:0\"", &body)).await;
+    let at = gw.egress_addr().unwrap();
+    let post =
+        |engine: Engine| engine.request("POST", "/sms/send").body(full("{\"to\":\"+1\"}")).unwrap();
+    let first = ask(Engine::Http1, at, post(Engine::Http1)).await;
+    assert_eq!(first.status, StatusCode::OK, "{}", first.body);
+    // Over quota for longer than max_wait: stored and answered 202, on both engines...
+    let mut jobs = Vec::new();
+    for engine in ENGINES {
+        jobs.push(job_id(&ask(engine, at, post(engine)).await));
+    }
+    // ...while a read over quota is refused, not queued.
+    let read = get(at, "/sms/status").await;
+    assert_eq!(read.status, StatusCode::TOO_MANY_REQUESTS, "{}", read.body);
+    // Delivered through the group, one call per 2 s: the provider never had to refuse one.
+    for id in &jobs {
+        until_status_within(&gw, id, "delivered", Duration::from_secs(15)).await;
+    }
+    let calls = sms.calls();
+    assert_eq!(calls.iter().filter(|c| c.target == "/v2/send").count(), 3, "{calls:?}");
+    assert!(calls.iter().all(|c| c.key == key(2)), "{calls:?}");
+    assert_eq!(sms.throttled(), 0);
+    gw.shutdown().await;
+}

@@ -43,6 +43,7 @@ fn main() {
         topics: vec![Topic {
             name: "bench".into(),
             deliver_to: 0,
+            via_route: None,
             max_jobs: u64::MAX,
             max_bytes: u64::MAX,
             concurrency: 1,

@@ -371,11 +371,11 @@ pub(super) fn route_action(
     let others = [
         ("upstream", r.upstream.as_ref().map(|v| v.span())),
         ("redirect", r.redirect.as_ref().map(|v| v.span())),
-        ("queue", r.queue.as_ref().map(|v| v.span())),
+        // `queue = { topic }` names the topic of `on_failure = "queue"`.
+        ("queue", r.queue.as_ref().filter(|_| r.on_failure.is_none()).map(|v| v.span())),
         ("read_upstream", r.read_upstream.as_ref().map(|v| v.span())),
         ("strip_prefix", r.strip_prefix.as_ref().map(|v| v.span())),
         ("prefix_rewrite", r.prefix_rewrite.as_ref().map(|v| v.span())),
-        ("on_failure", r.on_failure.as_ref().map(|v| v.span())),
         ("preserve_host", r.preserve_host.and(r.egress.as_ref()).map(|v| v.span())),
     ];
     for (field, span) in others {
@@ -383,9 +383,6 @@ pub(super) fn route_action(
             let message = match field {
                 "strip_prefix" | "prefix_rewrite" => "an egress route's path after its \
                     path_prefix is appended to the provider's URL: it takes no rewrite"
-                    .to_string(),
-                "on_failure" => "on_failure does not apply to egress routes (a call over quota \
-                    waits up to max_wait, then gets 429 egress_quota)"
                     .to_string(),
                 "preserve_host" => "an egress call's Host is its provider's: preserve_host does \
                     not apply"

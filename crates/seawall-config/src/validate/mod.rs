@@ -226,7 +226,7 @@ pub fn validate(raw: RawConfig, source: &str, file: &str) -> Result<Config, Conf
         .iter()
         .map(|(name, limit)| protections::rate_limit(&mut cx, name, limit))
         .collect();
-    let queue = queue::queue(&mut cx, &raw, &upstream_names, &rate_limits);
+    let queue = queue::queue(&mut cx, &raw, &upstream_names, &rate_limits, &egress);
     let topics: Vec<String> =
         queue.iter().flat_map(|q| q.topics.iter().map(|t| t.name.clone())).collect();
     let names = Names {

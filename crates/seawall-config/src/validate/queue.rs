@@ -8,7 +8,7 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::{defaults, is_protocol_field, protections, upstream_index, valid_header_name, Ctx};
-use crate::model::{Queue, QueueBackend, Topic};
+use crate::model::{Egress, Queue, QueueBackend, Topic};
 use crate::raw::{RawConfig, RawQueue, RawRoute, RawTopic, Text};
 use crate::recover::key_span;
 
@@ -32,6 +32,8 @@ struct Named<'a> {
     /// Where the topic was first named, and its key.
     span: std::ops::Range<usize>,
     named_at: String,
+    /// An egress route's `on_failure = "queue"`: the route's name and its group's index.
+    egress: Option<(String, usize)>,
 }
 
 /// What a route says about queueing.
@@ -61,7 +63,8 @@ pub(super) fn route_queue<'a>(cx: &mut Ctx<'_>, i: usize, r: &'a RawRoute) -> Ro
     let topic_of = |q: &Spanned<crate::raw::RawRouteQueue>| {
         q.get_ref().topic.as_ref().map(|t| t.get_ref().clone())
     };
-    match (&r.queue, r.upstream.is_some(), on_failure) {
+    let has_destination = r.upstream.is_some() || r.egress.is_some();
+    match (&r.queue, has_destination, on_failure) {
         (None, _, false) => RouteQueue::None,
         (Some(q), false, false) => {
             let Some(topic) = topic_of(q) else {
@@ -92,6 +95,13 @@ pub(super) fn route_queue<'a>(cx: &mut Ctx<'_>, i: usize, r: &'a RawRoute) -> Ro
                     cx.error(to.span(), &key("queue.deliver_to"), message);
                 }
             }
+            if let (Some(q), Some(_)) = (q, &r.egress) {
+                if q.get_ref().deliver_to.is_some() {
+                    let message = "an egress route's jobs go through its own group; leave \
+                                   deliver_to out";
+                    cx.error(q.span(), &key("queue.deliver_to"), message);
+                }
+            }
             let topic = q.as_ref().and_then(topic_of).unwrap_or(route_name);
             RouteQueue::OnFailure { topic }
         }
@@ -100,7 +110,7 @@ pub(super) fn route_queue<'a>(cx: &mut Ctx<'_>, i: usize, r: &'a RawRoute) -> Ro
             cx.error(
                 span,
                 &key("on_failure"),
-                "on_failure = \"queue\" applies to routes with an upstream",
+                "on_failure = \"queue\" applies to routes with an upstream or an egress group",
             );
             RouteQueue::None
         }
@@ -113,6 +123,7 @@ pub(super) fn queue(
     raw: &RawConfig,
     upstreams: &[String],
     rate_limits: &[crate::model::RateLimit],
+    egress: &[Egress],
 ) -> Option<Queue> {
     let mut named: Vec<Named<'_>> = Vec::new();
     let table = raw.queue.as_ref();
@@ -134,6 +145,7 @@ pub(super) fn queue(
             deliver_to,
             span: key_span(cx.source, &["queue", "topics", name]).unwrap_or(0..0),
             named_at,
+            egress: None,
         });
     }
     for (i, r) in raw.routes.iter().enumerate() {
@@ -141,6 +153,13 @@ pub(super) fn queue(
         // Errors are reported when the route itself is validated.
         let mut quiet =
             Ctx { file: cx.file, source: cx.source, errors: Vec::new(), warnings: Vec::new() };
+        let route_name =
+            r.name.as_ref().map_or_else(|| format!("route{i}"), |n| n.get_ref().clone());
+        // An egress route's group (an unknown one is the route's own error).
+        let via = r.egress.as_ref().and_then(|g| {
+            let group = egress.iter().position(|e| e.name == *g.get_ref())?;
+            Some((route_name, group))
+        });
         let (topic, deliver_to) = match route_queue(&mut quiet, i, r) {
             RouteQueue::None => continue,
             RouteQueue::Action { topic, raw } => {
@@ -152,6 +171,7 @@ pub(super) fn queue(
                 (topic, to.map(|d| (d, format!("routes[{i}].upstream"))))
             }
         };
+        let via = via.filter(|_| r.on_failure.is_some());
         if !valid_topic(&topic) {
             let span = r.queue.as_ref().map_or(0..0, |q| q.span());
             cx.error(
@@ -169,7 +189,17 @@ pub(super) fn queue(
                     .as_ref()
                     .map_or_else(|| r.on_failure.as_ref().map_or(0..0, |v| v.span()), |q| q.span());
                 let named_at = format!("routes[{i}].queue");
-                named.push(Named { name: topic, table: None, deliver_to, span, named_at });
+                let egress = via;
+                named.push(Named { name: topic, table: None, deliver_to, span, named_at, egress });
+            }
+            Some(known) if via.is_some() || known.egress.is_some() => {
+                let span = r.on_failure.as_ref().map_or(0..0, |v| v.span());
+                let message = format!(
+                    "topic {:?} is named twice: an egress route's on_failure topic is its own \
+                     (name another with queue = {{ topic = \"...\" }})",
+                    known.name
+                );
+                cx.error(span, &format!("routes[{i}].on_failure"), message);
             }
             Some(known) => match (&known.deliver_to, deliver_to) {
                 (None, d) => known.deliver_to = d,
@@ -264,7 +294,7 @@ pub(super) fn queue(
     named.sort_by(|a, b| a.name.cmp(&b.name));
     let mut topics = Vec::new();
     for n in &named {
-        if let Some(t) = topic(cx, n, upstreams, (max_jobs, max_bytes, max_body)) {
+        if let Some(t) = topic(cx, n, (upstreams, egress), (max_jobs, max_bytes, max_body)) {
             topics.push(t);
         }
     }
@@ -364,15 +394,22 @@ fn backend(cx: &mut Ctx<'_>, q: &RawQueue) -> QueueBackend {
 fn topic(
     cx: &mut Ctx<'_>,
     n: &Named<'_>,
-    upstreams: &[String],
+    (upstreams, egress): (&[String], &[Egress]),
     (jobs, bytes, max_body): (u64, u64, u64),
 ) -> Option<Topic> {
     let key = |k: &str| format!("queue.topics.{}.{k}", n.name);
     let default = RawTopic::default();
     let t = n.table.unwrap_or(&default);
-    let deliver_to = match &n.deliver_to {
-        Some((text, key)) => upstream_index(cx, text, key, upstreams)?,
-        None => {
+    let deliver_to = match (&n.deliver_to, &n.egress) {
+        (Some((text, _)), Some(_)) => {
+            let message = "an egress route's jobs go through its own group; leave deliver_to out";
+            cx.error(text.span(), &key("deliver_to"), message);
+            return None;
+        }
+        // A group without providers has errors of its own.
+        (None, Some((_, group))) => egress[*group].providers.first()?.upstream,
+        (Some((text, key)), None) => upstream_index(cx, text, key, upstreams)?,
+        (None, None) => {
             let message =
                 format!("topic {:?} needs deliver_to: the upstream its jobs go to", n.name);
             cx.error(n.span.clone(), &format!("{}.deliver_to", n.named_at), message);
@@ -411,6 +448,7 @@ fn topic(
     Some(Topic {
         name: n.name.clone(),
         deliver_to,
+        via_route: n.egress.as_ref().map(|(route, _)| route.clone()),
         max_jobs,
         max_bytes,
         concurrency,

@@ -8,7 +8,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use http::Method;
-use seawall_config::Topic;
+use seawall_config::{RouteAction, Topic};
 use seawall_core::priority::Priority;
 use seawall_queue::delivery::{Attempt, Courier};
 use seawall_queue::{JobId, Request};
@@ -36,10 +36,18 @@ impl Courier for WorkerCourier {
         let snapshot = worker.snapshot();
         // The destination as the configuration in force names it.
         let queue = snapshot.config.queue.as_ref();
-        let Some(upstream) = queue.and_then(|q| q.topic(&topic.name)).and_then(|i| {
-            let deliver_to = queue?.topics[i].deliver_to;
-            (deliver_to < snapshot.upstreams.len()).then_some(deliver_to)
-        }) else {
+        let configured = queue.and_then(|q| Some(&q.topics[q.topic(&topic.name)?]));
+        // An egress route's jobs go through that route (its group's quota, keys, providers).
+        let via = configured.and_then(|t| t.via_route.as_deref()).map(|name| {
+            let routes = &snapshot.config.routes;
+            routes
+                .iter()
+                .position(|r| r.name == name && matches!(r.action, RouteAction::Egress { .. }))
+        });
+        let Some(upstream) = configured
+            .map(|t| t.deliver_to)
+            .filter(|&u| u < snapshot.upstreams.len() && via != Some(None))
+        else {
             let error = format!("topic {:?} has no destination in the configuration", topic.name);
             return Attempt::NotSent { error, wait: Duration::from_secs(1) };
         };
@@ -111,7 +119,7 @@ impl Courier for WorkerCourier {
                 start,
                 deadline: group.config.total_timeout.map(|t| start + t),
                 priority: Priority::P2,
-                route: None,
+                route: via.flatten(),
                 client_deadline: None,
                 head_len: 0,
                 degrade: None,
@@ -158,6 +166,8 @@ fn held_back(reason: Reason) -> bool {
             | Reason::UpstreamUnavailable
             | Reason::BulkheadFull
             | Reason::Overloaded
+            | Reason::EgressQuota
+            | Reason::EgressNoKey
     )
 }
 

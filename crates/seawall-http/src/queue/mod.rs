@@ -119,6 +119,9 @@ pub fn takes_over(
             | Reason::UpstreamTlsFailed
             | Reason::BulkheadFull
             | Reason::Overloaded
+            // An egress call that found no quota within max_wait, or no key.
+            | Reason::EgressQuota
+            | Reason::EgressNoKey
     );
     permit.queue_on_failure.filter(|_| unreachable)
 }
