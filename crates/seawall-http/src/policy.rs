@@ -393,7 +393,7 @@ fn jobs_endpoint(
     if *request.method != Method::GET && *request.method != Method::HEAD {
         return None;
     }
-    let id = crate::queue::jobs_target(queue, request.path)?;
+    let id = jobs_target(queue, request.path)?;
     let mut fields = match queue.jobs_rate_limit {
         None => Vec::new(),
         Some(limit) => {
@@ -580,4 +580,12 @@ impl Drop for Account {
             self.record(Served::refused(Reason::ClientClosed, None), self.start.elapsed());
         }
     }
+}
+
+/// The job a `GET {jobs_path}ID` asks for: only a well-formed id (32 hex digits) is the jobs
+/// endpoint's; any other path goes to the routes, so an application's own `/jobs/42` still
+/// reaches it.
+fn jobs_target(config: &seawall_config::Queue, path: &[u8]) -> Option<seawall_queue::JobId> {
+    let rest = path.strip_prefix(config.jobs_path.as_bytes())?;
+    seawall_queue::JobId::parse(std::str::from_utf8(rest).ok()?)
 }

@@ -25,16 +25,9 @@ const KEYS: [(&str, &str); 5] = [
     ("SEAWALL_TEST_SOLO_KEY_2", "sk2-f5e4d3c2b1a0"),
 ];
 
-static ENV: std::sync::Once = std::sync::Once::new();
-
-/// Every test calls this first: the variables are set once, before any test reads the
-/// environment (a gateway's configuration, a name lookup).
+/// Every test calls this first (see [`common::keys_in_env`]).
 fn keys_in_env() {
-    ENV.call_once(|| {
-        for (name, value) in KEYS {
-            std::env::set_var(name, value);
-        }
-    });
+    common::keys_in_env(&KEYS);
 }
 
 fn key(i: usize) -> &'static str {

@@ -32,16 +32,9 @@ const KEYS: [(&str, &str); 2] = [
     ("SEAWALL_ATTACK_KEY_B", "atk-b-93c4d8e2f6a1"),
 ];
 
-static ENV: std::sync::Once = std::sync::Once::new();
-
-/// Every test calls this first: the variables are set once, before any test reads the
-/// environment.
+/// Every test calls this first (see [`common::keys_in_env`]).
 fn keys_in_env() {
-    ENV.call_once(|| {
-        for (name, value) in KEYS {
-            std::env::set_var(name, value);
-        }
-    });
+    common::keys_in_env(&KEYS);
 }
 
 fn key(i: usize) -> &'static str {

@@ -197,9 +197,8 @@ fn provider(
         .map(|d| cx.count(Some(d), &field("daily_quota"), 1, 1, 1_000_000_000_000));
     let keys = api_keys(cx, p.keys_env.as_deref().unwrap_or_default(), &field("keys_env"));
     let key_in = match (&p.key_header, &p.key_query) {
-        (Some(h), Some(q)) => {
+        (Some(_), Some(q)) => {
             cx.error(q.span(), &field("key_query"), "set key_header or key_query, not both");
-            let _ = h;
             KeyPlacement::None
         }
         (Some(h), None) => {

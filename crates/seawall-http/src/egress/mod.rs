@@ -2,7 +2,7 @@
 //! they stay under each provider's limits.
 //!
 //! ```text
-//! egress route (server.egress_listen only) ─▶ cache ─▶ call (call.rs):
+//! egress route (server.egress_listen only) ─▶ cache ─▶ call (proxy/egress.rs):
 //!   wait for quota, in priority order, up to max_wait ─▶ 429 egress_quota + Retry-After
 //!   ▸ provider in order with quota left (spill-over) ▸ its least-used key with quota left
 //!   ▸ the provider's URL + the path after the route's prefix, the key in a header or the query
@@ -16,8 +16,7 @@
 //! calls only as the name of their environment variable and a fingerprint (the first 8 hex
 //! digits of the value's SHA-256).
 
-mod call;
-mod keys;
+pub(crate) mod keys;
 mod line;
 
 use std::collections::BTreeMap;
@@ -31,7 +30,6 @@ use seawall_core::calls::{CallQuota, Day};
 use seawall_core::priority::Priority;
 use tokio::sync::Notify;
 
-pub(crate) use call::call;
 pub(crate) use keys::Grant;
 use keys::{KeyLive, KeyState, ProviderCounters};
 

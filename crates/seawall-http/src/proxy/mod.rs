@@ -1,7 +1,9 @@
 //! The `proxy` action, written once for both engines: the one upstream call.
 //!
 //! ```text
-//! fallback chain ▸ retries ▸ breaker ▸ bulkhead            (resilience.rs)
+//! deadlines ▸ cache ▸ fallback chain                      (resilience.rs)
+//!   or an egress route's providers ▸ keys ▸ quota          (egress.rs)
+//! ▸ retries ▸ breaker ▸ bulkhead                          (group.rs)
 //!   ▸ choose ▸ connect ─▶ send head + body ─▶ await the head ─▶ (engine relays the body)
 //!   │ a server that cannot be reached is recorded and skipped for another (up to 3)
 //!   │ a pooled connection found closed before any answer is replaced once (idempotent only)
@@ -25,6 +27,8 @@
 //! sending side still gets its answer.
 
 pub mod body;
+mod egress;
+mod group;
 mod refresh;
 mod resilience;
 mod stored;
@@ -43,7 +47,6 @@ pub use body::{BodyFault, BodyTap, UpstreamResponse};
 pub use refresh::Refresh;
 use resilience::deadline_passed;
 pub use resilience::forward;
-pub(crate) use resilience::{forward_group, unless_client_leaves};
 pub use stored::StoredBody;
 
 use crate::access_log::Timing;

@@ -134,14 +134,6 @@ pub fn unavailable() -> Refusal {
     refusal
 }
 
-/// The job a `GET {jobs_path}ID` asks for: only a well-formed id (32 hex digits) is the jobs
-/// endpoint's; any other path goes to the routes, so an application's own `/jobs/42` still
-/// reaches it.
-pub fn jobs_target(config: &seawall_config::Queue, path: &[u8]) -> Option<JobId> {
-    let rest = path.strip_prefix(config.jobs_path.as_bytes())?;
-    JobId::parse(std::str::from_utf8(rest).ok()?)
-}
-
 /// The answer to `GET {jobs_path}ID`: the job's status as JSON, or 404 `job_not_found`.
 pub async fn job_status(
     queue: &Queue,

@@ -18,6 +18,19 @@ use tokio::net::TcpListener;
 
 use super::tls::{tls_acceptor, Leaf};
 
+static ENV: std::sync::Once = std::sync::Once::new();
+
+/// Sets the API keys' environment variables, once per test binary: every test of a binary that
+/// uses keys calls this first with the same list, before anything reads the environment (a
+/// gateway's configuration, a name lookup), so no variable is set while another thread reads.
+pub fn keys_in_env(keys: &[(&str, &str)]) {
+    ENV.call_once(|| {
+        for (name, value) in keys {
+            std::env::set_var(name, value);
+        }
+    });
+}
+
 /// One call the provider got.
 #[derive(Debug, Clone)]
 pub struct Call {

@@ -1,18 +1,21 @@
-//! One egress call, from the head the engine wrote to the answer the caller gets: wait for quota,
-//! write the head for the chosen provider and key, send it through the provider's upstream group
-//! (breaker, gate, pool, TLS), and act on what comes back — a 429 parks the key and the call moves
-//! to another, a 401/403 disables the key, a failure moves to the next provider and, when every
-//! provider failed, tries again after a backoff within `retries` and the retry budget.
+//! One egress call — the proxy's chain for an egress route, where another route has its upstream
+//! group and fallbacks — from the head the engine wrote to the answer the caller gets: wait for
+//! quota (the group's state and line are [`crate::egress`]'s), write the head for the chosen
+//! provider and key, send it through the provider's upstream group (breaker, gate, pool, TLS), and
+//! act on what comes back — a 429 parks the key and the call moves to another, a 401/403 makes the
+//! key a suspect and moves to another (disabled if that one is accepted), a failure moves to the
+//! next provider and, when every provider failed, tries again after a backoff within `retries`
+//! and the retry budget.
 
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::{acquire, Acquired, Avoid, EgressGroup};
+use super::group::{forward_group, unless_client_leaves};
+use super::{BodyError, Downstream, Forward, Forwarded};
+use crate::egress::keys::Suspect;
+use crate::egress::{acquire, Acquired, Avoid, EgressGroup};
 use crate::problem::{Reason, Refusal};
-use crate::proxy::{
-    forward_group, unless_client_leaves, BodyError, Downstream, Forward, Forwarded,
-};
 use crate::timer::LazyTimer;
 use seawall_config::{KeyPlacement, PathMatch, Provider};
 
@@ -56,7 +59,7 @@ pub(crate) async fn call<D: Downstream>(
     let mut last: Option<Forwarded> = None;
     let (mut rounds, mut moves) = (0u32, 0u32);
     // A key refused (401/403) for this request: disabled once another key is accepted for it.
-    let mut suspect: Option<(super::keys::Suspect, Refused)> = None;
+    let mut suspect: Option<(Suspect, Refused)> = None;
     loop {
         let waited = unless_client_leaves(
             acquire(group, f.priority, wait_until, &avoid),
