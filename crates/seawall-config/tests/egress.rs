@@ -15,9 +15,10 @@ fn keys_in_env() {
     ENV.call_once(|| {
         std::env::set_var("SEAWALL_CFG_MAPS_KEY_1", "cfg-key-one");
         std::env::set_var("SEAWALL_CFG_MAPS_KEY_2", "cfg-key-two");
-        std::env::set_var("SEAWALL_CFG_GEO_KEY", "cfg-geo");
+        std::env::set_var("SEAWALL_CFG_GEO_KEY", "cfg-geo-key");
         std::env::set_var("SEAWALL_CFG_EMPTY", "");
         std::env::set_var("SEAWALL_CFG_SPACED", "secret with space");
+        std::env::set_var("SEAWALL_CFG_SHORT", "abc123");
     });
 }
 
@@ -133,6 +134,9 @@ fn keys_come_from_the_environment_and_errors_never_show_them() {
     };
     one_error(&provider("\"SEAWALL_CFG_NOT_SET\""), "t.toml:2:", "SEAWALL_CFG_NOT_SET is not set");
     one_error(&provider("\"SEAWALL_CFG_EMPTY\""), "t.toml:2:", "SEAWALL_CFG_EMPTY is empty");
+    let short = errors(&provider("\"SEAWALL_CFG_SHORT\""));
+    assert!(short.iter().any(|e| e.contains("SEAWALL_CFG_SHORT holds fewer than 8")), "{short:?}");
+    assert!(short.iter().all(|e| !e.contains("abc123")), "{short:?}");
     let spaced = errors(&provider("\"SEAWALL_CFG_SPACED\""));
     assert!(spaced.iter().any(|e| e.contains("SEAWALL_CFG_SPACED holds a space")), "{spaced:?}");
     assert!(spaced.iter().all(|e| !e.contains("secret with space")), "{spaced:?}");
@@ -197,6 +201,7 @@ fn an_egress_route_takes_no_other_action_and_no_rewrite() {
         "t.toml:",
         "go through its own group; leave deliver_to out",
     );
+    one_error(&route("on_failure = \"queue\""), "t.toml:", "needs a name");
     // A write over quota (or with no key) is queued, and delivered through the route's group.
     let c = parsed(&route("name = \"m\"\non_failure = \"queue\""));
     let topic = &c.queue.as_ref().unwrap().topics[0];

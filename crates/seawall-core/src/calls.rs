@@ -135,16 +135,17 @@ impl CallQuota {
         }
     }
 
-    /// Forgets a call taken at `at_ms` that was never sent (the provider's breaker was open, no
-    /// connection could be made).
-    pub fn give_back(&mut self, at_ms: u64) {
+    /// Forgets a call taken at `at_ms` on day `day` that was never sent (the provider's breaker
+    /// was open, no connection could be made).
+    pub fn give_back(&mut self, at_ms: u64, day: u64) {
         if let Some(rate) = &mut self.rate {
             rate.pending = rate.pending.saturating_sub(1);
             if let Some((interval, _)) = rate.pace {
                 rate.tat = rate.tat.saturating_sub(interval).max(at_ms);
             }
         }
-        if let Some(daily) = &mut self.daily {
+        // A call taken yesterday is not today's to give back.
+        if let Some(daily) = self.daily.as_mut().filter(|d| d.day == day) {
             daily.used = daily.used.saturating_sub(1);
         }
     }
@@ -181,15 +182,14 @@ impl CallQuota {
         self.daily.as_ref().map_or(0, |d| if d.day == day.number { d.used } else { 0 })
     }
 
-    /// Carries `old`'s history over to this quota (a reload that changed the key's limits): the
-    /// calls made count against the new limits, those still in flight as answered at `now_ms`
-    /// (they settle on `old`).
-    pub fn carry_over(&mut self, old: &CallQuota, now_ms: u64) {
+    /// Carries `old`'s history over to this quota, which replaces it (a reload changed the key's
+    /// limits): the calls made count against the new limits, those in flight stay in flight
+    /// (they settle on this quota).
+    pub fn carry_over(&mut self, old: &CallQuota) {
         if let (Some(new), Some(old)) = (&mut self.rate, &old.rate) {
-            let in_flight = std::iter::repeat_n(now_ms, old.pending);
-            let all: Vec<u64> = old.times.iter().copied().chain(in_flight).collect();
-            let skip = all.len().saturating_sub(new.count);
-            new.times.extend(all.into_iter().skip(skip));
+            let skip = old.times.len().saturating_sub(new.count);
+            new.times.extend(old.times.iter().skip(skip));
+            new.pending = old.pending;
             new.tat = old.tat;
         }
         if let (Some(new), Some(old)) = (&mut self.daily, &old.daily) {
@@ -281,7 +281,7 @@ mod tests {
         let mut q = CallQuota::new(Some(quota(1, 1_000, 1)), None);
         q.take(5, DAY);
         assert_eq!(q.next_at(6, DAY), 1_006);
-        q.give_back(5);
+        q.give_back(5, DAY.number);
         assert_eq!(q.next_at(6, DAY), 6);
         assert_eq!(q.left(6, DAY), Some(1));
     }
@@ -308,10 +308,14 @@ mod tests {
         for t in 0..4 {
             old.settle(t);
         }
-        // Four answered at 0..3, one still in flight (counted as answered at the change).
+        // Four answered at 0..3, one still in flight: it stays in flight, and counts from its
+        // answer once it settles on the new quota.
         let mut new = CallQuota::new(Some(quota(3, 1_000, 3)), None);
-        new.carry_over(&old, 10);
+        new.carry_over(&old);
         assert_eq!(new.left(10, DAY), Some(0));
         assert_eq!(new.next_at(10, DAY), 1_002);
+        new.settle(500);
+        assert_eq!(new.used(1_100), 1, "answered at 500: counted until 1,500");
+        assert_eq!(new.used(1_500), 0);
     }
 }

@@ -156,6 +156,18 @@ pub fn percent_decode(bytes: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Percent-encodes all but RFC 3986's unreserved characters.
+pub fn percent_encode(value: &[u8], out: &mut Vec<u8>) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    for &b in value {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b);
+        } else {
+            out.extend_from_slice(&[b'%', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

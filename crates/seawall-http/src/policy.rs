@@ -148,9 +148,8 @@ pub fn body_limit(snapshot: &Pinned, route: &Route) -> u64 {
 /// limit ▸ overload shedding by priority; then the upstream group is chosen (a read goes to the
 /// route's `read_upstream` while it has a server up).
 pub fn admit(snapshot: &Rc<Pinned>, request: &RequestView<'_>, account: &mut Account) -> Admission {
-    // The jobs endpoint is the public side's (the egress listener serves egress routes only).
-    if let Some(jobs) = jobs_endpoint(snapshot, request, account).filter(|_| !request.client.egress)
-    {
+    // On both listeners: the 202 of an egress route's queued write points here too.
+    if let Some(jobs) = jobs_endpoint(snapshot, request, account) {
         return jobs;
     }
     let Some(index) = router::find(&snapshot.config.routes, request) else {
@@ -177,6 +176,12 @@ pub fn admit(snapshot: &Rc<Pinned>, request: &RequestView<'_>, account: &mut Acc
     // An egress call starts at its group's first provider (the call chooses).
     let first_provider =
         egress.and_then(|g| snapshot.config.egress[g].providers.first()).map(|p| p.upstream);
+    if egress.is_some() && (*request.method == Method::TRACE || *request.method == Method::CONNECT)
+    {
+        // TRACE would echo the call, its API key included, back to the caller.
+        let detail = format!("{} is not sent to a third party", request.method);
+        return Admission::Refuse(Refusal::new(Reason::BadRequest, detail));
+    }
     let maps_path = route.rewrite.is_some() || egress.is_some();
     if maps_path && crate::edge::has_dot_segment(request.path) {
         account.worker.shared.registry.rewrite_refusals.add(1);

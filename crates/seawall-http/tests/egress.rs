@@ -444,6 +444,9 @@ async fn a_write_over_quota_is_queued_and_delivered_within_the_quota() {
     for engine in ENGINES {
         jobs.push(job_id(&ask(engine, at, post(engine)).await));
     }
+    // The job's Location answers on the egress listener too.
+    let status = get(at, &format!("/jobs/{}", jobs[0])).await;
+    assert_eq!(status.status, StatusCode::OK, "{}", status.body);
     // ...while a read over quota is refused, not queued.
     let read = get(at, "/sms/status").await;
     assert_eq!(read.status, StatusCode::TOO_MANY_REQUESTS, "{}", read.body);

@@ -27,9 +27,11 @@ use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufR
 use tokio::net::TcpListener;
 
 /// This file's API keys, in the environment before any gateway reads its file.
-const KEYS: [(&str, &str); 2] = [
+const KEYS: [(&str, &str); 3] = [
     ("SEAWALL_ATTACK_KEY_A", "atk-a-5e1f0c9d2b7a"),
     ("SEAWALL_ATTACK_KEY_B", "atk-b-93c4d8e2f6a1"),
+    // A base64-like key: percent-encoded in a query.
+    ("SEAWALL_ATTACK_KEY_C", "atk+c/9d2b7a=="),
 ];
 
 /// Every test calls this first (see [`common::keys_in_env`]).
@@ -487,21 +489,30 @@ async fn a_redirect_from_the_provider_does_not_hand_the_key_to_the_caller() {
     })
     .await;
     port.store(usize::from(provider.addr.port()), SeqCst);
-    let extra = ", keys_env = [\"SEAWALL_ATTACK_KEY_A\"], key_query = \"key\"";
-    let group = format!(
-        "[egress.maps]\nproviders = [{}]\n",
-        provider_entry("p", &provider.url("/v1"), &ca, extra)
-    );
-    let gw = gateway(&format!("{group}{}", route("/maps/", "maps"))).await;
-    let at = gw.egress_addr().unwrap();
-    for engine in ENGINES {
-        let answer = ask(engine, at, engine.get("/maps/old?q=1")).await;
-        assert_eq!(answer.status, StatusCode::FOUND, "{engine:?}");
-        let seen = visible(&answer);
-        assert!(!seen.contains(key(0)), "{engine:?}: the caller got the key:\n{seen}");
+    // A plain key, and one that goes percent-encoded (the echo may write its hex in lower case).
+    for (var, secret, encoded) in [
+        ("SEAWALL_ATTACK_KEY_A", key(0), key(0).to_string()),
+        ("SEAWALL_ATTACK_KEY_C", key(2), "atk%2bc%2f9d2b7a%3d%3d".to_string()),
+    ] {
+        let extra = format!(", keys_env = [\"{var}\"], key_query = \"key\"");
+        let group = format!(
+            "[egress.maps]\nproviders = [{}]\n",
+            provider_entry("p", &provider.url("/v1"), &ca, &extra)
+        );
+        let gw = gateway(&format!("{group}{}", route("/maps/", "maps"))).await;
+        let at = gw.egress_addr().unwrap();
+        for engine in ENGINES {
+            let answer = ask(engine, at, engine.get("/maps/old?q=1")).await;
+            assert_eq!(answer.status, StatusCode::FOUND, "{engine:?}");
+            let seen = visible(&answer).to_ascii_lowercase();
+            assert!(
+                !seen.contains(&secret.to_ascii_lowercase()) && !seen.contains(&encoded),
+                "{engine:?}: the caller got the key:\n{seen}"
+            );
+        }
+        gw.shutdown().await;
     }
     assert!(!provider.seen().is_empty());
-    gw.shutdown().await;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -338,6 +338,13 @@ fn api_keys(cx: &mut Ctx<'_>, names: &[Text], key: &str) -> Vec<ApiKey> {
             Ok(value) if value.is_empty() => {
                 cx.error(var.span(), &k, format!("the environment variable {env} is empty"));
             }
+            Ok(value) if value.len() < 8 => {
+                let message = format!(
+                    "the environment variable {env} holds fewer than 8 characters: too short for \
+                     an API key (and to be told apart in answers, where keys are looked for)"
+                );
+                cx.error(var.span(), &k, message);
+            }
             Ok(value) if !value.bytes().all(|b| b.is_ascii_graphic()) => {
                 let message = format!(
                     "the environment variable {env} holds a space, a control or a non-ASCII \

@@ -95,6 +95,12 @@ pub(super) fn route_queue<'a>(cx: &mut Ctx<'_>, i: usize, r: &'a RawRoute) -> Ro
                     cx.error(to.span(), &key("queue.deliver_to"), message);
                 }
             }
+            if let (None, Some(e)) = (&r.name, &r.egress) {
+                // Its jobs find their route by name when delivered: not by its place in the file.
+                let message = "an egress route with on_failure = \"queue\" needs a name (its \
+                               queued jobs are delivered through the route of that name)";
+                cx.error(e.span(), &key("name"), message);
+            }
             if let (Some(q), Some(_)) = (q, &r.egress) {
                 if q.get_ref().deliver_to.is_some() {
                     let message = "an egress route's jobs go through its own group; leave \

@@ -71,8 +71,8 @@ pub(crate) struct Grant {
     pub key: usize,
     pub(super) live: Arc<Mutex<KeyLive>>,
     pub(super) counters: Arc<ProviderCounters>,
-    /// When its quota was taken (monotonic ms).
-    pub(super) at_ms: u64,
+    /// When its quota was taken (monotonic ms, and the UTC day's number).
+    pub(super) taken: (u64, u64),
     /// The provider is not the first: earlier ones had no quota.
     pub(super) spilled: bool,
     settled: bool,
@@ -83,10 +83,10 @@ impl Grant {
         (provider, key): (usize, usize),
         live: Arc<Mutex<KeyLive>>,
         counters: Arc<ProviderCounters>,
-        at_ms: u64,
+        taken: (u64, u64),
         spilled: bool,
     ) -> Grant {
-        Grant { provider, key, live, counters, at_ms, spilled, settled: false }
+        Grant { provider, key, live, counters, taken, spilled, settled: false }
     }
 
     /// The call may have reached the provider: it counts from now.
@@ -110,7 +110,7 @@ impl Grant {
     /// Nothing reached the provider: its quota is given back (the group wakes its line).
     pub(super) fn give_back(mut self) {
         self.settled = true;
-        lock(&self.live).quota.give_back(self.at_ms);
+        lock(&self.live).quota.give_back(self.taken.0, self.taken.1);
     }
 
     /// The provider answered 429: the key rests until `until_ms` (the call counts as sent).

@@ -37,10 +37,15 @@ pub(crate) async fn acquire(
     let retrying = !avoid.is_empty();
     let mut place: Option<Place<'_>> = None;
     let mut aside: Option<Aside<'_>> = None;
-    // A call that does not stand in line waits on a wake-up of its own (quota given back).
-    let own = Arc::new(Notify::new());
     let mut waited = false;
     let acquired = loop {
+        // A call outside the line is woken with the others there (quota given back, keys
+        // enabled); it registers before it looks, so that no wake-up falls in between.
+        let aside_wake = group.aside_wake.notified();
+        let mut aside_wake = std::pin::pin!(aside_wake);
+        if retrying {
+            aside_wake.as_mut().enable();
+        }
         let now = Instant::now();
         let now_ms = seawall_core::clock::ms_at(now.into_std());
         let (next, wake) = {
@@ -72,13 +77,13 @@ pub(crate) async fn acquire(
                 };
             }
             let wake = match &place {
-                Some(p) => Arc::clone(&p.wake),
+                Some(p) => Some(Arc::clone(&p.wake)),
                 None if retrying => {
                     if aside.is_none() {
                         state.aside += 1;
                         aside = Some(Aside(group));
                     }
-                    Arc::clone(&own)
+                    None
                 }
                 None => {
                     state.arrivals += 1;
@@ -86,7 +91,7 @@ pub(crate) async fn acquire(
                     let wake = Arc::new(Notify::new());
                     state.line.insert(key, Arc::clone(&wake));
                     place = Some(Place { group, key, wake: Arc::clone(&wake) });
-                    wake
+                    Some(wake)
                 }
             };
             (next, wake)
@@ -95,8 +100,14 @@ pub(crate) async fn acquire(
         let wake_at = next.map_or(deadline, |at| {
             deadline.min(now + Duration::from_millis(at.saturating_sub(now_ms)))
         });
+        let woken = async {
+            match &wake {
+                Some(wake) => wake.notified().await,
+                None => aside_wake.as_mut().await,
+            }
+        };
         tokio::select! {
-            () = wake.notified() => {}
+            () = woken => {}
             () = tokio::time::sleep_until(wake_at) => {}
         }
     };

@@ -38,6 +38,9 @@ pub struct EgressGroup {
     pub config: Egress,
     state: Mutex<GroupState>,
     counters: Arc<GroupCounters>,
+    /// Woken when quota is given back or keys come back: the calls waiting outside the line
+    /// (the head of the line has its own wake-up).
+    aside_wake: Notify,
 }
 
 struct GroupState {
@@ -92,11 +95,10 @@ enum Choice {
 
 impl EgressGroup {
     /// The group for `config`, sharing with `old` the state of every provider and key it keeps:
-    /// a key with the same variable, value and limits is the same key (calls on either snapshot
-    /// count against one quota, a disabled key stays disabled); one whose limits changed starts
-    /// from its history.
+    /// a key with the same value (whatever its variable) is the same key — calls on either
+    /// snapshot count against one quota, a disabled or parked key stays so; when its limits
+    /// changed, its quota is replaced in place, from its history.
     pub fn new(config: Egress, old: Option<&EgressGroup>) -> EgressGroup {
-        let now = seawall_core::clock::now_ms();
         let old_state = old.map(EgressGroup::lock);
         let providers = config
             .providers
@@ -114,19 +116,20 @@ impl EgressGroup {
                     .map(|k| {
                         let env = k.map(|k| k.env.clone()).unwrap_or_default();
                         let fingerprint = k.map(|k| fingerprint(&k.value)).unwrap_or_default();
-                        let kept = old_provider.and_then(|o| {
-                            o.keys.iter().find(|o| o.env == env && o.fingerprint == fingerprint)
-                        });
+                        let kept = old_provider
+                            .and_then(|o| o.keys.iter().find(|o| o.fingerprint == fingerprint));
+                        let quota = || CallQuota::new(p.rate.map(with_margin), p.daily_quota);
                         let live = match kept {
-                            Some(kept) if same_limits => Arc::clone(&kept.live),
-                            _ => {
-                                let mut quota =
-                                    CallQuota::new(p.rate.map(with_margin), p.daily_quota);
-                                if let Some(kept) = kept {
-                                    quota.carry_over(&kept.lock().quota, now);
+                            Some(kept) => {
+                                if !same_limits {
+                                    let mut live = kept.lock();
+                                    let mut new = quota();
+                                    new.carry_over(&live.quota);
+                                    live.quota = new;
                                 }
-                                Arc::new(Mutex::new(KeyLive::new(quota)))
+                                Arc::clone(&kept.live)
                             }
+                            None => Arc::new(Mutex::new(KeyLive::new(quota()))),
                         };
                         KeyState { env, fingerprint, live }
                     })
@@ -146,6 +149,7 @@ impl EgressGroup {
                 aside: 0,
             }),
             counters,
+            aside_wake: Notify::new(),
         }
     }
 
@@ -188,11 +192,24 @@ impl EgressGroup {
             }
             if let Some((k, _)) = best {
                 let key = &provider.keys[k];
-                key.lock().quota.take(now_ms, day);
+                let mut live = key.lock();
+                // A key shared with an older snapshot's group (whose lock is another) may have
+                // been taken since it was looked at.
+                if live.next_at(now_ms, day) > now_ms {
+                    return Choice::Wait(now_ms + 1);
+                }
+                live.quota.take(now_ms, day);
+                drop(live);
                 let spilled = (0..p).any(|e| !avoid.providers.contains(&e));
                 let live = Arc::clone(&key.live);
                 let counters = Arc::clone(&provider.counters);
-                return Choice::Go(Grant::new((p, k), live, counters, now_ms, spilled));
+                return Choice::Go(Grant::new(
+                    (p, k),
+                    live,
+                    counters,
+                    (now_ms, day.number),
+                    spilled,
+                ));
             }
         }
         match earliest {
@@ -220,9 +237,15 @@ impl EgressGroup {
     /// Gives back the quota of a call that was never sent; the head of the line looks again.
     pub(crate) fn give_back(&self, grant: Grant) {
         grant.give_back();
+        self.wake_waiters();
+    }
+
+    /// Wakes the head of the line and the calls waiting outside it: quota or a key came back.
+    fn wake_waiters(&self) {
         if let Some((_, head)) = self.lock().line.first_key_value() {
             head.notify_one();
         }
+        self.aside_wake.notify_waiters();
     }
 
     /// Counts an attempt that failed at a provider.
@@ -257,7 +280,10 @@ impl EgressGroup {
     pub fn enable_keys(&self) -> usize {
         let state = self.lock();
         let keys = state.providers.iter().flat_map(|p| p.keys.iter());
-        keys.filter(|k| k.lock().disabled.take().is_some()).count()
+        let enabled = keys.filter(|k| k.lock().disabled.take().is_some()).count();
+        drop(state);
+        self.wake_waiters();
+        enabled
     }
 
     /// The key's variable and fingerprint, for a log line.
@@ -385,18 +411,33 @@ impl EgressGroup {
     }
 }
 
+/// The path an egress route matches (its prefix, or its exact path): what a call's target starts
+/// with, and what is cut before the rest goes after the provider's base path.
+pub(crate) fn route_path(route: &seawall_config::Route) -> &str {
+    match &route.matcher.path {
+        seawall_config::PathMatch::Prefix(p) | seawall_config::PathMatch::Exact(p) => p,
+    }
+}
+
 /// Marks the fields of a provider's answer that never reach the caller: those that would pass for
 /// Seawall's own (`x-seawall-*`), and any that holds one of the group's keys (a redirect's
 /// `Location` echoing the query, say).
 pub(crate) fn scrub_answer(fields: &mut [crate::fields::Field], buf: &[u8], group: &Egress) {
-    let keys = group.providers.iter().flat_map(|p| p.keys.iter().map(|k| k.value.as_bytes()));
-    let keys: Vec<&[u8]> = keys.collect();
+    // Each key as written and as it goes in a query (percent-encoded; hex in either case).
+    let mut keys: Vec<Vec<u8>> = Vec::new();
+    for key in group.providers.iter().flat_map(|p| p.keys.iter()) {
+        let mut encoded = Vec::new();
+        crate::edge::percent_encode(key.value.as_bytes(), &mut encoded);
+        keys.push(key.value.as_bytes().to_vec());
+        keys.push(encoded);
+    }
     for field in fields.iter_mut() {
         let name = crate::fields::slice(buf, field.name);
         let value = crate::fields::slice(buf, field.value);
         let own = name.len() >= 10 && name[..10].eq_ignore_ascii_case(b"x-seawall-");
-        let holds_key =
-            keys.iter().any(|k| !k.is_empty() && value.windows(k.len()).any(|w| w == *k));
+        let holds_key = keys
+            .iter()
+            .any(|k| !k.is_empty() && value.windows(k.len()).any(|w| w.eq_ignore_ascii_case(k)));
         if own || holds_key {
             field.named = true;
         }

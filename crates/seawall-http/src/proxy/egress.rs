@@ -14,10 +14,10 @@ use tokio::time::Instant;
 use super::group::{forward_group, unless_client_leaves};
 use super::{BodyError, Downstream, Forward, Forwarded};
 use crate::egress::keys::Suspect;
-use crate::egress::{acquire, Acquired, Avoid, EgressGroup};
+use crate::egress::{acquire, route_path, Acquired, Avoid, EgressGroup};
 use crate::problem::{Reason, Refusal};
 use crate::timer::LazyTimer;
-use seawall_config::{KeyPlacement, PathMatch, Provider};
+use seawall_config::{KeyPlacement, Provider};
 
 /// A call moves to another key (after a 429) at most this many times.
 const MAX_KEY_MOVES: u32 = 16;
@@ -37,13 +37,11 @@ pub(crate) async fn call<D: Downstream>(
     let group = &snapshot.egress[index];
     let config = &group.config;
     let server = &snapshot.config.server;
-    let prefix_len = f.route.map_or(0, |r| match &snapshot.config.routes[r].matcher.path {
-        PathMatch::Prefix(p) | PathMatch::Exact(p) => p.len(),
-    });
+    let prefix = f.route.map_or("", |r| route_path(&snapshot.config.routes[r]));
     let own = [server.request_id_header.as_bytes(), server.deadline_header.as_bytes()];
-    let Some(caller) = CallerHead::parse(&f.head[..f.head_len], prefix_len, &own) else {
-        let detail = "the request's target cannot be mapped onto the provider's URL (a dot \
-                      segment after the route's prefix would climb out of it)";
+    let Some(caller) = CallerHead::parse(&f.head[..f.head_len], prefix.as_bytes(), &own) else {
+        let detail = "the request's target cannot be mapped onto the provider's URL (it is not \
+                      under the route's path, or a dot segment after it would climb out)";
         return Forwarded::Refused(Refusal::new(Reason::BadRequest, detail), None);
     };
     let start = Instant::now();
@@ -122,11 +120,16 @@ pub(crate) async fn call<D: Downstream>(
         let forwarded = forward_group(f, down, timer).await;
         match outcome(&forwarded) {
             Outcome::Done => {
-                grant.sent();
+                // A refused key is to blame only when another key of its provider is accepted
+                // for the same request (an answer, not a failure or a departure).
+                let accepted = matches!(&forwarded, Forwarded::Response(r) if r.head.status < 500);
                 if let Some((suspect, refused)) = suspect.take() {
-                    suspect.confirm();
-                    log_disabled(group, &refused, provider);
+                    if accepted && refused.provider_index == grant.provider {
+                        suspect.confirm();
+                        log_disabled(group, &refused, provider);
+                    }
                 }
+                grant.sent();
                 return forwarded;
             }
             Outcome::NotSent => {
@@ -157,6 +160,8 @@ pub(crate) async fn call<D: Downstream>(
                 grant.park(now_ms.saturating_add(seawall_core::clock::duration_ms(park)));
                 grant.sent();
                 drop(forwarded);
+                // A failure kept from an earlier provider is no longer the answer: quota is.
+                last = None;
                 moves += 1;
                 if moves > MAX_KEY_MOVES || !down.rewind() {
                     group.count_refusal(Reason::EgressQuota);
@@ -167,6 +172,7 @@ pub(crate) async fn call<D: Downstream>(
                 let names = group.key_names(&grant);
                 let suspected = grant.refused(status);
                 let refused_key = (grant.provider, grant.key);
+                let grant_provider = grant.provider;
                 grant.sent();
                 // A second refusal for the same request says more about the request than about
                 // the keys: it goes to the caller, and nothing is disabled.
@@ -176,7 +182,13 @@ pub(crate) async fn call<D: Downstream>(
                 if !down.rewind() {
                     return forwarded;
                 }
-                let refused = Refused { provider: provider.name.clone(), env, fingerprint, status };
+                let refused = Refused {
+                    provider_index: grant_provider,
+                    provider: provider.name.clone(),
+                    env,
+                    fingerprint,
+                    status,
+                };
                 suspect = Some((suspected, refused));
                 avoid.keys.push(refused_key);
                 // The answer if no other key can be tried.
@@ -188,6 +200,7 @@ pub(crate) async fn call<D: Downstream>(
 
 /// A key refused for this request, named for the log.
 struct Refused {
+    provider_index: usize,
     provider: String,
     env: String,
     fingerprint: String,
@@ -307,16 +320,17 @@ struct CallerHead {
 }
 
 impl CallerHead {
-    /// `head` is `METHOD target HTTP/1.1\r\n` and field lines; `prefix_len` is the length of
-    /// the route's path (prefix) the target starts with; `own` names Seawall's own fields (the
+    /// `head` is `METHOD target HTTP/1.1\r\n` and field lines; `prefix` is the route's path
+    /// (prefix), which the target must start with (a queued job's route may have changed); `own` names Seawall's own fields (the
     /// request id, the deadline), which stay inside the application's network.
-    fn parse(head: &[u8], prefix_len: usize, own: &[&[u8]]) -> Option<CallerHead> {
+    fn parse(head: &[u8], prefix: &[u8], own: &[&[u8]]) -> Option<CallerHead> {
+        let prefix_len = prefix.len();
         let line_end = head.windows(2).position(|w| w == b"\r\n")?;
         let line = &head[..line_end];
         let first_space = line.iter().position(|&b| b == b' ')?;
         let last_space = line.iter().rposition(|&b| b == b' ')?;
         let target = line.get(first_space + 1..last_space)?;
-        if !target.starts_with(b"/") || target.len() < prefix_len {
+        if !target.starts_with(b"/") || !target.starts_with(prefix) {
             return None;
         }
         // What follows the prefix becomes path segments under the base path: none may climb
@@ -388,7 +402,7 @@ impl CallerHead {
             out.push(sep);
             out.extend_from_slice(name);
             out.push(b'=');
-            percent_encode(value.as_bytes(), out);
+            crate::edge::percent_encode(value.as_bytes(), out);
         }
         out.extend_from_slice(b" HTTP/1.1\r\n");
         let header = match &provider.key_in {
@@ -429,18 +443,6 @@ fn same_param(name: &[u8], key: &[u8]) -> bool {
     crate::edge::percent_decode(name).eq_ignore_ascii_case(key)
 }
 
-/// Percent-encodes all but RFC 3986's unreserved characters.
-fn percent_encode(value: &[u8], out: &mut Vec<u8>) {
-    const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    for &b in value {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b);
-        } else {
-            out.extend_from_slice(&[b'%', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -460,8 +462,9 @@ mod tests {
         }
     }
 
-    fn written(head: &str, prefix: usize, p: &Provider, key: Option<&str>) -> String {
-        let caller = CallerHead::parse(head.as_bytes(), prefix, &[b"x-request-id"]).unwrap();
+    fn written(head: &str, prefix: &str, p: &Provider, key: Option<&str>) -> String {
+        let caller =
+            CallerHead::parse(head.as_bytes(), prefix.as_bytes(), &[b"x-request-id"]).unwrap();
         let mut out = Vec::new();
         caller.write(&mut out, p, key);
         String::from_utf8(out).unwrap()
@@ -472,24 +475,30 @@ mod tests {
         let head = "GET /maps/geocode?q=paris HTTP/1.1\r\naccept: */*\r\nhost: 127.0.0.1:8081\r\nx-forwarded-for: 10.0.0.1\r\nvia: 1.1 seawall\r\nx-request-id: abc\r\n";
         let p = provider("/v1", KeyPlacement::Header("x-api-key".into()));
         assert_eq!(
-            written(head, "/maps/".len(), &p, Some("s3cret")),
+            written(head, "/maps/", &p, Some("s3cret")),
             "GET /v1/geocode?q=paris HTTP/1.1\r\naccept: */*\r\nhost: api.example.com\r\nx-api-key: s3cret\r\n"
         );
         // A prefix without its slash, an empty rest, a root base URL.
-        assert!(written(head, "/maps".len(), &p, None).starts_with("GET /v1/geocode?q=paris "));
+        assert!(written(head, "/maps", &p, None).starts_with("GET /v1/geocode?q=paris "));
         let root = provider("", KeyPlacement::None);
-        assert!(written("GET /maps HTTP/1.1\r\n", 5, &root, None).starts_with("GET / HTTP/1.1"));
-        assert!(written("GET /maps?x=1 HTTP/1.1\r\n", 5, &p, None).starts_with("GET /v1?x=1 "));
+        assert!(
+            written("GET /maps HTTP/1.1\r\n", "/maps", &root, None).starts_with("GET / HTTP/1.1")
+        );
+        assert!(
+            written("GET /maps?x=1 HTTP/1.1\r\n", "/maps", &p, None).starts_with("GET /v1?x=1 ")
+        );
     }
 
     #[test]
     fn the_key_replaces_the_callers_own() {
         let p = provider("/v1", KeyPlacement::Query("key".into()));
         let head = "GET /maps/a?key=mine&q=1&%6Bey=x&KEY=y HTTP/1.1\r\n";
-        assert!(written(head, 6, &p, Some("a b&c")).starts_with("GET /v1/a?q=1&key=a%20b%26c "));
+        assert!(
+            written(head, "/maps/", &p, Some("a b&c")).starts_with("GET /v1/a?q=1&key=a%20b%26c ")
+        );
         let h = provider("/v1", KeyPlacement::Header("x-api-key".into()));
         let head = "GET /maps/a HTTP/1.1\r\nX-Api-Key: mine\r\n";
-        let out = written(head, 6, &h, Some("k"));
+        let out = written(head, "/maps/", &h, Some("k"));
         assert!(!out.contains("mine") && out.contains("x-api-key: k\r\n"), "{out}");
     }
 }

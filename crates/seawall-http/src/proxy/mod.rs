@@ -468,7 +468,10 @@ async fn attempt<D: Downstream>(
             match response::parse(&conn.buf, f.method, f.upgrade, &mut conn.fields) {
                 Ok(Parsed::Head(head)) if head.is_interim() => {
                     let view = ResponseView::new(&head, &conn.fields, &conn.buf);
-                    if let Err(e) = down.interim(&view).await {
+                    // A third party's interim answers (103 Early Hints) stay here: their fields
+                    // are not scrubbed like a final answer's.
+                    let passed = if is_egress(f) { Ok(()) } else { down.interim(&view).await };
+                    if let Err(e) = passed {
                         group.record(
                             index,
                             UpstreamOutcome::Cancelled,

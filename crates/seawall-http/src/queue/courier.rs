@@ -51,6 +51,18 @@ impl Courier for WorkerCourier {
             let error = format!("topic {:?} has no destination in the configuration", topic.name);
             return Attempt::NotSent { error, wait: Duration::from_secs(1) };
         };
+        // A job stored under an egress route whose path changed since: not sent under another
+        // provider's URL or key (a dead letter, requeued once the route is right again).
+        if let Some(Some(route)) = via {
+            let path = crate::egress::route_path(&snapshot.config.routes[route]);
+            if !request.target.starts_with(path) {
+                let error = format!(
+                    "the job's target {:?} is not under egress route {:?}'s path {path:?}",
+                    request.target, snapshot.config.routes[route].name
+                );
+                return Attempt::Refused { error };
+            }
+        }
         let Ok(method) = Method::from_bytes(request.method.as_bytes()) else {
             return Attempt::Refused { error: format!("{:?} is not a method", request.method) };
         };
