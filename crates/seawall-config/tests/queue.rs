@@ -191,3 +191,24 @@ fn mistakes_name_their_key_and_place() {
         "cache applies to routes with an upstream, not to a queue",
     );
 }
+
+#[test]
+fn a_redis_lease_shorter_than_a_delivery_is_warned_about() {
+    let route =
+        "[[routes]]\nname = \"emails\"\nqueue = { topic = \"emails\", deliver_to = \"mailer\" }\n";
+    // The mailer's attempt may take 1 s to connect and 30 s to answer: a 5 s lease would let
+    // another instance take the job over and deliver it too.
+    let short = parsed(&format!(
+        "[queue]\nbackend = \"redis\"\nredis = \"redis://127.0.0.1:6379\"\nlease = \"5s\"\n{route}"
+    ));
+    let warnings: Vec<String> = short.warnings.iter().map(ToString::to_string).collect();
+    assert!(
+        warnings.iter().any(|w| w.contains("queue.lease") && w.contains("\"emails\"")),
+        "{warnings:?}"
+    );
+    // The default lease covers the default timeouts; the embedded store has no lease to outlast.
+    for queue in ["backend = \"redis\"\nredis = \"redis://127.0.0.1:6379\"", "lease = \"5s\""] {
+        let c = parsed(&format!("[queue]\n{queue}\n{route}"));
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    }
+}

@@ -85,7 +85,7 @@ pub mod defaults {
     pub const QUEUE_MAX_BYTES: u64 = 1 << 30;
     pub const QUEUE_MAX_BODY: u64 = 1 << 20;
     pub const QUEUE_KEEP_FINISHED: &str = "24h";
-    pub const QUEUE_LEASE: &str = "30s";
+    pub const QUEUE_LEASE: &str = "60s";
     pub const QUEUE_RETRY_AFTER: &str = "5s";
     pub const QUEUE_CONCURRENCY: u64 = 32;
     pub const QUEUE_MAX_ATTEMPTS: u64 = 10;
@@ -227,6 +227,9 @@ pub fn validate(raw: RawConfig, source: &str, file: &str) -> Result<Config, Conf
         .map(|(name, limit)| protections::rate_limit(&mut cx, name, limit))
         .collect();
     let queue = queue::queue(&mut cx, &raw, &upstream_names, &rate_limits, &egress);
+    if let Some(q) = &queue {
+        queue::lease_warnings(&mut cx, q, &upstreams, &egress);
+    }
     let topics: Vec<String> =
         queue.iter().flat_map(|q| q.topics.iter().map(|t| t.name.clone())).collect();
     let names = Names {

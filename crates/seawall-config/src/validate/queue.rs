@@ -320,6 +320,45 @@ pub(super) fn queue(
     })
 }
 
+/// With Redis, a job an instance holds longer than `queue.lease` is taken over by another: a
+/// warning for each topic whose delivery may take longer (its destination's attempts, and an
+/// egress route's wait for quota), since the job would then be delivered twice.
+pub(super) fn lease_warnings(
+    cx: &mut Ctx<'_>,
+    queue: &Queue,
+    upstreams: &[crate::model::Upstream],
+    egress: &[Egress],
+) {
+    if !matches!(queue.backend, QueueBackend::Redis { .. }) {
+        return;
+    }
+    for t in &queue.topics {
+        let Some(u) = upstreams.get(t.deliver_to) else { continue };
+        let attempts = (u.connect_timeout + u.timeout) * u.retry.attempts;
+        let mut longest = u.total_timeout.map_or(attempts, |total| total.min(attempts));
+        if t.via_route.is_some() {
+            // An egress route's delivery may wait for quota, then try every provider.
+            let group =
+                egress.iter().find(|g| g.providers.iter().any(|p| p.upstream == t.deliver_to));
+            if let Some(g) = group {
+                longest = g.max_wait + attempts * (g.providers.len() as u32) * (g.retries + 1);
+            }
+        }
+        if longest >= queue.lease {
+            let span = key_span(cx.source, &["queue", "lease"])
+                .or_else(|| key_span(cx.source, &["queue"]))
+                .unwrap_or(0..0);
+            let message = format!(
+                "a delivery of topic {:?} may take {longest:?} (its destination's timeouts), not \
+                 less than the lease ({:?}): another instance would take the job over and \
+                 deliver it too; raise queue.lease",
+                t.name, queue.lease
+            );
+            cx.warn(span, "queue.lease", message);
+        }
+    }
+}
+
 fn valid_topic(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
