@@ -60,6 +60,12 @@ pub struct ResponseHead {
 }
 
 impl ResponseHead {
+    /// Forgets the reason phrase the upstream wrote (a third party's may carry anything): the
+    /// status line goes on without one.
+    pub fn drop_reason(&mut self) {
+        self.reason = (0, 0);
+    }
+
     /// An interim (1xx) response other than 101.
     pub fn is_interim(&self) -> bool {
         (100..200).contains(&self.status) && self.status != 101

@@ -71,6 +71,7 @@ impl Snapshot {
                 Cache::new(config.cache.memory, largest)
             }
         };
+        let mut keys = crate::egress::Keys::of(previous.map_or(&[][..], |p| &p.egress[..]));
         let egress = config
             .egress
             .iter()
@@ -80,7 +81,10 @@ impl Snapshot {
                     // Unchanged (a reload of other parts, a DNS change): the same group, its
                     // line included.
                     Some(old) if old.config == *e => Arc::clone(old),
-                    _ => Arc::new(crate::egress::EgressGroup::new(e.clone(), old.map(Arc::as_ref))),
+                    _ => {
+                        let old = old.map(Arc::as_ref);
+                        Arc::new(crate::egress::EgressGroup::new(e.clone(), old, &mut keys))
+                    }
                 }
             })
             .collect();

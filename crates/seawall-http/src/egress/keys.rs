@@ -11,6 +11,8 @@ use seawall_core::calls::{CallQuota, Day};
 /// same limits, so that calls on an old snapshot and a new one count against one quota.
 pub(super) struct KeyLive {
     pub quota: CallQuota,
+    /// The limits `quota` enforces (rate with its margin, daily cap).
+    pub limits: (Option<seawall_core::gcra::Quota>, Option<u64>),
     /// Until when (monotonic ms) it is not used: the provider answered 429.
     pub parked_until: u64,
     /// The status that disabled it (401/403, confirmed by another key's answer).
@@ -24,8 +26,19 @@ pub(super) struct KeyLive {
 }
 
 impl KeyLive {
-    pub fn new(quota: CallQuota) -> KeyLive {
-        KeyLive { quota, parked_until: 0, disabled: None, calls: 0, throttled: 0, refused: 0 }
+    pub fn new(
+        quota: CallQuota,
+        limits: (Option<seawall_core::gcra::Quota>, Option<u64>),
+    ) -> KeyLive {
+        KeyLive {
+            quota,
+            limits,
+            parked_until: 0,
+            disabled: None,
+            calls: 0,
+            throttled: 0,
+            refused: 0,
+        }
     }
 
     /// When it may be used next (monotonic ms; `now_ms` or earlier: now).

@@ -19,7 +19,7 @@
 pub(crate) mod keys;
 mod line;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -82,6 +82,54 @@ impl Avoid {
     }
 }
 
+/// Every key's live state, by the provider it is sent to (its URL) and its value (its
+/// fingerprint): a key used by two groups, listed under two variables, or kept by a renamed
+/// provider is one key with one quota. Built for each snapshot from the previous one's groups, so
+/// that calls on either count against the same quota.
+#[derive(Default)]
+pub struct Keys(HashMap<(String, String), Arc<Mutex<KeyLive>>>);
+
+impl Keys {
+    /// The keys of `groups` (the previous snapshot's).
+    pub fn of(groups: &[Arc<EgressGroup>]) -> Keys {
+        let mut keys = Keys::default();
+        for group in groups {
+            let state = group.lock();
+            for (provider, config) in state.providers.iter().zip(&group.config.providers) {
+                for key in &provider.keys {
+                    let id = (config.url.clone(), key.fingerprint.clone());
+                    keys.0.entry(id).or_insert_with(|| Arc::clone(&key.live));
+                }
+            }
+        }
+        keys
+    }
+
+    /// The state of the key `fingerprint` ("" for a provider without keys) sent to `provider`:
+    /// the one known, its limits made `provider`'s (from its history) when they changed; or a
+    /// new one.
+    fn live(
+        &mut self,
+        provider: &seawall_config::Provider,
+        fingerprint: &str,
+    ) -> Arc<Mutex<KeyLive>> {
+        let limits = (provider.rate.map(with_margin), provider.daily_quota);
+        let id = (provider.url.clone(), fingerprint.to_string());
+        let live = self.0.entry(id).or_insert_with(|| {
+            Arc::new(Mutex::new(KeyLive::new(CallQuota::new(limits.0, limits.1), limits)))
+        });
+        let mut state = keys::lock(live);
+        if state.limits != limits {
+            let mut quota = CallQuota::new(limits.0, limits.1);
+            quota.carry_over(&state.quota);
+            state.quota = quota;
+            state.limits = limits;
+        }
+        drop(state);
+        Arc::clone(live)
+    }
+}
+
 /// What [`EgressGroup::choose`] found.
 enum Choice {
     Go(Grant),
@@ -94,11 +142,10 @@ enum Choice {
 }
 
 impl EgressGroup {
-    /// The group for `config`, sharing with `old` the state of every provider and key it keeps:
-    /// a key with the same value (whatever its variable) is the same key — calls on either
-    /// snapshot count against one quota, a disabled or parked key stays so; when its limits
-    /// changed, its quota is replaced in place, from its history.
-    pub fn new(config: Egress, old: Option<&EgressGroup>) -> EgressGroup {
+    /// The group for `config`, keeping `old`'s counters for the providers it keeps, and taking
+    /// each key's state from `keys` (see [`Keys`]): one key is one quota, whatever group,
+    /// variable or provider name it appears under.
+    pub fn new(config: Egress, old: Option<&EgressGroup>, keys: &mut Keys) -> EgressGroup {
         let old_state = old.map(EgressGroup::lock);
         let providers = config
             .providers
@@ -106,31 +153,14 @@ impl EgressGroup {
             .map(|p| {
                 let old_provider =
                     old_state.as_ref().and_then(|s| s.providers.iter().find(|o| o.name == p.name));
-                let same_limits = old
-                    .and_then(|o| o.config.providers.iter().find(|o| o.name == p.name))
-                    .is_some_and(|o| o.rate == p.rate && o.daily_quota == p.daily_quota);
-                let keys: Vec<Option<&ApiKey>> =
+                let entries: Vec<Option<&ApiKey>> =
                     if p.keys.is_empty() { vec![None] } else { p.keys.iter().map(Some).collect() };
-                let keys = keys
+                let keys = entries
                     .into_iter()
                     .map(|k| {
                         let env = k.map(|k| k.env.clone()).unwrap_or_default();
                         let fingerprint = k.map(|k| fingerprint(&k.value)).unwrap_or_default();
-                        let kept = old_provider
-                            .and_then(|o| o.keys.iter().find(|o| o.fingerprint == fingerprint));
-                        let quota = || CallQuota::new(p.rate.map(with_margin), p.daily_quota);
-                        let live = match kept {
-                            Some(kept) => {
-                                if !same_limits {
-                                    let mut live = kept.lock();
-                                    let mut new = quota();
-                                    new.carry_over(&live.quota);
-                                    live.quota = new;
-                                }
-                                Arc::clone(&kept.live)
-                            }
-                            None => Arc::new(Mutex::new(KeyLive::new(quota()))),
-                        };
+                        let live = keys.live(p, &fingerprint);
                         KeyState { env, fingerprint, live }
                     })
                     .collect();
@@ -423,21 +453,18 @@ pub(crate) fn route_path(route: &seawall_config::Route) -> &str {
 /// Seawall's own (`x-seawall-*`), and any that holds one of the group's keys (a redirect's
 /// `Location` echoing the query, say).
 pub(crate) fn scrub_answer(fields: &mut [crate::fields::Field], buf: &[u8], group: &Egress) {
-    // Each key as written and as it goes in a query (percent-encoded; hex in either case).
-    let mut keys: Vec<Vec<u8>> = Vec::new();
-    for key in group.providers.iter().flat_map(|p| p.keys.iter()) {
-        let mut encoded = Vec::new();
-        crate::edge::percent_encode(key.value.as_bytes(), &mut encoded);
-        keys.push(key.value.as_bytes().to_vec());
-        keys.push(encoded);
-    }
+    let keys: Vec<&[u8]> =
+        group.providers.iter().flat_map(|p| p.keys.iter().map(|k| k.value.as_bytes())).collect();
     for field in fields.iter_mut() {
         let name = crate::fields::slice(buf, field.name);
         let value = crate::fields::slice(buf, field.value);
         let own = name.len() >= 10 && name[..10].eq_ignore_ascii_case(b"x-seawall-");
-        let holds_key = keys
-            .iter()
-            .any(|k| !k.is_empty() && value.windows(k.len()).any(|w| w.eq_ignore_ascii_case(k)));
+        // A key however it was echoed: as written, or percent-encoded in whole or in part.
+        let decoded = crate::edge::percent_decode(value);
+        let holds_key = keys.iter().any(|k| {
+            let found = |v: &[u8]| v.windows(k.len()).any(|w| w.eq_ignore_ascii_case(k));
+            !k.is_empty() && (found(value) || found(&decoded))
+        });
         if own || holds_key {
             field.named = true;
         }

@@ -59,11 +59,9 @@ pub(crate) async fn call<D: Downstream>(
     // A key refused (401/403) for this request: disabled once another key is accepted for it.
     let mut suspect: Option<(Suspect, Refused)> = None;
     loop {
-        let waited = unless_client_leaves(
-            acquire(group, f.priority, wait_until, &avoid),
-            down,
-            f.idempotent,
-        );
+        // Nothing was sent yet: a client that closes (even only its sending side) leaves.
+        let waited =
+            unless_client_leaves(acquire(group, f.priority, wait_until, &avoid), down, true);
         let grant = match waited.await {
             None => return Forwarded::Client(BodyError::Gone, None),
             Some(Acquired::Grant(grant)) => grant,
@@ -118,6 +116,11 @@ pub(crate) async fn call<D: Downstream>(
         f.upstream = provider.upstream;
         f.host_is_server = false;
         let forwarded = forward_group(f, down, timer).await;
+        if let Forwarded::Client(_, None) = &forwarded {
+            // The client left (or its body failed) before anything reached the provider.
+            group.give_back(grant);
+            return forwarded;
+        }
         match outcome(&forwarded) {
             Outcome::Done => {
                 // A refused key is to blame only when another key of its provider is accepted

@@ -482,7 +482,7 @@ async fn attempt<D: Downstream>(
                     bytes::Buf::advance(&mut conn.buf, head.len);
                     continue;
                 }
-                Ok(Parsed::Head(head)) => {
+                Ok(Parsed::Head(mut head)) => {
                     if let Some(actions) = route.and_then(|r| r.response_headers.as_ref()) {
                         crate::edge::drop_fields(&mut conn.fields, &conn.buf, actions);
                     }
@@ -491,6 +491,7 @@ async fn attempt<D: Downstream>(
                     {
                         let egress = &f.snapshot.config.egress[*group];
                         crate::egress::scrub_answer(&mut conn.fields, &conn.buf, egress);
+                        head.drop_reason();
                     }
                     let server = &f.snapshot.config.server;
                     if server.request_id {
