@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use seawall_core::calls::{CallQuota, Day};
 
-/// What a key has done and may do. Shared (`Arc`) by every snapshot that keeps the key with the
-/// same limits, so that calls on an old snapshot and a new one count against one quota.
+/// What a key has done and may do. Shared (`Arc`) by every group, entry and snapshot that sends
+/// the same value to the same provider URL ([`super::Keys`]): one key, one quota.
 pub(super) struct KeyLive {
     pub quota: CallQuota,
     /// The limits `quota` enforces (rate with its margin, daily cap).
