@@ -410,3 +410,22 @@ async fn a_stale_answer_is_served_at_once_while_it_is_refreshed_in_the_backgroun
         gw.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overriding_the_origin_never_shares_one_users_answer() {
+    // `override = true` replaces the origin's freshness, not the rule that an answer to an
+    // authorized request is that user's alone (unless the origin says it is public).
+    for engine in ENGINES {
+        let origin = Origin::start().await;
+        let gw = cached_gateway(origin.addr, "ttl = \"60s\", override = true").await;
+        let user = [("authorization", "Bearer alice")];
+        get_with(engine, &gw, "/cache?me=1", &user).await;
+        let other = get_with(engine, &gw, "/cache?me=1", &[]).await;
+        assert_eq!(other.header("x-seawall-cache"), "MISS", "{engine:?}: alice's answer served");
+        assert_eq!(origin.hits(), 2, "{engine:?}");
+        get_with(engine, &gw, "/cache?cc=public&shared=1", &user).await;
+        let shared = get_with(engine, &gw, "/cache?cc=public&shared=1", &[]).await;
+        assert_eq!(shared.header("x-seawall-cache"), "HIT", "{engine:?}: said public");
+        gw.shutdown().await;
+    }
+}
